@@ -1,0 +1,254 @@
+//! The command line: argument parsing, output formatting and exit statuses.
+//!
+//! This is the edge: it may use `anyhow`, print, and touch the real file system. It holds no
+//! logic of its own beyond presentation; what a command computes lives in the library rooms.
+//!
+//! Exit statuses (documented in the README):
+//! - 0: the configuration is valid (warnings allowed);
+//! - 1: the configuration has errors (all of them are printed);
+//! - 2: the input could not be read, or the command line is wrong.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Checked, Options, RealFs, queue};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pmta-sim",
+    version,
+    about = "PowerMTA configurations, simulated and checked"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a PowerMTA configuration and summarize it, or explain one queue's settings.
+    Check {
+        /// The configuration file (includes are followed).
+        config: PathBuf,
+        /// Print the effective settings of queue DOMAIN/VMTA and where each came from.
+        #[arg(long, value_name = "DOMAIN/VMTA")]
+        explain: Option<String>,
+        /// With --explain: print one JSON object (the format is documented in the README).
+        #[arg(long, requires = "explain")]
+        json: bool,
+        /// Check for live sending: unreadable DKIM keys become errors.
+        #[arg(long)]
+        live: bool,
+    },
+}
+
+pub const EXIT_VALID: u8 = 0;
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_UNREADABLE: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() {
+                EXIT_UNREADABLE
+            } else {
+                EXIT_VALID
+            });
+        }
+    };
+    match cli.command {
+        Command::Check {
+            config,
+            explain,
+            json,
+            live,
+        } => ExitCode::from(check(&config, explain.as_deref(), json, Options { live })),
+    }
+}
+
+fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Options) -> u8 {
+    let checked = match config::load(path, &RealFs, options) {
+        Ok(checked) => checked,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let mut stderr = String::new();
+    for diagnostic in &checked.diagnostics {
+        stderr.push_str(&diagnostic.render(&checked.config.sources));
+    }
+    let errors = checked.error_count();
+    let warnings = checked.diagnostics.len() - errors;
+    if errors > 0 {
+        let _ = writeln!(
+            stderr,
+            "{}: {errors} error{}, {warnings} warning{}",
+            path.display(),
+            plural(errors),
+            plural(warnings)
+        );
+        eprint!("{stderr}");
+        return EXIT_INVALID;
+    }
+    eprint!("{stderr}");
+    let stdout = match explain {
+        Some(queue) => match queue::explain(&checked.config, queue) {
+            Ok(view) if json => explain_json(&checked, &view),
+            Ok(view) => explain_text(&checked, &view),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return EXIT_INVALID;
+            }
+        },
+        None => summary(&checked, path, warnings),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(stdout.as_bytes());
+    EXIT_VALID
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn from_text(checked: &Checked, span: Option<config::source::Span>) -> String {
+    match span {
+        Some(span) => checked.config.sources.position(span).file_line(),
+        None => "default".to_string(),
+    }
+}
+
+/// The JSON promised in the README: `{"domain", "vmta", "queue", "settings"}`.
+pub fn explain_json(checked: &Checked, view: &queue::QueueView) -> String {
+    let mut settings = serde_json::Map::new();
+    for (name, effective) in &view.settings {
+        let value = effective
+            .value
+            .as_ref()
+            .map_or(serde_json::Value::Null, |v| v.to_json());
+        settings.insert(
+            (*name).to_string(),
+            serde_json::json!({"value": value, "from": from_text(checked, effective.from)}),
+        );
+    }
+    let object = serde_json::json!({
+        "domain": view.domain,
+        "vmta": view.vmta,
+        "queue": view.queue_name(),
+        "settings": settings,
+    });
+    format!("{object}\n")
+}
+
+fn explain_text(checked: &Checked, view: &queue::QueueView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "queue {}", view.queue_name());
+    if view.queue_domain != view.domain {
+        let _ = writeln!(out, "  ({} joins it through queue-to)", view.domain);
+    }
+    let width = view.settings.keys().map(|k| k.len()).max().unwrap_or(0);
+    for (name, effective) in &view.settings {
+        let value = effective
+            .value
+            .as_ref()
+            .map_or_else(|| "(unset)".to_string(), |v| v.to_config_text());
+        let _ = writeln!(
+            out,
+            "  {name:<width$}  {value:<24}  {}",
+            from_text(checked, effective.from)
+        );
+    }
+    out
+}
+
+fn summary(checked: &Checked, path: &std::path::Path, warnings: usize) -> String {
+    let config = &checked.config;
+    let lines: usize = config.sources.files().map(|(_, f)| f.line_count()).sum();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: valid ({} file{}, {lines} lines, {warnings} warning{})",
+        path.display(),
+        config.sources.len(),
+        plural(config.sources.len()),
+        plural(warnings)
+    );
+    let _ = writeln!(out, "virtual MTAs ({}):", config.virtual_mtas.len());
+    for vmta in config.virtual_mtas.values() {
+        let hosts: Vec<String> = vmta
+            .source_hosts()
+            .iter()
+            .map(|h| format!("{} {}", h.ip, h.host))
+            .collect();
+        let nested = if vmta.domains.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} nested domain blocks)", vmta.domains.len())
+        };
+        let _ = writeln!(out, "  {}: {}{nested}", vmta.name, hosts.join(", "));
+    }
+    let _ = writeln!(out, "pools ({}):", config.pools.len());
+    for pool in config.pools.values() {
+        let members: Vec<&str> = pool.members.iter().map(|m| m.value.as_str()).collect();
+        let _ = writeln!(out, "  {}: {}", pool.name, members.join(", "));
+    }
+    let patterns: Vec<String> = config
+        .domains
+        .iter()
+        .map(|d| d.pattern.to_string())
+        .collect();
+    let _ = writeln!(
+        out,
+        "domain blocks ({}): {}",
+        patterns.len(),
+        patterns.join(" ")
+    );
+    let _ = writeln!(
+        out,
+        "smtp pattern lists ({}):",
+        config.smtp_pattern_lists.len()
+    );
+    for list in config.smtp_pattern_lists.values() {
+        let _ = writeln!(out, "  {}: {} reply patterns", list.name, list.rules.len());
+    }
+    let _ = writeln!(out, "bounce category rules: {}", config.bounce_rules.len());
+    let _ = writeln!(out, "pattern lists ({}):", config.pattern_lists.len());
+    for list in config.pattern_lists.values() {
+        let _ = writeln!(out, "  {}: {} rules", list.name, list.rules.len());
+    }
+    let _ = writeln!(out, "dkim keys ({}):", config.dkim_keys.len());
+    for key in &config.dkim_keys {
+        let material = match &key.material {
+            config::model::KeyMaterial::Pem(_) => "key file read".to_string(),
+            config::model::KeyMaterial::StandIn { .. } => {
+                "stand-in key (simulation only)".to_string()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  {}._domainkey.{}: {material}",
+            key.key.selector, key.key.domain
+        );
+    }
+    let _ = writeln!(
+        out,
+        "accepted, no effect in simulation ({}):",
+        config.no_effect.len()
+    );
+    for item in &config.no_effect {
+        let _ = writeln!(
+            out,
+            "  {}  {}",
+            config.sources.position(item.span).file_line(),
+            item.what
+        );
+    }
+    out
+}
