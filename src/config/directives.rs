@@ -686,11 +686,42 @@ pub static INVENTED: &[(&str, &str)] = &[
         "the accounting file is a block: `<acct-file /var/log/pmta/acct.csv>` ... `</acct-file>`",
     ),
     (
+        "virtual-mta",
+        "in `<source>` write `default-virtual-mta NAME`; `virtual-mta NAME` lists the members of a `<virtual-mta-pool>`",
+    ),
+    (
         "smtp-source-ip",
         "did you mean `smtp-source-host IP HOSTNAME`?",
     ),
     ("source", "did you mean `smtp-source-host IP HOSTNAME`?"),
 ];
+
+/// Block tags people write that PowerMTA does not have, with what they meant.
+pub static INVENTED_BLOCKS: &[(&str, &str)] = &[
+    (
+        "accepted-connect",
+        "inbound policy is set in `<source IP-OR-NETWORK>` blocks",
+    ),
+    (
+        "source-pool",
+        "group virtual MTAs (one source IP each) in a `<virtual-mta-pool NAME>`",
+    ),
+    (
+        "sender",
+        "route by sender with a `<pattern-list NAME>` line `mail-from /REGEX/ virtual-mta=NAME`",
+    ),
+    (
+        "statistics",
+        "PowerMTA has no statistics export block; read the accounting file or the HTTP monitor",
+    ),
+];
+
+pub fn invented_block(tag: &str) -> Option<&'static str> {
+    INVENTED_BLOCKS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(tag))
+        .map(|(_, help)| *help)
+}
 
 pub fn lookup(name: &str) -> Option<&'static DirectiveSpec> {
     DIRECTIVES

@@ -213,6 +213,8 @@ impl Lowerer<'_> {
         };
         let allowed = match block {
             None => spec.allowed_at_top(),
+            // The block itself was reported; still check each line's value.
+            Some(BlockKind::Unknown) => true,
             Some(kind) => spec.allowed_in(kind),
         };
         if !allowed {
@@ -227,7 +229,7 @@ impl Lowerer<'_> {
             return None;
         }
         let value = self.value(spec.name, spec.kind, line)?;
-        if spec.effect == Effect::NoEffect {
+        if spec.effect == Effect::NoEffect && block != Some(BlockKind::Unknown) {
             self.no_effect(spec.name.to_string(), line.span);
         }
         Some(Setting {
@@ -428,6 +430,7 @@ impl Lowerer<'_> {
                 else {
                     return;
                 };
+                self.check_source_selector(&selector, block);
                 let settings = self.settings(block, BlockKind::Source);
                 self.config.source_blocks.push(SourceBlock {
                     selector,
@@ -455,12 +458,32 @@ impl Lowerer<'_> {
                     _ => self.config.smtp_users.push(named),
                 }
             }
-            BlockKind::Unknown => {}
+            BlockKind::Unknown => {
+                self.settings(block, BlockKind::Unknown);
+            }
             _ => {
                 debug_assert!(block.kind.is_opaque());
                 self.no_effect(format!("<{}>", block.kind.tag()), block.open);
             }
         }
+    }
+
+    /// `<source>` takes an IP address, a network, `0/0` or a `{name}` set by `<smtp-user>`.
+    fn check_source_selector(&mut self, selector: &str, block: &Block) {
+        let is_name = selector.starts_with('{') && selector.ends_with('}') && selector.len() > 2;
+        if is_name || value::parse_cidr(selector).is_ok() {
+            return;
+        }
+        let span = block.arg.as_ref().map_or(block.open, |a| a.span);
+        let diag = self.error(
+            span,
+            format!("`{selector}` is not a source address or name"),
+        );
+        diag.help = Some(if selector == "*" {
+            "write `<source 0/0>` for every address".into()
+        } else {
+            "write an IP address, a network such as 10.0.0.0/8, `0/0`, or `{name}`".into()
+        });
     }
 
     fn required_arg(&mut self, block: &Block, what: &str) -> Option<String> {

@@ -62,6 +62,8 @@ pub fn load(path: &Path, fs: &dyn FileSystem, options: Options) -> Result<Checke
     let items =
         syntax::Parser::new(fs, &mut config.sources, &mut diagnostics).parse_root(path, bytes);
     lower::lower(&items, &mut config, fs, options, &mut diagnostics);
+    // Report in reading order (syntax and meaning are checked in separate passes).
+    diagnostics.sort_by_key(|d| d.span.map(|s| (s.file, s.start)));
     Ok(Checked {
         config,
         diagnostics,

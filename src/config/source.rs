@@ -245,7 +245,7 @@ impl MemFs {
     }
 
     pub fn with(mut self, path: impl Into<PathBuf>, text: impl Into<Vec<u8>>) -> MemFs {
-        self.files.insert(path.into(), text.into());
+        self.files.insert(normalize(&path.into()), text.into());
         self
     }
 }

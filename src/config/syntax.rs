@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use super::diag::{Diagnostic, did_you_mean};
-use super::directives::BlockKind;
+use super::directives::{BlockKind, invented_block};
 use super::source::{FileId, FileSystem, SourceMap, Span, Spanned};
 
 /// Deepest include nesting we follow; deeper is almost certainly a mistake.
@@ -132,8 +132,9 @@ impl<'a> Parser<'a> {
                 let valid_up_to = err.utf8_error().valid_up_to();
                 let text = String::from_utf8_lossy(err.as_bytes()).into_owned();
                 let file = self.sources.add(path, text);
-                // The lossy text is identical up to the first bad byte, so the offset holds.
-                let at = Span::new(file, valid_up_to, valid_up_to + 1);
+                // The lossy text is identical up to the first bad byte, which became one
+                // U+FFFD replacement character.
+                let at = Span::new(file, valid_up_to, valid_up_to + '\u{FFFD}'.len_utf8());
                 let mut diag = Diagnostic::error(at, "file is not valid UTF-8")
                     .with_help("save the file as UTF-8 (PowerMTA directives are ASCII)");
                 if let Some(include) = included_at {
@@ -214,7 +215,9 @@ impl<'a> Parser<'a> {
                     None => {
                         let mut diag =
                             Diagnostic::error(tag.span, format!("unknown block `<{}>`", tag.value));
-                        if let Some(known) =
+                        if let Some(help) = invented_block(&tag.value) {
+                            diag = diag.with_help(help);
+                        } else if let Some(known) =
                             did_you_mean(&tag.value, BlockKind::ALL.iter().map(|k| k.tag()))
                         {
                             diag = diag.with_help(format!("did you mean `<{known}>`?"));
@@ -293,20 +296,32 @@ impl<'a> Parser<'a> {
             .iter()
             .rposition(|open| open.block.tag.value.eq_ignore_ascii_case(&tag.value));
         let Some(index) = matching else {
-            let mut diag = Diagnostic::error(
-                span,
-                format!("`</{}>` closes a block that is not open", tag.value),
-            );
-            if let Some(open) = stack.last() {
-                diag = diag.with_note(
-                    open.block.open,
+            let Some(open) = stack.last() else {
+                self.diagnostics.push(Diagnostic::error(
+                    span,
+                    format!("`</{}>` closes a block that is not open", tag.value),
+                ));
+                return;
+            };
+            // Most likely a misspelt closing tag: report both lines and close the innermost
+            // block, so the lines after it are read at the right level.
+            self.diagnostics.push(
+                Diagnostic::error(
+                    span,
                     format!(
-                        "the innermost open block is `<{}>`",
+                        "mismatched closing tag `</{}>` for `<{}>`",
+                        tag.value,
                         open_tag_text(&open.block)
                     ),
-                );
-            }
-            self.diagnostics.push(diag);
+                )
+                .with_note(open.block.open, "the open block starts here")
+                .with_help(format!("write `</{}>`", open.block.tag.value)),
+            );
+            let open = stack.pop().expect("stack is not empty");
+            let mut block = open.block;
+            block.items = std::mem::take(items);
+            *items = open.outer;
+            items.push(Item::Block(block));
             return;
         };
         // Blocks opened after the one being closed were never closed: report each, naming
