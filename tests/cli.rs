@@ -1,0 +1,169 @@
+//! The `pmta-sim` binary as a user runs it: output, exit statuses, determinism.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("output is UTF-8")
+}
+
+const PRODUCTION: &str = "scenarios/configs/production/pmta.conf";
+const BROKEN: &str = "tests/fixtures/broken/pmta.conf";
+
+#[test]
+fn valid_config_prints_a_summary_and_exits_0() {
+    let out = run(&["check", PRODUCTION]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "scenarios/configs/production/pmta.conf: valid (4 files,",
+        "  news-1: 192.0.2.10 mta1.news.example.com (1 nested domain blocks)",
+        "  news-pool: news-1, news-2",
+        "  blocking-errors: 14 reply patterns",
+        "bounce category rules: 17",
+        "  s2026._domainkey.news.example.com: key file read",
+        "accepted, no effect in simulation (",
+        "scenarios/configs/production/pmta.conf:5  postmaster",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
+    }
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn invalid_config_prints_every_error_and_exits_1() {
+    let out = run(&["check", BROKEN]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "tests/fixtures/broken/pmta.conf:25:18: error: `max-smtp-out`"
+                .replace("max-smtp-out", "max-msg-rate")
+                .as_str()
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(" 25 |     max-msg-rate 3000/hour\n    |                  ^^^^^^^^^\n"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  = help: write `max-msg-rate 3000/h`"));
+    assert!(
+        stderr.ends_with("tests/fixtures/broken/pmta.conf: 26 errors, 3 warnings\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "",
+        "nothing on stdout for an invalid config"
+    );
+}
+
+#[test]
+fn unreadable_input_exits_2() {
+    let out = run(&["check", "no/such/file.conf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read `no/such/file.conf`"));
+    let dir = run(&["check", "tests"]);
+    assert_eq!(dir.status.code(), Some(2));
+    let usage = run(&["check", PRODUCTION, "--json"]);
+    assert_eq!(usage.status.code(), Some(2), "--json needs --explain");
+}
+
+#[test]
+fn live_check_refuses_an_unreadable_dkim_key() {
+    let sim = run(&["check", "tests/fixtures/dkim-missing/pmta.conf"]);
+    assert_eq!(sim.status.code(), Some(0), "{}", text(&sim.stderr));
+    assert!(text(&sim.stderr).contains("warning: cannot use DKIM key file"));
+    assert!(text(&sim.stdout).contains("stand-in key (simulation only)"));
+    let live = run(&["check", "--live", "tests/fixtures/dkim-missing/pmta.conf"]);
+    assert_eq!(live.status.code(), Some(1));
+    assert!(text(&live.stderr).contains("error: cannot use DKIM key file"));
+}
+
+#[test]
+fn explain_prints_values_and_provenance() {
+    let out = run(&["check", PRODUCTION, "--explain", "googlemail.com/news-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .starts_with("queue gmail.com/news-1\n  (googlemail.com joins it through queue-to)\n")
+    );
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        line("max-smtp-out"),
+        "max-smtp-out 8 scenarios/configs/production/conf.d/10-virtual-mtas.conf:8"
+    );
+    assert_eq!(
+        line("max-msg-rate"),
+        "max-msg-rate 100/15m scenarios/configs/production/conf.d/20-domains.conf:18"
+    );
+    assert_eq!(
+        line("bounce-after"),
+        "bounce-after 3d scenarios/configs/production/conf.d/20-domains.conf:8"
+    );
+    assert_eq!(
+        line("retry-after-dns-error"),
+        "retry-after-dns-error 1m default"
+    );
+}
+
+#[test]
+fn explain_json_is_one_object() {
+    let out = run(&[
+        "check",
+        PRODUCTION,
+        "--explain",
+        "ymail.com/txn-1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(json["queue"], "ymail.com/txn-1");
+    assert_eq!(json["settings"]["queue-priority"]["value"], 90);
+    assert_eq!(json["settings"]["max-smtp-out"]["value"], 5);
+    assert_eq!(
+        json["settings"]["retry-after"]["value"],
+        serde_json::json!([120, 300, 600, 1800])
+    );
+    let bad = run(&["check", PRODUCTION, "--explain", "ymail.com/news-pool"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("`news-pool` is a pool"));
+}
+
+#[test]
+fn output_is_byte_identical_across_runs() {
+    for args in [
+        &["check", PRODUCTION][..],
+        &["check", BROKEN][..],
+        &[
+            "check",
+            PRODUCTION,
+            "--explain",
+            "gmail.com/news-2",
+            "--json",
+        ][..],
+    ] {
+        let first = run(args);
+        let second = run(args);
+        assert_eq!(first.stdout, second.stdout);
+        assert_eq!(first.stderr, second.stderr);
+    }
+}

@@ -1,0 +1,366 @@
+//! Every block form and syntax feature of the language, table-driven: each case is a
+//! snippet that must check clean, and a property of the resulting `Config`.
+
+mod common;
+
+use common::{assert_clean, assert_diagnostics, load_text};
+use pmta_sim::config::Checked;
+use pmta_sim::config::model::{EnvelopeField, PatternAction, QueueMode, Value};
+
+type Probe = fn(&Checked);
+
+const VMTA: &str =
+    "<virtual-mta v1>\n    smtp-source-host 192.0.2.1 mta1.example.com\n</virtual-mta>\n";
+
+#[test]
+fn every_block_form_is_read() {
+    let cases: &[(&str, &str, Probe)] = &[
+        ("virtual-mta", VMTA, |c| {
+            let hosts = c.config.virtual_mtas["v1"].source_hosts();
+            assert_eq!(hosts[0].host, "mta1.example.com");
+            assert_eq!(hosts[0].ip.to_string(), "192.0.2.1");
+        }),
+        (
+            "virtual-mta with nested domain",
+            "<virtual-mta v1>\n smtp-source-host 192.0.2.1 a.example.com\n <domain gmail.com>\n  max-smtp-out 3\n </domain>\n</virtual-mta>\n",
+            |c| assert_eq!(c.config.virtual_mtas["v1"].domains.len(), 1),
+        ),
+        (
+            "virtual-mta-pool",
+            "<virtual-mta-pool p>\n virtual-mta v1\n</virtual-mta-pool>\n",
+            |c| assert_eq!(c.config.pools["p"].members[0].value, "v1"),
+        ),
+        (
+            "domain",
+            "<domain example.com>\n max-smtp-out 2\n</domain>\n",
+            |c| assert_eq!(c.config.domains[0].pattern.to_string(), "example.com"),
+        ),
+        ("domain *.x", "<domain *.example.com>\n</domain>\n", |c| {
+            assert_eq!(c.config.domains[0].pattern.to_string(), "*.example.com")
+        }),
+        (
+            "domain [*.]x",
+            "<domain [*.]Example.COM>\n</domain>\n",
+            |c| assert_eq!(c.config.domains[0].pattern.to_string(), "[*.]example.com"),
+        ),
+        ("domain *", "<domain *>\n</domain>\n", |c| {
+            assert_eq!(c.config.domains[0].pattern.to_string(), "*")
+        }),
+        (
+            "source by address, network, any and name",
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<source 10.0.0.0/8>\n process-x-virtual-mta yes\n</source>\n<source 0/0>\n smtp-service no\n</source>\n<source {app}>\n default-virtual-mta v1\n</source>\n",
+            |c| {
+                let selectors: Vec<&str> = c
+                    .config
+                    .source_blocks
+                    .iter()
+                    .map(|s| s.selector.as_str())
+                    .collect();
+                assert_eq!(selectors, ["127.0.0.1", "10.0.0.0/8", "0/0", "{app}"]);
+            },
+        ),
+        (
+            "smtp-pattern-list with every action",
+            "<smtp-pattern-list errs>\n reply /421 .* try again later/ mode=backoff backoff-to-normal-after=30m\n reply /550 RBL/ disable-source-ip reenable-after=4h\n reply /mailbox disabled/ bounce-queue\n reply /welcome back/ mode=normal\n</smtp-pattern-list>\n",
+            |c| {
+                let rules = &c.config.smtp_pattern_lists["errs"].rules;
+                assert_eq!(
+                    rules[0].actions,
+                    [
+                        PatternAction::Mode(QueueMode::Backoff),
+                        PatternAction::BackoffToNormalAfter(Some(
+                            pmta_sim::config::value::Interval::from_secs(1800)
+                        ))
+                    ]
+                );
+                assert_eq!(rules[1].actions[0], PatternAction::DisableSourceIp);
+                assert_eq!(rules[2].actions, [PatternAction::BounceQueue]);
+                // Replies match case-insensitively, as in PowerMTA.
+                assert!(
+                    rules[0]
+                        .pattern
+                        .regex
+                        .is_match("421 4.7.0 TRY AGAIN LATER")
+                        .unwrap()
+                );
+            },
+        ),
+        (
+            "case-sensitive pattern with (?-i)",
+            "<smtp-pattern-list errs>\n reply /(?-i)TS01/ mode=backoff\n</smtp-pattern-list>\n",
+            |c| {
+                let regex = &c.config.smtp_pattern_lists["errs"].rules[0].pattern.regex;
+                assert!(regex.is_match("[TS01]").unwrap());
+                assert!(!regex.is_match("[ts01]").unwrap());
+            },
+        ),
+        (
+            "bounce-category-patterns",
+            "<bounce-category-patterns>\n /mailbox +(is +)?full/ quota-issues\n /^[45]\\.1\\.1/ bad-mailbox\n // other\n</bounce-category-patterns>\n",
+            |c| {
+                let cats: Vec<&str> = c
+                    .config
+                    .bounce_rules
+                    .iter()
+                    .map(|r| r.category.as_str())
+                    .collect();
+                assert_eq!(cats, ["quota-issues", "bad-mailbox", "other"]);
+                assert!(
+                    c.config.bounce_rules[0]
+                        .pattern
+                        .regex
+                        .is_match("Mailbox is full")
+                        .unwrap()
+                );
+            },
+        ),
+        (
+            "pattern-list",
+            "<pattern-list route>\n mail-from /@news\\.example\\.com$/ virtual-mta=v1\n rcpt-to /@gmail\\.com$/ virtual-mta=v1\n</pattern-list>\n",
+            |c| {
+                let rules = &c.config.pattern_lists["route"].rules;
+                assert_eq!(rules[0].field, EnvelopeField::MailFrom);
+                assert_eq!(rules[1].field, EnvelopeField::RcptTo);
+                assert_eq!(rules[1].virtual_mta.value, "v1");
+            },
+        ),
+        (
+            "mx-rollup-list",
+            "<mx-rollup-list>\n mx *.mail.protection.outlook.com hotmail.rollup\n mx *.pphosted.com proofpoint.rollup rollup-by-ip\n</mx-rollup-list>\n",
+            |c| {
+                assert_eq!(c.config.mx_rollups[0].queue_name, "hotmail.rollup");
+                assert!(c.config.mx_rollups[1].by_ip);
+            },
+        ),
+        (
+            "smtp-user",
+            "<smtp-user app>\n password \"pa ss\"\n source {app}\n</smtp-user>\n",
+            |c| {
+                let user = &c.config.smtp_users[0];
+                assert_eq!(
+                    user.settings.get("password").unwrap().value,
+                    Value::Text("pa ss".into())
+                );
+            },
+        ),
+        (
+            "acct-file to a path",
+            "<acct-file /var/log/pmta/acct.csv>\n records d,b,t,tq\n record-fields delivery *,jobId\n max-size 50M\n</acct-file>\n",
+            |c| {
+                let acct = &c.config.acct_files[0];
+                assert_eq!(acct.name, "/var/log/pmta/acct.csv");
+                assert_eq!(
+                    acct.settings.get("records").unwrap().value,
+                    Value::Text("d,b,t,tq".into())
+                );
+            },
+        ),
+        (
+            "acct-file to a program",
+            "<acct-file |/usr/bin/bounce-handler --db x>\n records b\n retry-interval 5m\n</acct-file>\n",
+            |c| {
+                assert_eq!(
+                    c.config.acct_files[0].name,
+                    "|/usr/bin/bounce-handler --db x"
+                )
+            },
+        ),
+        (
+            "spool",
+            "<spool /var/spool/pmta>\n delete-file-holders yes\n</spool>\n",
+            |c| assert_eq!(c.config.spools[0].name, "/var/spool/pmta"),
+        ),
+        (
+            "blocks accepted with no effect",
+            "<smtp-listener 0/0:2525>\n anything here\n</smtp-listener>\n<feedback-loop-processor>\n</feedback-loop-processor>\n",
+            |c| {
+                let what: Vec<&str> = c.config.no_effect.iter().map(|n| n.what.as_str()).collect();
+                assert_eq!(what, ["<smtp-listener>", "<feedback-loop-processor>"]);
+            },
+        ),
+    ];
+    for (name, snippet, probe) in cases {
+        let text = if snippet.contains("v1\n") && !snippet.starts_with("<virtual-mta v1>") {
+            format!("{VMTA}{snippet}")
+        } else {
+            snippet.to_string()
+        };
+        let checked = load_text(&text, &[]);
+        let rendered: String = checked
+            .diagnostics
+            .iter()
+            .map(|d| d.render(&checked.config.sources))
+            .collect();
+        assert!(checked.diagnostics.is_empty(), "{name}:\n{rendered}");
+        probe(&checked);
+    }
+}
+
+#[test]
+fn every_value_type_is_typed_in_context() {
+    let text = "
+<domain example.com>
+    max-smtp-out 7
+    max-errors-per-connection unlimited
+    bounce-after 4d12h
+    backoff-to-normal-after never
+    retry-after 10m, 20m,1h
+    bounce-upon-no-mx 1h
+    max-msg-rate 100/15m
+    max-cold-virtual-mta-msg 1/day,2/day,4/day
+    max-data-volume-rate 50M/h
+    backoff-notify ops@example.com, oncall@example.com
+    use-starttls no
+    type discard
+    source-ip-max-msg-rate 0/0 10/s
+</domain>
+<source 10.1.0.0/16>
+    max-message-size 20M
+</source>
+postmaster <postmaster@example.com>
+";
+    let checked = load_text(text, &[]);
+    assert_clean(&checked);
+    let settings = &checked.config.domains[0].settings;
+    let text_of = |name: &str| settings.get(name).unwrap().value.to_config_text();
+    let cases = [
+        ("max-smtp-out", "7"),
+        ("max-errors-per-connection", "unlimited"),
+        ("bounce-after", "4d12h"),
+        ("backoff-to-normal-after", "never"),
+        ("retry-after", "10m,20m,1h"),
+        ("bounce-upon-no-mx", "1h"),
+        ("max-msg-rate", "100/15m"),
+        ("max-cold-virtual-mta-msg", "1/d,2/d,4/d"),
+        ("max-data-volume-rate", "50M/h"),
+        ("backoff-notify", "ops@example.com, oncall@example.com"),
+        ("use-starttls", "no"),
+        ("type", "discard"),
+        ("source-ip-max-msg-rate", "0/0 10/s"),
+    ];
+    for (name, want) in cases {
+        assert_eq!(text_of(name), want, "{name}");
+    }
+    let size = &checked.config.source_blocks[0]
+        .settings
+        .get("max-message-size")
+        .unwrap()
+        .value;
+    assert_eq!(size.to_json(), serde_json::json!(20 * 1024 * 1024));
+}
+
+#[test]
+fn syntax_features() {
+    // CRLF line ends, comments after values and tags, `#` inside quotes and regexes,
+    // case-insensitive tags and names, indentation.
+    let text = "# header\r\n<Domain gmail.com>   # trailing comment\r\n\tMAX-SMTP-OUT 4#comment\r\n    dkim-identity \"news # 1@example.com\"\r\n</DOMAIN>\r\n<smtp-pattern-list x>\r\n    reply /421 #[0-9]+ later/ mode=backoff # why\r\n</smtp-pattern-list>\r\n";
+    let checked = load_text(text, &[]);
+    assert_clean(&checked);
+    let settings = &checked.config.domains[0].settings;
+    assert_eq!(settings.get("max-smtp-out").unwrap().value, Value::Count(4));
+    assert_eq!(
+        settings.get("dkim-identity").unwrap().value,
+        Value::Text("news # 1@example.com".into())
+    );
+    let rule = &checked.config.smtp_pattern_lists["x"].rules[0];
+    assert_eq!(rule.pattern.source, "421 #[0-9]+ later");
+    assert_eq!(rule.actions.len(), 1);
+}
+
+#[test]
+fn includes_are_relative_to_the_including_file_and_globs_are_sorted() {
+    let checked = load_text(
+        "include conf.d/*.conf\ninclude conf.d/sub/one.conf\n",
+        &[
+            ("/etc/pmta/conf.d/b.conf", "<domain b.example>\n</domain>\n"),
+            ("/etc/pmta/conf.d/a.conf", "<domain a.example>\n</domain>\n"),
+            (
+                "/etc/pmta/conf.d/sub/one.conf",
+                "include ../../shared.conf\n",
+            ),
+            (
+                "/etc/pmta/shared.conf",
+                "<domain shared.example>\n</domain>\n",
+            ),
+        ],
+    );
+    assert_clean(&checked);
+    let patterns: Vec<String> = checked
+        .config
+        .domains
+        .iter()
+        .map(|d| d.pattern.to_string())
+        .collect();
+    assert_eq!(patterns, ["a.example", "b.example", "shared.example"]);
+}
+
+#[test]
+fn include_inside_a_block_continues_that_block() {
+    let checked = load_text(
+        "<domain gmail.com>\n    include gmail-limits.conf\n</domain>\n",
+        &[("/etc/pmta/gmail-limits.conf", "max-smtp-out 3\n")],
+    );
+    assert_clean(&checked);
+    assert_eq!(
+        checked.config.domains[0]
+            .settings
+            .get("max-smtp-out")
+            .unwrap()
+            .value,
+        Value::Count(4 - 1)
+    );
+}
+
+#[test]
+fn misplaced_and_malformed_blocks_are_reported() {
+    let checked = load_text(
+        "<source 10.0.0.1>\n<domain x.example>\n</domain>\n</source>\n<virtual-mta>\n</virtual-mta>\n<domain>\n</domain>\n<domain bad..name>\n</domain>\n<domain a.example> extra\n</domain>\n",
+        &[],
+    );
+    assert_diagnostics(
+        &checked,
+        &[
+            (2, "error", "`<domain>` is not allowed inside `<source>`"),
+            (5, "error", "`<virtual-mta>` needs a name"),
+            (7, "error", "`<domain>` needs a pattern"),
+            (9, "error", "`bad..name` is not a domain pattern"),
+            (11, "error", "unexpected text after the `domain` tag"),
+        ],
+    );
+}
+
+#[test]
+fn deprecated_and_synonym_directives() {
+    let checked = load_text(
+        "<domain a.example>\n    max-rcpt-per-message 50\n    max-msg-per-hour 100\n</domain>\n",
+        &[],
+    );
+    assert_diagnostics(
+        &checked,
+        &[(3, "warning", "`max-msg-per-hour` is deprecated")],
+    );
+    let settings = &checked.config.domains[0].settings;
+    assert_eq!(
+        settings.get("max-rcpt-per-transaction").unwrap().value,
+        Value::Count(50)
+    );
+}
+
+#[test]
+fn non_utf8_and_overlong_input_is_reported_not_fatal() {
+    let mut bytes =
+        b"postmaster a@example.com\n<domain x.example>\n    max-smtp-out 2\xff\n</domain>\n"
+            .to_vec();
+    bytes.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    let fs = pmta_sim::config::MemFs::new().with("/c", bytes);
+    let checked =
+        pmta_sim::config::load(std::path::Path::new("/c"), &fs, Default::default()).unwrap();
+    assert_diagnostics(
+        &checked,
+        &[
+            (3, "error", "`max-smtp-out`: expected a whole number"),
+            (3, "error", "file is not valid UTF-8"),
+            (5, "error", "over the 65536 byte limit"),
+        ],
+    );
+}
