@@ -1,6 +1,6 @@
 //! The command line: argument parsing, output formatting and exit statuses.
 //!
-//! This is the edge: it may use `anyhow`, print, and touch the real file system. It holds no
+//! This is the edge: it may print and touch the real file system. It holds no
 //! logic of its own beyond presentation; what a command computes lives in the library rooms.
 //!
 //! Exit statuses (documented in the README):

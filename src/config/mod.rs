@@ -45,10 +45,6 @@ impl Checked {
     pub fn error_count(&self) -> usize {
         self.diagnostics.iter().filter(|d| d.is_error()).count()
     }
-
-    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| !d.is_error())
-    }
 }
 
 /// Reads `path` and everything it includes, and checks it all.
