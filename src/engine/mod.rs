@@ -1,0 +1,1780 @@
+//! The delivery engine: a sans-io core that obeys a PowerMTA configuration.
+//!
+//! Owns every delivery decision: which virtual MTA and source IP send a message, which queue
+//! (`DOMAIN/VMTA`) it waits in, when a connection opens, what is written on it, how each
+//! reply is classified, when to retry, when a queue enters and leaves backoff mode, and
+//! which accounting record results. It does no I/O and reads no clock: drivers (the network
+//! simulator, the fast simulator, live sockets) feed it events with the current time and
+//! carry out the actions it asks for. See [`Engine`] for the call order.
+
+pub mod accounting;
+pub mod classify;
+pub mod rate;
+pub mod session;
+pub mod settings;
+pub mod time;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use thiserror::Error;
+
+use self::accounting::{AcctRecord, RecordType};
+use self::classify::{Classifier, Disposition};
+use self::rate::Window;
+use self::session::{
+    Awaiting, ClientSession, FailureReason, Phase, SessionEvent, SessionOptions, Transaction,
+};
+use self::settings::{DeliveryType, DkimSign, NoMxPolicy, QueueSettings};
+pub use self::time::Time;
+use crate::auth::{SignOptions, Signer};
+use crate::config::model::{Config, PatternAction, QueueMode, Value};
+use crate::config::queue;
+use crate::config::value::{Cidr, Rate};
+use crate::smtp::{self, Reply};
+
+/// Limits on what one engine holds. Past them, injection is refused rather than memory
+/// growing without bound.
+pub const MESSAGES_MAX: usize = 10_000_000;
+pub const RECIPIENTS_PER_MESSAGE_MAX: usize = 10_000;
+pub const MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
+pub const CONNECTIONS_MAX: usize = 100_000;
+pub const QUEUES_MAX: usize = 1_000_000;
+/// Most MX targets (host, address) kept per queue.
+pub const MX_TARGETS_MAX: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct QueueId(u32);
+
+/// A message handed to the engine.
+#[derive(Clone, Debug)]
+pub struct Injection {
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    /// The message, headers and body, as injected (line ends LF or CRLF).
+    pub data: Vec<u8>,
+    /// The virtual MTA or pool the injecting stream names, if any.
+    pub virtual_mta: Option<String>,
+    /// The injecting client's address (`<source>` rules apply); `None` for the API.
+    pub source_ip: Option<IpAddr>,
+    pub job_id: String,
+    pub env_id: String,
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("a message needs at least one recipient")]
+    NoRecipients,
+    #[error("{0} recipients in one message, over the limit of {RECIPIENTS_PER_MESSAGE_MAX}")]
+    TooManyRecipients(usize),
+    #[error("message of {0} bytes, over the limit of {MESSAGE_SIZE_MAX_BYTES}")]
+    TooLarge(usize),
+    #[error("`{0}` is not a deliverable address")]
+    BadAddress(String),
+    #[error("no virtual MTA: name one, or set `default-virtual-mta`")]
+    NoVirtualMta,
+    #[error("virtual MTA or pool `{0}` is not defined")]
+    UnknownVirtualMta(String),
+    #[error("the engine holds {MESSAGES_MAX} messages already")]
+    Full,
+    #[error("{0}")]
+    Queue(String),
+}
+
+/// What a driver must do for the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Look up the mail hosts of `domain` and answer with [`Engine::handle_mx`].
+    ResolveMx { domain: String },
+    /// Open a TCP connection from `source_ip` to `ip:port`; answer with
+    /// [`Engine::handle_connected`] or [`Engine::handle_connect_failed`].
+    Connect {
+        conn: ConnectionId,
+        queue: String,
+        source_ip: IpAddr,
+        host: String,
+        ip: IpAddr,
+        port: u16,
+    },
+    Write { conn: ConnectionId, bytes: Vec<u8> },
+    /// Upgrade the connection to TLS for `server_name`, then call
+    /// [`Engine::handle_tls_established`].
+    StartTls { conn: ConnectionId, server_name: String },
+    Close { conn: ConnectionId },
+}
+
+/// One mail host of a domain, with its addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MxHost {
+    pub preference: u16,
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub port: u16,
+}
+
+/// A DNS answer for [`Action::ResolveMx`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MxAnswer {
+    Hosts(Vec<MxHost>),
+    /// The domain has no mail host (no MX and no address).
+    NoMailHost,
+    /// The lookup failed for now.
+    TempFail(String),
+}
+
+/// Things that happened to queues, for reports and checkers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineEvent {
+    ModeChanged {
+        at: Time,
+        queue: String,
+        mode: QueueMode,
+        reason: String,
+    },
+    SourceIpDisabled {
+        at: Time,
+        queue: String,
+        ip: IpAddr,
+        until: Option<Time>,
+    },
+    RetryScheduled {
+        at: Time,
+        queue: String,
+        until: Time,
+    },
+}
+
+/// A queue's state, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub name: String,
+    pub mode: QueueMode,
+    pub recipients_queued: usize,
+    pub connections: usize,
+    pub retry_until: Option<Time>,
+    pub settings: QueueSettings,
+}
+
+struct Message {
+    mail_from: String,
+    recipients: Vec<String>,
+    data: Arc<Vec<u8>>,
+    /// `data` dot-stuffed, for queues that do not sign.
+    stuffed: Arc<Vec<u8>>,
+    size: u64,
+    eight_bit: bool,
+    queued_at: Time,
+    job_id: String,
+    env_id: String,
+    src_type: &'static str,
+    src_mta: String,
+    /// Recipients not yet delivered or bounced.
+    open: usize,
+    from_domain: String,
+    has_x_dkim_options: bool,
+}
+
+/// Recipients of one message waiting in one queue.
+#[derive(Clone, Debug)]
+struct Entry {
+    msg: MessageId,
+    rcpts: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+struct Target {
+    host: String,
+    ip: IpAddr,
+    port: u16,
+}
+
+#[derive(Clone, Debug)]
+enum MxState {
+    Unknown,
+    Pending,
+    Known(Vec<Target>),
+    NoMailHost { since: Time },
+}
+
+struct Queue {
+    name: String,
+    domain: String,
+    vmta: String,
+    pool: String,
+    settings: QueueSettings,
+    ready: VecDeque<Entry>,
+    /// Recipients waiting out `retry-recipients-after`, by when they may go again.
+    waiting: BTreeMap<(Time, u64), Entry>,
+    queued_rcpts: usize,
+    mode: QueueMode,
+    backoff_leave_at: Option<Time>,
+    retry_until: Option<Time>,
+    retry_index: usize,
+    connections: BTreeSet<ConnectionId>,
+    /// Connections not yet through EHLO.
+    opening: usize,
+    idle: Vec<ConnectionId>,
+    rcpt_window: Window,
+    connect_window: Window,
+    last_connect: Option<Time>,
+    disabled_ips: BTreeMap<IpAddr, Option<Time>>,
+    next_source: usize,
+    mx_lookup: String,
+    mx: MxState,
+    wake_at: Option<Time>,
+    signed: BTreeMap<MessageId, Arc<Vec<u8>>>,
+}
+
+impl Queue {
+    fn max_smtp_out(&self) -> u64 {
+        match self.mode {
+            QueueMode::Normal => self.settings.max_smtp_out,
+            QueueMode::Backoff => self.settings.backoff_max_smtp_out,
+        }
+    }
+
+    fn msg_rate(&self) -> Rate {
+        match self.mode {
+            QueueMode::Normal => self.settings.max_msg_rate,
+            QueueMode::Backoff => self.settings.backoff_max_msg_rate,
+        }
+    }
+
+    fn connect_rate(&self) -> Rate {
+        match self.mode {
+            QueueMode::Normal => self.settings.max_connect_rate,
+            QueueMode::Backoff => self.settings.backoff_max_connect_rate,
+        }
+    }
+
+    fn retry_list(&self) -> &[u64] {
+        match self.mode {
+            QueueMode::Normal => &self.settings.retry_after_s,
+            QueueMode::Backoff => &self.settings.backoff_retry_after_s,
+        }
+    }
+}
+
+fn rate_horizon_ms(rates: &[Rate]) -> u64 {
+    rates
+        .iter()
+        .map(|r| match r {
+            Rate::Unlimited => 0,
+            Rate::Limit { per_seconds, .. } => per_seconds * 1000,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnState {
+    Connecting,
+    Open,
+    Quitting,
+}
+
+struct Connection {
+    queue: QueueId,
+    source_ip: IpAddr,
+    target: usize,
+    targets: Vec<Target>,
+    state: ConnState,
+    session: ClientSession,
+    in_flight: Option<Entry>,
+    transactions: u64,
+    errors: u64,
+    deadline: Option<Time>,
+    ready: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Queue(QueueId),
+    Connection(ConnectionId),
+}
+
+/// Options that are not in the PowerMTA configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineOptions {
+    /// Seeds the stand-in DKIM keys (simulation).
+    pub seed: u64,
+}
+
+/// The delivery engine.
+///
+/// Call order: create it with [`Engine::new`]; then, whenever something happens, call the
+/// matching input — [`inject`](Engine::inject), [`handle_mx`](Engine::handle_mx),
+/// [`handle_connected`](Engine::handle_connected),
+/// [`handle_connect_failed`](Engine::handle_connect_failed),
+/// [`handle_bytes`](Engine::handle_bytes),
+/// [`handle_tls_established`](Engine::handle_tls_established),
+/// [`handle_closed`](Engine::handle_closed), or [`handle_timeout`](Engine::handle_timeout)
+/// once the time from [`poll_timeout`](Engine::poll_timeout) has come — each with the
+/// current `now`, which never goes backwards. After each input, drain
+/// [`poll_action`](Engine::poll_action) (and carry the actions out in order),
+/// [`poll_record`](Engine::poll_record) and [`poll_event`](Engine::poll_event), then sleep
+/// until [`poll_timeout`](Engine::poll_timeout) or the next input.
+pub struct Engine {
+    config: Config,
+    signer: Signer,
+    classifier: Classifier,
+    messages: BTreeMap<MessageId, Message>,
+    next_message: u64,
+    queues: Vec<Queue>,
+    routes: IndexMap<(String, String), QueueId>,
+    pool_next: IndexMap<String, usize>,
+    connections: BTreeMap<ConnectionId, Connection>,
+    next_connection: u64,
+    total_connections: usize,
+    timers: BTreeSet<(Time, u64, TimerKind)>,
+    timer_seq: u64,
+    dirty: BTreeSet<QueueId>,
+    actions: VecDeque<Action>,
+    records: VecDeque<AcctRecord>,
+    events: VecDeque<EngineEvent>,
+    total_max_smtp_out: Option<u64>,
+    mx_requested: BTreeSet<String>,
+    decisions: u64,
+    last_now: Time,
+}
+
+impl Engine {
+    pub fn new(config: Config, options: EngineOptions) -> Result<Engine, crate::auth::DkimError> {
+        let signer = Signer::from_config(&config, options.seed)?;
+        let classifier = Classifier::new(&config);
+        let total_max_smtp_out = match config.globals.get("total-max-smtp-out").map(|s| &s.value)
+        {
+            Some(Value::Count(n)) => Some(*n),
+            _ => None,
+        };
+        Ok(Engine {
+            config,
+            signer,
+            classifier,
+            messages: BTreeMap::new(),
+            next_message: 1,
+            queues: Vec::new(),
+            routes: IndexMap::new(),
+            pool_next: IndexMap::new(),
+            connections: BTreeMap::new(),
+            next_connection: 1,
+            total_connections: 0,
+            timers: BTreeSet::new(),
+            timer_seq: 0,
+            dirty: BTreeSet::new(),
+            actions: VecDeque::new(),
+            records: VecDeque::new(),
+            events: VecDeque::new(),
+            total_max_smtp_out,
+            mx_requested: BTreeSet::new(),
+            decisions: 0,
+            last_now: Time::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    // --- outputs -----------------------------------------------------------------------------
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_record(&mut self) -> Option<AcctRecord> {
+        self.records.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    /// When the engine next needs [`handle_timeout`](Engine::handle_timeout).
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.first().map(|(t, _, _)| *t)
+    }
+
+    /// Scheduling decisions taken so far (for benchmarks).
+    pub fn decisions(&self) -> u64 {
+        self.decisions
+    }
+
+    /// Recipients not yet delivered or bounced.
+    pub fn recipients_pending(&self) -> usize {
+        self.messages.values().map(|m| m.open).sum()
+    }
+
+    pub fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
+        self.queues
+            .iter()
+            .map(|q| QueueSnapshot {
+                name: q.name.clone(),
+                mode: q.mode,
+                recipients_queued: q.queued_rcpts,
+                connections: q.connections.len(),
+                retry_until: q.retry_until,
+                settings: q.settings.clone(),
+            })
+            .collect()
+    }
+
+    // --- inputs ------------------------------------------------------------------------------
+
+    /// Accepts a message: routes it to a virtual MTA and queues each recipient.
+    pub fn inject(&mut self, now: Time, injection: Injection) -> Result<MessageId, InjectError> {
+        self.advance(now);
+        if injection.recipients.is_empty() {
+            return Err(InjectError::NoRecipients);
+        }
+        if injection.recipients.len() > RECIPIENTS_PER_MESSAGE_MAX {
+            return Err(InjectError::TooManyRecipients(injection.recipients.len()));
+        }
+        if injection.data.len() > MESSAGE_SIZE_MAX_BYTES {
+            return Err(InjectError::TooLarge(injection.data.len()));
+        }
+        if self.messages.len() >= MESSAGES_MAX {
+            return Err(InjectError::Full);
+        }
+        for address in std::iter::once(&injection.mail_from).chain(&injection.recipients) {
+            let ok = address.is_empty() && std::ptr::eq(address, &injection.mail_from)
+                || crate::config::value::parse_address(address).is_ok();
+            if !ok || address.len() > 256 {
+                return Err(InjectError::BadAddress(address.clone()));
+            }
+        }
+        let (x_virtual_mta, has_x_dkim_options, from_domain) = {
+            let parsed = mail_parser::MessageParser::default().parse_headers(&injection.data);
+            let header = |name: &str| {
+                parsed
+                    .as_ref()
+                    .and_then(|m| m.header_raw(name))
+                    .map(|v| v.trim().to_string())
+            };
+            let from_domain = parsed
+                .as_ref()
+                .and_then(|m| m.from())
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+            (header("X-Virtual-MTA"), header("X-DKIM-Options").is_some(), from_domain)
+        };
+        let from_domain = from_domain.unwrap_or_else(|| {
+            injection
+                .mail_from
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default()
+        });
+        let (vmta, pool) = self.route(&injection, x_virtual_mta)?;
+        let id = MessageId(self.next_message);
+        self.next_message += 1;
+        let mut per_queue: IndexMap<QueueId, Vec<u32>> = IndexMap::new();
+        for (index, rcpt) in injection.recipients.iter().enumerate() {
+            let domain = rcpt
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            let queue = self.queue_for(&domain, &vmta, &pool)?;
+            per_queue.entry(queue).or_default().push(index as u32);
+        }
+        let data = Arc::new(injection.data);
+        let stuffed = Arc::new(smtp::dot_stuff(&data));
+        let message = Message {
+            mail_from: injection.mail_from,
+            size: data.len() as u64,
+            eight_bit: smtp::is_eight_bit(&data),
+            open: injection.recipients.len(),
+            recipients: injection.recipients,
+            has_x_dkim_options,
+            data,
+            stuffed,
+            queued_at: now,
+            job_id: injection.job_id,
+            env_id: injection.env_id,
+            src_type: if injection.source_ip.is_some() { "smtp" } else { "api" },
+            src_mta: injection
+                .source_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            from_domain,
+        };
+        self.messages.insert(id, message);
+        for (queue, rcpts) in per_queue {
+            let q = &mut self.queues[queue.0 as usize];
+            q.queued_rcpts += rcpts.len();
+            q.ready.push_back(Entry { msg: id, rcpts });
+            self.dirty.insert(queue);
+        }
+        self.run(now);
+        Ok(id)
+    }
+
+    /// Picks the virtual MTA (and pool) for a message.
+    fn route(
+        &mut self,
+        injection: &Injection,
+        x_virtual_mta: Option<String>,
+    ) -> Result<(String, String), InjectError> {
+        let source = injection.source_ip.and_then(|ip| {
+            self.config.source_blocks.iter().find(|s| {
+                crate::config::value::parse_cidr(&s.selector).is_ok_and(|c: Cidr| c.contains(ip))
+            })
+        });
+        let source_flag = |name: &str| {
+            source.is_some_and(|s| matches!(s.settings.get(name).map(|v| &v.value), Some(Value::Bool(true))))
+        };
+        let source_text = |name: &str| {
+            source.and_then(|s| match s.settings.get(name).map(|v| &v.value) {
+                Some(Value::Text(t)) => Some(t.clone()),
+                _ => None,
+            })
+        };
+        let mut name = None;
+        if source_flag("process-x-virtual-mta") || injection.source_ip.is_none() {
+            name = x_virtual_mta;
+        }
+        if name.is_none()
+            && let Some(list) = source_text("pattern-list")
+            && let Some(list) = self.config.pattern_lists.get(&list)
+        {
+            name = list.rules.iter().find_map(|rule| {
+                let subject = match rule.field {
+                    crate::config::model::EnvelopeField::MailFrom => {
+                        std::slice::from_ref(&injection.mail_from)
+                    }
+                    crate::config::model::EnvelopeField::RcptTo => &injection.recipients[..1],
+                };
+                subject
+                    .iter()
+                    .any(|s| rule.pattern.regex.is_match(s).unwrap_or(false))
+                    .then(|| rule.virtual_mta.value.clone())
+            });
+        }
+        let name = name
+            .or_else(|| injection.virtual_mta.clone())
+            .or_else(|| source_text("default-virtual-mta"))
+            .or_else(|| match self.config.globals.get("default-virtual-mta").map(|s| &s.value) {
+                Some(Value::Text(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .ok_or(InjectError::NoVirtualMta)?;
+        if self.config.virtual_mtas.contains_key(&name) {
+            return Ok((name, String::new()));
+        }
+        let Some(pool) = self.config.pools.get(&name) else {
+            return Err(InjectError::UnknownVirtualMta(name));
+        };
+        // Pools rotate their members message by message.
+        let next = self.pool_next.entry(name.clone()).or_insert(0);
+        let member = pool.members[*next % pool.members.len()].value.clone();
+        *next = (*next + 1) % pool.members.len();
+        Ok((member, name))
+    }
+
+    fn queue_for(&mut self, domain: &str, vmta: &str, pool: &str) -> Result<QueueId, InjectError> {
+        if let Some(id) = self.routes.get(&(domain.to_string(), vmta.to_string())) {
+            return Ok(*id);
+        }
+        let view = queue::explain(&self.config, &format!("{domain}/{vmta}"))
+            .map_err(|e| InjectError::Queue(e.to_string()))?;
+        let name = view.queue_name();
+        // Several domains may share one queue through queue-to.
+        let existing = self.queues.iter().position(|q| q.name == name);
+        let id = match existing {
+            Some(index) => QueueId(index as u32),
+            None => {
+                if self.queues.len() >= QUEUES_MAX {
+                    return Err(InjectError::Full);
+                }
+                let settings = QueueSettings::from_view(&view);
+                let horizon = rate_horizon_ms(&[settings.max_msg_rate, settings.backoff_max_msg_rate]);
+                let connect_horizon =
+                    rate_horizon_ms(&[settings.max_connect_rate, settings.backoff_max_connect_rate]);
+                let mx_lookup = view.queue_domain.clone();
+                self.queues.push(Queue {
+                    name,
+                    domain: view.queue_domain.clone(),
+                    vmta: vmta.to_string(),
+                    pool: pool.to_string(),
+                    settings,
+                    ready: VecDeque::new(),
+                    waiting: BTreeMap::new(),
+                    queued_rcpts: 0,
+                    mode: QueueMode::Normal,
+                    backoff_leave_at: None,
+                    retry_until: None,
+                    retry_index: 0,
+                    connections: BTreeSet::new(),
+                    opening: 0,
+                    idle: Vec::new(),
+                    rcpt_window: Window::new(horizon),
+                    connect_window: Window::new(connect_horizon),
+                    last_connect: None,
+                    disabled_ips: BTreeMap::new(),
+                    next_source: 0,
+                    mx_lookup,
+                    mx: MxState::Unknown,
+                    wake_at: None,
+                    signed: BTreeMap::new(),
+                });
+                QueueId((self.queues.len() - 1) as u32)
+            }
+        };
+        self.routes.insert((domain.to_string(), vmta.to_string()), id);
+        Ok(id)
+    }
+
+    /// The answer to [`Action::ResolveMx`].
+    pub fn handle_mx(&mut self, now: Time, domain: &str, answer: MxAnswer) {
+        self.advance(now);
+        self.mx_requested.remove(domain);
+        let mut targets = Vec::new();
+        let state = match answer {
+            MxAnswer::Hosts(mut hosts) => {
+                hosts.sort_by_key(|h| h.preference);
+                for host in hosts {
+                    for ip in host.addresses {
+                        if targets.len() < MX_TARGETS_MAX {
+                            targets.push(Target {
+                                host: host.name.clone(),
+                                ip,
+                                port: host.port,
+                            });
+                        }
+                    }
+                }
+                if targets.is_empty() {
+                    MxState::NoMailHost { since: now }
+                } else {
+                    MxState::Known(targets)
+                }
+            }
+            MxAnswer::NoMailHost => MxState::NoMailHost { since: now },
+            MxAnswer::TempFail(reason) => {
+                for id in 0..self.queues.len() {
+                    if self.queues[id].mx_lookup == domain {
+                        self.queues[id].mx = MxState::Unknown;
+                        self.dns_failure(now, QueueId(id as u32), &reason);
+                    }
+                }
+                self.run(now);
+                return;
+            }
+        };
+        for id in 0..self.queues.len() {
+            if self.queues[id].mx_lookup == domain {
+                self.queues[id].mx = state.clone();
+                self.dirty.insert(QueueId(id as u32));
+            }
+        }
+        self.run(now);
+    }
+
+    pub fn handle_connected(&mut self, now: Time, conn: ConnectionId) {
+        self.advance(now);
+        let Some(c) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        c.state = ConnState::Open;
+        let timeout = self.queues[c.queue.0 as usize].settings.smtp_greeting_timeout_s;
+        self.set_deadline(conn, Some(now.plus_secs(timeout)));
+        self.run(now);
+    }
+
+    pub fn handle_connect_failed(&mut self, now: Time, conn: ConnectionId, reason: &str) {
+        self.advance(now);
+        self.connection_failed(now, conn, None, &format!("connection failed: {reason}"), true);
+        self.run(now);
+    }
+
+    pub fn handle_tls_established(&mut self, now: Time, conn: ConnectionId) {
+        self.advance(now);
+        if let Some(c) = self.connections.get_mut(&conn) {
+            c.session.tls_established();
+            self.pump(now, conn);
+        }
+        self.run(now);
+    }
+
+    pub fn handle_bytes(&mut self, now: Time, conn: ConnectionId, bytes: &[u8]) {
+        self.advance(now);
+        if let Some(c) = self.connections.get_mut(&conn) {
+            c.session.handle_bytes(bytes);
+            self.pump(now, conn);
+        }
+        self.run(now);
+    }
+
+    /// The peer closed the connection (or the driver lost it).
+    pub fn handle_closed(&mut self, now: Time, conn: ConnectionId) {
+        self.advance(now);
+        if let Some(c) = self.connections.get(&conn) {
+            if c.state == ConnState::Quitting && c.in_flight.is_none() {
+                self.drop_connection(conn, false);
+            } else {
+                self.connection_failed(now, conn, None, "connection closed by the remote host", false);
+            }
+        }
+        self.run(now);
+    }
+
+    /// Runs everything due at or before `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance(now);
+        while let Some(&(at, seq, kind)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, seq, kind));
+            match kind {
+                TimerKind::Queue(q) => {
+                    let queue = &mut self.queues[q.0 as usize];
+                    if queue.wake_at == Some(at) {
+                        queue.wake_at = None;
+                    }
+                    self.dirty.insert(q);
+                }
+                TimerKind::Connection(conn) => {
+                    let due = self
+                        .connections
+                        .get(&conn)
+                        .is_some_and(|c| c.deadline == Some(at));
+                    if due {
+                        self.connection_timeout(now, conn);
+                    }
+                }
+            }
+        }
+        self.run(now);
+    }
+
+    fn advance(&mut self, now: Time) {
+        assert!(now >= self.last_now, "time never goes backwards: {now:?} < {:?}", self.last_now);
+        self.last_now = now;
+    }
+
+    // --- timers ------------------------------------------------------------------------------
+
+    fn push_timer(&mut self, at: Time, kind: TimerKind) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq, kind));
+    }
+
+    fn wake_queue(&mut self, q: QueueId, at: Time) {
+        let queue = &mut self.queues[q.0 as usize];
+        if queue.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        queue.wake_at = Some(at);
+        self.push_timer(at, TimerKind::Queue(q));
+    }
+
+    fn set_deadline(&mut self, conn: ConnectionId, at: Option<Time>) {
+        let Some(c) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        c.deadline = at;
+        if let Some(at) = at {
+            self.push_timer(at, TimerKind::Connection(conn));
+        }
+    }
+
+    // --- scheduling --------------------------------------------------------------------------
+
+    /// Schedules every queue that something happened to, higher `queue-priority` first.
+    fn run(&mut self, now: Time) {
+        let mut rounds = 0;
+        while !self.dirty.is_empty() {
+            rounds += 1;
+            assert!(rounds < 1_000_000, "scheduling does not converge");
+            let mut dirty: Vec<QueueId> = std::mem::take(&mut self.dirty).into_iter().collect();
+            dirty.sort_by_key(|q| (std::cmp::Reverse(self.queues[q.0 as usize].settings.queue_priority), *q));
+            for q in dirty {
+                self.schedule(now, q);
+            }
+        }
+    }
+
+    fn schedule(&mut self, now: Time, q: QueueId) {
+        self.decisions += 1;
+        self.leave_backoff_if_due(now, q);
+        self.reenable_sources(now, q);
+        self.promote_waiting(now, q);
+        self.expire(now, q);
+        let queue = &self.queues[q.0 as usize];
+        if queue.ready.is_empty() {
+            self.quit_idle(now, q);
+            return;
+        }
+        if let Some(until) = queue.retry_until {
+            if until > now {
+                self.quit_idle(now, q);
+                self.wake_queue(q, until);
+                return;
+            }
+            self.queues[q.0 as usize].retry_until = None;
+        }
+        if self.queues[q.0 as usize].settings.delivery_type == DeliveryType::Discard {
+            self.discard_all(now, q);
+            return;
+        }
+        match self.queues[q.0 as usize].mx.clone() {
+            MxState::Pending => return,
+            MxState::Unknown => {
+                self.request_mx(now, q);
+                return;
+            }
+            MxState::NoMailHost { since } => {
+                self.no_mail_host(now, q, since);
+                return;
+            }
+            MxState::Known(_) => {}
+        }
+        // Give idle connections work first, then open new ones.
+        while let Some(conn) = self.queues[q.0 as usize].idle.pop() {
+            if !self.feed(now, conn) {
+                break;
+            }
+        }
+        self.open_connections(now, q);
+    }
+
+    fn request_mx(&mut self, now: Time, q: QueueId) {
+        let queue = &mut self.queues[q.0 as usize];
+        if let Some(hosts) = &queue.settings.smtp_hosts {
+            if let Some(targets) = parse_smtp_hosts(hosts) {
+                queue.mx = MxState::Known(targets);
+                self.dirty.insert(q);
+                return;
+            }
+            if let Some(domain) = hosts.strip_prefix("lookup-mx:") {
+                queue.mx_lookup = domain.trim().to_ascii_lowercase();
+            }
+        }
+        queue.mx = MxState::Pending;
+        let domain = queue.mx_lookup.clone();
+        // One lookup per domain at a time; every queue for it takes the answer.
+        if self.mx_requested.insert(domain.clone()) {
+            self.actions.push_back(Action::ResolveMx { domain });
+        }
+        let _ = now;
+    }
+
+    fn leave_backoff_if_due(&mut self, now: Time, q: QueueId) {
+        let queue = &self.queues[q.0 as usize];
+        if queue.mode == QueueMode::Backoff && queue.backoff_leave_at.is_some_and(|t| t <= now) {
+            self.set_mode(now, q, QueueMode::Normal, "backoff-to-normal-after elapsed".into(), None);
+        } else if let Some(at) = queue.backoff_leave_at {
+            self.wake_queue(q, at);
+        }
+    }
+
+    fn reenable_sources(&mut self, now: Time, q: QueueId) {
+        let queue = &mut self.queues[q.0 as usize];
+        let due: Vec<IpAddr> = queue
+            .disabled_ips
+            .iter()
+            .filter(|(_, until)| until.is_some_and(|t| t <= now))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in due {
+            queue.disabled_ips.remove(&ip);
+        }
+        let next = queue.disabled_ips.values().flatten().min().copied();
+        if let Some(at) = next {
+            self.wake_queue(q, at);
+        }
+    }
+
+    fn promote_waiting(&mut self, now: Time, q: QueueId) {
+        let queue = &mut self.queues[q.0 as usize];
+        while let Some(entry) = queue.waiting.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            queue.ready.push_back(entry.remove());
+        }
+        if let Some(((at, _), _)) = queue.waiting.first_key_value() {
+            let at = *at;
+            self.wake_queue(q, at);
+        }
+    }
+
+    /// Bounces recipients at the front of the queue that are older than `bounce-after`.
+    fn expire(&mut self, now: Time, q: QueueId) {
+        let bounce_after = self.queues[q.0 as usize].settings.bounce_after_s;
+        let mut expired = Vec::new();
+        let queue = &mut self.queues[q.0 as usize];
+        queue.ready.retain(|entry| {
+            let queued_at = self.messages.get(&entry.msg).map_or(now, |m| m.queued_at);
+            if now >= queued_at.plus_secs(bounce_after) {
+                expired.push(entry.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let reply = Reply::new(554, Some([5, 4, 7]), "delivery expired (message too old)");
+        for entry in expired {
+            self.settle_entry(now, q, &entry, &reply, None, RecordType::Bounced);
+        }
+    }
+
+    fn quit_idle(&mut self, now: Time, q: QueueId) {
+        let idle = std::mem::take(&mut self.queues[q.0 as usize].idle);
+        for conn in idle {
+            self.quit(now, conn);
+        }
+    }
+
+    fn discard_all(&mut self, now: Time, q: QueueId) {
+        let entries: Vec<Entry> = self.queues[q.0 as usize].ready.drain(..).collect();
+        let reply = Reply::new(250, Some([2, 0, 0]), "discarded (type discard)");
+        for entry in entries {
+            self.settle_entry(now, q, &entry, &reply, None, RecordType::Delivered);
+        }
+    }
+
+    fn no_mail_host(&mut self, now: Time, q: QueueId, since: Time) {
+        let policy = self.queues[q.0 as usize].settings.bounce_upon_no_mx;
+        let bounce = match policy {
+            NoMxPolicy::Bounce => true,
+            NoMxPolicy::BounceAfter { seconds } => now >= since.plus_secs(seconds),
+            NoMxPolicy::Retry => false,
+        };
+        if bounce {
+            let reply = Reply::new(550, Some([5, 1, 2]), "no mail host for the domain (no MX)");
+            self.bounce_queue(now, q, &reply);
+        } else {
+            self.queues[q.0 as usize].mx = MxState::Unknown;
+            self.dns_failure(now, q, "no mail host for the domain");
+        }
+    }
+
+    fn dns_failure(&mut self, now: Time, q: QueueId, reason: &str) {
+        let wait = self.queues[q.0 as usize].settings.retry_after_dns_error_s;
+        let until = now.plus_secs(wait);
+        self.queue_record(now, q, None, &format!("dns;{reason}"), "4.4.3");
+        let queue = &mut self.queues[q.0 as usize];
+        queue.retry_until = Some(until);
+        let name = queue.name.clone();
+        self.events.push_back(EngineEvent::RetryScheduled {
+            at: now,
+            queue: name,
+            until,
+        });
+        self.wake_queue(q, until);
+    }
+
+    /// Opens connections while the queue has work and its limits allow.
+    fn open_connections(&mut self, now: Time, q: QueueId) {
+        loop {
+            let queue = &mut self.queues[q.0 as usize];
+            let demand = queue.ready.len();
+            if demand <= queue.opening {
+                return;
+            }
+            if queue.connections.len() as u64 >= queue.max_smtp_out() {
+                return;
+            }
+            if self
+                .total_max_smtp_out
+                .is_some_and(|max| self.total_connections as u64 >= max)
+                || self.connections.len() >= CONNECTIONS_MAX
+            {
+                return;
+            }
+            // Self-imposed waits: rampup, connect rate and message rate. None counts as
+            // a failed attempt.
+            let rampup_ms = queue.settings.smtp_out_rampup_interval_s * 1000;
+            if let Some(last) = queue.last_connect
+                && rampup_ms > 0
+                && now.since(last) < rampup_ms
+            {
+                let at = last.plus_ms(rampup_ms);
+                self.wake_queue(q, at);
+                return;
+            }
+            let connect_rate = queue.connect_rate();
+            if let Some(at) = queue.connect_window.next_allowed(connect_rate, now) {
+                self.wake_queue(q, at);
+                return;
+            }
+            let msg_rate = queue.msg_rate();
+            if let Some(at) = queue.rcpt_window.next_allowed(msg_rate, now) {
+                self.wake_queue(q, at);
+                return;
+            }
+            let Some(source_ip) = self.pick_source(now, q) else {
+                return;
+            };
+            self.open(now, q, source_ip, 0);
+        }
+    }
+
+    fn source_ips(&self, q: QueueId) -> Vec<IpAddr> {
+        let queue = &self.queues[q.0 as usize];
+        let vmta = &self.config.virtual_mtas[&queue.vmta];
+        let ips: Vec<IpAddr> = vmta.source_hosts().iter().map(|h| h.ip).collect();
+        if ips.is_empty() {
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        } else {
+            ips
+        }
+    }
+
+    fn pick_source(&mut self, now: Time, q: QueueId) -> Option<IpAddr> {
+        let ips = self.source_ips(q);
+        let queue = &mut self.queues[q.0 as usize];
+        let enabled: Vec<IpAddr> = ips
+            .iter()
+            .filter(|ip| !queue.disabled_ips.contains_key(ip))
+            .copied()
+            .collect();
+        if enabled.is_empty() {
+            if queue.settings.backoff_upon_all_sources_disabled && queue.mode == QueueMode::Normal {
+                self.set_mode(now, q, QueueMode::Backoff, "all source IPs disabled".into(), None);
+            }
+            return None;
+        }
+        let ip = enabled[queue.next_source % enabled.len()];
+        queue.next_source = queue.next_source.wrapping_add(1);
+        Some(ip)
+    }
+
+    fn ehlo_name(&self, q: QueueId, source_ip: IpAddr) -> String {
+        let queue = &self.queues[q.0 as usize];
+        let vmta = &self.config.virtual_mtas[&queue.vmta];
+        vmta.source_hosts()
+            .iter()
+            .find(|h| h.ip == source_ip)
+            .map(|h| h.host.clone())
+            .or_else(|| match self.config.globals.get("host-name").map(|s| &s.value) {
+                Some(Value::Text(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+
+    fn open(&mut self, now: Time, q: QueueId, source_ip: IpAddr, target: usize) {
+        let MxState::Known(targets) = self.queues[q.0 as usize].mx.clone() else {
+            return;
+        };
+        let Some(t) = targets.get(target).cloned() else {
+            return;
+        };
+        let conn = ConnectionId(self.next_connection);
+        self.next_connection += 1;
+        let ehlo_name = self.ehlo_name(q, source_ip);
+        let queue = &mut self.queues[q.0 as usize];
+        queue.connections.insert(conn);
+        queue.opening += 1;
+        queue.last_connect = Some(now);
+        queue.connect_window.record(now, 1);
+        let session = ClientSession::new(SessionOptions {
+            ehlo_name,
+            use_starttls: queue.settings.use_starttls,
+            require_starttls: queue.settings.require_starttls,
+        });
+        let connect_timeout = queue.settings.connect_timeout_s;
+        let queue_name = queue.name.clone();
+        self.total_connections += 1;
+        self.connections.insert(
+            conn,
+            Connection {
+                queue: q,
+                source_ip,
+                target,
+                targets,
+                state: ConnState::Connecting,
+                session,
+                in_flight: None,
+                transactions: 0,
+                errors: 0,
+                deadline: None,
+                ready: false,
+            },
+        );
+        self.set_deadline(conn, Some(now.plus_secs(connect_timeout)));
+        self.actions.push_back(Action::Connect {
+            conn,
+            queue: queue_name,
+            source_ip,
+            host: t.host,
+            ip: t.ip,
+            port: t.port,
+        });
+    }
+
+    /// Gives a ready connection its next transaction, or lets it go. Returns false when the
+    /// queue has nothing more to give now.
+    fn feed(&mut self, now: Time, conn: ConnectionId) -> bool {
+        let Some(c) = self.connections.get(&conn) else {
+            return true;
+        };
+        let q = c.queue;
+        let queue = &self.queues[q.0 as usize];
+        let settings = &queue.settings;
+        let limit_reached = (settings.max_msg_per_connection > 0
+            && c.transactions >= settings.max_msg_per_connection)
+            || settings
+                .max_errors_per_connection
+                .is_some_and(|max| c.errors >= max);
+        if limit_reached || queue.retry_until.is_some_and(|t| t > now) {
+            self.quit(now, conn);
+            return true;
+        }
+        if queue.ready.is_empty() {
+            self.park(now, conn);
+            return false;
+        }
+        let rate = queue.msg_rate();
+        let allowance = self.queues[q.0 as usize].rcpt_window.allowance(rate, now);
+        if allowance == 0 {
+            let at = self.queues[q.0 as usize].rcpt_window.next_allowed(rate, now);
+            if let Some(at) = at {
+                self.wake_queue(q, at);
+            }
+            self.park(now, conn);
+            return false;
+        }
+        let queue = &mut self.queues[q.0 as usize];
+        let take = (queue.settings.max_rcpt_per_transaction).min(allowance) as usize;
+        let mut entry = queue.ready.pop_front().expect("ready is not empty");
+        if entry.rcpts.len() > take {
+            let rest = entry.rcpts.split_off(take);
+            queue.ready.push_front(Entry {
+                msg: entry.msg,
+                rcpts: rest,
+            });
+        }
+        queue.rcpt_window.record(now, entry.rcpts.len() as u64);
+        let data = self.message_data(now, q, entry.msg);
+        let message = &self.messages[&entry.msg];
+        let transaction = Transaction {
+            mail_from: message.mail_from.clone(),
+            recipients: entry
+                .rcpts
+                .iter()
+                .map(|i| message.recipients[*i as usize].clone())
+                .collect(),
+            size: data.len() as u64,
+            data,
+            eight_bit: message.eight_bit,
+        };
+        let c = self.connections.get_mut(&conn).expect("checked above");
+        c.ready = false;
+        c.transactions += 1;
+        c.in_flight = Some(entry);
+        c.session.start_transaction(transaction);
+        self.pump(now, conn);
+        true
+    }
+
+    /// The message as sent by this queue: DKIM-signed when the queue signs, dot-stuffed.
+    fn message_data(&mut self, now: Time, q: QueueId, msg: MessageId) -> Arc<Vec<u8>> {
+        let queue = &self.queues[q.0 as usize];
+        if let Some(signed) = queue.signed.get(&msg) {
+            return Arc::clone(signed);
+        }
+        let message = &self.messages[&msg];
+        let sign = match queue.settings.dkim_sign {
+            DkimSign::Yes => true,
+            DkimSign::IfXDkimOptionsPresent => message.has_x_dkim_options,
+            DkimSign::No => false,
+        };
+        let signer = sign.then(|| self.signer.for_domain(&message.from_domain)).flatten();
+        let Some(signer) = signer else {
+            return Arc::clone(&message.stuffed);
+        };
+        let options = SignOptions::from_settings(
+            &queue.settings.dkim_headers_canon,
+            &queue.settings.dkim_body_canon,
+            queue.settings.dkim_headers.as_deref(),
+        );
+        let crlf = crate::auth::to_crlf(&message.data);
+        let stuffed = match signer.sign(&crlf, now.unix_secs(), &options) {
+            Ok(header) => {
+                let mut signed = header.into_bytes();
+                signed.extend_from_slice(&crlf);
+                Arc::new(smtp::dot_stuff(&signed))
+            }
+            Err(_) => Arc::clone(&message.stuffed),
+        };
+        self.queues[q.0 as usize]
+            .signed
+            .insert(msg, Arc::clone(&stuffed));
+        stuffed
+    }
+
+    /// Keeps a ready connection open for new mail, up to `connection-idle-timeout`.
+    fn park(&mut self, now: Time, conn: ConnectionId) {
+        let Some(c) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        let q = c.queue;
+        let idle_s = self.queues[q.0 as usize].settings.connection_idle_timeout_s;
+        if idle_s == 0 {
+            self.quit(now, conn);
+            return;
+        }
+        c.ready = true;
+        self.queues[q.0 as usize].idle.push(conn);
+        self.set_deadline(conn, Some(now.plus_secs(idle_s)));
+    }
+
+    fn quit(&mut self, now: Time, conn: ConnectionId) {
+        let Some(c) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        if c.state == ConnState::Quitting {
+            return;
+        }
+        c.state = ConnState::Quitting;
+        c.ready = false;
+        c.session.quit();
+        let q = c.queue;
+        self.queues[q.0 as usize].idle.retain(|i| *i != conn);
+        let timeout = self.queues[q.0 as usize].settings.smtp_greeting_timeout_s;
+        self.set_deadline(conn, Some(now.plus_secs(timeout)));
+        self.pump(now, conn);
+    }
+
+    /// Moves session output to actions and reacts to session events.
+    fn pump(&mut self, now: Time, conn: ConnectionId) {
+        loop {
+            let Some(c) = self.connections.get_mut(&conn) else {
+                return;
+            };
+            if let Some(bytes) = c.session.take_output() {
+                self.actions.push_back(Action::Write { conn, bytes });
+            }
+            let Some(c) = self.connections.get_mut(&conn) else {
+                return;
+            };
+            let Some(event) = c.session.poll_event() else {
+                break;
+            };
+            self.on_session_event(now, conn, event);
+        }
+        self.arm_session_deadline(now, conn);
+    }
+
+    fn arm_session_deadline(&mut self, now: Time, conn: ConnectionId) {
+        let Some(c) = self.connections.get(&conn) else {
+            return;
+        };
+        if c.ready {
+            return; // parked: the idle deadline stands
+        }
+        let settings = &self.queues[c.queue.0 as usize].settings;
+        let timeout_s = match c.session.awaiting() {
+            Awaiting::Nothing => return,
+            Awaiting::Greeting | Awaiting::Tls => settings.smtp_greeting_timeout_s,
+            Awaiting::Reply(Phase::Data) => settings.data_send_timeout_s,
+            Awaiting::Reply(Phase::DataEnd) => settings.smtp_data_termination_timeout_s,
+            Awaiting::Reply(_) => settings.smtp_greeting_timeout_s,
+        };
+        let at = now.plus_secs(timeout_s);
+        if c.deadline != Some(at) {
+            self.set_deadline(conn, Some(at));
+        }
+    }
+
+    fn on_session_event(&mut self, now: Time, conn: ConnectionId, event: SessionEvent) {
+        let q = self.connections[&conn].queue;
+        match event {
+            SessionEvent::Ready => {
+                let queue = &mut self.queues[q.0 as usize];
+                queue.opening = queue.opening.saturating_sub(1);
+                self.feed(now, conn);
+            }
+            SessionEvent::StartTls => {
+                let server_name = {
+                    let c = &self.connections[&conn];
+                    c.targets[c.target].host.clone()
+                };
+                self.actions.push_back(Action::StartTls { conn, server_name });
+            }
+            SessionEvent::TransactionDone(replies) => {
+                let entry = self
+                    .connections
+                    .get_mut(&conn)
+                    .and_then(|c| c.in_flight.take())
+                    .expect("a transaction was in flight");
+                let keep_going = self.settle_transaction(now, conn, &entry, &replies);
+                if keep_going {
+                    self.feed(now, conn);
+                }
+                self.dirty.insert(q);
+            }
+            SessionEvent::Failed { phase, reason } => {
+                let (reply, text) = match reason {
+                    FailureReason::Reply(reply) => {
+                        let text = reply.one_line();
+                        (Some(reply), text)
+                    }
+                    FailureReason::TlsRequired => (None, "STARTTLS required but not available".to_string()),
+                    FailureReason::Protocol(text) => (None, text),
+                };
+                let before_transaction = matches!(
+                    phase,
+                    Phase::Greeting | Phase::Ehlo | Phase::Helo | Phase::StartTls
+                );
+                self.connection_failed(now, conn, reply, &text, before_transaction);
+            }
+            SessionEvent::Finished => {
+                self.drop_connection(conn, true);
+            }
+        }
+    }
+
+    /// Applies a transaction's per-recipient replies. Returns whether the connection may
+    /// carry on.
+    fn settle_transaction(
+        &mut self,
+        now: Time,
+        conn: ConnectionId,
+        entry: &Entry,
+        replies: &[Reply],
+    ) -> bool {
+        let q = self.connections[&conn].queue;
+        let mut keep_going = true;
+        for (rcpt, reply) in entry.rcpts.iter().zip(replies) {
+            let disposition = Disposition::of(reply);
+            if disposition != Disposition::Delivered {
+                if let Some(c) = self.connections.get_mut(&conn) {
+                    c.errors += 1;
+                }
+                keep_going &= self.apply_patterns(now, q, conn, reply);
+            }
+            let one = Entry {
+                msg: entry.msg,
+                rcpts: vec![*rcpt],
+            };
+            match disposition {
+                Disposition::Delivered => {
+                    self.settle_entry(now, q, &one, reply, Some(conn), RecordType::Delivered);
+                    let queue = &mut self.queues[q.0 as usize];
+                    queue.retry_index = 0;
+                    if queue.mode == QueueMode::Backoff
+                        && queue.settings.backoff_to_normal_after_delivery
+                    {
+                        self.set_mode(now, q, QueueMode::Normal, "delivery while in backoff".into(), None);
+                    }
+                }
+                Disposition::Permanent => {
+                    self.settle_entry(now, q, &one, reply, Some(conn), RecordType::Bounced);
+                }
+                Disposition::Transient => {
+                    self.defer_recipients(now, q, &one, reply, Some(conn));
+                }
+            }
+        }
+        keep_going
+    }
+
+    /// Records `t` for each recipient and makes it wait `retry-recipients-after`.
+    fn defer_recipients(
+        &mut self,
+        now: Time,
+        q: QueueId,
+        entry: &Entry,
+        reply: &Reply,
+        conn: Option<ConnectionId>,
+    ) {
+        for rcpt in &entry.rcpts {
+            self.record(now, q, entry.msg, Some(*rcpt), reply, conn, RecordType::Transient);
+        }
+        let queue = &mut self.queues[q.0 as usize];
+        let until = now.plus_secs(queue.settings.retry_recipients_after_s);
+        self.timer_seq += 1;
+        queue
+            .waiting
+            .insert((until, self.timer_seq), entry.clone());
+        self.wake_queue(q, until);
+    }
+
+    /// Writes the final record for recipients (`d` or `b`) and forgets them.
+    fn settle_entry(
+        &mut self,
+        now: Time,
+        q: QueueId,
+        entry: &Entry,
+        reply: &Reply,
+        conn: Option<ConnectionId>,
+        kind: RecordType,
+    ) {
+        for rcpt in &entry.rcpts {
+            self.record(now, q, entry.msg, Some(*rcpt), reply, conn, kind);
+        }
+        let queue = &mut self.queues[q.0 as usize];
+        queue.queued_rcpts = queue.queued_rcpts.saturating_sub(entry.rcpts.len());
+        let done = match self.messages.get_mut(&entry.msg) {
+            Some(message) => {
+                message.open = message.open.saturating_sub(entry.rcpts.len());
+                message.open == 0
+            }
+            None => false,
+        };
+        if done {
+            self.messages.remove(&entry.msg);
+            for queue in &mut self.queues {
+                queue.signed.remove(&entry.msg);
+            }
+        }
+    }
+
+    /// Runs the queue's `<smtp-pattern-list>` on a negative reply. Returns false if the
+    /// connection should stop (backoff or a disabled source IP).
+    fn apply_patterns(&mut self, now: Time, q: QueueId, conn: ConnectionId, reply: &Reply) -> bool {
+        let Some(list_name) = self.queues[q.0 as usize].settings.smtp_pattern_list.clone() else {
+            return true;
+        };
+        let Some(list) = self.config.smtp_pattern_lists.get(&list_name) else {
+            return true;
+        };
+        let Some(rule) = classify::matching_rule(list, reply) else {
+            return true;
+        };
+        let actions = rule.actions.clone();
+        let reason = format!("/{}/ matched `{}`", rule.pattern.source, reply.one_line());
+        let pattern_leave = actions.iter().find_map(|a| match a {
+            PatternAction::BackoffToNormalAfter(i) => Some(i.map(|i| i.seconds)),
+            _ => None,
+        });
+        let reenable = actions.iter().find_map(|a| match a {
+            PatternAction::ReenableAfter(i) => Some(i.map(|i| i.seconds)),
+            _ => None,
+        });
+        let mut keep_going = true;
+        for action in &actions {
+            match action {
+                PatternAction::Mode(QueueMode::Backoff) => {
+                    self.set_mode(now, q, QueueMode::Backoff, reason.clone(), pattern_leave);
+                    self.enter_retry(now, q);
+                    keep_going = false;
+                }
+                PatternAction::Mode(QueueMode::Normal) => {
+                    self.set_mode(now, q, QueueMode::Normal, reason.clone(), None);
+                }
+                PatternAction::BounceQueue => {
+                    self.bounce_queue(now, q, reply);
+                    keep_going = false;
+                }
+                PatternAction::DisableSourceIp => {
+                    let ip = self.connections[&conn].source_ip;
+                    let seconds = reenable.unwrap_or(self.queues[q.0 as usize].settings.reenable_source_ip_after_s);
+                    let until = seconds.map(|s| now.plus_secs(s));
+                    let queue = &mut self.queues[q.0 as usize];
+                    queue.disabled_ips.insert(ip, until);
+                    let name = queue.name.clone();
+                    self.events.push_back(EngineEvent::SourceIpDisabled {
+                        at: now,
+                        queue: name,
+                        ip,
+                        until,
+                    });
+                    if let Some(until) = until {
+                        self.wake_queue(q, until);
+                    }
+                    keep_going = false;
+                }
+                PatternAction::BackoffToNormalAfter(_) | PatternAction::ReenableAfter(_) => {}
+            }
+        }
+        keep_going
+    }
+
+    fn set_mode(&mut self, now: Time, q: QueueId, mode: QueueMode, reason: String, pattern_leave: Option<Option<u64>>) {
+        let queue = &mut self.queues[q.0 as usize];
+        if mode == QueueMode::Backoff {
+            // Each trigger restarts the clock; the pattern's own value wins over the domain's.
+            let leave_s = pattern_leave.unwrap_or(queue.settings.backoff_to_normal_after_s);
+            queue.backoff_leave_at = leave_s.map(|s| now.plus_secs(s));
+            if let Some(at) = queue.backoff_leave_at {
+                self.wake_queue(q, at);
+            }
+        } else {
+            queue.backoff_leave_at = None;
+        }
+        let queue = &mut self.queues[q.0 as usize];
+        if queue.mode == mode {
+            return;
+        }
+        queue.mode = mode;
+        queue.retry_index = 0;
+        let name = queue.name.clone();
+        self.events.push_back(EngineEvent::ModeChanged {
+            at: now,
+            queue: name,
+            mode,
+            reason,
+        });
+        self.dirty.insert(q);
+    }
+
+    /// Puts the queue into retry mode for its next retry interval.
+    fn enter_retry(&mut self, now: Time, q: QueueId) {
+        let queue = &mut self.queues[q.0 as usize];
+        let list = queue.retry_list();
+        let wait = list[queue.retry_index.min(list.len() - 1)];
+        queue.retry_index += 1;
+        let until = now.plus_secs(wait);
+        queue.retry_until = Some(until);
+        let name = queue.name.clone();
+        self.events.push_back(EngineEvent::RetryScheduled {
+            at: now,
+            queue: name,
+            until,
+        });
+        self.wake_queue(q, until);
+    }
+
+    fn bounce_queue(&mut self, now: Time, q: QueueId, reply: &Reply) {
+        let queue = &mut self.queues[q.0 as usize];
+        let mut entries: Vec<Entry> = queue.ready.drain(..).collect();
+        entries.extend(std::mem::take(&mut queue.waiting).into_values());
+        let bounced = Reply::new(reply.code.max(500), reply.enhanced.map(|[_, b, c]| [5, b, c]), reply.text.clone());
+        for entry in entries {
+            self.settle_entry(now, q, &entry, &bounced, None, RecordType::Bounced);
+        }
+    }
+
+    /// A connection could not be used: requeue what it carried, try the next MX or put the
+    /// queue into retry mode.
+    fn connection_failed(
+        &mut self,
+        now: Time,
+        conn: ConnectionId,
+        reply: Option<Reply>,
+        text: &str,
+        before_transaction: bool,
+    ) {
+        let Some(c) = self.connections.get(&conn) else {
+            return;
+        };
+        let q = c.queue;
+        let in_flight = c.in_flight.clone();
+        let source_ip = c.source_ip;
+        let next_target = c.target + 1;
+        let has_next = next_target < c.targets.len();
+        let was_quitting = c.state == ConnState::Quitting;
+        let negative = reply.clone().unwrap_or_else(|| Reply::new(451, Some([4, 4, 1]), text));
+        if reply.is_some() {
+            self.apply_patterns(now, q, conn, &negative);
+        }
+        let settings = self.queues[q.0 as usize].settings.clone();
+        if let Some(entry) = in_flight {
+            self.defer_recipients(now, q, &entry, &negative, Some(conn));
+        }
+        self.drop_connection(conn, true);
+        self.actions.push_back(Action::Close { conn });
+        if was_quitting {
+            return;
+        }
+        let greeting_5xx = before_transaction && negative.class() == 5;
+        if greeting_5xx && settings.bounce_upon_5xx_greeting {
+            self.bounce_queue(now, q, &negative);
+            return;
+        }
+        let mx_unavailable = reply.is_none() || (negative.code == 421 && settings.smtp_421_means_mx_unavailable);
+        if mx_unavailable && has_next {
+            // Try the next MX host right away: this attempt is not over yet.
+            self.queue_record_for(now, q, source_ip, &negative);
+            self.open(now, q, source_ip, next_target);
+            return;
+        }
+        if self.queues[q.0 as usize].retry_until.is_none() {
+            self.queue_record_for(now, q, source_ip, &negative);
+            self.enter_retry(now, q);
+        }
+    }
+
+    fn connection_timeout(&mut self, now: Time, conn: ConnectionId) {
+        let Some(c) = self.connections.get(&conn) else {
+            return;
+        };
+        if c.ready {
+            // The idle timeout: nothing came for this connection.
+            self.quit(now, conn);
+            return;
+        }
+        if c.state == ConnState::Quitting {
+            self.drop_connection(conn, true);
+            self.actions.push_back(Action::Close { conn });
+            return;
+        }
+        let what = match (c.state, c.session.awaiting()) {
+            (ConnState::Connecting, _) => "connect timeout",
+            (_, Awaiting::Greeting) => "timeout waiting for the greeting",
+            (_, Awaiting::Reply(Phase::DataEnd)) => "timeout waiting for the reply to end of data",
+            (_, Awaiting::Reply(Phase::Data)) => "timeout waiting for the reply to DATA",
+            _ => "timeout waiting for a reply",
+        };
+        let before = !matches!(c.session.awaiting(), Awaiting::Reply(Phase::Mail | Phase::Rcpt | Phase::Data | Phase::DataEnd));
+        self.connection_failed(now, conn, None, what, before);
+    }
+
+    fn drop_connection(&mut self, conn: ConnectionId, _counted: bool) {
+        let Some(c) = self.connections.remove(&conn) else {
+            return;
+        };
+        self.total_connections = self.total_connections.saturating_sub(1);
+        let queue = &mut self.queues[c.queue.0 as usize];
+        queue.connections.remove(&conn);
+        queue.idle.retain(|i| *i != conn);
+        if c.state != ConnState::Quitting && !c.ready && c.transactions == 0 && c.in_flight.is_none() {
+            queue.opening = queue.opening.saturating_sub(1);
+        }
+        self.dirty.insert(c.queue);
+        // A slot freed under total-max-smtp-out may let another queue open.
+        if self.total_max_smtp_out.is_some() {
+            for (index, other) in self.queues.iter().enumerate() {
+                if !other.ready.is_empty() {
+                    self.dirty.insert(QueueId(index as u32));
+                }
+            }
+        }
+    }
+
+    // --- accounting --------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        now: Time,
+        q: QueueId,
+        msg: MessageId,
+        rcpt: Option<u32>,
+        reply: &Reply,
+        conn: Option<ConnectionId>,
+        kind: RecordType,
+    ) {
+        let queue = &self.queues[q.0 as usize];
+        let Some(message) = self.messages.get(&msg) else {
+            return;
+        };
+        let classifier = self
+            .classifier
+            .clone()
+            .with_553_rule(queue.settings.smtp_553_means_invalid_mailbox);
+        let category = match kind {
+            RecordType::Delivered => String::new(),
+            _ => classifier.classify(reply).category,
+        };
+        let (source_ip, destination_ip, dsn_mta, esmtp) = match conn.and_then(|c| self.connections.get(&c)) {
+            Some(c) => {
+                let target = &c.targets[c.target];
+                (
+                    c.source_ip.to_string(),
+                    target.ip.to_string(),
+                    target.host.clone(),
+                    c.session.capabilities().keywords.join(","),
+                )
+            }
+            None => Default::default(),
+        };
+        self.records.push_back(AcctRecord {
+            record_type: kind,
+            time_logged: now,
+            time_queued: message.queued_at,
+            orig: message.mail_from.clone(),
+            rcpt: rcpt
+                .map(|i| message.recipients[i as usize].clone())
+                .unwrap_or_default(),
+            orcpt: String::new(),
+            dsn_status: reply.status(),
+            dsn_diag: format!("smtp;{}", reply.one_line()),
+            dsn_mta,
+            bounce_category: category,
+            src_type: message.src_type.to_string(),
+            src_mta: message.src_mta.clone(),
+            dlv_type: match queue.settings.delivery_type {
+                DeliveryType::Discard => "discard".to_string(),
+                DeliveryType::Smtp => "smtp".to_string(),
+            },
+            dlv_source_ip: source_ip,
+            dlv_destination_ip: destination_ip,
+            dlv_esmtp_available: esmtp,
+            dlv_size: message.size,
+            vmta: queue.vmta.clone(),
+            job_id: message.job_id.clone(),
+            env_id: message.env_id.clone(),
+            queue: queue.name.clone(),
+            vmta_pool: queue.pool.clone(),
+        });
+    }
+
+    /// A `tq` record: the queue as a whole could not deliver (DNS, connection, greeting).
+    fn queue_record(&mut self, now: Time, q: QueueId, source_ip: Option<IpAddr>, diag: &str, status: &str) {
+        let queue = &self.queues[q.0 as usize];
+        self.records.push_back(AcctRecord {
+            record_type: RecordType::TransientQueue,
+            time_logged: now,
+            time_queued: now,
+            orig: String::new(),
+            rcpt: String::new(),
+            orcpt: String::new(),
+            dsn_status: status.to_string(),
+            dsn_diag: diag.to_string(),
+            dsn_mta: queue.domain.clone(),
+            bounce_category: String::new(),
+            src_type: String::new(),
+            src_mta: String::new(),
+            dlv_type: "smtp".to_string(),
+            dlv_source_ip: source_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            dlv_destination_ip: String::new(),
+            dlv_esmtp_available: String::new(),
+            dlv_size: 0,
+            vmta: queue.vmta.clone(),
+            job_id: String::new(),
+            env_id: String::new(),
+            queue: queue.name.clone(),
+            vmta_pool: queue.pool.clone(),
+        });
+    }
+
+    fn queue_record_for(&mut self, now: Time, q: QueueId, source_ip: IpAddr, reply: &Reply) {
+        let category = self.classifier.classify(reply).category;
+        self.queue_record(now, q, Some(source_ip), &format!("smtp;{}", reply.one_line()), &reply.status());
+        if let Some(last) = self.records.back_mut() {
+            last.bounce_category = category;
+        }
+    }
+}
+
+/// `smtp-hosts [192.0.2.1]:2525, [192.0.2.2]`: fixed targets, in order. `None` when the
+/// list names hosts that need DNS (or is `lookup-mx:`).
+fn parse_smtp_hosts(text: &str) -> Option<Vec<Target>> {
+    let mut targets = Vec::new();
+    for item in text.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()) {
+        let rest = item.strip_prefix('[')?;
+        let (ip, after) = rest.split_once(']')?;
+        let ip: IpAddr = ip.parse().ok()?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => port.parse().ok()?,
+            None if after.is_empty() => 25,
+            None => return None,
+        };
+        targets.push(Target {
+            host: format!("[{ip}]"),
+            ip,
+            port,
+        });
+    }
+    (!targets.is_empty()).then_some(targets)
+}

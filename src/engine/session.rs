@@ -1,0 +1,609 @@
+//! The SMTP client session: one connection's conversation, as a sans-io state machine.
+//!
+//! Owns the protocol: greeting, EHLO with HELO fallback, STARTTLS negotiation (the
+//! encryption itself is the driver's), PIPELINING of MAIL/RCPT/DATA when offered, SIZE and
+//! 8BITMIME parameters, one reply per recipient, RSET after a failed transaction, QUIT.
+//! It is fed reply bytes and emits bytes to write and [`SessionEvent`]s; it knows nothing of
+//! queues, limits or time (the engine arms timeouts from [`ClientSession::awaiting`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::smtp::{Capabilities, Command, Reply, ReplyError, ReplyParser};
+
+/// What the engine wants from a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub ehlo_name: String,
+    pub use_starttls: bool,
+    pub require_starttls: bool,
+}
+
+/// One mail transaction: a message and the recipients it goes to on this connection.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    /// Message data, already dot-stuffed and ending in `.\r\n`.
+    pub data: Arc<Vec<u8>>,
+    pub size: u64,
+    pub eight_bit: bool,
+}
+
+/// Where in the conversation a reply or failure belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Mail,
+    Rcpt,
+    Data,
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The server answered with a negative reply outside a transaction, or with 421.
+    Reply(Reply),
+    /// STARTTLS is required and the server did not offer or accept it.
+    TlsRequired,
+    /// The server sent bytes that are not SMTP replies, or too many of them.
+    Protocol(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The connection is ready for a transaction.
+    Ready,
+    /// The server accepted STARTTLS: upgrade the connection, then call
+    /// [`ClientSession::tls_established`].
+    StartTls,
+    /// A transaction ended; one reply per recipient, in order: the RCPT reply if it was
+    /// negative, otherwise the reply that settled the message (DATA or end of data).
+    TransactionDone(Vec<Reply>),
+    /// The session cannot go on. Recipients of an unfinished transaction are the
+    /// engine's to requeue.
+    Failed { phase: Phase, reason: FailureReason },
+    /// QUIT was answered.
+    Finished,
+}
+
+/// What the session is waiting for, so the engine can arm the right timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Awaiting {
+    Nothing,
+    Greeting,
+    /// A command reply; `DataEnd` when it is the reply to the end of message data.
+    Reply(Phase),
+    Tls,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Mail,
+    Rcpt(usize),
+    Data,
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+impl Expect {
+    fn phase(self) -> Phase {
+        match self {
+            Expect::Greeting => Phase::Greeting,
+            Expect::Ehlo => Phase::Ehlo,
+            Expect::Helo => Phase::Helo,
+            Expect::StartTls => Phase::StartTls,
+            Expect::Mail => Phase::Mail,
+            Expect::Rcpt(_) => Phase::Rcpt,
+            Expect::Data => Phase::Data,
+            Expect::DataEnd => Phase::DataEnd,
+            Expect::Rset => Phase::Rset,
+            Expect::Quit => Phase::Quit,
+        }
+    }
+}
+
+/// The reply state of the transaction in flight.
+#[derive(Debug)]
+struct InFlight {
+    transaction: Transaction,
+    mail: Option<Reply>,
+    rcpt: Vec<Option<Reply>>,
+    /// Set once the DATA reply came back positive and the body was written.
+    body_sent: bool,
+    /// Without pipelining: the next recipient to send.
+    next_rcpt: usize,
+}
+
+#[derive(Debug)]
+pub struct ClientSession {
+    options: SessionOptions,
+    parser: ReplyParser,
+    expect: VecDeque<Expect>,
+    outbox: Vec<u8>,
+    events: VecDeque<SessionEvent>,
+    capabilities: Capabilities,
+    tls_active: bool,
+    waiting_for_tls: bool,
+    in_flight: Option<InFlight>,
+    needs_rset: bool,
+    done: bool,
+}
+
+impl ClientSession {
+    /// A session on a freshly opened connection; the first thing it waits for is the greeting.
+    pub fn new(options: SessionOptions) -> ClientSession {
+        ClientSession {
+            options,
+            parser: ReplyParser::default(),
+            expect: VecDeque::from([Expect::Greeting]),
+            outbox: Vec::new(),
+            events: VecDeque::new(),
+            capabilities: Capabilities::default(),
+            tls_active: false,
+            waiting_for_tls: false,
+            in_flight: None,
+            needs_rset: false,
+            done: false,
+        }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// Bytes to write to the connection, if any.
+    pub fn take_output(&mut self) -> Option<Vec<u8>> {
+        (!self.outbox.is_empty()).then(|| std::mem::take(&mut self.outbox))
+    }
+
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn awaiting(&self) -> Awaiting {
+        if self.waiting_for_tls {
+            return Awaiting::Tls;
+        }
+        match self.expect.front() {
+            None => Awaiting::Nothing,
+            Some(Expect::Greeting) => Awaiting::Greeting,
+            Some(expect) => Awaiting::Reply(expect.phase()),
+        }
+    }
+
+    /// Feeds bytes read from the connection.
+    pub fn handle_bytes(&mut self, bytes: &[u8]) {
+        if self.done {
+            return;
+        }
+        if let Err(err) = self.parser.feed(bytes) {
+            self.fail_protocol(err);
+            return;
+        }
+        loop {
+            match self.parser.next_reply() {
+                Ok(Some(reply)) => self.handle_reply(reply),
+                Ok(None) => break,
+                Err(err) => {
+                    self.fail_protocol(err);
+                    break;
+                }
+            }
+            if self.done {
+                break;
+            }
+        }
+    }
+
+    fn fail_protocol(&mut self, err: ReplyError) {
+        let phase = self.expect.front().map_or(Phase::Quit, |e| e.phase());
+        self.fail(phase, FailureReason::Protocol(err.to_string()));
+    }
+
+    fn fail(&mut self, phase: Phase, reason: FailureReason) {
+        self.done = true;
+        self.expect.clear();
+        self.events.push_back(SessionEvent::Failed { phase, reason });
+    }
+
+    fn write(&mut self, command: Command<'_>) {
+        command.write(&mut self.outbox);
+    }
+
+    fn handle_reply(&mut self, reply: Reply) {
+        let Some(expect) = self.expect.pop_front() else {
+            self.fail(
+                Phase::Quit,
+                FailureReason::Protocol(format!("unexpected reply `{reply}`")),
+            );
+            return;
+        };
+        // 421: the server is closing the channel, whatever we asked (RFC 5321 §3.8).
+        if reply.code == 421 && expect != Expect::Quit {
+            self.fail(expect.phase(), FailureReason::Reply(reply));
+            return;
+        }
+        match expect {
+            Expect::Greeting => {
+                if reply.code == 220 {
+                    let name = self.options.ehlo_name.clone();
+                    self.write(Command::Ehlo(&name));
+                    self.expect.push_back(Expect::Ehlo);
+                } else {
+                    self.fail(Phase::Greeting, FailureReason::Reply(reply));
+                }
+            }
+            Expect::Ehlo => {
+                if reply.code == 250 {
+                    self.capabilities = Capabilities::from_ehlo(&reply);
+                    self.after_hello();
+                } else if reply.class() == 5 && !self.tls_active {
+                    let name = self.options.ehlo_name.clone();
+                    self.write(Command::Helo(&name));
+                    self.expect.push_back(Expect::Helo);
+                } else {
+                    self.fail(Phase::Ehlo, FailureReason::Reply(reply));
+                }
+            }
+            Expect::Helo => {
+                if reply.code == 250 {
+                    self.capabilities = Capabilities::default();
+                    self.after_hello();
+                } else {
+                    self.fail(Phase::Helo, FailureReason::Reply(reply));
+                }
+            }
+            Expect::StartTls => {
+                if reply.code == 220 {
+                    self.waiting_for_tls = true;
+                    self.events.push_back(SessionEvent::StartTls);
+                } else if self.options.require_starttls {
+                    self.fail(Phase::StartTls, FailureReason::TlsRequired);
+                } else {
+                    self.events.push_back(SessionEvent::Ready);
+                }
+            }
+            Expect::Rset => {
+                if reply.class() != 2 {
+                    self.fail(Phase::Rset, FailureReason::Reply(reply));
+                }
+            }
+            Expect::Quit => {
+                self.done = true;
+                self.events.push_back(SessionEvent::Finished);
+            }
+            Expect::Mail => self.on_mail_reply(reply),
+            Expect::Rcpt(index) => self.on_rcpt_reply(index, reply),
+            Expect::Data => self.on_data_reply(reply),
+            Expect::DataEnd => self.on_data_end_reply(reply),
+        }
+    }
+
+    fn after_hello(&mut self) {
+        if !self.tls_active && self.options.use_starttls && self.capabilities.starttls {
+            self.write(Command::StartTls);
+            self.expect.push_back(Expect::StartTls);
+        } else if !self.tls_active && self.options.require_starttls {
+            self.fail(Phase::Ehlo, FailureReason::TlsRequired);
+        } else {
+            self.events.push_back(SessionEvent::Ready);
+        }
+    }
+
+    /// The driver finished the TLS handshake: greet again over the encrypted channel.
+    pub fn tls_established(&mut self) {
+        if !self.waiting_for_tls {
+            return;
+        }
+        self.waiting_for_tls = false;
+        self.tls_active = true;
+        let name = self.options.ehlo_name.clone();
+        self.write(Command::Ehlo(&name));
+        self.expect.push_back(Expect::Ehlo);
+    }
+
+    /// Starts a transaction. Call only after [`SessionEvent::Ready`] or
+    /// [`SessionEvent::TransactionDone`].
+    pub fn start_transaction(&mut self, transaction: Transaction) {
+        assert!(
+            self.in_flight.is_none() && !self.done,
+            "one transaction at a time on a live session"
+        );
+        if self.needs_rset {
+            self.write(Command::Rset);
+            self.expect.push_back(Expect::Rset);
+            self.needs_rset = false;
+        }
+        let size = (self.capabilities.size.is_some()).then_some(transaction.size);
+        let eight_bit = transaction.eight_bit && self.capabilities.eight_bit_mime;
+        self.write(Command::MailFrom {
+            address: &transaction.mail_from,
+            size,
+            eight_bit,
+        });
+        self.expect.push_back(Expect::Mail);
+        let count = transaction.recipients.len();
+        let mut in_flight = InFlight {
+            transaction,
+            mail: None,
+            rcpt: vec![None; count],
+            body_sent: false,
+            next_rcpt: 0,
+        };
+        if self.capabilities.pipelining {
+            for (index, rcpt) in in_flight.transaction.recipients.iter().enumerate() {
+                Command::RcptTo(rcpt).write(&mut self.outbox);
+                self.expect.push_back(Expect::Rcpt(index));
+            }
+            self.write(Command::Data);
+            self.expect.push_back(Expect::Data);
+            in_flight.next_rcpt = count;
+        }
+        self.in_flight = Some(in_flight);
+    }
+
+    /// Ends the session politely.
+    pub fn quit(&mut self) {
+        if self.done {
+            return;
+        }
+        self.write(Command::Quit);
+        self.expect.push_back(Expect::Quit);
+    }
+
+    fn in_flight(&mut self) -> &mut InFlight {
+        self.in_flight
+            .as_mut()
+            .expect("transaction replies come only with a transaction in flight")
+    }
+
+    fn pipelining(&self) -> bool {
+        self.capabilities.pipelining
+    }
+
+    fn on_mail_reply(&mut self, reply: Reply) {
+        let positive = reply.class() == 2;
+        self.in_flight().mail = Some(reply);
+        if !self.pipelining() {
+            if positive {
+                self.send_next_rcpt();
+            } else {
+                self.finish_transaction();
+            }
+        }
+    }
+
+    fn send_next_rcpt(&mut self) {
+        let in_flight = self.in_flight.as_mut().expect("in flight");
+        let index = in_flight.next_rcpt;
+        if index < in_flight.transaction.recipients.len() {
+            in_flight.next_rcpt += 1;
+            let rcpt = in_flight.transaction.recipients[index].clone();
+            self.write(Command::RcptTo(&rcpt));
+            self.expect.push_back(Expect::Rcpt(index));
+        } else if in_flight.rcpt.iter().flatten().any(|r| r.class() == 2) {
+            self.write(Command::Data);
+            self.expect.push_back(Expect::Data);
+        } else {
+            self.finish_transaction();
+        }
+    }
+
+    fn on_rcpt_reply(&mut self, index: usize, reply: Reply) {
+        if let Some(slot) = self.in_flight().rcpt.get_mut(index) {
+            *slot = Some(reply);
+        }
+        if !self.pipelining() {
+            self.send_next_rcpt();
+        }
+    }
+
+    fn on_data_reply(&mut self, reply: Reply) {
+        let in_flight = self.in_flight.as_mut().expect("in flight");
+        let mail_ok = in_flight.mail.as_ref().is_some_and(|m| m.class() == 2);
+        let any_accepted = in_flight.rcpt.iter().flatten().any(|r| r.class() == 2);
+        if reply.code == 354 {
+            if mail_ok && any_accepted {
+                let data = Arc::clone(&in_flight.transaction.data);
+                in_flight.body_sent = true;
+                self.outbox.extend_from_slice(&data);
+            } else {
+                // Pipelined DATA was accepted although no recipient was: send an empty
+                // message so the server ends the transaction (RFC 2920 §3.1).
+                self.outbox.extend_from_slice(b".\r\n");
+            }
+            self.expect.push_back(Expect::DataEnd);
+            return;
+        }
+        // DATA refused: its reply settles every accepted recipient.
+        self.settle_accepted(&reply);
+        self.finish_transaction();
+    }
+
+    fn on_data_end_reply(&mut self, reply: Reply) {
+        if self.in_flight().body_sent {
+            self.settle_accepted(&reply);
+        }
+        self.finish_transaction();
+    }
+
+    /// Recipients accepted at RCPT take `reply` as their outcome.
+    fn settle_accepted(&mut self, reply: &Reply) {
+        let in_flight = self.in_flight();
+        for slot in in_flight.rcpt.iter_mut() {
+            if slot.as_ref().is_some_and(|r| r.class() == 2) {
+                *slot = Some(reply.clone());
+            }
+        }
+        in_flight.body_sent = false;
+    }
+
+    fn finish_transaction(&mut self) {
+        let in_flight = self.in_flight.take().expect("in flight");
+        let mail = in_flight.mail.clone();
+        let mut outcomes = Vec::with_capacity(in_flight.rcpt.len());
+        let mut all_delivered = true;
+        for slot in in_flight.rcpt {
+            // A recipient with no reply of its own (MAIL failed, or not reached) takes the
+            // MAIL reply.
+            let reply = match (slot, &mail) {
+                (Some(r), Some(m)) if m.class() != 2 && r.class() == 2 => m.clone(),
+                (Some(r), _) => r,
+                (None, Some(m)) => m.clone(),
+                (None, None) => Reply::new(451, Some([4, 3, 0]), "no reply"),
+            };
+            all_delivered &= reply.class() == 2;
+            outcomes.push(reply);
+        }
+        self.needs_rset = !all_delivered;
+        self.events.push_back(SessionEvent::TransactionDone(outcomes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> ClientSession {
+        ClientSession::new(SessionOptions {
+            ehlo_name: "mta1.example.com".into(),
+            use_starttls: false,
+            require_starttls: false,
+        })
+    }
+
+    fn transaction(rcpts: &[&str]) -> Transaction {
+        Transaction {
+            mail_from: "a@example.com".into(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+            data: Arc::new(crate::smtp::dot_stuff(b"Subject: x\r\n\r\nhi\r\n")),
+            size: 20,
+            eight_bit: false,
+        }
+    }
+
+    fn events(s: &mut ClientSession) -> Vec<SessionEvent> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn output(s: &mut ClientSession) -> String {
+        String::from_utf8(s.take_output().unwrap_or_default()).unwrap()
+    }
+
+    #[test]
+    fn pipelined_transaction_with_mixed_recipient_replies() {
+        let mut s = session();
+        s.handle_bytes(b"220 mx ESMTP\r\n");
+        assert_eq!(output(&mut s), "EHLO mta1.example.com\r\n");
+        s.handle_bytes(b"250-mx\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n");
+        assert_eq!(events(&mut s), [SessionEvent::Ready]);
+        s.start_transaction(transaction(&["x@y.com", "z@y.com"]));
+        assert_eq!(
+            output(&mut s),
+            "MAIL FROM:<a@example.com> SIZE=20\r\nRCPT TO:<x@y.com>\r\nRCPT TO:<z@y.com>\r\nDATA\r\n"
+        );
+        s.handle_bytes(b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n354 go\r\n");
+        assert_eq!(output(&mut s), "Subject: x\r\n\r\nhi\r\n.\r\n");
+        s.handle_bytes(b"250 2.0.0 queued\r\n");
+        let done = events(&mut s);
+        let SessionEvent::TransactionDone(replies) = &done[0] else {
+            panic!("{done:?}")
+        };
+        assert_eq!(replies[0].one_line(), "250 2.0.0 queued");
+        assert_eq!(replies[1].one_line(), "550 5.1.1 no such user");
+        // The next transaction starts with RSET because one recipient failed.
+        s.start_transaction(transaction(&["x@y.com"]));
+        assert!(output(&mut s).starts_with("RSET\r\nMAIL FROM:"));
+    }
+
+    #[test]
+    fn without_pipelining_commands_go_one_at_a_time_and_helo_is_the_fallback() {
+        let mut s = session();
+        s.handle_bytes(b"220 mx\r\n");
+        output(&mut s);
+        s.handle_bytes(b"502 5.5.1 EHLO not supported\r\n");
+        assert_eq!(output(&mut s), "HELO mta1.example.com\r\n");
+        s.handle_bytes(b"250 hello\r\n");
+        assert_eq!(events(&mut s), [SessionEvent::Ready]);
+        s.start_transaction(transaction(&["x@y.com", "z@y.com"]));
+        assert_eq!(output(&mut s), "MAIL FROM:<a@example.com>\r\n");
+        s.handle_bytes(b"250 ok\r\n");
+        assert_eq!(output(&mut s), "RCPT TO:<x@y.com>\r\n");
+        s.handle_bytes(b"451 4.7.1 greylisted\r\n");
+        assert_eq!(output(&mut s), "RCPT TO:<z@y.com>\r\n");
+        s.handle_bytes(b"250 ok\r\n");
+        assert_eq!(output(&mut s), "DATA\r\n");
+        s.handle_bytes(b"354 go\r\n");
+        output(&mut s);
+        s.handle_bytes(b"250 ok\r\n");
+        let SessionEvent::TransactionDone(replies) = &events(&mut s)[0] else {
+            panic!()
+        };
+        assert_eq!(replies[0].code, 451);
+        assert_eq!(replies[1].code, 250);
+    }
+
+    #[test]
+    fn starttls_is_negotiated_and_required_when_configured() {
+        let mut s = ClientSession::new(SessionOptions {
+            ehlo_name: "m".into(),
+            use_starttls: true,
+            require_starttls: true,
+        });
+        s.handle_bytes(b"220 mx\r\n250-mx\r\n250 STARTTLS\r\n");
+        assert_eq!(output(&mut s), "EHLO m\r\nSTARTTLS\r\n");
+        s.handle_bytes(b"220 go ahead\r\n");
+        assert_eq!(events(&mut s), [SessionEvent::StartTls]);
+        assert_eq!(s.awaiting(), Awaiting::Tls);
+        s.tls_established();
+        assert_eq!(output(&mut s), "EHLO m\r\n");
+        s.handle_bytes(b"250-mx\r\n250 PIPELINING\r\n");
+        assert_eq!(events(&mut s), [SessionEvent::Ready]);
+        assert!(s.tls_active());
+
+        let mut plain = ClientSession::new(SessionOptions {
+            ehlo_name: "m".into(),
+            use_starttls: true,
+            require_starttls: true,
+        });
+        plain.handle_bytes(b"220 mx\r\n250 mx\r\n");
+        assert_eq!(
+            events(&mut plain),
+            [SessionEvent::Failed {
+                phase: Phase::Ehlo,
+                reason: FailureReason::TlsRequired
+            }]
+        );
+    }
+
+    #[test]
+    fn a_421_ends_the_session_and_garbage_is_a_protocol_failure() {
+        let mut s = session();
+        s.handle_bytes(b"421 4.7.0 Try again later, closing connection.\r\n");
+        assert!(matches!(
+            &events(&mut s)[0],
+            SessionEvent::Failed { phase: Phase::Greeting, reason: FailureReason::Reply(r) } if r.code == 421
+        ));
+        let mut s = session();
+        s.handle_bytes(b"HTTP/1.1 400 Bad Request\r\n");
+        assert!(matches!(
+            &events(&mut s)[0],
+            SessionEvent::Failed { reason: FailureReason::Protocol(_), .. }
+        ));
+    }
+}

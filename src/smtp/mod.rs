@@ -1,0 +1,342 @@
+//! The SMTP wire codec shared by the engine's client sessions and the simulated receivers.
+//!
+//! Owns the bytes: parsing replies incrementally (multi-line, enhanced status codes, with a
+//! size limit), reading EHLO capabilities, formatting commands, and dot-stuffing message
+//! data. Reply parsing is built on smtp-proto's `ResponseReceiver`. Pure: no I/O, no clock;
+//! it must not know about queues, configs or providers.
+
+pub mod server;
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// Most bytes of unparsed reply data held before the peer is declared broken. smtp-proto
+/// already caps one reply's text at 4 KiB; this bounds what a misbehaving peer can make us
+/// buffer between replies.
+pub const REPLY_BUFFER_MAX_BYTES: usize = 64 * 1024;
+/// Longest command line we write (RFC 5321 §4.5.3.1.4 allows 512 with CRLF).
+pub const COMMAND_LINE_MAX_BYTES: usize = 512;
+
+/// One SMTP reply: `550-5.1.1 first line\r\n550 5.1.1 last line\r\n`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// The enhanced status code (RFC 3463) when the server sent one, e.g. `[5, 1, 1]`.
+    pub enhanced: Option<[u8; 3]>,
+    /// The text lines, joined with `\n`, without codes.
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: Option<[u8; 3]>, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            enhanced,
+            text: text.into(),
+        }
+    }
+
+    /// 2 positive, 3 intermediate, 4 transient, 5 permanent.
+    pub fn class(&self) -> u16 {
+        self.code / 100
+    }
+
+    pub fn is_positive(&self) -> bool {
+        matches!(self.class(), 2 | 3)
+    }
+
+    /// `5.1.1` from the reply, or the basic class (`5.0.0`) when the server sent none.
+    pub fn status(&self) -> String {
+        match self.enhanced {
+            Some([a, b, c]) => format!("{a}.{b}.{c}"),
+            None => format!("{}.0.0", self.class()),
+        }
+    }
+
+    /// The reply on one line, as logged and matched by patterns: `550 5.1.1 user unknown`.
+    pub fn one_line(&self) -> String {
+        let text = self.text.replace('\n', " ");
+        match self.enhanced {
+            Some(_) => format!("{} {} {}", self.code, self.status(), text),
+            None => format!("{} {}", self.code, text),
+        }
+    }
+
+    /// The reply in wire form, every line ending in CRLF.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let lines: Vec<&str> = self.text.split('\n').collect();
+        let mut out = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let separator = if i + 1 == lines.len() { ' ' } else { '-' };
+            let status = self.enhanced.map(|_| format!("{} ", self.status()));
+            out.extend_from_slice(
+                format!(
+                    "{}{separator}{}{line}\r\n",
+                    self.code,
+                    status.unwrap_or_default()
+                )
+                .as_bytes(),
+            );
+        }
+        out
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.one_line())
+    }
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ReplyError {
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+    #[error("reply longer than the limit")]
+    TooLong,
+}
+
+/// Incremental reply parser: feed bytes as they arrive, take replies as they complete.
+#[derive(Default)]
+pub struct ReplyParser {
+    receiver: smtp_proto::response::parser::ResponseReceiver,
+    pending: Vec<u8>,
+}
+
+impl ReplyParser {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), ReplyError> {
+        if self.pending.len() + bytes.len() > REPLY_BUFFER_MAX_BYTES {
+            return Err(ReplyError::TooLong);
+        }
+        self.pending.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The next complete reply, if the bytes fed so far hold one.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let mut iter = self.pending.iter();
+        let result = self.receiver.parse(&mut iter);
+        let consumed = self.pending.len() - iter.len();
+        self.pending.drain(..consumed);
+        match result {
+            Ok(response) => {
+                self.receiver.reset();
+                let enhanced = (response.esc != [0, 0, 0]).then_some(response.esc);
+                Ok(Some(Reply {
+                    code: response.code,
+                    enhanced,
+                    text: response.message.trim_end_matches(['\r', '\n']).to_string(),
+                }))
+            }
+            Err(smtp_proto::Error::NeedsMoreData { .. }) => Ok(None),
+            Err(smtp_proto::Error::ResponseTooLong) => Err(ReplyError::TooLong),
+            Err(other) => Err(ReplyError::Malformed(format!("{other:?}"))),
+        }
+    }
+}
+
+impl fmt::Debug for ReplyParser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyParser")
+            .field("pending_bytes", &self.pending.len())
+            .finish()
+    }
+}
+
+/// What a server offered in its EHLO reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub starttls: bool,
+    pub eight_bit_mime: bool,
+    pub enhanced_status_codes: bool,
+    /// `SIZE n`: the largest message accepted, 0 when unlimited or unstated.
+    pub size: Option<u64>,
+    /// The keywords as offered, upper-cased, in order (for the accounting record).
+    pub keywords: Vec<String>,
+}
+
+impl Capabilities {
+    /// Reads the lines after the first of a 250 EHLO reply.
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in reply.text.split('\n').skip(1) {
+            let mut words = line.split_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            let keyword = keyword.to_ascii_uppercase();
+            match keyword.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "STARTTLS" => caps.starttls = true,
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                _ => {}
+            }
+            caps.keywords.push(keyword);
+        }
+        caps
+    }
+}
+
+/// Commands the client writes. Each renders to one CRLF-terminated line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    Ehlo(&'a str),
+    Helo(&'a str),
+    StartTls,
+    MailFrom {
+        address: &'a str,
+        size: Option<u64>,
+        eight_bit: bool,
+    },
+    RcptTo(&'a str),
+    Data,
+    Rset,
+    Quit,
+}
+
+impl Command<'_> {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        match self {
+            Command::Ehlo(host) => out.extend_from_slice(format!("EHLO {host}\r\n").as_bytes()),
+            Command::Helo(host) => out.extend_from_slice(format!("HELO {host}\r\n").as_bytes()),
+            Command::StartTls => out.extend_from_slice(b"STARTTLS\r\n"),
+            Command::MailFrom {
+                address,
+                size,
+                eight_bit,
+            } => {
+                out.extend_from_slice(format!("MAIL FROM:<{address}>").as_bytes());
+                if let Some(size) = size {
+                    out.extend_from_slice(format!(" SIZE={size}").as_bytes());
+                }
+                if *eight_bit {
+                    out.extend_from_slice(b" BODY=8BITMIME");
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            Command::RcptTo(address) => {
+                out.extend_from_slice(format!("RCPT TO:<{address}>\r\n").as_bytes())
+            }
+            Command::Data => out.extend_from_slice(b"DATA\r\n"),
+            Command::Rset => out.extend_from_slice(b"RSET\r\n"),
+            Command::Quit => out.extend_from_slice(b"QUIT\r\n"),
+        }
+        debug_assert!(out.len() - start <= COMMAND_LINE_MAX_BYTES, "addresses are validated at injection");
+    }
+}
+
+/// Message data as sent after DATA: line ends normalized to CRLF, lines starting with `.`
+/// doubled (RFC 5321 §4.5.2), terminated by `.\r\n`.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut previous = 0u8;
+    for &byte in data {
+        if at_line_start && byte == b'.' {
+            out.push(b'.');
+        }
+        if byte == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(byte);
+        at_line_start = byte == b'\n';
+        previous = byte;
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Whether a message body needs 8BITMIME.
+pub fn is_eight_bit(data: &[u8]) -> bool {
+    data.iter().any(|b| *b >= 0x80)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<Reply> {
+        let mut parser = ReplyParser::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            parser.feed(chunk).unwrap();
+            while let Some(reply) = parser.next_reply().unwrap() {
+                out.push(reply);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn replies_parse_incrementally_across_chunk_boundaries() {
+        let wire = b"220 mx.example.com ESMTP\r\n250-mx.example.com\r\n250-PIPELINING\r\n250-SIZE 35882577\r\n250 ENHANCEDSTATUSCODES\r\n550 5.1.1 user unknown\r\n";
+        let whole = parse_all(&[wire]);
+        for split in 1..wire.len() {
+            let (a, b) = wire.split_at(split);
+            assert_eq!(parse_all(&[a, b]), whole, "split at {split}");
+        }
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[0].code, 220);
+        let caps = Capabilities::from_ehlo(&whole[1]);
+        assert!(caps.pipelining && caps.enhanced_status_codes);
+        assert_eq!(caps.size, Some(35_882_577));
+        assert_eq!(whole[2].enhanced, Some([5, 1, 1]));
+        assert_eq!(whole[2].one_line(), "550 5.1.1 user unknown");
+    }
+
+    #[test]
+    fn reply_wire_form_round_trips() {
+        let reply = Reply::new(421, Some([4, 7, 28]), "first line\nsecond line");
+        assert_eq!(
+            reply.to_wire(),
+            b"421-4.7.28 first line\r\n421 4.7.28 second line\r\n".to_vec()
+        );
+        let parsed = parse_all(&[&reply.to_wire()]);
+        assert_eq!(parsed[0].code, 421);
+        assert_eq!(parsed[0].enhanced, Some([4, 7, 28]));
+    }
+
+    #[test]
+    fn oversized_and_malformed_replies_are_errors() {
+        let mut parser = ReplyParser::default();
+        let long = vec![b'a'; REPLY_BUFFER_MAX_BYTES + 1];
+        assert_eq!(parser.feed(&long), Err(ReplyError::TooLong));
+        let mut parser = ReplyParser::default();
+        parser.feed(b"hello there\r\n").unwrap();
+        assert!(matches!(parser.next_reply(), Err(ReplyError::Malformed(_))));
+    }
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b"a\n.b\r\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n".to_vec());
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n".to_vec());
+    }
+
+    #[test]
+    fn commands() {
+        let mut out = Vec::new();
+        Command::MailFrom {
+            address: "a@example.com",
+            size: Some(1234),
+            eight_bit: true,
+        }
+        .write(&mut out);
+        Command::RcptTo("b@example.net").write(&mut out);
+        assert_eq!(
+            out,
+            b"MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME\r\nRCPT TO:<b@example.net>\r\n".to_vec()
+        );
+    }
+}
