@@ -16,6 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Checked, Options, RealFs, queue};
+use crate::engine::classify::{self, Classifier};
+use crate::smtp::Reply;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +46,19 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Classify an SMTP reply as the engine would: disposition, bounce category, and the
+    /// smtp-pattern-list action it would fire.
+    Classify {
+        /// The reply, e.g. "421 4.7.0 [TS01] Messages from 192.0.2.1 temporarily deferred".
+        reply: String,
+        /// Use this configuration's bounce categories and smtp pattern lists (default: the
+        /// stock bounce-category list, no pattern lists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print one JSON object (the format is documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub const EXIT_VALID: u8 = 0;
@@ -69,7 +84,127 @@ pub fn main() -> ExitCode {
             json,
             live,
         } => ExitCode::from(check(&config, explain.as_deref(), json, Options { live })),
+        Command::Classify {
+            reply,
+            config,
+            json,
+        } => ExitCode::from(classify(&reply, config.as_deref(), json)),
     }
+}
+
+/// Parses `550 5.1.1 text` (or `550-5.1.1 text`, or without an enhanced code).
+pub fn parse_reply_text(text: &str) -> Option<Reply> {
+    let text = text.trim();
+    let code: u16 = text.get(..3)?.parse().ok()?;
+    if !(200..600).contains(&code) {
+        return None;
+    }
+    let rest = match text.as_bytes().get(3) {
+        None => "",
+        Some(b' ' | b'-') => &text[4..],
+        Some(_) => return None,
+    };
+    let (enhanced, message) = match rest.split_once(' ') {
+        Some((first, message)) => match parse_enhanced(first) {
+            Some(e) => (Some(e), message),
+            None => (None, rest),
+        },
+        None => match parse_enhanced(rest) {
+            Some(e) => (Some(e), ""),
+            None => (None, rest),
+        },
+    };
+    Some(Reply::new(code, enhanced, message))
+}
+
+fn parse_enhanced(text: &str) -> Option<[u8; 3]> {
+    let parts: Vec<&str> = text.split('.').collect();
+    let [a, b, c] = parts.as_slice() else {
+        return None;
+    };
+    Some([a.parse().ok()?, b.parse().ok()?, c.parse().ok()?])
+}
+
+fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool) -> u8 {
+    let Some(reply) = parse_reply_text(reply_text) else {
+        eprintln!("error: `{reply_text}` is not an SMTP reply");
+        eprintln!("  = help: write the code first, as in \"550 5.1.1 user unknown\"");
+        return EXIT_UNREADABLE;
+    };
+    let checked = match config_path {
+        Some(path) => match config::load(path, &RealFs, Options::default()) {
+            Ok(checked) if checked.error_count() == 0 => checked,
+            Ok(checked) => {
+                for diagnostic in &checked.diagnostics {
+                    eprint!("{}", diagnostic.render(&checked.config.sources));
+                }
+                return EXIT_INVALID;
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                return EXIT_UNREADABLE;
+            }
+        },
+        None => Checked {
+            config: config::Config::default(),
+            diagnostics: Vec::new(),
+        },
+    };
+    let config = &checked.config;
+    let classifier = Classifier::new(config);
+    let classification = classifier.classify(&reply);
+    let category_from = classification
+        .category_rule
+        .map(|(origin, span)| classifier.rule_position(config, origin, span));
+    let action = config.smtp_pattern_lists.values().find_map(|list| {
+        classify::matching_rule(list, &reply).map(|rule| {
+            let actions: Vec<String> = rule.actions.iter().map(classify::action_text).collect();
+            (
+                list.name.clone(),
+                actions.join(" "),
+                config.sources.position(rule.span).file_line(),
+            )
+        })
+    });
+    let matched = action
+        .as_ref()
+        .map(|(_, _, line)| line.clone())
+        .or_else(|| category_from.clone());
+    let out = if json {
+        let object = serde_json::json!({
+            "disposition": classification.disposition.name(),
+            "category": classification.category,
+            "action": action.as_ref().map(|(_, a, _)| a.clone()),
+            "matched": matched,
+            "category_from": category_from,
+            "smtp_pattern_list": action.as_ref().map(|(l, _, _)| l.clone()),
+        });
+        format!("{object}\n")
+    } else {
+        let mut out = String::new();
+        let _ = writeln!(out, "reply:       {}", reply.one_line());
+        let _ = writeln!(out, "disposition: {}", classification.disposition.name());
+        let _ = writeln!(
+            out,
+            "category:    {} ({})",
+            classification.category,
+            category_from.as_deref().unwrap_or("no rule matched")
+        );
+        match &action {
+            Some((list, actions, line)) => {
+                let _ = writeln!(
+                    out,
+                    "action:      {actions} (smtp-pattern-list {list}, {line})"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "action:      none");
+            }
+        }
+        out
+    };
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    EXIT_VALID
 }
 
 fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Options) -> u8 {

@@ -1,6 +1,6 @@
 //! Repository rules that the compiler cannot check.
 //!
-//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`) import no async
+//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`) import no async
 //!   runtime or simulator, read no clock and draw no unseeded randomness, and use no
 //!   `HashMap`/`HashSet` (iteration order must be deterministic).
 //! - Every source file opens with a `//!` comment saying what it owns.
@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const PURE_ROOMS: &[&str] = &["engine", "isp", "smtp", "config", "scenario", "report"];
+const PURE_ROOMS: &[&str] = &["engine", "isp", "smtp", "config", "scenario", "report", "auth"];
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "turmoil",

@@ -11,8 +11,8 @@ use base64::Engine as _;
 use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::{HeaderStream, HeaderWriter, Writable, Writer};
 use mail_auth::dkim::{Canonicalization, Signature};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use thiserror::Error;
 
 use crate::config::Config;
@@ -36,7 +36,9 @@ pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
 
 #[derive(Debug, Error)]
 pub enum DkimError {
-    #[error("DKIM key for {selector}._domainkey.{domain} is not a usable RSA or Ed25519 private key: {reason}")]
+    #[error(
+        "DKIM key for {selector}._domainkey.{domain} is not a usable RSA or Ed25519 private key: {reason}"
+    )]
     BadKey {
         selector: String,
         domain: String,
@@ -77,7 +79,11 @@ pub struct SignOptions {
 
 impl SignOptions {
     /// From the queue's `dkim-headers-canon`, `dkim-body-canon` and `dkim-headers`.
-    pub fn from_settings(headers_canon: &str, body_canon: &str, headers: Option<&str>) -> SignOptions {
+    pub fn from_settings(
+        headers_canon: &str,
+        body_canon: &str,
+        headers: Option<&str>,
+    ) -> SignOptions {
         let canon = |text: &str| match text {
             "simple" => Canonicalization::Simple,
             _ => Canonicalization::Relaxed,
@@ -89,7 +95,10 @@ impl SignOptions {
                 .filter(|h| !h.is_empty())
                 .map(str::to_string)
                 .collect(),
-            None => DEFAULT_SIGNED_HEADERS.iter().map(|h| h.to_string()).collect(),
+            None => DEFAULT_SIGNED_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
         };
         SignOptions {
             headers_canon: canon(headers_canon),
@@ -135,11 +144,14 @@ impl Signer {
     /// The signer for a domain: an exact key, else one for a parent domain.
     pub fn for_domain(&self, domain: &str) -> Option<&DomainSigner> {
         let domain = domain.to_ascii_lowercase();
-        self.signers.iter().find(|s| s.domain == domain).or_else(|| {
-            self.signers
-                .iter()
-                .find(|s| domain.ends_with(&format!(".{}", s.domain)))
-        })
+        self.signers
+            .iter()
+            .find(|s| s.domain == domain)
+            .or_else(|| {
+                self.signers
+                    .iter()
+                    .find(|s| domain.ends_with(&format!(".{}", s.domain)))
+            })
     }
 
     pub fn signers(&self) -> &[DomainSigner] {
@@ -153,9 +165,11 @@ fn parse_pem(pem: &str) -> Result<DkimKey, String> {
         return Ok(DkimKey::Rsa(rsa));
     }
     match der {
-        PrivateKeyDer::Pkcs8(pkcs8) => Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
-            .map(DkimKey::Ed25519)
-            .map_err(|e| e.to_string()),
+        PrivateKeyDer::Pkcs8(pkcs8) => {
+            Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
+                .map(DkimKey::Ed25519)
+                .map_err(|e| e.to_string())
+        }
         _ => Err("unsupported key format".to_string()),
     }
 }
@@ -165,7 +179,9 @@ fn stand_in(seed: u64, selector: String, domain: String) -> Result<DomainSigner,
     let digest = ring::digest::digest(&ring::digest::SHA256, material.as_bytes());
     let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(digest.as_ref())
         .map_err(|e| DkimError::Sign(e.to_string()))?;
-    let public = ring::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+    let public = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
     let key = Ed25519Key::from_seed_and_public_key(digest.as_ref(), &public)
         .map_err(|e| DkimError::Sign(e.to_string()))?;
     let record = format!(
@@ -226,7 +242,10 @@ impl<'x> HeaderStream<'x> for Fields<'x> {
             self.pos = end;
             if let Some(colon) = self.message[start..end].iter().position(|b| *b == b':') {
                 let message: &'x [u8] = self.message;
-                return Some((&message[start..start + colon], &message[start + colon + 1..end]));
+                return Some((
+                    &message[start..start + colon],
+                    &message[start + colon + 1..end],
+                ));
             }
         }
     }
@@ -286,7 +305,9 @@ impl DomainSigner {
         let (_, canonical_headers, signed_headers, canonical_body) =
             signature.canonicalize(Fields::new(message));
         if signed_headers.is_empty() {
-            return Err(DkimError::Sign("the message has none of the headers to sign".into()));
+            return Err(DkimError::Sign(
+                "the message has none of the headers to sign".into(),
+            ));
         }
         signature.bh = self.key.hash(canonical_body).as_ref().to_vec();
         signature.t = now_unix_s;

@@ -211,6 +211,12 @@ pub enum ValueKind {
 }
 
 impl ValueKind {
+    /// Kinds whose lines add up instead of replacing each other: per-source-IP values,
+    /// `smtp-source-host` (a virtual MTA may send from several) and `domain-key`.
+    pub fn is_repeatable(self) -> bool {
+        self.is_per_source_ip() || matches!(self, ValueKind::IpHost | ValueKind::DomainKey)
+    }
+
     /// Kinds written once per network and kept as a list instead of replacing each other.
     pub fn is_per_source_ip(self) -> bool {
         matches!(

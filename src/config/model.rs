@@ -136,7 +136,8 @@ pub struct Setting {
 }
 
 /// The directives of one scope (the top level, or one block), in file order. A directive
-/// written twice keeps its last value, except per-source-IP directives, which accumulate.
+/// written twice keeps its last value, except repeatable kinds (per-source-IP values,
+/// `smtp-source-host`, `domain-key`), which accumulate.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     entries: IndexMap<&'static str, Vec<Setting>>,
@@ -145,7 +146,7 @@ pub struct Settings {
 impl Settings {
     pub fn insert(&mut self, setting: Setting) {
         let entry = self.entries.entry(setting.spec.name).or_default();
-        if !setting.spec.kind.is_per_source_ip() {
+        if !setting.spec.kind.is_repeatable() {
             entry.clear();
         }
         entry.push(setting);

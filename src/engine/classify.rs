@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use crate::config::model::{BounceRule, Config, PatternAction, QueueMode, ReplyRule, SmtpPatternList};
+use crate::config::model::{
+    BounceRule, Config, PatternAction, QueueMode, ReplyRule, SmtpPatternList,
+};
 use crate::config::source::{SourceMap, Span};
 use crate::config::{self, MemFs, Options};
 use crate::smtp::Reply;
@@ -123,7 +125,6 @@ pub struct Classifier {
     origin: RuleOrigin,
     /// The stock list's own source map, for `FILE:LINE` of its rules.
     stock_sources: Option<std::sync::Arc<SourceMap>>,
-    smtp_553_means_invalid_mailbox: bool,
 }
 
 impl Classifier {
@@ -133,7 +134,6 @@ impl Classifier {
                 rules: config.bounce_rules.clone(),
                 origin: RuleOrigin::Config,
                 stock_sources: None,
-                smtp_553_means_invalid_mailbox: true,
             };
         }
         let stock = stock_config();
@@ -141,19 +141,22 @@ impl Classifier {
             rules: stock.bounce_rules,
             origin: RuleOrigin::Stock,
             stock_sources: Some(std::sync::Arc::new(stock.sources)),
-            smtp_553_means_invalid_mailbox: true,
         }
     }
 
-    /// `smtp-553-means-invalid-mailbox` for the queue the reply came from.
-    pub fn with_553_rule(mut self, enabled: bool) -> Classifier {
-        self.smtp_553_means_invalid_mailbox = enabled;
-        self
+    /// Classifies with `smtp-553-means-invalid-mailbox` on (PowerMTA's default).
+    pub fn classify(&self, reply: &Reply) -> Classification {
+        self.classify_for_queue(reply, true)
     }
 
-    pub fn classify(&self, reply: &Reply) -> Classification {
+    /// Classifies with the queue's `smtp-553-means-invalid-mailbox`.
+    pub fn classify_for_queue(
+        &self,
+        reply: &Reply,
+        smtp_553_means_invalid_mailbox: bool,
+    ) -> Classification {
         let disposition = Disposition::of(reply);
-        if reply.code == 553 && self.smtp_553_means_invalid_mailbox {
+        if reply.code == 553 && smtp_553_means_invalid_mailbox {
             return Classification {
                 disposition,
                 category: "bad-mailbox".to_string(),
@@ -213,7 +216,9 @@ pub fn action_text(action: &PatternAction) -> String {
     match action {
         PatternAction::Mode(QueueMode::Backoff) => "mode=backoff".into(),
         PatternAction::Mode(QueueMode::Normal) => "mode=normal".into(),
-        PatternAction::BackoffToNormalAfter(i) => format!("backoff-to-normal-after={}", interval(i)),
+        PatternAction::BackoffToNormalAfter(i) => {
+            format!("backoff-to-normal-after={}", interval(i))
+        }
         PatternAction::BounceQueue => "bounce-queue".into(),
         PatternAction::DisableSourceIp => "disable-source-ip".into(),
         PatternAction::ReenableAfter(i) => format!("reenable-after={}", interval(i)),
@@ -229,15 +234,31 @@ mod tests {
         let classifier = Classifier::new(&Config::default());
         let cases = [
             ("250 2.0.0 OK", Disposition::Delivered, "success"),
-            ("550 5.1.1 The email account that you tried to reach does not exist.", Disposition::Permanent, "bad-mailbox"),
-            ("452 4.2.2 The email account that you tried to reach is over quota.", Disposition::Transient, "quota-issues"),
-            ("421 4.7.28 Our system has detected an unusual rate of unsolicited mail", Disposition::Transient, "spam-related"),
+            (
+                "550 5.1.1 The email account that you tried to reach does not exist.",
+                Disposition::Permanent,
+                "bad-mailbox",
+            ),
+            (
+                "452 4.2.2 The email account that you tried to reach is over quota.",
+                Disposition::Transient,
+                "quota-issues",
+            ),
+            (
+                "421 4.7.28 Our system has detected an unusual rate of unsolicited mail",
+                Disposition::Transient,
+                "spam-related",
+            ),
         ];
         for (text, disposition, category) in cases {
             let (code, rest) = text.split_once(' ').unwrap();
             let (status, message) = rest.split_once(' ').unwrap();
             let esc: Vec<u8> = status.split('.').map(|p| p.parse().unwrap()).collect();
-            let reply = Reply::new(code.parse().unwrap(), Some([esc[0], esc[1], esc[2]]), message);
+            let reply = Reply::new(
+                code.parse().unwrap(),
+                Some([esc[0], esc[1], esc[2]]),
+                message,
+            );
             let classified = classifier.classify(&reply);
             assert_eq!(classified.disposition, disposition, "{text}");
             assert_eq!(classified.category, category, "{text}");

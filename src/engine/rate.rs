@@ -96,7 +96,10 @@ mod tests {
         window.record(t0, 2);
         window.record(t0.plus_secs(10), 1);
         assert_eq!(window.allowance(rate, t0.plus_secs(59)), 0);
-        assert_eq!(window.next_allowed(rate, t0.plus_secs(59)), Some(t0.plus_secs(60)));
+        assert_eq!(
+            window.next_allowed(rate, t0.plus_secs(59)),
+            Some(t0.plus_secs(60))
+        );
         // At t0+60 the first two age out together.
         assert_eq!(window.allowance(rate, t0.plus_secs(60)), 2);
         assert_eq!(window.allowance(rate, t0.plus_secs(70)), 3);
@@ -106,7 +109,13 @@ mod tests {
     fn unlimited_allows_everything() {
         let mut window = Window::new(1000);
         window.record(Time::from_secs(1), 1000);
-        assert_eq!(window.allowance(Rate::Unlimited, Time::from_secs(1)), u64::MAX);
-        assert_eq!(window.next_allowed(Rate::Unlimited, Time::from_secs(1)), None);
+        assert_eq!(
+            window.allowance(Rate::Unlimited, Time::from_secs(1)),
+            u64::MAX
+        );
+        assert_eq!(
+            window.next_allowed(Rate::Unlimited, Time::from_secs(1)),
+            None
+        );
     }
 }

@@ -218,7 +218,8 @@ impl ClientSession {
     fn fail(&mut self, phase: Phase, reason: FailureReason) {
         self.done = true;
         self.expect.clear();
-        self.events.push_back(SessionEvent::Failed { phase, reason });
+        self.events
+            .push_back(SessionEvent::Failed { phase, reason });
     }
 
     fn write(&mut self, command: Command<'_>) {
@@ -471,7 +472,8 @@ impl ClientSession {
             outcomes.push(reply);
         }
         self.needs_rset = !all_delivered;
-        self.events.push_back(SessionEvent::TransactionDone(outcomes));
+        self.events
+            .push_back(SessionEvent::TransactionDone(outcomes));
     }
 }
 
@@ -603,7 +605,10 @@ mod tests {
         s.handle_bytes(b"HTTP/1.1 400 Bad Request\r\n");
         assert!(matches!(
             &events(&mut s)[0],
-            SessionEvent::Failed { reason: FailureReason::Protocol(_), .. }
+            SessionEvent::Failed {
+                reason: FailureReason::Protocol(_),
+                ..
+            }
         ));
     }
 }

@@ -229,7 +229,10 @@ impl Command<'_> {
             Command::Rset => out.extend_from_slice(b"RSET\r\n"),
             Command::Quit => out.extend_from_slice(b"QUIT\r\n"),
         }
-        debug_assert!(out.len() - start <= COMMAND_LINE_MAX_BYTES, "addresses are validated at injection");
+        debug_assert!(
+            out.len() - start <= COMMAND_LINE_MAX_BYTES,
+            "addresses are validated at injection"
+        );
     }
 }
 
@@ -319,7 +322,10 @@ mod tests {
 
     #[test]
     fn dot_stuffing() {
-        assert_eq!(dot_stuff(b"a\n.b\r\n..c"), b"a\r\n..b\r\n...c\r\n.\r\n".to_vec());
+        assert_eq!(
+            dot_stuff(b"a\n.b\r\n..c"),
+            b"a\r\n..b\r\n...c\r\n.\r\n".to_vec()
+        );
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n".to_vec());
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n".to_vec());
     }
@@ -336,7 +342,8 @@ mod tests {
         Command::RcptTo("b@example.net").write(&mut out);
         assert_eq!(
             out,
-            b"MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME\r\nRCPT TO:<b@example.net>\r\n".to_vec()
+            b"MAIL FROM:<a@example.com> SIZE=1234 BODY=8BITMIME\r\nRCPT TO:<b@example.net>\r\n"
+                .to_vec()
         );
     }
 }

@@ -6,8 +6,8 @@
 //! receivers implement it. A reply with code 421 closes the session after it is written,
 //! as RFC 5321 §3.8 requires. Pure: no I/O, no clock.
 
-use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 use smtp_proto::Request;
+use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 
 use super::Reply;
 
@@ -32,7 +32,11 @@ pub trait ServerPolicy {
     }
     /// The EHLO keywords offered (after the first line).
     fn capabilities(&mut self, tls: bool) -> Vec<String> {
-        let mut caps = vec!["PIPELINING".to_string(), "8BITMIME".to_string(), "ENHANCEDSTATUSCODES".to_string()];
+        let mut caps = vec![
+            "PIPELINING".to_string(),
+            "8BITMIME".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ];
         if !tls {
             caps.push("STARTTLS".to_string());
         }
@@ -244,14 +248,23 @@ mod tests {
         }
         let mut server = ServerSession::new(Keep(Vec::new()));
         assert!(server.take_output().unwrap().starts_with(b"220 "));
-        server.handle_bytes(b"EHLO a.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n");
+        server.handle_bytes(
+            b"EHLO a.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n",
+        );
         let out = String::from_utf8(server.take_output().unwrap()).unwrap();
-        assert!(out.contains("250-PIPELINING") && out.ends_with("354 Go ahead\r\n"), "{out}");
+        assert!(
+            out.contains("250-PIPELINING") && out.ends_with("354 Go ahead\r\n"),
+            "{out}"
+        );
         server.handle_bytes(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
         let out = String::from_utf8(server.take_output().unwrap()).unwrap();
         assert_eq!(out, "250 2.0.0 OK\r\n221 2.0.0 Bye\r\n");
         assert!(server.is_closed());
-        assert!(server.policy().0[0].ends_with(b".dot\r\n"), "{:?}", String::from_utf8_lossy(&server.policy().0[0]));
+        assert!(
+            server.policy().0[0].ends_with(b".dot\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&server.policy().0[0])
+        );
     }
 
     #[test]

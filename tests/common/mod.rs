@@ -72,3 +72,6 @@ pub fn assert_diagnostics(checked: &Checked, expected: &[(usize, &str, &str)]) {
 pub fn assert_clean(checked: &Checked) {
     assert_diagnostics(checked, &[]);
 }
+
+pub mod checkers;
+pub mod harness;

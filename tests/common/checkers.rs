@@ -1,0 +1,199 @@
+//! Whole-run checkers: properties every run must have, whatever the scenario.
+//!
+//! - every injected recipient ends in exactly one `d` or `b` record, or is still queued;
+//! - no configured limit is exceeded in any window (connections, attempted recipients per
+//!   `max-msg-rate` window, connects per `max-connect-rate` window, rampup spacing), each
+//!   judged against the limit in force for the queue's mode at that moment;
+//! - backoff enters only on a reply that matched a `mode=backoff` pattern, and leaves only
+//!   as configured.
+
+use std::collections::BTreeMap;
+
+use pmta_sim::config::model::QueueMode;
+use pmta_sim::config::value::Rate;
+use pmta_sim::engine::accounting::RecordType;
+use pmta_sim::engine::{EngineEvent, Time};
+
+use super::harness::Harness;
+
+pub fn check_all(h: &Harness) {
+    each_recipient_settles_once(h);
+    limits_hold(h);
+    backoff_is_explained(h);
+}
+
+pub fn each_recipient_settles_once(h: &Harness) {
+    let mut finals: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for record in &h.records {
+        if matches!(
+            record.record_type,
+            RecordType::Delivered | RecordType::Bounced
+        ) {
+            *finals
+                .entry((record.job_id.clone(), record.rcpt.clone()))
+                .or_default() += 1;
+        }
+    }
+    let mut unsettled = 0;
+    for key in &h.injected {
+        match finals.get(key).copied().unwrap_or(0) {
+            0 => unsettled += 1,
+            1 => {}
+            n => panic!("{key:?} has {n} final records"),
+        }
+    }
+    assert_eq!(
+        finals.values().sum::<usize>() + unsettled,
+        h.injected.len(),
+        "a final record for a recipient that was never injected"
+    );
+    assert_eq!(
+        unsettled,
+        h.engine.recipients_pending(),
+        "recipients without a final record must still be queued"
+    );
+}
+
+fn mode_at(h: &Harness, queue: &str, at: Time) -> QueueMode {
+    let mut mode = QueueMode::Normal;
+    for event in &h.events {
+        if let EngineEvent::ModeChanged {
+            at: t,
+            queue: q,
+            mode: m,
+            ..
+        } = event
+            && q == queue
+            && *t <= at
+        {
+            mode = *m;
+        }
+    }
+    mode
+}
+
+fn count_in_window(times: &[Time], at: Time, per_seconds: u64) -> usize {
+    times
+        .iter()
+        .filter(|t| **t <= at && at.since(**t) < per_seconds * 1000)
+        .count()
+}
+
+pub fn limits_hold(h: &Harness) {
+    for snapshot in h.engine.queue_snapshots() {
+        let s = &snapshot.settings;
+        let name = &snapshot.name;
+        let conns: Vec<_> = h.conns.values().filter(|c| &c.queue == name).collect();
+        // Connections: at each open, count those open at that instant.
+        for c in &conns {
+            let open = conns
+                .iter()
+                .filter(|o| o.opened <= c.opened && o.closed.is_none_or(|end| end > c.opened))
+                .count() as u64;
+            let limit = match mode_at(h, name, c.opened) {
+                QueueMode::Normal => s.max_smtp_out,
+                QueueMode::Backoff => s.backoff_max_smtp_out,
+            };
+            assert!(
+                open <= limit,
+                "{name}: {open} connections open at {:?}, limit {limit}",
+                c.opened
+            );
+        }
+        let rcpts = h.rcpt_times(name);
+        for t in &rcpts {
+            let rate = match mode_at(h, name, *t) {
+                QueueMode::Normal => s.max_msg_rate,
+                QueueMode::Backoff => s.backoff_max_msg_rate,
+            };
+            if let Rate::Limit { count, per_seconds } = rate {
+                let n = count_in_window(&rcpts, *t, per_seconds) as u64;
+                assert!(
+                    n <= count,
+                    "{name}: {n} recipients attempted in the {per_seconds}s window ending {t:?}, limit {count}"
+                );
+            }
+        }
+        let mut opens: Vec<Time> = conns.iter().map(|c| c.opened).collect();
+        opens.sort();
+        for t in &opens {
+            let rate = match mode_at(h, name, *t) {
+                QueueMode::Normal => s.max_connect_rate,
+                QueueMode::Backoff => s.backoff_max_connect_rate,
+            };
+            if let Rate::Limit { count, per_seconds } = rate {
+                let n = count_in_window(&opens, *t, per_seconds) as u64;
+                assert!(
+                    n <= count,
+                    "{name}: {n} connects in {per_seconds}s, limit {count}"
+                );
+            }
+        }
+        for pair in opens.windows(2) {
+            assert!(
+                pair[1].since(pair[0]) >= s.smtp_out_rampup_interval_s * 1000,
+                "{name}: connections {:?} and {:?} closer than smtp-out-rampup-interval",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+}
+
+pub fn backoff_is_explained(h: &Harness) {
+    let mut entered: BTreeMap<String, Time> = BTreeMap::new();
+    for event in &h.events {
+        let EngineEvent::ModeChanged {
+            at,
+            queue,
+            mode,
+            reason,
+        } = event
+        else {
+            continue;
+        };
+        match mode {
+            QueueMode::Backoff => {
+                if reason.starts_with('/') {
+                    let matched = h.records.iter().any(|r| {
+                        &r.queue == queue
+                            && r.time_logged == *at
+                            && r.dsn_status.starts_with(['4', '5'])
+                    });
+                    assert!(
+                        matched,
+                        "{queue} entered backoff at {at:?} without a negative reply then: {reason}"
+                    );
+                } else {
+                    assert_eq!(reason, "all source IPs disabled");
+                }
+                entered.insert(queue.clone(), *at);
+            }
+            QueueMode::Normal => {
+                let since = entered
+                    .remove(queue)
+                    .expect("left backoff without entering it");
+                let settings = h
+                    .engine
+                    .queue_snapshots()
+                    .into_iter()
+                    .find(|s| &s.name == queue)
+                    .unwrap()
+                    .settings;
+                match reason.as_str() {
+                    "delivery while in backoff" => {
+                        assert!(settings.backoff_to_normal_after_delivery);
+                        assert!(h.records.iter().any(|r| &r.queue == queue
+                            && r.time_logged == *at
+                            && r.record_type == RecordType::Delivered));
+                    }
+                    "backoff-to-normal-after elapsed" => assert!(*at > since),
+                    other => assert!(
+                        other.starts_with('/'),
+                        "unexplained return to normal: {other}"
+                    ),
+                }
+            }
+        }
+    }
+}

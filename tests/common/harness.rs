@@ -1,0 +1,461 @@
+//! An engine harness with no runtime: virtual time, a fixed one-way network latency,
+//! scripted sans-io SMTP receivers (pmta-sim's own `ServerSession`) and a DNS table.
+//! Everything the engine does is logged so tests can assert exact timing and records.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::rc::Rc;
+
+use pmta_sim::config::{self, MemFs, Options};
+use pmta_sim::engine::accounting::{AcctRecord, RecordType};
+use pmta_sim::engine::{
+    Action, ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MxAnswer, MxHost, Time,
+};
+use pmta_sim::smtp::Reply;
+use pmta_sim::smtp::server::{Envelope, ServerPolicy, ServerSession};
+
+/// 2026-09-21 12:00:00 UTC: the harness's epoch.
+pub const T0: Time = Time::from_secs(1_789_992_000);
+pub const LATENCY_MS: u64 = 10;
+
+pub type Policy = Box<dyn ServerPolicy>;
+
+/// How a host answers a connection.
+pub enum Host {
+    Accept(Box<dyn FnMut() -> Policy>),
+    Refuse,
+    /// Never answers: the engine's connect timeout fires.
+    Blackhole,
+    /// Decides per connection, from the time it is opened.
+    Custom(Box<dyn FnMut(Time) -> Behavior>),
+}
+
+/// What one connection to a [`Host::Custom`] meets.
+pub enum Behavior {
+    Refuse,
+    /// Accepts the TCP connection and never says a word.
+    Silent,
+    Accept(Policy),
+    /// Answers everything except the end of message data.
+    MuteAfterData(Policy),
+}
+
+/// Answers a RCPT for an address.
+pub type RcptScript = Box<dyn FnMut(&str) -> Reply>;
+/// Answers the end of message data.
+pub type MessageScript = Box<dyn FnMut(&Envelope) -> Reply>;
+
+/// A policy built from closures, for scripted receivers.
+#[derive(Default)]
+pub struct Script {
+    pub greeting: Option<Reply>,
+    pub capabilities: Option<Vec<String>>,
+    pub rcpt: Option<RcptScript>,
+    pub message: Option<MessageScript>,
+}
+
+impl ServerPolicy for Script {
+    fn greeting(&mut self) -> Reply {
+        self.greeting
+            .clone()
+            .unwrap_or_else(|| Reply::new(220, None, "mx.test ESMTP"))
+    }
+    fn capabilities(&mut self, _tls: bool) -> Vec<String> {
+        self.capabilities.clone().unwrap_or_else(|| {
+            vec![
+                "PIPELINING".into(),
+                "8BITMIME".into(),
+                "SIZE 52428800".into(),
+                "ENHANCEDSTATUSCODES".into(),
+            ]
+        })
+    }
+    fn rcpt_to(&mut self, _envelope: &Envelope, rcpt: &str) -> Reply {
+        match &mut self.rcpt {
+            Some(f) => f(rcpt),
+            None => Reply::new(250, Some([2, 1, 5]), "OK"),
+        }
+    }
+    fn message(&mut self, envelope: &Envelope, _data: &[u8]) -> Reply {
+        match &mut self.message {
+            Some(f) => f(envelope),
+            None => Reply::new(250, Some([2, 0, 0]), "OK queued"),
+        }
+    }
+}
+
+struct Boxed(Policy, Rc<std::cell::RefCell<Vec<Vec<u8>>>>);
+
+impl ServerPolicy for Boxed {
+    fn greeting(&mut self) -> Reply {
+        self.0.greeting()
+    }
+    fn capabilities(&mut self, tls: bool) -> Vec<String> {
+        self.0.capabilities(tls)
+    }
+    fn ehlo(&mut self, host: &str) -> Option<Reply> {
+        self.0.ehlo(host)
+    }
+    fn mail_from(&mut self, envelope: &Envelope) -> Reply {
+        self.0.mail_from(envelope)
+    }
+    fn rcpt_to(&mut self, envelope: &Envelope, rcpt: &str) -> Reply {
+        self.0.rcpt_to(envelope, rcpt)
+    }
+    fn data(&mut self, envelope: &Envelope) -> Reply {
+        self.0.data(envelope)
+    }
+    fn message(&mut self, envelope: &Envelope, data: &[u8]) -> Reply {
+        self.1.borrow_mut().push(data.to_vec());
+        self.0.message(envelope, data)
+    }
+}
+
+enum NetEvent {
+    Connected(ConnectionId),
+    ConnectFailed(ConnectionId),
+    Bytes(ConnectionId, Vec<u8>),
+    Closed(ConnectionId),
+    Tls(ConnectionId),
+    Mx(String, MxAnswer),
+}
+
+/// One connection's life, as the harness saw it.
+#[derive(Clone, Debug)]
+pub struct ConnLog {
+    pub queue: String,
+    pub source_ip: IpAddr,
+    pub ip: IpAddr,
+    pub opened: Time,
+    pub closed: Option<Time>,
+    /// Every command line the engine wrote, with the time it wrote it.
+    pub commands: Vec<(Time, String)>,
+}
+
+pub struct Harness {
+    pub engine: Engine,
+    pub now: Time,
+    pub clock: Rc<Cell<Time>>,
+    pub hosts: BTreeMap<IpAddr, Host>,
+    pub dns: BTreeMap<String, MxAnswer>,
+    net: BTreeMap<(Time, u64), NetEvent>,
+    seq: u64,
+    servers: BTreeMap<ConnectionId, ServerSession<Boxed>>,
+    mute_after_data: BTreeMap<ConnectionId, bool>,
+    pub conns: BTreeMap<ConnectionId, ConnLog>,
+    pub records: Vec<AcctRecord>,
+    pub events: Vec<EngineEvent>,
+    pub actions: Vec<(Time, Action)>,
+    pub injected: Vec<(String, String)>,
+    /// Every message the receivers took in, as received (dot-unstuffed).
+    pub received_log: Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+    next_job: u64,
+}
+
+/// Loads a config from text (files beside it optional) and asserts it is clean.
+pub fn config_from(text: &str) -> config::Config {
+    config_with_files(text, &[])
+}
+
+/// As [`config_from`], with more files (key files, includes) in the in-memory file system.
+pub fn config_with_files(text: &str, files: &[(&str, Vec<u8>)]) -> config::Config {
+    let mut fs = MemFs::new().with("/etc/pmta/config", text);
+    for (path, bytes) in files {
+        fs = fs.with(*path, bytes.clone());
+    }
+    let checked = config::load(Path::new("/etc/pmta/config"), &fs, Options::default()).unwrap();
+    let rendered: String = checked
+        .diagnostics
+        .iter()
+        .map(|d| d.render(&checked.config.sources))
+        .collect();
+    assert_eq!(checked.error_count(), 0, "{rendered}");
+    checked.config
+}
+
+impl Harness {
+    pub fn new(config_text: &str) -> Harness {
+        Harness::with_config(config_from(config_text))
+    }
+
+    pub fn with_config(config: config::Config) -> Harness {
+        let engine = Engine::new(config, EngineOptions { seed: 7 }).unwrap();
+        Harness {
+            engine,
+            now: T0,
+            clock: Rc::new(Cell::new(T0)),
+            hosts: BTreeMap::new(),
+            dns: BTreeMap::new(),
+            net: BTreeMap::new(),
+            seq: 0,
+            servers: BTreeMap::new(),
+            mute_after_data: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            records: Vec::new(),
+            events: Vec::new(),
+            actions: Vec::new(),
+            injected: Vec::new(),
+            received_log: Rc::default(),
+            next_job: 0,
+        }
+    }
+
+    /// `domain` has one MX `mx.<domain>` at `ip`, answering with policies from `make`.
+    pub fn mx(
+        &mut self,
+        domain: &str,
+        ip: &str,
+        make: impl FnMut() -> Policy + 'static,
+    ) -> &mut Harness {
+        let ip: IpAddr = ip.parse().unwrap();
+        self.dns.insert(
+            domain.to_string(),
+            MxAnswer::Hosts(vec![MxHost {
+                preference: 10,
+                name: format!("mx.{domain}"),
+                addresses: vec![ip],
+                port: 25,
+            }]),
+        );
+        self.hosts.insert(ip, Host::Accept(Box::new(make)));
+        self
+    }
+
+    /// An accepting MX that delivers everything.
+    pub fn accept_all(&mut self, domain: &str, ip: &str) -> &mut Harness {
+        self.mx(domain, ip, || Box::new(Script::default()))
+    }
+
+    fn push(&mut self, at: Time, event: NetEvent) {
+        self.seq += 1;
+        self.net.insert((at, self.seq), event);
+    }
+
+    /// Injects one message from `a@sender.example` to `rcpts` through `vmta`.
+    pub fn inject(&mut self, vmta: Option<&str>, rcpts: &[&str]) {
+        self.inject_data(vmta, rcpts, b"From: a@sender.example\r\nTo: x@y\r\nSubject: test\r\nMessage-ID: <1@sender.example>\r\n\r\nhello\r\n".to_vec());
+    }
+
+    pub fn inject_data(&mut self, vmta: Option<&str>, rcpts: &[&str], data: Vec<u8>) {
+        self.next_job += 1;
+        let job = format!("job{}", self.next_job);
+        for rcpt in rcpts {
+            self.injected.push((job.clone(), rcpt.to_string()));
+        }
+        self.engine
+            .inject(
+                self.now,
+                Injection {
+                    mail_from: "a@sender.example".into(),
+                    recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+                    data,
+                    virtual_mta: vmta.map(str::to_string),
+                    source_ip: None,
+                    job_id: job,
+                    env_id: String::new(),
+                },
+            )
+            .unwrap();
+        self.drain();
+    }
+
+    /// Carries out everything the engine asked for at `now`.
+    fn drain(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            self.actions.push((self.now, action.clone()));
+            let now = self.now;
+            match action {
+                Action::ResolveMx { domain } => {
+                    let answer = self
+                        .dns
+                        .get(&domain)
+                        .cloned()
+                        .unwrap_or(MxAnswer::NoMailHost);
+                    self.push(now, NetEvent::Mx(domain, answer));
+                }
+                Action::Connect {
+                    conn,
+                    queue,
+                    source_ip,
+                    ip,
+                    ..
+                } => {
+                    self.conns.insert(
+                        conn,
+                        ConnLog {
+                            queue,
+                            source_ip,
+                            ip,
+                            opened: now,
+                            closed: None,
+                            commands: Vec::new(),
+                        },
+                    );
+                    let behavior = match self.hosts.get_mut(&ip) {
+                        Some(Host::Accept(make)) => Behavior::Accept(make()),
+                        Some(Host::Refuse) | None => Behavior::Refuse,
+                        Some(Host::Blackhole) => continue,
+                        Some(Host::Custom(decide)) => decide(now),
+                    };
+                    let (policy, mute) = match behavior {
+                        Behavior::Refuse => {
+                            self.push(now.plus_ms(LATENCY_MS), NetEvent::ConnectFailed(conn));
+                            continue;
+                        }
+                        Behavior::Silent => {
+                            self.push(now.plus_ms(LATENCY_MS), NetEvent::Connected(conn));
+                            continue;
+                        }
+                        Behavior::Accept(policy) => (policy, false),
+                        Behavior::MuteAfterData(policy) => (policy, true),
+                    };
+                    let mut server =
+                        ServerSession::new(Boxed(policy, Rc::clone(&self.received_log)));
+                    let greeting = server.take_output().unwrap_or_default();
+                    self.servers.insert(conn, server);
+                    self.mute_after_data.insert(conn, mute);
+                    self.push(now.plus_ms(LATENCY_MS), NetEvent::Connected(conn));
+                    self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Bytes(conn, greeting));
+                }
+                Action::Write { conn, bytes } => {
+                    self.clock.set(now);
+                    let log = self.conns.get_mut(&conn).unwrap();
+                    for line in String::from_utf8_lossy(&bytes).split("\r\n") {
+                        let upper = line.to_ascii_uppercase();
+                        if [
+                            "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "STARTTLS",
+                        ]
+                        .iter()
+                        .any(|c| upper.starts_with(c))
+                        {
+                            log.commands.push((now, line.to_string()));
+                        }
+                    }
+                    if let Some(server) = self.servers.get_mut(&conn) {
+                        server.handle_bytes(&bytes);
+                        let mut reply = server.take_output().unwrap_or_default();
+                        if self.mute_after_data.get(&conn) == Some(&true)
+                            && bytes.ends_with(b"\r\n.\r\n")
+                        {
+                            reply.clear();
+                        }
+                        let closed = server.is_closed();
+                        if !reply.is_empty() {
+                            self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Bytes(conn, reply));
+                        }
+                        if closed {
+                            self.servers.remove(&conn);
+                            self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Closed(conn));
+                        }
+                    }
+                }
+                Action::StartTls { conn, .. } => {
+                    if let Some(server) = self.servers.get_mut(&conn) {
+                        server.tls_established();
+                    }
+                    self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Tls(conn));
+                }
+                Action::Close { conn } => {
+                    self.servers.remove(&conn);
+                    if let Some(log) = self.conns.get_mut(&conn) {
+                        log.closed.get_or_insert(now);
+                    }
+                }
+            }
+        }
+        while let Some(record) = self.engine.poll_record() {
+            self.records.push(record);
+        }
+        while let Some(event) = self.engine.poll_event() {
+            self.events.push(event);
+        }
+    }
+
+    /// Runs `seconds` of virtual time (stopping early only in time, never in work).
+    pub fn run_for(&mut self, seconds: u64) {
+        let end = self.now.plus_secs(seconds);
+        loop {
+            self.drain();
+            let next_net = self.net.keys().next().map(|(t, _)| *t);
+            let next_timer = self.engine.poll_timeout();
+            let next = match (next_net, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => break,
+            };
+            if next > end {
+                break;
+            }
+            self.now = next;
+            if next_net == Some(next) {
+                let (_, event) = self.net.pop_first().unwrap();
+                match event {
+                    NetEvent::Connected(c) => self.engine.handle_connected(next, c),
+                    NetEvent::ConnectFailed(c) => {
+                        self.engine
+                            .handle_connect_failed(next, c, "Connection refused");
+                        if let Some(log) = self.conns.get_mut(&c) {
+                            log.closed.get_or_insert(next);
+                        }
+                    }
+                    NetEvent::Bytes(c, bytes) => self.engine.handle_bytes(next, c, &bytes),
+                    NetEvent::Closed(c) => {
+                        if let Some(log) = self.conns.get_mut(&c) {
+                            log.closed.get_or_insert(next);
+                        }
+                        self.engine.handle_closed(next, c)
+                    }
+                    NetEvent::Tls(c) => self.engine.handle_tls_established(next, c),
+                    NetEvent::Mx(domain, answer) => self.engine.handle_mx(next, &domain, answer),
+                }
+            } else {
+                self.engine.handle_timeout(next);
+            }
+        }
+        self.now = self.now.max(end);
+        self.drain();
+    }
+
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received_log.borrow().clone()
+    }
+
+    pub fn records_of(&self, kind: RecordType) -> Vec<&AcctRecord> {
+        self.records
+            .iter()
+            .filter(|r| r.record_type == kind)
+            .collect()
+    }
+
+    /// Seconds since T0 at which each record of `kind` was logged.
+    pub fn times_of(&self, kind: RecordType) -> Vec<f64> {
+        self.records_of(kind)
+            .iter()
+            .map(|r| r.time_logged.since(T0) as f64 / 1000.0)
+            .collect()
+    }
+
+    /// Every RCPT command with its time, across connections, in time order.
+    pub fn rcpt_times(&self, queue: &str) -> Vec<Time> {
+        let mut times: Vec<Time> = self
+            .conns
+            .values()
+            .filter(|c| c.queue == queue)
+            .flat_map(|c| {
+                c.commands
+                    .iter()
+                    .filter(|(_, l)| l.starts_with("RCPT"))
+                    .map(|(t, _)| *t)
+            })
+            .collect();
+        times.sort();
+        times
+    }
+}
+
+/// Seconds from T0.
+pub fn secs(t: Time) -> f64 {
+    t.since(T0) as f64 / 1000.0
+}

@@ -1,0 +1,176 @@
+//! DKIM signing: signatures verify with mail-auth, and carry the engine's `now`, so the
+//! same message signed at the same time gives the same bytes.
+
+mod common;
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use common::harness::{Harness, T0};
+use mail_auth::common::parse::TxtRecordParser;
+use mail_auth::common::verify::DomainKey;
+use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use mail_auth::{
+    AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
+};
+use pmta_sim::engine::accounting::RecordType;
+
+/// A DNS zone held in memory: mail-auth consults it before any query.
+struct Zone(Vec<(Box<str>, Txt)>);
+
+impl ResolverCache<Box<str>, Txt> for Zone {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0
+            .iter()
+            .find(|(k, _)| k.borrow() == name)
+            .map(|(_, v)| v.clone())
+    }
+    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(name)
+    }
+    fn insert(&self, _key: Box<str>, _value: Txt, _valid_until: Instant) {}
+}
+
+/// Polls a future that never waits (every lookup is answered from the zone).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..1000 {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
+    }
+    panic!("verification tried to reach the network");
+}
+
+fn verify(message: &[u8], name: &str, record: &str) -> Vec<DkimResult> {
+    let zone = Zone(vec![(
+        name.into(),
+        Txt::DomainKey(Arc::new(
+            DomainKey::parse(record.as_bytes()).expect("record parses"),
+        )),
+    )]);
+    let authenticator = MessageAuthenticator::new(
+        ResolverConfig::from_parts(None, vec![], vec![]),
+        ResolverOpts::default(),
+    )
+    .unwrap();
+    let parsed = AuthenticatedMessage::parse(message).expect("message parses");
+    block_on(authenticator.verify_dkim(Parameters::new(&parsed).with_txt_cache(&zone)))
+        .iter()
+        .map(|o| o.result().clone())
+        .collect()
+}
+
+fn signed_message(config: &str) -> (Vec<u8>, Harness) {
+    let key = std::fs::read(common::fixture(
+        "scenarios/configs/production/keys/s2026.news.example.com.pem",
+    ))
+    .unwrap();
+    let config = common::harness::config_with_files(config, &[("/etc/pmta/keys/s2026.pem", key)]);
+    let mut h = Harness::with_config(config);
+    h.accept_all("example.net", "198.51.100.3");
+    h.inject_data(
+        Some("vmta1"),
+        &["u@example.net"],
+        b"From: News <news@news.example.com>\nTo: u@example.net\nSubject: Hello\nMessage-ID: <1@news.example.com>\n\nBody line\n.leading dot\n".to_vec(),
+    );
+    h.run_for(10);
+    assert_eq!(h.records_of(RecordType::Delivered).len(), 1);
+    let message = h
+        .received()
+        .first()
+        .cloned()
+        .expect("the receiver got the message");
+    (message, h)
+}
+
+fn config(key_line: &str) -> String {
+    format!(
+        "{key_line}
+<virtual-mta vmta1>
+    smtp-source-host 192.0.2.1 mta1.news.example.com
+</virtual-mta>
+<domain *>
+    dkim-sign yes
+</domain>
+"
+    )
+}
+
+#[test]
+fn rsa_signature_verifies_and_uses_the_engine_clock() {
+    let record = std::fs::read_to_string(common::fixture(
+        "scenarios/configs/production/keys/s2026.news.example.com.dns.txt",
+    ))
+    .unwrap();
+    let text = config("domain-key s2026,news.example.com,keys/s2026.pem");
+    let (message, _) = signed_message(&text);
+    let header =
+        String::from_utf8_lossy(&message[..message.iter().position(|b| *b == b'\n').unwrap()])
+            .to_string();
+    assert!(
+        header.starts_with("DKIM-Signature: v=1; a=rsa-sha256; s=s2026; d=news.example.com;"),
+        "{header}"
+    );
+    let text_message = String::from_utf8_lossy(&message).to_string();
+    assert!(
+        text_message.contains(&format!("t={};", T0.unix_secs())),
+        "{text_message}"
+    );
+    assert_eq!(
+        verify(
+            &message,
+            "s2026._domainkey.news.example.com.",
+            record.trim()
+        ),
+        [DkimResult::Pass]
+    );
+    // The same inputs give the same bytes.
+    let (again, _) = signed_message(&text);
+    assert_eq!(message, again);
+}
+
+#[test]
+fn a_missing_key_signs_with_a_stand_in_that_verifies_against_its_record() {
+    let text = config("domain-key s1,news.example.com,/nonexistent/s1.pem");
+    let (message, h) = signed_message(&text);
+    let signer = h.engine.signer().for_domain("news.example.com").unwrap();
+    assert!(signer.stand_in);
+    let record = signer.stand_in_record.clone().unwrap();
+    assert!(record.starts_with("v=DKIM1; k=ed25519; p="));
+    assert!(
+        String::from_utf8_lossy(&message).starts_with("DKIM-Signature: v=1; a=ed25519-sha256;")
+    );
+    assert_eq!(
+        verify(&message, "s1._domainkey.news.example.com.", &record),
+        [DkimResult::Pass]
+    );
+}
+
+#[test]
+fn unsigned_queues_send_the_message_as_injected() {
+    let text = config("domain-key s2026,news.example.com,keys/s2026.pem")
+        .replace("dkim-sign yes", "dkim-sign no");
+    let (message, _) = signed_message(&text);
+    assert!(message.starts_with(b"From: News"));
+    // Line ends arrive as CRLF and the leading dot survives dot-stuffing.
+    assert!(
+        message.ends_with(b"Body line\r\n.leading dot\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&message)
+    );
+}

@@ -1,0 +1,461 @@
+//! The scheduler obeys each limit of a `<domain>` block, to the millisecond.
+//!
+//! Network latency in the harness is 10 ms each way, so a fresh connection is ready (EHLO
+//! answered) 40 ms after it is opened, and a pipelined transaction takes 40 ms.
+
+mod common;
+
+use common::checkers::check_all;
+use common::harness::{Behavior, Harness, Host, Script, secs};
+use pmta_sim::engine::accounting::RecordType;
+use pmta_sim::engine::{EngineEvent, MxAnswer, MxHost};
+use pmta_sim::smtp::Reply;
+
+fn harness(domain_block: &str) -> Harness {
+    let config = format!(
+        "<virtual-mta vmta1>\n    smtp-source-host 192.0.2.1 mta1.sender.example\n</virtual-mta>\n<domain example.com>\n{domain_block}\n</domain>\n"
+    );
+    let mut h = Harness::new(&config);
+    h.accept_all("example.com", "198.51.100.1");
+    h
+}
+
+fn inject_n(h: &mut Harness, n: usize) {
+    for i in 0..n {
+        h.inject(Some("vmta1"), &[&format!("u{i}@example.com")]);
+    }
+}
+
+fn opened(h: &Harness) -> Vec<f64> {
+    h.conns.values().map(|c| secs(c.opened)).collect()
+}
+
+fn mails_per_connection(h: &Harness) -> Vec<usize> {
+    h.conns
+        .values()
+        .map(|c| {
+            c.commands
+                .iter()
+                .filter(|(_, l)| l.starts_with("MAIL"))
+                .count()
+        })
+        .collect()
+}
+
+#[test]
+fn max_smtp_out_caps_concurrent_connections() {
+    let mut h = harness("    max-smtp-out 2");
+    inject_n(&mut h, 10);
+    h.run_for(60);
+    check_all(&h);
+    assert_eq!(opened(&h), [0.0, 0.0]);
+    assert_eq!(mails_per_connection(&h), [5, 5]);
+}
+
+#[test]
+fn max_msg_per_connection_opens_a_new_connection() {
+    let mut h = harness("    max-smtp-out 1\n    max-msg-per-connection 3");
+    inject_n(&mut h, 7);
+    h.run_for(60);
+    check_all(&h);
+    assert_eq!(mails_per_connection(&h), [3, 3, 1]);
+    // The next connection opens when the previous one has said QUIT and been answered.
+    assert_eq!(opened(&h), [0.0, 0.18, 0.36]);
+}
+
+#[test]
+fn max_rcpt_per_transaction_splits_recipients() {
+    let mut h = harness("    max-rcpt-per-transaction 2");
+    let rcpts: Vec<String> = (0..5).map(|i| format!("u{i}@example.com")).collect();
+    let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    h.inject(Some("vmta1"), &refs);
+    h.run_for(60);
+    check_all(&h);
+    let rcpt_lines: Vec<usize> = {
+        let conn = h.conns.values().next().unwrap();
+        let mut counts = Vec::new();
+        for (_, line) in &conn.commands {
+            if line.starts_with("MAIL") {
+                counts.push(0);
+            } else if line.starts_with("RCPT") {
+                *counts.last_mut().unwrap() += 1;
+            }
+        }
+        counts
+    };
+    assert_eq!(rcpt_lines, [2, 2, 1]);
+    assert_eq!(
+        h.times_of(RecordType::Delivered),
+        [0.08, 0.08, 0.12, 0.12, 0.16]
+    );
+}
+
+#[test]
+fn max_msg_rate_counts_attempted_recipients_per_window() {
+    let mut h =
+        harness("    max-smtp-out 1\n    max-msg-rate 10/m\n    connection-idle-timeout 2m");
+    inject_n(&mut h, 25);
+    h.run_for(600);
+    check_all(&h);
+    let times: Vec<f64> = h
+        .rcpt_times("example.com/vmta1")
+        .into_iter()
+        .map(secs)
+        .collect();
+    assert_eq!(times.len(), 25);
+    assert!(times[..10].iter().all(|t| *t < 1.0), "{times:?}");
+    // The 11th recipient waits until the first leaves the 60 s window, on the same
+    // (parked) connection.
+    assert_eq!(times[10], 60.04);
+    assert_eq!(times[20], 120.04);
+    assert_eq!(h.conns.len(), 1);
+    // Waiting for the rate never counts as a failed attempt.
+    assert!(h.records_of(RecordType::Transient).is_empty());
+    assert!(h.records_of(RecordType::TransientQueue).is_empty());
+}
+
+#[test]
+fn max_msg_rate_with_a_multiplier_in_the_period() {
+    let mut h = harness("    max-msg-rate 2/15m");
+    inject_n(&mut h, 3);
+    h.run_for(3600);
+    check_all(&h);
+    let times: Vec<f64> = h
+        .rcpt_times("example.com/vmta1")
+        .into_iter()
+        .map(secs)
+        .collect();
+    assert_eq!(times[2], 900.08, "{times:?}");
+}
+
+#[test]
+fn max_connect_rate_spaces_connections() {
+    let mut h =
+        harness("    max-smtp-out 10\n    max-msg-per-connection 1\n    max-connect-rate 2/m");
+    inject_n(&mut h, 5);
+    h.run_for(600);
+    check_all(&h);
+    assert_eq!(opened(&h), [0.0, 0.0, 60.0, 60.0, 120.0]);
+}
+
+#[test]
+fn smtp_out_rampup_interval_spaces_new_connections() {
+    let mut h = harness(
+        "    max-smtp-out 3\n    max-msg-per-connection 1\n    smtp-out-rampup-interval 30s",
+    );
+    inject_n(&mut h, 3);
+    h.run_for(600);
+    check_all(&h);
+    assert_eq!(opened(&h), [0.0, 30.0, 60.0]);
+}
+
+#[test]
+fn connection_idle_timeout_keeps_a_connection_for_new_mail() {
+    let mut h = harness("    connection-idle-timeout 1m");
+    inject_n(&mut h, 1);
+    h.run_for(30);
+    h.inject(Some("vmta1"), &["late@example.com"]);
+    h.run_for(300);
+    check_all(&h);
+    assert_eq!(
+        h.conns.len(),
+        1,
+        "the second message reuses the idle connection"
+    );
+    let quit = h
+        .conns
+        .values()
+        .next()
+        .unwrap()
+        .commands
+        .iter()
+        .find(|(_, l)| l == "QUIT")
+        .unwrap()
+        .0;
+    assert_eq!(secs(quit), 90.04);
+}
+
+#[test]
+fn max_errors_per_connection_closes_the_connection() {
+    let mut h = harness("    max-smtp-out 1\n    max-errors-per-connection 2");
+    h.mx("example.com", "198.51.100.1", || {
+        Box::new(Script {
+            rcpt: Some(Box::new(|_: &str| {
+                Reply::new(550, Some([5, 1, 1]), "no such user")
+            })),
+            ..Script::default()
+        })
+    });
+    inject_n(&mut h, 3);
+    h.run_for(60);
+    check_all(&h);
+    assert_eq!(mails_per_connection(&h), [2, 1]);
+    assert_eq!(h.records_of(RecordType::Bounced).len(), 3);
+}
+
+#[test]
+fn retry_after_list_is_positional_and_the_last_repeats() {
+    let mut h = harness("    retry-after 1m,2m,5m\n    bounce-after 1h");
+    h.hosts
+        .insert("198.51.100.1".parse().unwrap(), Host::Refuse);
+    inject_n(&mut h, 1);
+    h.run_for(1500);
+    assert_eq!(
+        opened(&h),
+        [0.0, 60.01, 180.02, 480.03, 780.04, 1080.05, 1380.06]
+    );
+    assert_eq!(h.records_of(RecordType::TransientQueue).len(), 7);
+    check_all(&h);
+}
+
+#[test]
+fn retry_after_restarts_from_the_first_interval_after_a_delivery() {
+    let mut h =
+        harness("    retry-after 1m,2m,5m\n    max-msg-per-connection 1\n    max-smtp-out 1");
+    let mut calls = 0;
+    h.hosts.insert(
+        "198.51.100.1".parse().unwrap(),
+        Host::Custom(Box::new(move |_| {
+            calls += 1;
+            // Refuse, refuse, accept, then refuse, refuse.
+            if calls == 3 {
+                Behavior::Accept(Box::new(Script::default()))
+            } else {
+                Behavior::Refuse
+            }
+        })),
+    );
+    inject_n(&mut h, 2);
+    h.run_for(2000);
+    let t = opened(&h);
+    // 0 refused; +1m refused; +2m accepted (one delivery, index reset); its second message
+    // opens at once and is refused; the next retry is 1m again, not 5m.
+    assert_eq!(&t[..4], [0.0, 60.01, 180.02, 180.12]);
+    assert_eq!(t[4], 240.13);
+    check_all(&h);
+}
+
+#[test]
+fn retry_recipients_after_holds_a_deferred_recipient() {
+    let mut h = harness("    retry-recipients-after 5m");
+    let mut first = true;
+    h.mx("example.com", "198.51.100.1", move || {
+        let defer = first;
+        first = false;
+        Box::new(Script {
+            rcpt: Some(Box::new(move |_: &str| {
+                if defer {
+                    Reply::new(451, Some([4, 7, 1]), "greylisted, try again later")
+                } else {
+                    Reply::new(250, Some([2, 1, 5]), "OK")
+                }
+            })),
+            ..Script::default()
+        })
+    });
+    inject_n(&mut h, 1);
+    h.run_for(600);
+    check_all(&h);
+    assert_eq!(h.times_of(RecordType::Transient), [0.06]);
+    assert_eq!(h.times_of(RecordType::Delivered), [300.06 + 0.08]);
+}
+
+#[test]
+fn bounce_after_expires_old_recipients() {
+    let mut h = harness("    retry-after 10m\n    bounce-after 30m");
+    h.hosts
+        .insert("198.51.100.1".parse().unwrap(), Host::Refuse);
+    inject_n(&mut h, 1);
+    h.run_for(7200);
+    check_all(&h);
+    let b = h.records_of(RecordType::Bounced);
+    assert_eq!(b.len(), 1);
+    assert_eq!(secs(b[0].time_logged), 1800.03);
+    assert_eq!(b[0].bounce_category, "message-expired");
+    assert_eq!(b[0].dsn_status, "5.4.7");
+}
+
+#[test]
+fn connect_greeting_and_data_timeouts() {
+    for (behavior, block, failed_at, diag) in [
+        (0, "    connect-timeout 30s", 30.0, "connect timeout"),
+        (
+            1,
+            "    smtp-greeting-timeout 45s",
+            45.01,
+            "timeout waiting for the greeting",
+        ),
+        (
+            2,
+            "    smtp-data-termination-timeout 90s",
+            90.06,
+            "timeout waiting for the reply to end of data",
+        ),
+    ] {
+        let mut h = harness(&format!("{block}\n    retry-after 1h"));
+        let mut once = false;
+        h.hosts.insert(
+            "198.51.100.1".parse().unwrap(),
+            Host::Custom(Box::new(move |_| {
+                if once {
+                    return Behavior::Accept(Box::new(Script::default()));
+                }
+                once = true;
+                match behavior {
+                    0 => Behavior::Refuse,
+                    1 => Behavior::Silent,
+                    _ => Behavior::MuteAfterData(Box::new(Script::default())),
+                }
+            })),
+        );
+        if behavior == 0 {
+            h.hosts
+                .insert("198.51.100.1".parse().unwrap(), Host::Blackhole);
+        }
+        inject_n(&mut h, 1);
+        h.run_for(600);
+        let failure = h
+            .records
+            .iter()
+            .find(|r| {
+                matches!(
+                    r.record_type,
+                    RecordType::TransientQueue | RecordType::Transient
+                )
+            })
+            .unwrap();
+        assert_eq!(secs(failure.time_logged), failed_at, "{block}");
+        assert!(failure.dsn_diag.contains(diag), "{}", failure.dsn_diag);
+        check_all(&h);
+    }
+}
+
+#[test]
+fn smtp_421_means_mx_unavailable_moves_to_the_next_mx() {
+    for (setting, second_mx_tried) in [("yes", true), ("no", false)] {
+        let mut h = harness(&format!(
+            "    smtp-421-means-mx-unavailable {setting}\n    retry-after 1h"
+        ));
+        h.dns.insert(
+            "example.com".into(),
+            MxAnswer::Hosts(vec![
+                MxHost {
+                    preference: 10,
+                    name: "mx1.example.com".into(),
+                    addresses: vec!["198.51.100.1".parse().unwrap()],
+                    port: 25,
+                },
+                MxHost {
+                    preference: 20,
+                    name: "mx2.example.com".into(),
+                    addresses: vec!["198.51.100.2".parse().unwrap()],
+                    port: 25,
+                },
+            ]),
+        );
+        h.hosts.insert(
+            "198.51.100.1".parse().unwrap(),
+            Host::Accept(Box::new(|| {
+                Box::new(Script {
+                    greeting: Some(Reply::new(
+                        421,
+                        Some([4, 7, 0]),
+                        "Try again later, closing connection.",
+                    )),
+                    ..Script::default()
+                })
+            })),
+        );
+        h.hosts.insert(
+            "198.51.100.2".parse().unwrap(),
+            Host::Accept(Box::new(|| Box::new(Script::default()))),
+        );
+        inject_n(&mut h, 1);
+        h.run_for(60);
+        check_all(&h);
+        let tried_second = h.conns.values().any(|c| c.ip.to_string() == "198.51.100.2");
+        assert_eq!(
+            tried_second, second_mx_tried,
+            "smtp-421-means-mx-unavailable {setting}"
+        );
+        assert_eq!(
+            h.records_of(RecordType::Delivered).len(),
+            usize::from(second_mx_tried)
+        );
+    }
+}
+
+#[test]
+fn bounce_upon_no_mx() {
+    for (setting, bounced) in [("yes", true), ("no", false)] {
+        let mut h = harness(&format!("    bounce-upon-no-mx {setting}"));
+        h.dns.insert("example.com".into(), MxAnswer::NoMailHost);
+        inject_n(&mut h, 1);
+        h.run_for(30);
+        check_all(&h);
+        let b = h.records_of(RecordType::Bounced);
+        assert_eq!(b.len(), usize::from(bounced));
+        if bounced {
+            assert_eq!(b[0].bounce_category, "bad-domain");
+            assert_eq!(secs(b[0].time_logged), 0.0);
+        } else {
+            assert_eq!(h.records_of(RecordType::TransientQueue).len(), 1);
+        }
+    }
+}
+
+#[test]
+fn type_discard_delivers_without_connecting() {
+    let mut h = harness("    type discard");
+    inject_n(&mut h, 3);
+    h.run_for(10);
+    check_all(&h);
+    assert!(h.conns.is_empty());
+    let d = h.records_of(RecordType::Delivered);
+    assert_eq!(d.len(), 3);
+    assert_eq!(d[0].dlv_type, "discard");
+    assert_eq!(secs(d[0].time_logged), 0.0);
+}
+
+#[test]
+fn queue_priority_decides_who_gets_a_freed_connection_slot() {
+    let config = "total-max-smtp-out 1
+<virtual-mta vmta1>
+    smtp-source-host 192.0.2.1 mta1.sender.example
+</virtual-mta>
+<domain *>
+    smtp-hosts [198.51.100.1]
+</domain>
+<domain low.example>
+    queue-priority 10
+</domain>
+<domain high.example>
+    queue-priority 90
+</domain>
+";
+    let mut h = Harness::new(config);
+    h.hosts.insert(
+        "198.51.100.1".parse().unwrap(),
+        Host::Accept(Box::new(|| Box::new(Script::default()))),
+    );
+    h.inject(Some("vmta1"), &["a@first.example"]);
+    h.inject(Some("vmta1"), &["a@low.example"]);
+    h.inject(Some("vmta1"), &["a@high.example"]);
+    h.run_for(60);
+    check_all(&h);
+    let order: Vec<&str> = h.conns.values().map(|c| c.queue.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "first.example/vmta1",
+            "high.example/vmta1",
+            "low.example/vmta1"
+        ]
+    );
+    let retries = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::RetryScheduled { .. }))
+        .count();
+    assert_eq!(retries, 0);
+}
