@@ -174,3 +174,26 @@ fn unsigned_queues_send_the_message_as_injected() {
         String::from_utf8_lossy(&message)
     );
 }
+
+#[test]
+fn dkim_identity_sets_the_i_tag() {
+    let text = config("domain-key s2026,news.example.com,keys/s2026.pem").replace(
+        "dkim-sign yes",
+        "dkim-sign yes\n    dkim-identity news@news.example.com",
+    );
+    let (message, _) = signed_message(&text);
+    let text = String::from_utf8_lossy(&message).to_string();
+    assert!(text.contains("i=news@news.example.com;"), "{text}");
+    let record = std::fs::read_to_string(common::fixture(
+        "scenarios/configs/production/keys/s2026.news.example.com.dns.txt",
+    ))
+    .unwrap();
+    assert_eq!(
+        verify(
+            &message,
+            "s2026._domainkey.news.example.com.",
+            record.trim()
+        ),
+        [DkimResult::Pass]
+    );
+}

@@ -459,3 +459,164 @@ fn queue_priority_decides_who_gets_a_freed_connection_slot() {
         .count();
     assert_eq!(retries, 0);
 }
+
+fn two_ip_harness(domain_block: &str) -> Harness {
+    let config = format!(
+        "<virtual-mta vmta1>\n    smtp-source-host 192.0.2.1 mta1.sender.example\n    smtp-source-host 192.0.2.2 mta2.sender.example\n</virtual-mta>\n<domain example.com>\n{domain_block}\n</domain>\n"
+    );
+    let mut h = Harness::new(&config);
+    h.accept_all("example.com", "198.51.100.1");
+    h
+}
+
+#[test]
+fn source_ip_max_smtp_out_caps_each_ip_by_its_most_specific_network() {
+    let mut h = two_ip_harness(
+        "    max-smtp-out 10\n    source-ip-max-smtp-out 0/0 2\n    source-ip-max-smtp-out 192.0.2.1 1",
+    );
+    inject_n(&mut h, 10);
+    h.run_for(60);
+    check_all(&h);
+    let from = |ip: &str| {
+        h.conns
+            .values()
+            .filter(|c| c.source_ip.to_string() == ip)
+            .count()
+    };
+    assert_eq!((from("192.0.2.1"), from("192.0.2.2")), (1, 2));
+    assert_eq!(h.records_of(RecordType::Delivered).len(), 10);
+}
+
+#[test]
+fn source_ip_max_msg_rate_limits_each_ip() {
+    let mut h = two_ip_harness(
+        "    max-smtp-out 1\n    source-ip-max-msg-rate 192.0.2.0/24 3/m\n    connection-idle-timeout 5m",
+    );
+    inject_n(&mut h, 9);
+    h.run_for(600);
+    check_all(&h);
+    let times: Vec<f64> = h
+        .rcpt_times("example.com/vmta1")
+        .into_iter()
+        .map(secs)
+        .collect();
+    // One connection from 192.0.2.1 takes 3 a minute.
+    assert_eq!(
+        times,
+        [
+            0.04, 0.08, 0.12, 60.04, 60.08, 60.12, 120.04, 120.08, 120.12
+        ]
+    );
+}
+
+#[test]
+fn retry_upon_new_mail_ends_retry_mode() {
+    for (setting, delivered_at) in [("yes", 60.08), ("no", 600.09)] {
+        let mut h = harness(&format!(
+            "    retry-after 10m\n    retry-upon-new-mail {setting}"
+        ));
+        h.hosts.insert(
+            "198.51.100.1".parse().unwrap(),
+            Host::Custom(Box::new(|at| {
+                if secs(at) < 30.0 {
+                    Behavior::Refuse
+                } else {
+                    Behavior::Accept(Box::new(Script::default()))
+                }
+            })),
+        );
+        inject_n(&mut h, 1);
+        h.run_for(60);
+        h.inject(Some("vmta1"), &["new@example.com"]);
+        h.run_for(1200);
+        check_all(&h);
+        let d = h.times_of(RecordType::Delivered);
+        assert_eq!(d[0], delivered_at, "retry-upon-new-mail {setting}");
+    }
+}
+
+#[test]
+fn silence_after_the_data_can_mean_delivered_or_bounced() {
+    for (block, kind) in [
+        (
+            "    assume-delivery-upon-data-termination-timeout yes",
+            RecordType::Delivered,
+        ),
+        ("    bounce-upon-transfer-failure yes", RecordType::Bounced),
+        ("", RecordType::Transient),
+    ] {
+        let mut h = harness(&format!("    smtp-data-termination-timeout 1m\n{block}"));
+        h.hosts.insert(
+            "198.51.100.1".parse().unwrap(),
+            Host::Custom(Box::new(|_| {
+                Behavior::MuteAfterData(Box::new(Script::default()))
+            })),
+        );
+        inject_n(&mut h, 1);
+        h.run_for(61);
+        let first = h
+            .records
+            .iter()
+            .find(|r| r.rcpt == "u0@example.com")
+            .unwrap();
+        assert_eq!(
+            (first.record_type, secs(first.time_logged)),
+            (kind, 60.06),
+            "{block}"
+        );
+    }
+}
+
+#[test]
+fn disable_acct_records_suppresses_record_types() {
+    let mut h = harness("    disable-acct-records t");
+    h.mx("example.com", "198.51.100.1", || {
+        Box::new(Script {
+            rcpt: Some(Box::new(|_: &str| {
+                Reply::new(451, Some([4, 7, 1]), "later")
+            })),
+            ..Script::default()
+        })
+    });
+    inject_n(&mut h, 1);
+    h.run_for(60);
+    assert!(h.records_of(RecordType::Transient).is_empty());
+    assert_eq!(h.engine.recipients_pending(), 1);
+}
+
+#[test]
+fn local_delivery_types_deliver_at_once_and_say_how() {
+    let mut h = harness("    type pipe");
+    inject_n(&mut h, 1);
+    h.run_for(1);
+    let d = h.records_of(RecordType::Delivered);
+    assert_eq!(
+        (d[0].dlv_type.as_str(), d[0].dsn_diag.as_str()),
+        ("pipe", "smtp;250 2.0.0 delivered locally (type pipe)")
+    );
+    assert!(h.conns.is_empty());
+}
+
+#[test]
+fn bounce_upon_5xx_greeting() {
+    for (setting, bounced) in [("yes", 1), ("no", 0)] {
+        let mut h = harness(&format!(
+            "    bounce-upon-5xx-greeting {setting}\n    retry-after 1h"
+        ));
+        h.mx("example.com", "198.51.100.1", || {
+            Box::new(Script {
+                greeting: Some(Reply::new(554, Some([5, 7, 1]), "no service for you")),
+                ..Script::default()
+            })
+        });
+        inject_n(&mut h, 1);
+        h.run_for(60);
+        check_all(&h);
+        assert_eq!(
+            h.records_of(RecordType::Bounced).len(),
+            bounced,
+            "bounce-upon-5xx-greeting {setting}"
+        );
+        assert_eq!(h.records_of(RecordType::TransientQueue).len(), 1 - bounced);
+    }
+}

@@ -9,7 +9,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const PURE_ROOMS: &[&str] = &["engine", "isp", "smtp", "config", "scenario", "report", "auth"];
+const PURE_ROOMS: &[&str] = &[
+    "engine", "isp", "smtp", "config", "scenario", "report", "auth",
+];
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "turmoil",

@@ -75,6 +75,8 @@ pub struct SignOptions {
     pub headers_canon: Canonicalization,
     pub body_canon: Canonicalization,
     pub headers: Vec<String>,
+    /// The `i=` tag (`dkim-identity`), when set.
+    pub identity: Option<String>,
 }
 
 impl SignOptions {
@@ -104,6 +106,7 @@ impl SignOptions {
             headers_canon: canon(headers_canon),
             body_canon: canon(body_canon),
             headers,
+            identity: None,
         }
     }
 }
@@ -300,6 +303,7 @@ impl DomainSigner {
             h: options.headers.clone(),
             ch: options.headers_canon,
             cb: options.body_canon,
+            i: options.identity.clone().unwrap_or_default(),
             ..Signature::default()
         };
         let (_, canonical_headers, signed_headers, canonical_body) =

@@ -44,6 +44,8 @@ pub const CONNECTIONS_MAX: usize = 100_000;
 pub const QUEUES_MAX: usize = 1_000_000;
 /// Most MX targets (host, address) kept per queue.
 pub const MX_TARGETS_MAX: usize = 64;
+/// The longest window a per-source-IP rate may use (PowerMTA's largest unit is a day).
+const DAY_MS: u64 = 86_400_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(pub u64);
@@ -241,6 +243,24 @@ struct Queue {
     mx: MxState,
     wake_at: Option<Time>,
     signed: BTreeMap<MessageId, Arc<Vec<u8>>>,
+    /// State for the `source-ip-*` limits, per source IP.
+    per_ip: BTreeMap<IpAddr, PerIp>,
+}
+
+struct PerIp {
+    connections: u64,
+    rcpt_window: Window,
+    connect_window: Window,
+}
+
+impl PerIp {
+    fn new() -> PerIp {
+        PerIp {
+            connections: 0,
+            rcpt_window: Window::new(DAY_MS),
+            connect_window: Window::new(DAY_MS),
+        }
+    }
 }
 
 impl Queue {
@@ -531,6 +551,9 @@ impl Engine {
         self.messages.insert(id, message);
         for (queue, rcpts) in per_queue {
             let q = &mut self.queues[queue.0 as usize];
+            if q.settings.retry_upon_new_mail {
+                q.retry_until = None;
+            }
             q.queued_rcpts += rcpts.len();
             q.ready.push_back(Entry { msg: id, rcpts });
             self.dirty.insert(queue);
@@ -661,6 +684,7 @@ impl Engine {
                     mx: MxState::Unknown,
                     wake_at: None,
                     signed: BTreeMap::new(),
+                    per_ip: BTreeMap::new(),
                 });
                 QueueId((self.queues.len() - 1) as u32)
             }
@@ -883,7 +907,7 @@ impl Engine {
             }
             self.queues[q.0 as usize].retry_until = None;
         }
-        if self.queues[q.0 as usize].settings.delivery_type == DeliveryType::Discard {
+        if self.queues[q.0 as usize].settings.delivery_type != DeliveryType::Smtp {
             self.discard_all(now, q);
             return;
         }
@@ -918,6 +942,13 @@ impl Engine {
             }
             if let Some(domain) = hosts.strip_prefix("lookup-mx:") {
                 queue.mx_lookup = domain.trim().to_ascii_lowercase();
+            } else if let Some(host) = hosts
+                .split([',', ';'])
+                .map(str::trim)
+                .find(|h| !h.is_empty())
+            {
+                // A named host: its addresses come from the same lookup, asked by name.
+                queue.mx_lookup = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
             }
         }
         queue.mx = MxState::Pending;
@@ -1004,7 +1035,12 @@ impl Engine {
 
     fn discard_all(&mut self, now: Time, q: QueueId) {
         let entries: Vec<Entry> = self.queues[q.0 as usize].ready.drain(..).collect();
-        let reply = Reply::new(250, Some([2, 0, 0]), "discarded (type discard)");
+        let kind = self.queues[q.0 as usize].settings.delivery_type.name();
+        let reply = Reply::new(
+            250,
+            Some([2, 0, 0]),
+            format!("delivered locally (type {kind})"),
+        );
         for entry in entries {
             self.settle_entry(now, q, &entry, &reply, None, RecordType::Delivered);
         }
@@ -1118,9 +1154,39 @@ impl Engine {
             }
             return None;
         }
-        let ip = enabled[queue.next_source % enabled.len()];
-        queue.next_source = queue.next_source.wrapping_add(1);
-        Some(ip)
+        // Rotate over the enabled IPs, skipping those at their source-ip-* limits.
+        let mut earliest: Option<Time> = None;
+        for offset in 0..enabled.len() {
+            let ip = enabled[(queue.next_source + offset) % enabled.len()];
+            let settings = &queue.settings;
+            let max_out = settings.source_ip_max_smtp_out.get(ip);
+            let connect_rate = settings
+                .source_ip_max_connect_rate
+                .get(ip)
+                .unwrap_or(Rate::Unlimited);
+            let msg_rate = settings
+                .source_ip_max_msg_rate
+                .get(ip)
+                .unwrap_or(Rate::Unlimited);
+            let per_ip = queue.per_ip.entry(ip).or_insert_with(PerIp::new);
+            if max_out.is_some_and(|max| per_ip.connections >= max) {
+                continue;
+            }
+            let wait = per_ip
+                .connect_window
+                .next_allowed(connect_rate, now)
+                .or_else(|| per_ip.rcpt_window.next_allowed(msg_rate, now));
+            if let Some(at) = wait {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                continue;
+            }
+            queue.next_source = (queue.next_source + offset + 1) % enabled.len();
+            return Some(ip);
+        }
+        if let Some(at) = earliest {
+            self.wake_queue(q, at);
+        }
+        None
     }
 
     fn ehlo_name(&self, q: QueueId, source_ip: IpAddr) -> String {
@@ -1154,6 +1220,9 @@ impl Engine {
         queue.opening += 1;
         queue.last_connect = Some(now);
         queue.connect_window.record(now, 1);
+        let per_ip = queue.per_ip.entry(source_ip).or_insert_with(PerIp::new);
+        per_ip.connections += 1;
+        per_ip.connect_window.record(now, 1);
         let session = ClientSession::new(SessionOptions {
             ehlo_name,
             use_starttls: queue.settings.use_starttls,
@@ -1212,12 +1281,21 @@ impl Engine {
             return false;
         }
         let rate = queue.msg_rate();
-        let allowance = self.queues[q.0 as usize].rcpt_window.allowance(rate, now);
+        let source_ip = c.source_ip;
+        let ip_rate = queue
+            .settings
+            .source_ip_max_msg_rate
+            .get(source_ip)
+            .unwrap_or(Rate::Unlimited);
+        let queue = &mut self.queues[q.0 as usize];
+        let mut allowance = queue.rcpt_window.allowance(rate, now);
+        let mut next = queue.rcpt_window.next_allowed(rate, now);
+        if let Some(per_ip) = queue.per_ip.get_mut(&source_ip) {
+            allowance = allowance.min(per_ip.rcpt_window.allowance(ip_rate, now));
+            next = next.max(per_ip.rcpt_window.next_allowed(ip_rate, now));
+        }
         if allowance == 0 {
-            let at = self.queues[q.0 as usize]
-                .rcpt_window
-                .next_allowed(rate, now);
-            if let Some(at) = at {
+            if let Some(at) = next {
                 self.wake_queue(q, at);
             }
             self.park(now, conn);
@@ -1239,6 +1317,9 @@ impl Engine {
             });
         }
         queue.rcpt_window.record(now, entry.rcpts.len() as u64);
+        if let Some(per_ip) = queue.per_ip.get_mut(&source_ip) {
+            per_ip.rcpt_window.record(now, entry.rcpts.len() as u64);
+        }
         let data = self.message_data(now, q, entry.msg);
         let message = &self.messages[&entry.msg];
         let transaction = Transaction {
@@ -1280,11 +1361,12 @@ impl Engine {
         let Some(signer) = signer else {
             return Arc::clone(&message.stuffed);
         };
-        let options = SignOptions::from_settings(
+        let mut options = SignOptions::from_settings(
             &queue.settings.dkim_headers_canon,
             &queue.settings.dkim_body_canon,
             queue.settings.dkim_headers.as_deref(),
         );
+        options.identity = queue.settings.dkim_identity.clone();
         let crlf = crate::auth::to_crlf(&message.data);
         let stuffed = match signer.sign(&crlf, now.unix_secs(), &options) {
             Ok(header) => {
@@ -1683,6 +1765,7 @@ impl Engine {
         let next_target = c.target + 1;
         let has_next = next_target < c.targets.len();
         let was_quitting = c.state == ConnState::Quitting;
+        let awaiting_data_end = c.session.awaiting() == Awaiting::Reply(Phase::DataEnd);
         let negative = reply
             .clone()
             .unwrap_or_else(|| Reply::new(451, Some([4, 4, 1]), text));
@@ -1690,8 +1773,14 @@ impl Engine {
             self.apply_patterns(now, q, conn, &negative);
         }
         let settings = self.queues[q.0 as usize].settings.clone();
+        // Lost while the message data was in transit: the remote may or may not have it.
+        let in_transfer = reply.is_none() && awaiting_data_end;
         if let Some(entry) = in_flight {
-            self.defer_recipients(now, q, &entry, &negative, Some(conn));
+            if in_transfer && settings.bounce_upon_transfer_failure {
+                self.settle_entry(now, q, &entry, &negative, Some(conn), RecordType::Bounced);
+            } else {
+                self.defer_recipients(now, q, &entry, &negative, Some(conn));
+            }
         }
         self.drop_connection(conn);
         self.actions.push_back(Action::Close { conn });
@@ -1742,6 +1831,27 @@ impl Engine {
             c.session.awaiting(),
             Awaiting::Reply(Phase::Mail | Phase::Rcpt | Phase::Data | Phase::DataEnd)
         );
+        let q = c.queue;
+        if c.session.awaiting() == Awaiting::Reply(Phase::DataEnd)
+            && self.queues[q.0 as usize]
+                .settings
+                .assume_delivery_upon_data_termination_timeout
+            && let Some(entry) = self
+                .connections
+                .get_mut(&conn)
+                .and_then(|c| c.in_flight.take())
+        {
+            // The data was sent; PowerMTA can be told to count silence as acceptance.
+            let assumed = Reply::new(
+                250,
+                Some([2, 0, 0]),
+                "assumed delivered (no reply to end of data)",
+            );
+            self.settle_entry(now, q, &entry, &assumed, Some(conn), RecordType::Delivered);
+            self.drop_connection(conn);
+            self.actions.push_back(Action::Close { conn });
+            return;
+        }
         self.connection_failed(now, conn, None, what, before);
     }
 
@@ -1752,6 +1862,9 @@ impl Engine {
         self.total_connections = self.total_connections.saturating_sub(1);
         let queue = &mut self.queues[c.queue.0 as usize];
         queue.connections.remove(&conn);
+        if let Some(per_ip) = queue.per_ip.get_mut(&c.source_ip) {
+            per_ip.connections = per_ip.connections.saturating_sub(1);
+        }
         queue.idle.retain(|i| *i != conn);
         if c.state != ConnState::Quitting
             && !c.ready
@@ -1788,6 +1901,14 @@ impl Engine {
         let Some(message) = self.messages.get(&msg) else {
             return;
         };
+        if queue
+            .settings
+            .disable_acct_records
+            .iter()
+            .any(|t| t == kind.code())
+        {
+            return;
+        }
         let category = match kind {
             RecordType::Delivered => String::new(),
             _ => {
@@ -1824,10 +1945,7 @@ impl Engine {
             bounce_category: category,
             src_type: message.src_type.to_string(),
             src_mta: message.src_mta.clone(),
-            dlv_type: match queue.settings.delivery_type {
-                DeliveryType::Discard => "discard".to_string(),
-                DeliveryType::Smtp => "smtp".to_string(),
-            },
+            dlv_type: queue.settings.delivery_type.name().to_string(),
             dlv_source_ip: source_ip,
             dlv_destination_ip: destination_ip,
             dlv_esmtp_available: esmtp,
@@ -1850,6 +1968,14 @@ impl Engine {
         status: &str,
     ) {
         let queue = &self.queues[q.0 as usize];
+        if queue
+            .settings
+            .disable_acct_records
+            .iter()
+            .any(|t| t == "tq")
+        {
+            return;
+        }
         self.records.push_back(AcctRecord {
             record_type: RecordType::TransientQueue,
             time_logged: now,
@@ -1878,6 +2004,7 @@ impl Engine {
 
     fn queue_record_for(&mut self, now: Time, q: QueueId, source_ip: IpAddr, reply: &Reply) {
         let category = self.classifier.classify(reply).category;
+        let before = self.records.len();
         self.queue_record(
             now,
             q,
@@ -1885,7 +2012,9 @@ impl Engine {
             &format!("smtp;{}", reply.one_line()),
             &reply.status(),
         );
-        if let Some(last) = self.records.back_mut() {
+        if self.records.len() > before
+            && let Some(last) = self.records.back_mut()
+        {
             last.bounce_category = category;
         }
     }

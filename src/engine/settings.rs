@@ -4,9 +4,11 @@
 //! Owns the translation from [`QueueView`] (values with provenance) to plain numbers. It
 //! must not decide anything: what a limit means is the scheduler's business.
 
+use std::net::IpAddr;
+
 use crate::config::model::Value;
 use crate::config::queue::QueueView;
-use crate::config::value::Rate;
+use crate::config::value::{Cidr, Rate};
 
 /// How a queue delivers (`type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +16,68 @@ pub enum DeliveryType {
     Smtp,
     /// `type discard`: every recipient is delivered at once, nothing is sent.
     Discard,
+    /// `type pipe`, `file` or `http-delivery`: handed to a local program, file or web
+    /// endpoint; in simulation, delivered at once like `discard` but recorded as its type.
+    Local(&'static str),
+}
+
+impl DeliveryType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeliveryType::Smtp => "smtp",
+            DeliveryType::Discard => "discard",
+            DeliveryType::Local(name) => name,
+        }
+    }
+}
+
+/// Per-source-IP values (`source-ip-max-smtp-out 192.0.2.0/24 5`), most specific network
+/// first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PerSourceIp<T> {
+    entries: Vec<(Cidr, T)>,
+}
+
+impl<T: Copy> PerSourceIp<T> {
+    /// The value for `ip` from the most specific network that contains it.
+    pub fn get(&self, ip: IpAddr) -> Option<T> {
+        self.entries
+            .iter()
+            .find(|(cidr, _)| cidr.contains(ip))
+            .map(|(_, v)| *v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn prefix_len(cidr: &Cidr) -> u8 {
+    match cidr {
+        Cidr::Any => 0,
+        Cidr::Net { prefix_len, .. } => *prefix_len,
+    }
+}
+
+fn per_source_ip<T>(
+    view: &QueueView,
+    name: &str,
+    pick: impl Fn(&Value) -> Option<T>,
+) -> PerSourceIp<T> {
+    let mut entries = Vec::new();
+    if let Some(Value::PerSourceIpList(list)) =
+        view.settings.get(name).and_then(|e| e.value.as_ref())
+    {
+        for item in list {
+            if let Value::PerSourceIp { cidr, value } = item
+                && let Some(v) = pick(value)
+            {
+                entries.push((*cidr, v));
+            }
+        }
+    }
+    entries.sort_by_key(|(cidr, _)| std::cmp::Reverse(prefix_len(cidr)));
+    PerSourceIp { entries }
 }
 
 /// `dkim-sign`.
@@ -46,6 +110,14 @@ pub struct QueueSettings {
     pub backoff_max_msg_rate: Rate,
     pub max_connect_rate: Rate,
     pub backoff_max_connect_rate: Rate,
+    pub source_ip_max_smtp_out: PerSourceIp<u64>,
+    pub source_ip_max_msg_rate: PerSourceIp<Rate>,
+    pub source_ip_max_connect_rate: PerSourceIp<Rate>,
+    pub retry_upon_new_mail: bool,
+    pub assume_delivery_upon_data_termination_timeout: bool,
+    pub bounce_upon_transfer_failure: bool,
+    /// Record types not written for this queue (`disable-acct-records d,t`).
+    pub disable_acct_records: Vec<String>,
     pub smtp_out_rampup_interval_s: u64,
     pub connection_idle_timeout_s: u64,
     /// `None`: unlimited.
@@ -80,6 +152,9 @@ pub struct QueueSettings {
     pub dkim_body_canon: String,
     pub dkim_headers_canon: String,
     pub dkim_headers: Option<String>,
+    /// `dkim-identity` when it names an identity (`@example.com`, `news@example.com`);
+    /// `None` for `sender-or-from`.
+    pub dkim_identity: Option<String>,
 }
 
 fn count(view: &QueueView, name: &str) -> Option<u64> {
@@ -153,6 +228,34 @@ impl QueueSettings {
             backoff_max_msg_rate: rate(view, "backoff-max-msg-rate"),
             max_connect_rate: rate(view, "max-connect-rate"),
             backoff_max_connect_rate: rate(view, "backoff-max-connect-rate"),
+            source_ip_max_smtp_out: per_source_ip(view, "source-ip-max-smtp-out", |v| match v {
+                Value::Count(n) => Some(*n),
+                _ => None,
+            }),
+            source_ip_max_msg_rate: per_source_ip(view, "source-ip-max-msg-rate", |v| match v {
+                Value::Rate(r) => Some(*r),
+                _ => None,
+            }),
+            source_ip_max_connect_rate: per_source_ip(view, "source-ip-max-connect-rate", |v| {
+                match v {
+                    Value::Rate(r) => Some(*r),
+                    _ => None,
+                }
+            }),
+            retry_upon_new_mail: flag(view, "retry-upon-new-mail"),
+            assume_delivery_upon_data_termination_timeout: flag(
+                view,
+                "assume-delivery-upon-data-termination-timeout",
+            ),
+            bounce_upon_transfer_failure: flag(view, "bounce-upon-transfer-failure"),
+            disable_acct_records: text(view, "disable-acct-records")
+                .map(|t| {
+                    t.split([',', ' '])
+                        .map(|s| s.trim().to_ascii_lowercase())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             smtp_out_rampup_interval_s: seconds(view, "smtp-out-rampup-interval").unwrap_or(0),
             connection_idle_timeout_s: seconds(view, "connection-idle-timeout").unwrap_or(0),
             max_errors_per_connection: count(view, "max-errors-per-connection"),
@@ -176,6 +279,9 @@ impl QueueSettings {
             bounce_upon_5xx_greeting: flag(view, "bounce-upon-5xx-greeting"),
             delivery_type: match text(view, "type").as_deref() {
                 Some("discard") => DeliveryType::Discard,
+                Some("pipe") => DeliveryType::Local("pipe"),
+                Some("file") => DeliveryType::Local("file"),
+                Some("http-delivery") => DeliveryType::Local("http-delivery"),
                 _ => DeliveryType::Smtp,
             },
             queue_priority: count(view, "queue-priority").unwrap_or(50),
@@ -189,6 +295,7 @@ impl QueueSettings {
             dkim_headers_canon: text(view, "dkim-headers-canon")
                 .unwrap_or_else(|| "relaxed".into()),
             dkim_headers: text(view, "dkim-headers"),
+            dkim_identity: text(view, "dkim-identity").filter(|t| t.contains('@')),
         }
     }
 }

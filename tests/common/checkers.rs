@@ -100,6 +100,48 @@ pub fn limits_hold(h: &Harness) {
                 c.opened
             );
         }
+        // Per source IP: connections and attempted recipients within `source-ip-*`.
+        for c in &conns {
+            if let Some(limit) = s.source_ip_max_smtp_out.get(c.source_ip) {
+                let open = conns
+                    .iter()
+                    .filter(|o| {
+                        o.source_ip == c.source_ip
+                            && o.opened <= c.opened
+                            && o.closed.is_none_or(|end| end > c.opened)
+                    })
+                    .count() as u64;
+                assert!(
+                    open <= limit,
+                    "{name}: {open} connections from {} at {:?}, limit {limit}",
+                    c.source_ip,
+                    c.opened
+                );
+            }
+            if let Some(Rate::Limit { count, per_seconds }) =
+                s.source_ip_max_msg_rate.get(c.source_ip)
+            {
+                let mut times: Vec<Time> = conns
+                    .iter()
+                    .filter(|o| o.source_ip == c.source_ip)
+                    .flat_map(|o| {
+                        o.commands
+                            .iter()
+                            .filter(|(_, l)| l.starts_with("RCPT"))
+                            .map(|(t, _)| *t)
+                    })
+                    .collect();
+                times.sort();
+                for t in &times {
+                    let n = count_in_window(&times, *t, per_seconds) as u64;
+                    assert!(
+                        n <= count,
+                        "{name}: {n} recipients from {} in {per_seconds}s, limit {count}",
+                        c.source_ip
+                    );
+                }
+            }
+        }
         let rcpts = h.rcpt_times(name);
         for t in &rcpts {
             let rate = match mode_at(h, name, *t) {
