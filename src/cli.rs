@@ -16,8 +16,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Checked, Options, RealFs, queue};
+use crate::driver;
+use crate::engine::accounting::{CsvWriter, RecordType};
 use crate::engine::classify::{self, Classifier};
-use crate::smtp::Reply;
+use crate::scenario::{ConfigSource, Scenario};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +47,17 @@ enum Command {
         /// Check for live sending: unreadable DKIM keys become errors.
         #[arg(long)]
         live: bool,
+    },
+    /// Run a scenario in the network simulator and write its accounting file.
+    Run {
+        /// The scenario file (scenarios/*.toml).
+        scenario: PathBuf,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write acct.csv (default: reports/<scenario-name>-<seed>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Classify an SMTP reply as the engine would: disposition, bounce category, and the
     /// smtp-pattern-list action it would fire.
@@ -89,44 +102,161 @@ pub fn main() -> ExitCode {
             config,
             json,
         } => ExitCode::from(classify(&reply, config.as_deref(), json)),
+        Command::Run {
+            scenario,
+            seed,
+            out,
+        } => ExitCode::from(run(&scenario, seed, out)),
     }
 }
 
-/// Parses `550 5.1.1 text` (or `550-5.1.1 text`, or without an enhanced code).
-pub fn parse_reply_text(text: &str) -> Option<Reply> {
-    let text = text.trim();
-    let code: u16 = text.get(..3)?.parse().ok()?;
-    if !(200..600).contains(&code) {
-        return None;
+fn run(path: &std::path::Path, seed: Option<u64>, out: Option<PathBuf>) -> u8 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("error: cannot read `{}`: {err}", path.display());
+            return EXIT_UNREADABLE;
+        }
+    };
+    let mut scenario = match Scenario::parse(path, &text) {
+        Ok(scenario) => scenario,
+        Err(err) => {
+            eprintln!("{err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    if let Some(seed) = seed {
+        scenario.seed = seed;
     }
-    let rest = match text.as_bytes().get(3) {
-        None => "",
-        Some(b' ' | b'-') => &text[4..],
-        Some(_) => return None,
+    let checked = match &scenario.config {
+        ConfigSource::Path(config_path) => config::load(config_path, &RealFs, Options::default()),
+        ConfigSource::Inline(text) => {
+            let inline = path.with_extension("inline.conf");
+            config::load(
+                &inline,
+                &config::MemFs::new().with(&inline, text.as_bytes()),
+                Options::default(),
+            )
+        }
     };
-    let (enhanced, message) = match rest.split_once(' ') {
-        Some((first, message)) => match parse_enhanced(first) {
-            Some(e) => (Some(e), message),
-            None => (None, rest),
-        },
-        None => match parse_enhanced(rest) {
-            Some(e) => (Some(e), ""),
-            None => (None, rest),
-        },
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return EXIT_UNREADABLE;
+        }
     };
-    Some(Reply::new(code, enhanced, message))
+    for diagnostic in &checked.diagnostics {
+        eprint!("{}", diagnostic.render(&checked.config.sources));
+    }
+    if checked.error_count() > 0 {
+        eprintln!("error: the scenario's configuration is invalid");
+        return EXIT_UNREADABLE;
+    }
+    let output = match driver::network::run(&scenario, checked.config) {
+        Ok(output) => output,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let dir = out.unwrap_or_else(|| {
+        PathBuf::from("reports").join(format!("{}-{}", scenario.name, scenario.seed))
+    });
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        let file = std::fs::File::create(dir.join("acct.csv"))?;
+        let mut writer = CsvWriter::new(std::io::BufWriter::new(file))?;
+        for record in &output.records {
+            writer.write(record)?;
+        }
+        writer
+            .finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
+    });
+    if let Err(err) = written {
+        eprintln!(
+            "error: cannot write `{}`: {err}",
+            dir.join("acct.csv").display()
+        );
+        return EXIT_UNREADABLE;
+    }
+    print!("{}", run_summary(&scenario, &output, &dir));
+    EXIT_VALID
 }
 
-fn parse_enhanced(text: &str) -> Option<[u8; 3]> {
-    let parts: Vec<&str> = text.split('.').collect();
-    let [a, b, c] = parts.as_slice() else {
-        return None;
-    };
-    Some([a.parse().ok()?, b.parse().ok()?, c.parse().ok()?])
+/// The per-queue summary `run` prints.
+pub fn run_summary(
+    scenario: &Scenario,
+    output: &driver::RunOutput,
+    dir: &std::path::Path,
+) -> String {
+    let mut per_queue: indexmap::IndexMap<&str, [usize; 4]> = indexmap::IndexMap::new();
+    for record in &output.records {
+        let slot = match record.record_type {
+            RecordType::Delivered => 0,
+            RecordType::Bounced => 1,
+            RecordType::Transient => 2,
+            RecordType::TransientQueue => 3,
+        };
+        per_queue.entry(record.queue.as_str()).or_default()[slot] += 1;
+    }
+    per_queue.sort_keys();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: seed {}, {} simulated, {} recipients injected, {} still queued",
+        scenario.name,
+        scenario.seed,
+        crate::config::value::Interval::from_secs(scenario.duration_s),
+        output.injected.len(),
+        output.pending
+    );
+    let width = per_queue.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+    let _ = writeln!(
+        out,
+        "  {:<width$}  {:>9}  {:>7}  {:>8}  {:>6}  mode",
+        "queue", "delivered", "bounced", "deferred", "tq"
+    );
+    for (queue, [d, b, t, tq]) in &per_queue {
+        let mode = output
+            .queues
+            .iter()
+            .find(|q| q.name == *queue)
+            .map_or("normal", |q| match q.mode {
+                crate::config::model::QueueMode::Normal => "normal",
+                crate::config::model::QueueMode::Backoff => "backoff",
+            });
+        let _ = writeln!(
+            out,
+            "  {queue:<width$}  {d:>9}  {b:>7}  {t:>8}  {tq:>6}  {mode}"
+        );
+    }
+    let backoffs = output
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                crate::engine::EngineEvent::ModeChanged {
+                    mode: crate::config::model::QueueMode::Backoff,
+                    ..
+                }
+            )
+        })
+        .count();
+    let _ = writeln!(
+        out,
+        "  backoff entered {backoffs} times; {} messages refused at injection",
+        output.refused.len()
+    );
+    let _ = writeln!(out, "accounting file: {}", dir.join("acct.csv").display());
+    out
 }
 
 fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool) -> u8 {
-    let Some(reply) = parse_reply_text(reply_text) else {
+    let Some(reply) = crate::smtp::parse_reply_line(reply_text) else {
         eprintln!("error: `{reply_text}` is not an SMTP reply");
         eprintln!("  = help: write the code first, as in \"550 5.1.1 user unknown\"");
         return EXIT_UNREADABLE;

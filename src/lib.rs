@@ -4,5 +4,10 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod driver;
 pub mod engine;
+pub mod isp;
+pub mod rate;
+pub mod scenario;
 pub mod smtp;
+pub mod time;

@@ -4,9 +4,9 @@
 
 use std::process::Command;
 
-use pmta_sim::cli::parse_reply_text;
 use pmta_sim::config::Config;
 use pmta_sim::engine::classify::{Classifier, Disposition};
+use pmta_sim::smtp::parse_reply_line as parse_reply_text;
 
 #[test]
 fn real_replies_get_the_stock_categories() {

@@ -1,6 +1,7 @@
 //! Repository rules that the compiler cannot check.
 //!
-//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`) import no async
+//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`, and the
+//!   shared `time.rs` and `rate.rs`) import no async
 //!   runtime or simulator, read no clock and draw no unseeded randomness, and use no
 //!   `HashMap`/`HashSet` (iteration order must be deterministic).
 //! - Every source file opens with a `//!` comment saying what it owns.
@@ -48,7 +49,12 @@ fn pure_rooms_stay_pure() {
     let mut violations = Vec::new();
     for room in PURE_ROOMS {
         let mut files = Vec::new();
-        rust_files(&root().join("src").join(room), &mut files);
+        let path = root().join("src").join(room);
+        if path.is_file() {
+            files.push(path);
+        } else {
+            rust_files(&path, &mut files);
+        }
         for file in files {
             let text = fs::read_to_string(&file).expect("readable");
             for (number, line) in text.lines().enumerate() {
@@ -104,4 +110,23 @@ fn architecture_md_maps_every_source_file() {
             "ARCHITECTURE.md does not mention `{name}`"
         );
     }
+}
+
+#[test]
+fn every_select_is_biased() {
+    // An unbiased `select!` polls its branches in a random order, which breaks replay.
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut selects = 0;
+    for file in files {
+        let text = fs::read_to_string(&file).expect("readable");
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("select! {") {
+            selects += 1;
+            let after = rest[at + "select! {".len()..].trim_start();
+            assert!(after.starts_with("biased;"), "{}: a select! without `biased;`", file.display());
+            rest = &rest[at + 1..];
+        }
+    }
+    assert!(selects > 0, "the check found no select! at all: is the pattern stale?");
 }

@@ -7,7 +7,7 @@
 
 use std::io;
 
-use super::time::Time;
+use crate::time::Time;
 
 /// PowerMTA's default accounting header, in order.
 pub const HEADER: [&str; 23] = [

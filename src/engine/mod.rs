@@ -9,10 +9,8 @@
 
 pub mod accounting;
 pub mod classify;
-pub mod rate;
 pub mod session;
 pub mod settings;
-pub mod time;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,17 +21,17 @@ use thiserror::Error;
 
 use self::accounting::{AcctRecord, RecordType};
 use self::classify::{Classifier, Disposition};
-use self::rate::Window;
 use self::session::{
     Awaiting, ClientSession, FailureReason, Phase, SessionEvent, SessionOptions, Transaction,
 };
 use self::settings::{DeliveryType, DkimSign, NoMxPolicy, QueueSettings};
-pub use self::time::Time;
 use crate::auth::{SignOptions, Signer};
 use crate::config::model::{Config, PatternAction, QueueMode, Value};
 use crate::config::queue;
 use crate::config::value::{Cidr, Rate};
+use crate::rate::Window;
 use crate::smtp::{self, Reply};
+pub use crate::time::Time;
 
 /// Limits on what one engine holds. Past them, injection is refused rather than memory
 /// growing without bound.

@@ -260,6 +260,32 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Parses a reply written on one line: `550 5.1.1 text`, `550-5.1.1 text` or `550 text`.
+pub fn parse_reply_line(text: &str) -> Option<Reply> {
+    let text = text.trim();
+    let code: u16 = text.get(..3)?.parse().ok()?;
+    if !(200..600).contains(&code) {
+        return None;
+    }
+    let rest = match text.as_bytes().get(3) {
+        None => "",
+        Some(b' ' | b'-') => &text[4..],
+        Some(_) => return None,
+    };
+    let parse_enhanced = |word: &str| -> Option<[u8; 3]> {
+        let parts: Vec<&str> = word.split('.').collect();
+        let [a, b, c] = parts.as_slice() else {
+            return None;
+        };
+        Some([a.parse().ok()?, b.parse().ok()?, c.parse().ok()?])
+    };
+    let (first, message) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some(match parse_enhanced(first) {
+        Some(enhanced) => Reply::new(code, Some(enhanced), message),
+        None => Reply::new(code, None, rest),
+    })
+}
+
 /// Whether a message body needs 8BITMIME.
 pub fn is_eight_bit(data: &[u8]) -> bool {
     data.iter().any(|b| *b >= 0x80)

@@ -1,4 +1,5 @@
-//! Sliding-window rate limits: "at most N events in any window of S seconds".
+//! Sliding-window rate limits: "at most N events in any window of S seconds", shared by the
+//! engine (PowerMTA's limits) and the simulated receivers (providers' limits). Pure.
 //!
 //! PowerMTA's `max-msg-rate 100/15m` means no 15-minute window ever holds more than 100
 //! attempted recipients, so the limiter keeps the times of recent events rather than a
@@ -7,8 +8,8 @@
 
 use std::collections::VecDeque;
 
-use super::time::Time;
 use crate::config::value::Rate;
+use crate::time::Time;
 
 /// Most event times one window keeps. A limit above this is enforced as "unlimited" would
 /// be for memory's sake; configs with such limits are rare and `check` shows them.

@@ -1,4 +1,4 @@
-//! Time as the engine sees it: a number the driver passes in, never a clock it reads.
+//! Time as the pure rooms see it: a number the driver passes in, never a clock they read.
 //!
 //! `Time` counts milliseconds since the Unix epoch. In simulation the driver starts it at
 //! the scenario's epoch and advances it; live, the driver reads the wall clock. The engine

@@ -1,0 +1,497 @@
+//! The network driver: the engine under turmoil.
+//!
+//! Hosts, all on one OS thread: the engine (a turmoil client), one host per source IP that
+//! opens the engine's connections from that address, and one host per MX running the
+//! provider's receiver on port 25. MX hosts get addresses from 198.18.0.0/15 (the
+//! benchmarking range) in scenario order; DNS answers come from the scenario. Turmoil is
+//! seeded from the scenario seed and its epoch set to the scenario's start, and the engine's
+//! `now` is the start plus simulated elapsed time, so a run is a function of its inputs.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::RunOutput;
+use crate::config::Config;
+use crate::engine::{Action, ConnectionId, Engine, EngineOptions, MxAnswer, MxHost};
+use crate::isp::{Provider, Receiver};
+use crate::scenario::{FaultKind, Generated, Scenario};
+use crate::smtp::server::ServerSession;
+use crate::time::Time;
+
+/// Read buffer per connection.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Simultaneous connections any listener can have queued (turmoil panics past it).
+const TCP_CAPACITY: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("the configuration has no virtual MTA with an smtp-source-host: nothing could send")]
+    NoSourceIps,
+    #[error("DKIM: {0}")]
+    Dkim(#[from] crate::auth::DkimError),
+    #[error("simulation failed: {0}")]
+    Simulation(String),
+    #[error("source IP {0} is also an MX address in the simulated network")]
+    AddressClash(IpAddr),
+}
+
+/// What a connection task reports to the engine.
+enum NetEvent {
+    Connected(ConnectionId),
+    ConnectFailed(ConnectionId, String),
+    Bytes(ConnectionId, Vec<u8>),
+    Closed(ConnectionId),
+}
+
+/// What the engine asks of a connection task.
+enum ConnCmd {
+    Write(Vec<u8>),
+}
+
+struct ConnectRequest {
+    conn: ConnectionId,
+    ip: IpAddr,
+    port: u16,
+    commands: mpsc::UnboundedReceiver<ConnCmd>,
+}
+
+fn sim_now(start: Time) -> Time {
+    let elapsed = turmoil::sim_elapsed().unwrap_or_default();
+    start.plus_ms(elapsed.as_millis() as u64)
+}
+
+/// Runs `scenario` with `config` to its end.
+pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
+    let mut source_ips: Vec<IpAddr> = config
+        .virtual_mtas
+        .values()
+        .flat_map(|v| v.source_hosts().into_iter().map(|h| h.ip))
+        .collect();
+    source_ips.sort();
+    source_ips.dedup();
+    if source_ips.is_empty() {
+        return Err(RunError::NoSourceIps);
+    }
+    let engine = Engine::new(
+        config,
+        EngineOptions {
+            seed: scenario.seed,
+        },
+    )?;
+
+    // DNS: every ISP's MX hosts, with addresses in 198.18.0.0/15.
+    let mut dns: BTreeMap<String, MxAnswer> = BTreeMap::new();
+    let mut mx_hosts: Vec<(IpAddr, String, usize)> = Vec::new();
+    for (isp_index, isp) in scenario.isps.iter().enumerate() {
+        let mut hosts = Vec::new();
+        for (mx_index, name) in isp.mx.iter().enumerate() {
+            let ip = IpAddr::V4(Ipv4Addr::new(198, 18, isp_index as u8, mx_index as u8 + 1));
+            if source_ips.contains(&ip) {
+                return Err(RunError::AddressClash(ip));
+            }
+            mx_hosts.push((ip, name.clone(), isp_index));
+            hosts.push(MxHost {
+                preference: 10 * (mx_index as u16 + 1),
+                name: name.clone(),
+                addresses: vec![ip],
+                port: 25,
+            });
+        }
+        for domain in &isp.domains {
+            dns.insert(domain.clone(), MxAnswer::Hosts(hosts.clone()));
+        }
+    }
+    let providers: Vec<Rc<RefCell<Provider>>> = scenario
+        .isps
+        .iter()
+        .map(|spec| Rc::new(RefCell::new(Provider::new(spec.clone()))))
+        .collect();
+    for fault in &scenario.faults {
+        if let FaultKind::ReplyOverride { isp, phase, reply } = &fault.kind {
+            let index = scenario
+                .isps
+                .iter()
+                .position(|i| &i.name == isp)
+                .expect("validated");
+            let from = scenario.start.plus_secs(fault.at_s);
+            providers[index].borrow_mut().override_reply(
+                *phase,
+                reply.clone(),
+                from,
+                from.plus_secs(fault.for_s),
+            );
+        }
+    }
+
+    let mut builder = turmoil::Builder::new();
+    builder
+        .simulation_duration(Duration::from_secs(scenario.duration_s + 3600))
+        .tick_duration(Duration::from_millis(scenario.tick_ms))
+        .min_message_latency(Duration::from_millis(scenario.latency_ms.0))
+        .max_message_latency(Duration::from_millis(scenario.latency_ms.1))
+        .tcp_capacity(TCP_CAPACITY)
+        .epoch(UNIX_EPOCH + Duration::from_millis(scenario.start.ms))
+        .rng_seed(scenario.seed);
+    let mut sim = builder.build();
+
+    for (ip, _, isp_index) in &mx_hosts {
+        let provider = Rc::clone(&providers[*isp_index]);
+        let start = scenario.start;
+        sim.host(*ip, move || {
+            let provider = Rc::clone(&provider);
+            async move {
+                let listener = turmoil::net::TcpListener::bind(("0.0.0.0", 25)).await?;
+                loop {
+                    let (stream, peer) = listener.accept().await?;
+                    let provider = Rc::clone(&provider);
+                    tokio::task::spawn_local(serve(stream, peer.ip(), provider, start));
+                }
+            }
+        });
+    }
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<NetEvent>();
+    let mut source_txs: BTreeMap<IpAddr, mpsc::UnboundedSender<ConnectRequest>> = BTreeMap::new();
+    for ip in &source_ips {
+        let (tx, rx) = mpsc::unbounded_channel::<ConnectRequest>();
+        source_txs.insert(*ip, tx);
+        let rx = Rc::new(RefCell::new(Some(rx)));
+        let events_tx = events_tx.clone();
+        sim.host(*ip, move || {
+            let rx = rx.borrow_mut().take();
+            let events_tx = events_tx.clone();
+            async move {
+                let Some(mut rx) = rx else {
+                    return Ok(());
+                };
+                while let Some(request) = rx.recv().await {
+                    tokio::task::spawn_local(connection(request, events_tx.clone()));
+                }
+                Ok(())
+            }
+        });
+    }
+    drop(events_tx);
+
+    let output = Rc::new(RefCell::new(None));
+    let output_slot = Rc::clone(&output);
+    let loop_state = EngineLoop {
+        engine,
+        generated: Generated::new(&scenario.workloads, scenario.seed, scenario.start),
+        start: scenario.start,
+        end: scenario.start.plus_secs(scenario.duration_s),
+        dns,
+        source_txs,
+        conns: BTreeMap::new(),
+        records: Vec::new(),
+        events: Vec::new(),
+        injected: Vec::new(),
+        refused: Vec::new(),
+    };
+    sim.client("engine", async move {
+        let state = loop_state.run(events_rx).await;
+        *output_slot.borrow_mut() = Some(state);
+        Ok(())
+    });
+
+    // Faults that change the network are applied between steps, at their times.
+    let mut schedule: Vec<(u64, bool, usize)> = Vec::new();
+    for (index, fault) in scenario.faults.iter().enumerate() {
+        if !matches!(fault.kind, FaultKind::ReplyOverride { .. }) {
+            schedule.push((fault.at_s * 1000, true, index));
+            schedule.push(((fault.at_s + fault.for_s) * 1000, false, index));
+        }
+    }
+    schedule.sort();
+    let mut next_fault = 0;
+    loop {
+        let elapsed_ms = sim.elapsed().as_millis() as u64;
+        while next_fault < schedule.len() && schedule[next_fault].0 <= elapsed_ms {
+            let (_, begin, index) = schedule[next_fault];
+            apply_fault(
+                &sim,
+                &scenario.faults[index].kind,
+                begin,
+                &source_ips,
+                &mx_hosts,
+                scenario,
+            );
+            next_fault += 1;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(err) => return Err(RunError::Simulation(err.to_string())),
+        }
+    }
+    let finished = output
+        .borrow_mut()
+        .take()
+        .ok_or_else(|| RunError::Simulation("the engine did not finish".into()))?;
+    let receivers = scenario
+        .isps
+        .iter()
+        .zip(&providers)
+        .map(|(spec, p)| (spec.name.clone(), p.borrow().log.clone()))
+        .collect();
+    Ok(RunOutput {
+        records: finished.records,
+        events: finished.events,
+        receivers,
+        queues: finished.engine.queue_snapshots(),
+        pending: finished.engine.recipients_pending(),
+        injected: finished.injected,
+        refused: finished.refused,
+    })
+}
+
+fn apply_fault(
+    sim: &turmoil::Sim<'_>,
+    kind: &FaultKind,
+    begin: bool,
+    source_ips: &[IpAddr],
+    mx_hosts: &[(IpAddr, String, usize)],
+    scenario: &Scenario,
+) {
+    let isp_mx = |isp: &str| -> Vec<IpAddr> {
+        let index = scenario.isps.iter().position(|i| i.name == isp);
+        mx_hosts
+            .iter()
+            .filter(|(_, _, i)| Some(*i) == index)
+            .map(|(ip, _, _)| *ip)
+            .collect()
+    };
+    let (sources, targets): (Vec<IpAddr>, Vec<IpAddr>) = match kind {
+        FaultKind::Outage { isp } => (source_ips.to_vec(), isp_mx(isp)),
+        FaultKind::Partition { isp, source_ip } => (vec![*source_ip], isp_mx(isp)),
+        FaultKind::MxDown { mx } => (
+            source_ips.to_vec(),
+            mx_hosts
+                .iter()
+                .filter(|(_, n, _)| n == mx)
+                .map(|(ip, _, _)| *ip)
+                .collect(),
+        ),
+        FaultKind::ReplyOverride { .. } => return,
+    };
+    for source in &sources {
+        for target in &targets {
+            if begin {
+                sim.partition(*source, *target);
+            } else {
+                sim.repair(*source, *target);
+            }
+        }
+    }
+}
+
+/// One receiver connection: the provider's policy over pmta-sim's server session.
+async fn serve(
+    mut stream: turmoil::net::TcpStream,
+    peer: IpAddr,
+    provider: Rc<RefCell<Provider>>,
+    start: Time,
+) -> std::io::Result<()> {
+    provider.borrow_mut().now = sim_now(start);
+    let mut session = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        if let Some(out) = session.take_output() {
+            stream.write_all(&out).await?;
+        }
+        if session.tls_pending {
+            // STARTTLS is negotiated as protocol: the channel is now "encrypted".
+            session.tls_established();
+        }
+        if session.is_closed() {
+            break;
+        }
+        let n = stream.read(&mut buf).await?;
+        provider.borrow_mut().now = sim_now(start);
+        if n == 0 {
+            break;
+        }
+        session.handle_bytes(&buf[..n]);
+    }
+    provider.borrow_mut().now = sim_now(start);
+    Ok(())
+}
+
+/// One outgoing connection, run on its source IP's host.
+async fn connection(request: ConnectRequest, events: mpsc::UnboundedSender<NetEvent>) {
+    let ConnectRequest {
+        conn,
+        ip,
+        port,
+        mut commands,
+    } = request;
+    let stream = match turmoil::net::TcpStream::connect((ip, port)).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            let _ = events.send(NetEvent::ConnectFailed(conn, err.to_string()));
+            return;
+        }
+    };
+    let _ = events.send(NetEvent::Connected(conn));
+    let (mut reader, mut writer) = stream.into_split();
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        tokio::select! {
+            biased;
+            command = commands.recv() => match command {
+                Some(ConnCmd::Write(bytes)) => {
+                    if writer.write_all(&bytes).await.is_err() {
+                        let _ = events.send(NetEvent::Closed(conn));
+                        return;
+                    }
+                }
+                None => return, // the engine closed the connection
+            },
+            read = reader.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let _ = events.send(NetEvent::Closed(conn));
+                    return;
+                }
+                Ok(n) => {
+                    let _ = events.send(NetEvent::Bytes(conn, buf[..n].to_vec()));
+                }
+            },
+        }
+    }
+}
+
+struct EngineLoop {
+    engine: Engine,
+    generated: Generated,
+    start: Time,
+    end: Time,
+    dns: BTreeMap<String, MxAnswer>,
+    source_txs: BTreeMap<IpAddr, mpsc::UnboundedSender<ConnectRequest>>,
+    conns: BTreeMap<ConnectionId, mpsc::UnboundedSender<ConnCmd>>,
+    records: Vec<crate::engine::accounting::AcctRecord>,
+    events: Vec<crate::engine::EngineEvent>,
+    injected: Vec<(String, String)>,
+    refused: Vec<String>,
+}
+
+impl EngineLoop {
+    async fn run(mut self, mut events_rx: mpsc::UnboundedReceiver<NetEvent>) -> EngineLoop {
+        loop {
+            let now = sim_now(self.start);
+            for (_, injection) in self.generated.take_due(now) {
+                let job = injection.job_id.clone();
+                let rcpts = injection.recipients.clone();
+                match self.engine.inject(now, injection) {
+                    Ok(_) => self
+                        .injected
+                        .extend(rcpts.into_iter().map(|r| (job.clone(), r))),
+                    Err(err) => self.refused.push(err.to_string()),
+                }
+            }
+            self.drain(now);
+            if now >= self.end {
+                break;
+            }
+            let wake = [
+                self.engine.poll_timeout(),
+                self.generated.next_due(),
+                Some(self.end),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("end is always there");
+            let sleep_ms = wake.since(now);
+            tokio::select! {
+                biased;
+                event = events_rx.recv() => {
+                    let now = sim_now(self.start);
+                    match event {
+                        Some(NetEvent::Connected(conn)) => self.engine.handle_connected(now, conn),
+                        Some(NetEvent::ConnectFailed(conn, reason)) => {
+                            self.conns.remove(&conn);
+                            self.engine.handle_connect_failed(now, conn, &reason)
+                        }
+                        Some(NetEvent::Bytes(conn, bytes)) => self.engine.handle_bytes(now, conn, &bytes),
+                        Some(NetEvent::Closed(conn)) => {
+                            self.conns.remove(&conn);
+                            self.engine.handle_closed(now, conn)
+                        }
+                        None => {}
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
+                    let now = sim_now(self.start);
+                    self.engine.handle_timeout(now);
+                }
+            }
+        }
+        self
+    }
+
+    fn drain(&mut self, now: Time) {
+        // Actions answered here (MX lookups, refused connects) may queue more; this loop
+        // takes them too, since it polls until the engine has nothing left.
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::ResolveMx { domain } => {
+                    let answer = self
+                        .dns
+                        .get(&domain)
+                        .cloned()
+                        .unwrap_or(MxAnswer::NoMailHost);
+                    self.engine.handle_mx(now, &domain, answer);
+                }
+                Action::Connect {
+                    conn,
+                    source_ip,
+                    ip,
+                    port,
+                    ..
+                } => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    self.conns.insert(conn, tx);
+                    let request = ConnectRequest {
+                        conn,
+                        ip,
+                        port,
+                        commands: rx,
+                    };
+                    match self.source_txs.get(&source_ip) {
+                        Some(host) if host.send(request).is_ok() => {}
+                        _ => {
+                            self.conns.remove(&conn);
+                            self.engine.handle_connect_failed(
+                                now,
+                                conn,
+                                "no such source IP in the simulation",
+                            );
+                        }
+                    }
+                }
+                Action::Write { conn, bytes } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        let _ = tx.send(ConnCmd::Write(bytes));
+                    }
+                }
+                Action::StartTls { conn, .. } => self.engine.handle_tls_established(now, conn),
+                Action::Close { conn } => {
+                    self.conns.remove(&conn);
+                }
+            }
+        }
+        while let Some(record) = self.engine.poll_record() {
+            self.records.push(record);
+        }
+        while let Some(event) = self.engine.poll_event() {
+            self.events.push(event);
+        }
+    }
+}

@@ -1,0 +1,571 @@
+//! Scenario files (`scenarios/*.toml`, format v1): what a simulated run sends, to whom, for
+//! how long, with which faults and expectations.
+//!
+//! Owns parsing and validation (unknown keys and bad values are errors with `FILE:LINE:COL`)
+//! and the workload generator, which turns `[[workload]]` streams into timed injections from
+//! the scenario seed. Pure: it reads no files (the caller passes the text) and no clock; it
+//! must not know how the run is driven.
+
+mod workload;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+use crate::config::value::{self, Rate};
+use crate::smtp::Reply;
+use crate::time::Time;
+
+pub use workload::{Generated, Workload};
+
+/// The scenario format version this code reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Longest simulated run: a year.
+pub const DURATION_MAX_S: u64 = 366 * 86_400;
+/// Most messages one scenario may inject.
+pub const MESSAGES_MAX: u64 = 50_000_000;
+
+#[derive(Debug, Error)]
+#[error("{file}:{line}:{column}: error: {message}")]
+pub struct ScenarioError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: Spanned<String>,
+    seed: u64,
+    duration: Spanned<String>,
+    #[serde(default)]
+    mode: Option<Spanned<String>>,
+    start_time: Spanned<String>,
+    #[serde(default)]
+    config: Option<Spanned<String>>,
+    #[serde(default)]
+    config_inline: Option<String>,
+    #[serde(default)]
+    latency_ms: Option<Spanned<[u64; 2]>>,
+    #[serde(default)]
+    tick_ms: Option<u64>,
+    #[serde(default)]
+    isps: IndexMap<String, Spanned<RawIsp>>,
+    #[serde(default)]
+    workload: Vec<Spanned<RawWorkload>>,
+    #[serde(default)]
+    fault: Vec<Spanned<RawFault>>,
+    #[serde(default)]
+    expect: Vec<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIsp {
+    #[serde(default)]
+    model: Option<Spanned<String>>,
+    domains: Vec<String>,
+    #[serde(default)]
+    mx: Vec<String>,
+    #[serde(default)]
+    max_connections_per_ip: Option<u64>,
+    #[serde(default)]
+    max_messages_per_connection: Option<u64>,
+    #[serde(default)]
+    max_recipients_per_transaction: Option<u64>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    greylist: Option<Spanned<RawGreylist>>,
+    #[serde(default)]
+    reject_unknown_users: Option<bool>,
+    #[serde(default)]
+    starttls: Option<bool>,
+    #[serde(default)]
+    fixed_reply: Option<Spanned<RawFixedReply>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_ip: String,
+    reply: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGreylist {
+    delay: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFixedReply {
+    phase: String,
+    reply: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    vmta: String,
+    mail_from: String,
+    messages: u64,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    over: Option<String>,
+    #[serde(default)]
+    rate: Option<String>,
+    #[serde(default)]
+    recipients_per_message: Option<u32>,
+    #[serde(default)]
+    size: Option<String>,
+    domains: IndexMap<String, f64>,
+    #[serde(default)]
+    unknown_user_rate: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: String,
+    #[serde(default)]
+    isp: Option<String>,
+    #[serde(default)]
+    source_ip: Option<String>,
+    #[serde(default)]
+    mx: Option<String>,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default)]
+    reply: Option<String>,
+    at: String,
+    #[serde(rename = "for")]
+    for_: String,
+}
+
+/// Where a receiver answers with a chosen reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SmtpPhase {
+    Greeting,
+    Ehlo,
+    Mail,
+    Rcpt,
+    Data,
+    DataEnd,
+}
+
+impl SmtpPhase {
+    fn parse(text: &str) -> Option<SmtpPhase> {
+        Some(match text {
+            "greeting" | "connect" => SmtpPhase::Greeting,
+            "ehlo" => SmtpPhase::Ehlo,
+            "mail" => SmtpPhase::Mail,
+            "rcpt" => SmtpPhase::Rcpt,
+            "data" => SmtpPhase::Data,
+            "data_end" | "end_of_data" => SmtpPhase::DataEnd,
+            _ => return None,
+        })
+    }
+}
+
+/// A receiver's per-source-IP rate limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_ip: Rate,
+    pub reply: Reply,
+}
+
+/// How a simulated provider behaves (the generic model; provider models refine it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IspSpec {
+    pub name: String,
+    pub domains: Vec<String>,
+    /// MX host names, in preference order.
+    pub mx: Vec<String>,
+    pub max_connections_per_ip: Option<u64>,
+    pub max_messages_per_connection: Option<u64>,
+    pub max_recipients_per_transaction: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
+    pub greylist_delay_s: Option<u64>,
+    pub reject_unknown_users: bool,
+    pub starttls: bool,
+    pub fixed_reply: Option<(SmtpPhase, Reply)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Every MX of the ISP refuses connections.
+    Outage { isp: String },
+    /// One source IP cannot reach the ISP (connects are refused, open connections stall).
+    Partition { isp: String, source_ip: IpAddr },
+    /// The ISP answers `reply` at `phase`.
+    ReplyOverride {
+        isp: String,
+        phase: SmtpPhase,
+        reply: Reply,
+    },
+    /// One MX host is down.
+    MxDown { mx: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub at_s: u64,
+    pub for_s: u64,
+}
+
+/// Where the PowerMTA configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    Path(PathBuf),
+    Inline(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    pub name: String,
+    pub seed: u64,
+    pub duration_s: u64,
+    pub start: Time,
+    pub config: ConfigSource,
+    pub latency_ms: (u64, u64),
+    pub tick_ms: u64,
+    pub isps: Vec<IspSpec>,
+    pub workloads: Vec<Workload>,
+    pub faults: Vec<Fault>,
+    /// `[[expect]]` tables, kept for the expectations checker.
+    pub expect: Vec<toml::Table>,
+}
+
+struct Reporter<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Reporter<'_> {
+    fn at(&self, offset: usize, message: impl Into<String>) -> ScenarioError {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ScenarioError {
+            file: self.file.display().to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn span<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> ScenarioError {
+        self.at(spanned.span().start, message)
+    }
+}
+
+fn interval(text: &str) -> Result<u64, String> {
+    value::parse_interval(text)
+        .map(|i| i.seconds)
+        .map_err(|e| e.to_string())
+}
+
+fn reply(text: &str) -> Result<Reply, String> {
+    crate::smtp::parse_reply_line(text).ok_or_else(|| {
+        format!("`{text}` is not an SMTP reply such as \"421 4.7.0 try again later\"")
+    })
+}
+
+/// `2026-09-21T12:00:00Z` → seconds since the Unix epoch (UTC only).
+pub fn parse_utc(text: &str) -> Option<u64> {
+    let text = text
+        .strip_suffix('Z')
+        .or_else(|| text.strip_suffix("+00:00"))?;
+    let (date, time) = text.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let t: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([year, month, day], [h, m, s]) = (d.as_slice(), t.as_slice()) else {
+        return None;
+    };
+    let (year, month, day) = (*year, *month, *day);
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || *h > 23
+        || *m > 59
+        || *s > 60
+    {
+        return None;
+    }
+    // days_from_civil (Howard Hinnant), the inverse of `Time::acct_format`.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as u64 * 86_400 + h * 3600 + m * 60 + s)
+}
+
+impl Scenario {
+    /// Parses scenario `text` read from `file` (used for messages and for resolving the
+    /// config path).
+    pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        let r = Reporter { file, text };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            r.at(offset, e.message().to_string())
+        })?;
+        let duration_s = interval(raw.duration.get_ref()).map_err(|e| r.span(&raw.duration, e))?;
+        if duration_s == 0 || duration_s > DURATION_MAX_S {
+            return Err(r.span(
+                &raw.duration,
+                format!(
+                    "duration must be between 1s and {}d",
+                    DURATION_MAX_S / 86_400
+                ),
+            ));
+        }
+        if let Some(mode) = &raw.mode
+            && mode.get_ref() != "network"
+        {
+            return Err(r.span(
+                mode,
+                format!(
+                    "unknown mode `{}`; this version runs `network`",
+                    mode.get_ref()
+                ),
+            ));
+        }
+        let start = parse_utc(raw.start_time.get_ref())
+            .map(Time::from_secs)
+            .ok_or_else(|| {
+                r.span(
+                    &raw.start_time,
+                    "start_time must be UTC, such as 2026-09-21T12:00:00Z",
+                )
+            })?;
+        let config = match (raw.config, raw.config_inline) {
+            (Some(path), None) => {
+                let base = file.parent().unwrap_or(Path::new(""));
+                ConfigSource::Path(base.join(path.get_ref()))
+            }
+            (None, Some(text)) => ConfigSource::Inline(text),
+            (Some(path), Some(_)) => {
+                return Err(r.span(&path, "give `config` or `config_inline`, not both"));
+            }
+            (None, None) => {
+                return Err(r.at(
+                    0,
+                    "missing `config` (a path relative to the scenario) or `config_inline`",
+                ));
+            }
+        };
+        let latency_ms = match &raw.latency_ms {
+            Some(spanned) => {
+                let [min, max] = *spanned.get_ref();
+                if min > max || max > 60_000 {
+                    return Err(
+                        r.span(spanned, "latency_ms is [min, max] with min <= max <= 60000")
+                    );
+                }
+                (min, max)
+            }
+            None => (1, 20),
+        };
+        let tick_ms = raw.tick_ms.unwrap_or(1).clamp(1, 1000);
+        let mut isps = Vec::new();
+        for (name, spanned) in &raw.isps {
+            let isp = spanned.get_ref();
+            if let Some(model) = &isp.model
+                && model.get_ref() != "generic"
+            {
+                return Err(r.span(
+                    model,
+                    format!(
+                        "unknown ISP model `{}`; this version has `generic`",
+                        model.get_ref()
+                    ),
+                ));
+            }
+            if isp.domains.is_empty() {
+                return Err(r.span(spanned, format!("ISP `{name}` answers no `domains`")));
+            }
+            let rate_limit = match &isp.rate_limit {
+                Some(rl) => Some(RateLimit {
+                    per_ip: value::parse_rate(&rl.get_ref().per_ip)
+                        .map_err(|e| r.span(rl, e.to_string()))?,
+                    reply: reply(&rl.get_ref().reply).map_err(|e| r.span(rl, e))?,
+                }),
+                None => None,
+            };
+            let greylist_delay_s = match &isp.greylist {
+                Some(g) => Some(interval(&g.get_ref().delay).map_err(|e| r.span(g, e))?),
+                None => None,
+            };
+            let fixed_reply = match &isp.fixed_reply {
+                Some(f) => {
+                    let phase = SmtpPhase::parse(&f.get_ref().phase).ok_or_else(|| {
+                        r.span(
+                            f,
+                            "phase is one of greeting, ehlo, mail, rcpt, data, data_end",
+                        )
+                    })?;
+                    Some((phase, reply(&f.get_ref().reply).map_err(|e| r.span(f, e))?))
+                }
+                None => None,
+            };
+            let mx = if isp.mx.is_empty() {
+                vec![format!("mx.{}", isp.domains[0])]
+            } else {
+                isp.mx.clone()
+            };
+            isps.push(IspSpec {
+                name: name.clone(),
+                domains: isp.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                mx,
+                max_connections_per_ip: isp.max_connections_per_ip,
+                max_messages_per_connection: isp.max_messages_per_connection,
+                max_recipients_per_transaction: isp.max_recipients_per_transaction,
+                rate_limit,
+                greylist_delay_s,
+                reject_unknown_users: isp.reject_unknown_users.unwrap_or(true),
+                starttls: isp.starttls.unwrap_or(true),
+                fixed_reply,
+            });
+        }
+        let mut workloads = Vec::new();
+        let mut total: u64 = 0;
+        for (index, spanned) in raw.workload.iter().enumerate() {
+            let w = spanned.get_ref();
+            let workload = Workload::from_raw(index, w, &r, spanned)?;
+            total = total.saturating_add(workload.messages);
+            workloads.push(workload);
+        }
+        if total > MESSAGES_MAX {
+            return Err(r.at(
+                0,
+                format!("{total} messages in all, over the limit of {MESSAGES_MAX}"),
+            ));
+        }
+        let mut faults = Vec::new();
+        for spanned in &raw.fault {
+            let f = spanned.get_ref();
+            let at_s = interval(&f.at).map_err(|e| r.span(spanned, e))?;
+            let for_s = interval(&f.for_).map_err(|e| r.span(spanned, e))?;
+            let need = |field: &Option<String>, what: &str| {
+                field
+                    .clone()
+                    .ok_or_else(|| r.span(spanned, format!("a `{}` fault needs `{what}`", f.kind)))
+            };
+            let known_isp = |name: String| {
+                if raw.isps.contains_key(&name) {
+                    Ok(name)
+                } else {
+                    Err(r.span(
+                        spanned,
+                        format!("fault names ISP `{name}`, which is not defined"),
+                    ))
+                }
+            };
+            let kind = match f.kind.as_str() {
+                "outage" => FaultKind::Outage { isp: known_isp(need(&f.isp, "isp")?)? },
+                "partition" => FaultKind::Partition {
+                    isp: known_isp(need(&f.isp, "isp")?)?,
+                    source_ip: need(&f.source_ip, "source_ip")?.parse().map_err(|_| r.span(spanned, "source_ip is an IP address"))?,
+                },
+                "reply_override" => FaultKind::ReplyOverride {
+                    isp: known_isp(need(&f.isp, "isp")?)?,
+                    phase: SmtpPhase::parse(&need(&f.phase, "phase")?).ok_or_else(|| r.span(spanned, "phase is one of greeting, ehlo, mail, rcpt, data, data_end"))?,
+                    reply: reply(&need(&f.reply, "reply")?).map_err(|e| r.span(spanned, e))?,
+                },
+                "mx_down" => FaultKind::MxDown { mx: need(&f.mx, "mx")? },
+                other => return Err(r.span(spanned, format!("unknown fault kind `{other}`; kinds are outage, partition, reply_override, mx_down"))),
+            };
+            faults.push(Fault { kind, at_s, for_s });
+        }
+        Ok(Scenario {
+            name: raw.name.into_inner(),
+            seed: raw.seed,
+            duration_s,
+            start,
+            config,
+            latency_ms,
+            tick_ms,
+            isps,
+            workloads,
+            faults,
+            expect: raw.expect,
+        })
+    }
+
+    /// The ISP that answers `domain`, if any.
+    pub fn isp_for(&self, domain: &str) -> Option<&IspSpec> {
+        self.isps
+            .iter()
+            .find(|i| i.domains.iter().any(|d| d == domain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+seed = 1
+duration = "10m"
+start_time = "2026-09-21T12:00:00Z"
+config = "pmta.conf"
+[isps.gmail]
+domains = ["gmail.com"]
+[[workload]]
+vmta = "v"
+mail_from = "a@example.com"
+messages = 10
+over = "1m"
+domains = { "gmail.com" = 1.0 }
+"#;
+
+    #[test]
+    fn a_minimal_scenario_parses() {
+        let s = Scenario::parse(Path::new("scenarios/t.toml"), MINIMAL).unwrap();
+        assert_eq!(s.duration_s, 600);
+        assert_eq!(s.start, Time::from_secs(1_789_992_000));
+        assert_eq!(
+            s.config,
+            ConfigSource::Path(PathBuf::from("scenarios/pmta.conf"))
+        );
+        assert_eq!(s.isps[0].mx, ["mx.gmail.com"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_line() {
+        let bad = MINIMAL.replace("messages = 10", "messages = 10\nmesages = 3");
+        let err = Scenario::parse(Path::new("s.toml"), &bad).unwrap_err();
+        assert_eq!((err.line, err.column), (15, 1), "{err}");
+        assert!(err.message.contains("unknown field `mesages`"), "{err}");
+        let bad = MINIMAL.replace("duration = \"10m\"", "duration = \"10 minutes\"");
+        let err = Scenario::parse(Path::new("s.toml"), &bad).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+    }
+
+    #[test]
+    fn utc_times_parse() {
+        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_utc("2026-09-21T12:00:00Z"), Some(1_789_992_000));
+        assert_eq!(parse_utc("2026-09-21 12:00:00"), None);
+    }
+}

@@ -1,0 +1,232 @@
+//! Workload streams: `[[workload]]` tables turned into timed injections.
+//!
+//! Each stream has its own ChaCha8 generator seeded from the scenario seed and the stream's
+//! index, so adding a stream never changes another stream's draws. Message `i` of a stream
+//! is injected at `start + i × spacing`; recipients are drawn from the domain mix, a share of
+//! them unknown users (local part `nouser…`, which the simulated receivers reject).
+
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use toml::Spanned;
+
+use super::{RawWorkload, Reporter, ScenarioError, interval};
+use crate::config::value;
+use crate::engine::Injection;
+use crate::time::Time;
+
+/// Largest generated message.
+pub const MESSAGE_SIZE_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Most recipients per generated message.
+pub const RECIPIENTS_PER_MESSAGE_MAX: u32 = 1000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub index: usize,
+    pub vmta: String,
+    pub mail_from: String,
+    pub messages: u64,
+    pub start_s: u64,
+    /// Milliseconds between messages × `messages` (so spacing stays exact): the stream's span.
+    pub span_ms: u64,
+    pub recipients_per_message: u32,
+    pub size_bytes: u64,
+    /// Domains with their weights, in file order.
+    pub domains: Vec<(String, f64)>,
+    pub unknown_user_rate: f64,
+}
+
+impl Eq for Workload {}
+
+impl Workload {
+    pub(super) fn from_raw(
+        index: usize,
+        w: &RawWorkload,
+        r: &Reporter<'_>,
+        spanned: &Spanned<RawWorkload>,
+    ) -> Result<Workload, ScenarioError> {
+        let err = |m: String| r.span(spanned, m);
+        let start_s = match &w.start {
+            Some(text) => interval(text).map_err(err)?,
+            None => 0,
+        };
+        let span_ms = match (&w.over, &w.rate) {
+            (Some(_), Some(_)) => return Err(err("give `over` or `rate`, not both".into())),
+            (Some(over), None) => interval(over).map_err(err)? * 1000,
+            (None, Some(rate)) => match value::parse_rate(rate).map_err(|e| err(e.to_string()))? {
+                value::Rate::Limit { count, per_seconds } => {
+                    w.messages.saturating_mul(per_seconds * 1000) / count.max(1)
+                }
+                value::Rate::Unlimited => 0,
+            },
+            (None, None) => 0,
+        };
+        let size_bytes = match &w.size {
+            Some(text) => {
+                value::parse_size(text)
+                    .map_err(|e| err(e.to_string()))?
+                    .bytes
+            }
+            None => 2048,
+        };
+        if size_bytes > MESSAGE_SIZE_MAX_BYTES {
+            return Err(err(format!(
+                "size over the limit of {MESSAGE_SIZE_MAX_BYTES} bytes"
+            )));
+        }
+        let recipients_per_message = w.recipients_per_message.unwrap_or(1);
+        if !(1..=RECIPIENTS_PER_MESSAGE_MAX).contains(&recipients_per_message) {
+            return Err(err(format!(
+                "recipients_per_message is 1 to {RECIPIENTS_PER_MESSAGE_MAX}"
+            )));
+        }
+        let unknown_user_rate = w.unknown_user_rate.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&unknown_user_rate) {
+            return Err(err("unknown_user_rate is between 0 and 1".into()));
+        }
+        if w.domains.is_empty()
+            || w.domains.values().any(|v| !v.is_finite() || *v < 0.0)
+            || w.domains.values().sum::<f64>() <= 0.0
+        {
+            return Err(err(
+                "domains is a table of domain = weight, with positive weights".into(),
+            ));
+        }
+        if crate::config::value::parse_address(&w.mail_from).is_err() {
+            return Err(err(format!(
+                "mail_from `{}` is not an address",
+                w.mail_from
+            )));
+        }
+        Ok(Workload {
+            index,
+            vmta: w.vmta.clone(),
+            mail_from: w.mail_from.clone(),
+            messages: w.messages,
+            start_s,
+            span_ms,
+            recipients_per_message,
+            size_bytes,
+            domains: w
+                .domains
+                .iter()
+                .map(|(d, v)| (d.to_ascii_lowercase(), *v))
+                .collect(),
+            unknown_user_rate,
+        })
+    }
+}
+
+struct Stream {
+    workload: Workload,
+    next: u64,
+    rng: ChaCha8Rng,
+    total_weight: f64,
+}
+
+impl Stream {
+    fn due(&self, start: Time) -> Option<Time> {
+        (self.next < self.workload.messages).then(|| {
+            let offset_ms = (self.next as u128 * self.workload.span_ms as u128
+                / self.workload.messages.max(1) as u128) as u64;
+            start.plus_secs(self.workload.start_s).plus_ms(offset_ms)
+        })
+    }
+}
+
+/// Generates the injections of all streams in time order.
+pub struct Generated {
+    start: Time,
+    streams: Vec<Stream>,
+}
+
+impl Generated {
+    pub fn new(workloads: &[Workload], seed: u64, start: Time) -> Generated {
+        let streams = workloads
+            .iter()
+            .map(|w| Stream {
+                rng: ChaCha8Rng::seed_from_u64(
+                    seed ^ (w.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
+                total_weight: w.domains.iter().map(|(_, v)| v).sum(),
+                workload: w.clone(),
+                next: 0,
+            })
+            .collect();
+        Generated { start, streams }
+    }
+
+    /// When the next injection is due.
+    pub fn next_due(&self) -> Option<Time> {
+        self.streams.iter().filter_map(|s| s.due(self.start)).min()
+    }
+
+    /// Every injection due at or before `now`, in time order (ties by stream).
+    pub fn take_due(&mut self, now: Time) -> Vec<(Time, Injection)> {
+        let mut out = Vec::new();
+        loop {
+            let next = self
+                .streams
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.due(self.start).map(|t| (t, i)))
+                .min();
+            let Some((at, index)) = next else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            let injection = self.make(index, at);
+            out.push((at, injection));
+        }
+        out
+    }
+
+    fn make(&mut self, index: usize, at: Time) -> Injection {
+        let stream = &mut self.streams[index];
+        let n = stream.next;
+        stream.next += 1;
+        let w = &stream.workload;
+        let mut recipients = Vec::with_capacity(w.recipients_per_message as usize);
+        for r in 0..w.recipients_per_message {
+            let mut pick = stream.rng.random::<f64>() * stream.total_weight;
+            let mut domain = &w.domains[0].0;
+            for (d, weight) in &w.domains {
+                domain = d;
+                if pick < *weight {
+                    break;
+                }
+                pick -= weight;
+            }
+            let unknown = w.unknown_user_rate > 0.0 && stream.rng.random_bool(w.unknown_user_rate);
+            let local = if unknown { "nouser" } else { "u" };
+            recipients.push(format!("{local}{}.{n}.{r}@{domain}", w.index));
+        }
+        let from_domain = w
+            .mail_from
+            .rsplit_once('@')
+            .map_or("example.com", |(_, d)| d);
+        let mut data = format!(
+            "From: <{}>\r\nTo: <{}>\r\nSubject: pmta-sim stream {} message {n}\r\nMessage-ID: <{}.{n}@{from_domain}>\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+            w.mail_from,
+            recipients[0],
+            w.index,
+            w.index,
+            at.acct_format()
+        )
+        .into_bytes();
+        let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
+        while (data.len() as u64) + (line.len() as u64) <= w.size_bytes {
+            data.extend_from_slice(line);
+        }
+        Injection {
+            mail_from: w.mail_from.clone(),
+            recipients,
+            data,
+            virtual_mta: Some(w.vmta.clone()),
+            source_ip: None,
+            job_id: format!("stream{}", w.index),
+            env_id: format!("{}.{n}", w.index),
+        }
+    }
+}
