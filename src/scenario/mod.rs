@@ -555,7 +555,7 @@ domains = { "gmail.com" = 1.0 }
     fn unknown_keys_and_bad_values_name_their_line() {
         let bad = MINIMAL.replace("messages = 10", "messages = 10\nmesages = 3");
         let err = Scenario::parse(Path::new("s.toml"), &bad).unwrap_err();
-        assert_eq!((err.line, err.column), (15, 1), "{err}");
+        assert_eq!((err.line, err.column), (13, 1), "{err}");
         assert!(err.message.contains("unknown field `mesages`"), "{err}");
         let bad = MINIMAL.replace("duration = \"10m\"", "duration = \"10 minutes\"");
         let err = Scenario::parse(Path::new("s.toml"), &bad).unwrap_err();
