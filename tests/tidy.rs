@@ -124,9 +124,16 @@ fn every_select_is_biased() {
         while let Some(at) = rest.find("select! {") {
             selects += 1;
             let after = rest[at + "select! {".len()..].trim_start();
-            assert!(after.starts_with("biased;"), "{}: a select! without `biased;`", file.display());
+            assert!(
+                after.starts_with("biased;"),
+                "{}: a select! without `biased;`",
+                file.display()
+            );
             rest = &rest[at + 1..];
         }
     }
-    assert!(selects > 0, "the check found no select! at all: is the pattern stale?");
+    assert!(
+        selects > 0,
+        "the check found no select! at all: is the pattern stale?"
+    );
 }

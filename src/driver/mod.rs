@@ -8,9 +8,25 @@
 
 pub mod network;
 
+use std::net::IpAddr;
+
 use crate::engine::accounting::AcctRecord;
 use crate::engine::{EngineEvent, QueueSnapshot};
 use crate::isp::ReceiverLog;
+use crate::time::Time;
+
+/// One connection as the engine's side saw it: for whole-run checks of the limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionTrace {
+    pub queue: String,
+    pub source_ip: IpAddr,
+    pub opened: Time,
+    pub closed: Option<Time>,
+    /// When each RCPT command was written.
+    pub rcpt_times: Vec<Time>,
+    /// MAIL commands written (transactions started).
+    pub transactions: u64,
+}
 
 /// Everything a run produced.
 #[derive(Debug)]
@@ -26,4 +42,6 @@ pub struct RunOutput {
     pub pending: usize,
     /// Messages the engine refused at injection, with the reason.
     pub refused: Vec<String>,
+    /// Every connection the engine opened, in order.
+    pub connections: Vec<ConnectionTrace>,
 }

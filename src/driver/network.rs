@@ -17,7 +17,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::RunOutput;
+use super::{ConnectionTrace, RunOutput};
 use crate::config::Config;
 use crate::engine::{Action, ConnectionId, Engine, EngineOptions, MxAnswer, MxHost};
 use crate::isp::{Provider, Receiver};
@@ -194,6 +194,7 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         events: Vec::new(),
         injected: Vec::new(),
         refused: Vec::new(),
+        traces: BTreeMap::new(),
     };
     sim.client("engine", async move {
         let state = loop_state.run(events_rx).await;
@@ -249,6 +250,7 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         pending: finished.engine.recipients_pending(),
         injected: finished.injected,
         refused: finished.refused,
+        connections: finished.traces.into_values().collect(),
     })
 }
 
@@ -379,9 +381,17 @@ struct EngineLoop {
     events: Vec<crate::engine::EngineEvent>,
     injected: Vec<(String, String)>,
     refused: Vec<String>,
+    traces: BTreeMap<ConnectionId, ConnectionTrace>,
 }
 
 impl EngineLoop {
+    fn closed(&mut self, conn: ConnectionId, now: Time) {
+        self.conns.remove(&conn);
+        if let Some(trace) = self.traces.get_mut(&conn) {
+            trace.closed.get_or_insert(now);
+        }
+    }
+
     async fn run(mut self, mut events_rx: mpsc::UnboundedReceiver<NetEvent>) -> EngineLoop {
         loop {
             let now = sim_now(self.start);
@@ -415,13 +425,13 @@ impl EngineLoop {
                     let now = sim_now(self.start);
                     match event {
                         Some(NetEvent::Connected(conn)) => self.engine.handle_connected(now, conn),
-                        Some(NetEvent::ConnectFailed(conn, reason)) => {
-                            self.conns.remove(&conn);
+                                                Some(NetEvent::ConnectFailed(conn, reason)) => {
+                            self.closed(conn, now);
                             self.engine.handle_connect_failed(now, conn, &reason)
                         }
                         Some(NetEvent::Bytes(conn, bytes)) => self.engine.handle_bytes(now, conn, &bytes),
-                        Some(NetEvent::Closed(conn)) => {
-                            self.conns.remove(&conn);
+                                                Some(NetEvent::Closed(conn)) => {
+                            self.closed(conn, now);
                             self.engine.handle_closed(now, conn)
                         }
                         None => {}
@@ -451,11 +461,23 @@ impl EngineLoop {
                 }
                 Action::Connect {
                     conn,
+                    queue,
                     source_ip,
                     ip,
                     port,
                     ..
                 } => {
+                    self.traces.insert(
+                        conn,
+                        ConnectionTrace {
+                            queue,
+                            source_ip,
+                            opened: now,
+                            closed: None,
+                            rcpt_times: Vec::new(),
+                            transactions: 0,
+                        },
+                    );
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.conns.insert(conn, tx);
                     let request = ConnectRequest {
@@ -477,14 +499,21 @@ impl EngineLoop {
                     }
                 }
                 Action::Write { conn, bytes } => {
+                    if let Some(trace) = self.traces.get_mut(&conn) {
+                        for line in bytes.split(|b| *b == b'\n') {
+                            if line.starts_with(b"RCPT TO:") {
+                                trace.rcpt_times.push(now);
+                            } else if line.starts_with(b"MAIL FROM:") {
+                                trace.transactions += 1;
+                            }
+                        }
+                    }
                     if let Some(tx) = self.conns.get(&conn) {
                         let _ = tx.send(ConnCmd::Write(bytes));
                     }
                 }
                 Action::StartTls { conn, .. } => self.engine.handle_tls_established(now, conn),
-                Action::Close { conn } => {
-                    self.conns.remove(&conn);
-                }
+                Action::Close { conn } => self.closed(conn, now),
             }
         }
         while let Some(record) = self.engine.poll_record() {

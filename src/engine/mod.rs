@@ -897,13 +897,25 @@ impl Engine {
             // Idle connections stay until their connection-idle-timeout.
             return;
         }
-        if let Some(until) = queue.retry_until {
-            if until > now {
-                self.quit_idle(now, q);
-                self.wake_queue(q, until);
-                return;
+        // Retry mode holds back new connection attempts; connections already established
+        // keep delivering (a refused extra connection must not stop working ones).
+        let in_retry = match queue.retry_until {
+            Some(until) if until > now => true,
+            Some(_) => {
+                self.queues[q.0 as usize].retry_until = None;
+                false
             }
-            self.queues[q.0 as usize].retry_until = None;
+            None => false,
+        };
+        if in_retry {
+            let until = self.queues[q.0 as usize].retry_until.expect("in retry");
+            self.wake_queue(q, until);
+            while let Some(conn) = self.queues[q.0 as usize].idle.pop() {
+                if !self.feed(now, conn) {
+                    break;
+                }
+            }
+            return;
         }
         if self.queues[q.0 as usize].settings.delivery_type != DeliveryType::Smtp {
             self.discard_all(now, q);
@@ -1021,13 +1033,6 @@ impl Engine {
             }
             let entry = queue.ready.pop_front().expect("front exists");
             self.settle_entry(now, q, &entry, &reply, None, RecordType::Bounced);
-        }
-    }
-
-    fn quit_idle(&mut self, now: Time, q: QueueId) {
-        let idle = std::mem::take(&mut self.queues[q.0 as usize].idle);
-        for conn in idle {
-            self.quit(now, conn);
         }
     }
 
@@ -1270,7 +1275,7 @@ impl Engine {
             || settings
                 .max_errors_per_connection
                 .is_some_and(|max| c.errors >= max);
-        if limit_reached || queue.retry_until.is_some_and(|t| t > now) {
+        if limit_reached {
             self.quit(now, conn);
             return true;
         }

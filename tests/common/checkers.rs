@@ -9,22 +9,108 @@
 
 use std::collections::BTreeMap;
 
+use std::net::IpAddr;
+
 use pmta_sim::config::model::QueueMode;
 use pmta_sim::config::value::Rate;
-use pmta_sim::engine::accounting::RecordType;
-use pmta_sim::engine::{EngineEvent, Time};
+use pmta_sim::driver::RunOutput;
+use pmta_sim::engine::accounting::{AcctRecord, RecordType};
+use pmta_sim::engine::{EngineEvent, QueueSnapshot, Time};
 
 use super::harness::Harness;
 
-pub fn check_all(h: &Harness) {
-    each_recipient_settles_once(h);
-    limits_hold(h);
-    backoff_is_explained(h);
+/// One connection, from the engine's side.
+pub struct ConnView {
+    pub queue: String,
+    pub source_ip: IpAddr,
+    pub opened: Time,
+    pub closed: Option<Time>,
+    pub rcpt_times: Vec<Time>,
 }
 
-pub fn each_recipient_settles_once(h: &Harness) {
+/// What the checkers need of a run, whichever driver produced it.
+pub struct RunView<'a> {
+    pub records: &'a [AcctRecord],
+    pub events: &'a [EngineEvent],
+    pub injected: &'a [(String, String)],
+    pub pending: usize,
+    pub queues: Vec<QueueSnapshot>,
+    pub conns: Vec<ConnView>,
+}
+
+impl<'a> RunView<'a> {
+    pub fn of_harness(h: &'a Harness) -> RunView<'a> {
+        RunView {
+            records: &h.records,
+            events: &h.events,
+            injected: &h.injected,
+            pending: h.engine.recipients_pending(),
+            queues: h.engine.queue_snapshots(),
+            conns: h
+                .conns
+                .values()
+                .map(|c| ConnView {
+                    queue: c.queue.clone(),
+                    source_ip: c.source_ip,
+                    opened: c.opened,
+                    closed: c.closed,
+                    rcpt_times: c
+                        .commands
+                        .iter()
+                        .filter(|(_, l)| l.starts_with("RCPT"))
+                        .map(|(t, _)| *t)
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn of_run(out: &'a RunOutput) -> RunView<'a> {
+        RunView {
+            records: &out.records,
+            events: &out.events,
+            injected: &out.injected,
+            pending: out.pending,
+            queues: out.queues.clone(),
+            conns: out
+                .connections
+                .iter()
+                .map(|c| ConnView {
+                    queue: c.queue.clone(),
+                    source_ip: c.source_ip,
+                    opened: c.opened,
+                    closed: c.closed,
+                    rcpt_times: c.rcpt_times.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn rcpt_times(&self, queue: &str) -> Vec<Time> {
+        let mut times: Vec<Time> = self
+            .conns
+            .iter()
+            .filter(|c| c.queue == queue)
+            .flat_map(|c| c.rcpt_times.iter().copied())
+            .collect();
+        times.sort();
+        times
+    }
+}
+
+pub fn check_all(h: &Harness) {
+    check_run(&RunView::of_harness(h));
+}
+
+pub fn check_run(view: &RunView<'_>) {
+    each_recipient_settles_once(view);
+    limits_hold(view);
+    backoff_is_explained(view);
+}
+
+pub fn each_recipient_settles_once(h: &RunView<'_>) {
     let mut finals: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for record in &h.records {
+    for record in h.records {
         if matches!(
             record.record_type,
             RecordType::Delivered | RecordType::Bounced
@@ -35,7 +121,7 @@ pub fn each_recipient_settles_once(h: &Harness) {
         }
     }
     let mut unsettled = 0;
-    for key in &h.injected {
+    for key in h.injected {
         match finals.get(key).copied().unwrap_or(0) {
             0 => unsettled += 1,
             1 => {}
@@ -48,15 +134,14 @@ pub fn each_recipient_settles_once(h: &Harness) {
         "a final record for a recipient that was never injected"
     );
     assert_eq!(
-        unsettled,
-        h.engine.recipients_pending(),
+        unsettled, h.pending,
         "recipients without a final record must still be queued"
     );
 }
 
-fn mode_at(h: &Harness, queue: &str, at: Time) -> QueueMode {
+fn mode_at(h: &RunView<'_>, queue: &str, at: Time) -> QueueMode {
     let mut mode = QueueMode::Normal;
-    for event in &h.events {
+    for event in h.events {
         if let EngineEvent::ModeChanged {
             at: t,
             queue: q,
@@ -79,11 +164,11 @@ fn count_in_window(times: &[Time], at: Time, per_seconds: u64) -> usize {
         .count()
 }
 
-pub fn limits_hold(h: &Harness) {
-    for snapshot in h.engine.queue_snapshots() {
+pub fn limits_hold(h: &RunView<'_>) {
+    for snapshot in &h.queues {
         let s = &snapshot.settings;
         let name = &snapshot.name;
-        let conns: Vec<_> = h.conns.values().filter(|c| &c.queue == name).collect();
+        let conns: Vec<_> = h.conns.iter().filter(|c| &c.queue == name).collect();
         // Connections: at each open, count those open at that instant.
         for c in &conns {
             let open = conns
@@ -124,12 +209,7 @@ pub fn limits_hold(h: &Harness) {
                 let mut times: Vec<Time> = conns
                     .iter()
                     .filter(|o| o.source_ip == c.source_ip)
-                    .flat_map(|o| {
-                        o.commands
-                            .iter()
-                            .filter(|(_, l)| l.starts_with("RCPT"))
-                            .map(|(t, _)| *t)
-                    })
+                    .flat_map(|o| o.rcpt_times.iter().copied())
                     .collect();
                 times.sort();
                 for t in &times {
@@ -182,9 +262,9 @@ pub fn limits_hold(h: &Harness) {
     }
 }
 
-pub fn backoff_is_explained(h: &Harness) {
+pub fn backoff_is_explained(h: &RunView<'_>) {
     let mut entered: BTreeMap<String, Time> = BTreeMap::new();
-    for event in &h.events {
+    for event in h.events {
         let EngineEvent::ModeChanged {
             at,
             queue,
@@ -215,13 +295,7 @@ pub fn backoff_is_explained(h: &Harness) {
                 let since = entered
                     .remove(queue)
                     .expect("left backoff without entering it");
-                let settings = h
-                    .engine
-                    .queue_snapshots()
-                    .into_iter()
-                    .find(|s| &s.name == queue)
-                    .unwrap()
-                    .settings;
+                let settings = &h.queues.iter().find(|s| &s.name == queue).unwrap().settings;
                 match reason.as_str() {
                     "delivery while in backoff" => {
                         assert!(settings.backoff_to_normal_after_delivery);

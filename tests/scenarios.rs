@@ -1,0 +1,328 @@
+//! Every scenario in `scenarios/` runs under the network simulator: the engine's whole-run
+//! checkers and the receivers' own view of the limits hold, and each mechanism scenario
+//! shows its mechanism.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::checkers::{RunView, check_run};
+use pmta_sim::config::model::QueueMode;
+use pmta_sim::config::value::Rate;
+use pmta_sim::config::{self, MemFs, Options, RealFs};
+use pmta_sim::driver::{RunOutput, network};
+use pmta_sim::engine::EngineEvent;
+use pmta_sim::engine::accounting::RecordType;
+use pmta_sim::scenario::{ConfigSource, Scenario};
+use pmta_sim::time::Time;
+
+fn load(name: &str) -> Scenario {
+    let path = common::fixture(&format!("scenarios/{name}.toml"));
+    Scenario::parse(&path, &std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn run(scenario: &Scenario) -> RunOutput {
+    let checked = match &scenario.config {
+        ConfigSource::Path(path) => config::load(path, &RealFs, Options::default()).unwrap(),
+        ConfigSource::Inline(text) => config::load(
+            Path::new("/inline.conf"),
+            &MemFs::new().with("/inline.conf", text.as_bytes()),
+            Options::default(),
+        )
+        .unwrap(),
+    };
+    assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+    let out = network::run(scenario, checked.config).unwrap();
+    check_run(&RunView::of_run(&out));
+    receivers_agree(scenario, &out);
+    out
+}
+
+/// The limits as the receivers saw them on the wire.
+fn receivers_agree(scenario: &Scenario, out: &RunOutput) {
+    for (name, log) in &out.receivers {
+        let spec = scenario.isps.iter().find(|i| &i.name == name).unwrap();
+        let accepted: Vec<_> = log.connections.iter().filter(|c| !c.refused).collect();
+        if let Some(max) = spec.max_connections_per_ip {
+            for c in &accepted {
+                let open = accepted
+                    .iter()
+                    .filter(|o| {
+                        o.peer == c.peer
+                            && o.opened <= c.opened
+                            && o.closed.is_none_or(|end| end > c.opened)
+                    })
+                    .count() as u64;
+                assert!(
+                    open <= max,
+                    "{name}: {open} connections from {} at {:?}",
+                    c.peer,
+                    c.opened
+                );
+            }
+        }
+        if let Some(max) = spec.max_messages_per_connection {
+            assert!(
+                accepted.iter().all(|c| c.messages <= max),
+                "{name}: too many messages on a connection"
+            );
+        }
+        if let Some(limit) = &spec.rate_limit
+            && let Rate::Limit { count, per_seconds } = limit.per_ip
+        {
+            for (peer, at) in &log.accepted_rcpts {
+                let n = log
+                    .accepted_rcpts
+                    .iter()
+                    .filter(|(p, t)| p == peer && t <= at && at.since(*t) < per_seconds * 1000)
+                    .count() as u64;
+                assert!(
+                    n <= count,
+                    "{name}: {n} recipients from {peer} in {per_seconds}s"
+                );
+            }
+        }
+        // Every message the receiver accepted is a delivery the engine recorded, and back.
+        let delivered: std::collections::BTreeSet<(&str, &str)> = out
+            .records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Delivered)
+            .filter(|r| {
+                spec.domains
+                    .iter()
+                    .any(|d| r.rcpt.ends_with(&format!("@{d}")))
+            })
+            .map(|r| (r.env_id.as_str(), r.queue.as_str()))
+            .collect();
+        assert_eq!(
+            log.messages_accepted,
+            delivered.len() as u64,
+            "{name}: accepted messages vs delivery records"
+        );
+    }
+}
+
+fn secs(scenario: &Scenario, t: Time) -> f64 {
+    t.since(scenario.start) as f64 / 1000.0
+}
+
+#[test]
+fn every_scenario_file_parses() {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(common::fixture("scenarios"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10);
+    for path in names {
+        Scenario::parse(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn quickstart_delivers_everything_it_can() {
+    let s = load("quickstart");
+    let out = run(&s);
+    let delivered = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .count();
+    let bounced = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Bounced)
+        .count();
+    assert_eq!(delivered + bounced, 200);
+    assert!(
+        out.records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Bounced)
+            .all(|r| r.rcpt.starts_with("nouser") && r.bounce_category == "bad-mailbox")
+    );
+    assert_eq!(out.pending, 0);
+}
+
+#[test]
+fn rate_limit_spreads_recipients_over_minutes() {
+    let s = load("rate-limit");
+    let out = run(&s);
+    let last = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .map(|r| secs(&s, r.time_logged))
+        .fold(0.0, f64::max);
+    // 100 recipients at 20 a minute: the last goes out in the fifth minute.
+    assert!((240.0..300.0).contains(&last), "{last}");
+    assert_eq!(out.receivers[0].1.messages_accepted, 100);
+}
+
+#[test]
+fn connection_cap_turns_away_extra_connections_and_mail_still_flows() {
+    let s = load("connection-cap");
+    let out = run(&s);
+    let log = &out.receivers[0].1;
+    assert!(
+        log.connections.iter().any(|c| c.refused),
+        "the cap must have been hit"
+    );
+    assert!(
+        out.records
+            .iter()
+            .any(|r| r.record_type == RecordType::TransientQueue
+                && r.dsn_diag.contains("Too many concurrent"))
+    );
+    assert_eq!(out.pending, 0);
+}
+
+#[test]
+fn backoff_is_entered_on_the_pattern_and_left_after_backoff_to_normal_after() {
+    let s = load("backoff");
+    let out = run(&s);
+    let modes: Vec<(f64, QueueMode)> = out
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::ModeChanged { at, mode, .. } => Some((secs(&s, *at), *mode)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(modes.len(), 2, "{modes:?}");
+    let (entered, left) = (modes[0], modes[1]);
+    assert_eq!(entered.1, QueueMode::Backoff);
+    assert!((120.0..130.0).contains(&entered.0), "{entered:?}");
+    assert_eq!(left.1, QueueMode::Normal);
+    assert!(left.0 >= entered.0 + 600.0, "{left:?}");
+    assert_eq!(out.pending, 0);
+}
+
+#[test]
+fn retry_list_is_followed_through_an_outage() {
+    let s = load("retry-list");
+    let out = run(&s);
+    let tq: Vec<f64> = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::TransientQueue)
+        .map(|r| secs(&s, r.time_logged))
+        .collect();
+    // Attempts at about 0, 2, 6, 14 minutes (2m, 4m, then 8m repeating); 22 minutes succeeds.
+    let minutes: Vec<u64> = tq.iter().map(|t| (*t / 60.0).round() as u64).collect();
+    assert_eq!(minutes, [0, 2, 6, 14]);
+    let first_delivery = out
+        .records
+        .iter()
+        .find(|r| r.record_type == RecordType::Delivered)
+        .map(|r| secs(&s, r.time_logged))
+        .unwrap();
+    assert!(
+        (22.0 * 60.0..23.0 * 60.0).contains(&first_delivery),
+        "{first_delivery}"
+    );
+}
+
+#[test]
+fn greylisted_recipients_are_delivered_on_retry() {
+    let s = load("greylisting");
+    let out = run(&s);
+    for rcpt in out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Transient)
+    {
+        assert!(rcpt.dsn_diag.contains("Greylisted"));
+        let delivered = out
+            .records
+            .iter()
+            .find(|r| r.record_type == RecordType::Delivered && r.rcpt == rcpt.rcpt)
+            .unwrap();
+        let waited = delivered.time_logged.since(rcpt.time_logged) as f64 / 1000.0;
+        assert!((360.0..370.0).contains(&waited), "{waited}");
+    }
+    assert_eq!(
+        out.records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Transient)
+            .count(),
+        50
+    );
+}
+
+#[test]
+fn bounce_after_expires_undeliverable_mail() {
+    let s = load("bounce-after");
+    let out = run(&s);
+    let bounces: Vec<_> = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Bounced)
+        .collect();
+    assert_eq!(bounces.len(), 10);
+    for b in bounces {
+        assert_eq!(b.bounce_category, "message-expired");
+        let age = b.time_logged.since(b.time_queued) as f64 / 1000.0;
+        assert!((1200.0..1500.0).contains(&age), "{age}");
+    }
+}
+
+#[test]
+fn an_outage_pauses_delivery_and_the_queue_catches_up() {
+    let s = load("outage");
+    let out = run(&s);
+    let during = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .filter(|r| (185.0..480.0).contains(&secs(&s, r.time_logged)))
+        .count();
+    assert_eq!(
+        during, 0,
+        "nothing is delivered while the MX refuses connections"
+    );
+    assert!(
+        out.records
+            .iter()
+            .any(|r| r.record_type == RecordType::TransientQueue)
+    );
+    assert_eq!(out.pending, 0);
+}
+
+#[test]
+fn a_partition_stops_one_source_ip_only() {
+    let s = load("partition");
+    let out = run(&s);
+    let delivered_during = |queue: &str| {
+        out.records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Delivered && r.queue == queue)
+            .filter(|r| (180.0..470.0).contains(&secs(&s, r.time_logged)))
+            .count()
+    };
+    assert_eq!(delivered_during("gmail.com/news-1"), 0);
+    assert!(delivered_during("gmail.com/news-2") > 50);
+    assert_eq!(out.pending, 0);
+}
+
+#[test]
+fn a_pool_rotates_its_members() {
+    let s = load("pool-rotation");
+    let out = run(&s);
+    for vmta in ["a", "b", "c"] {
+        let n = out
+            .records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Delivered && r.vmta == vmta)
+            .count();
+        assert_eq!(n, 100, "{vmta}");
+    }
+    let log = &out.receivers[0].1;
+    let peers: std::collections::BTreeSet<String> =
+        log.connections.iter().map(|c| c.peer.to_string()).collect();
+    assert_eq!(
+        peers.into_iter().collect::<Vec<_>>(),
+        ["192.0.2.10", "192.0.2.11", "192.0.2.12"],
+        "each source IP is its own address"
+    );
+}
