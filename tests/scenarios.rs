@@ -87,11 +87,7 @@ fn receivers_agree(scenario: &Scenario, out: &RunOutput) {
             .records
             .iter()
             .filter(|r| r.record_type == RecordType::Delivered)
-            .filter(|r| {
-                spec.domains
-                    .iter()
-                    .any(|d| r.rcpt.ends_with(&format!("@{d}")))
-            })
+            .filter(|r| spec.mx.contains(&r.dsn_mta))
             .map(|r| (r.env_id.as_str(), r.queue.as_str()))
             .collect();
         assert_eq!(
@@ -324,5 +320,51 @@ fn a_pool_rotates_its_members() {
         peers.into_iter().collect::<Vec<_>>(),
         ["192.0.2.10", "192.0.2.11", "192.0.2.12"],
         "each source IP is its own address"
+    );
+}
+
+#[test]
+fn smtp_hosts_naming_an_mx_host_resolves_through_its_a_record() {
+    let text = r#"
+name = "smtp-hosts"
+seed = 3
+duration = "2m"
+start_time = "2026-09-21T12:00:00Z"
+tick_ms = 10
+config_inline = """
+<virtual-mta v1>
+    smtp-source-host 192.0.2.10 mta1.news.example.com
+</virtual-mta>
+<domain example.org>
+    smtp-hosts relay.example.net
+</domain>
+"""
+[isps.relay]
+domains = ["example.net"]
+mx = ["relay.example.net"]
+[isps.other]
+domains = ["example.org"]
+mx = ["mx.example.org"]
+[[workload]]
+vmta = "v1"
+mail_from = "a@news.example.com"
+messages = 5
+domains = { "example.org" = 1.0 }
+"#;
+    let s = Scenario::parse(Path::new("inline.toml"), text).unwrap();
+    let out = run(&s);
+    let accepted = |name: &str| {
+        out.receivers
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .messages_accepted
+    };
+    assert_eq!(accepted("relay"), 5, "the relay took the mail");
+    assert_eq!(accepted("other"), 0);
+    assert_eq!(
+        out.receivers[0].0, "relay",
+        "providers keep their order in the file"
     );
 }

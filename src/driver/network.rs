@@ -107,6 +107,13 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         for domain in &isp.domains {
             dns.insert(domain.clone(), MxAnswer::Hosts(hosts.clone()));
         }
+        // A records: a host named in `smtp-hosts` resolves to its own address.
+        for host in &hosts {
+            let mut own = host.clone();
+            own.preference = 0;
+            dns.entry(host.name.clone())
+                .or_insert_with(|| MxAnswer::Hosts(vec![own]));
+        }
     }
     let providers: Vec<Rc<RefCell<Provider>>> = scenario
         .isps
