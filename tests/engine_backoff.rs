@@ -233,3 +233,85 @@ fn disable_source_ip_takes_the_ip_out_until_reenable_after() {
     assert_eq!(h.records_of(RecordType::Bounced).len(), 1);
     assert_eq!(h.records_of(RecordType::Delivered).len(), 3);
 }
+
+#[test]
+fn a_stopped_connection_quits_at_once_and_one_transaction_is_one_deferral() {
+    let mut h = Harness::new(&config(
+        "    max-smtp-out 1\n    smtp-421-means-mx-unavailable no",
+    ));
+    throttling(
+        &mut h,
+        Reply::new(
+            451,
+            Some([4, 7, 0]),
+            "Service busy, try again later 421 please",
+        ),
+        T0.plus_secs(100_000),
+    );
+    h.inject(
+        Some("vmta1"),
+        &["a@yahoo.com", "b@yahoo.com", "c@yahoo.com"],
+    );
+    h.run_for(30);
+    let retries = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::RetryScheduled { .. }))
+        .count();
+    assert_eq!(retries, 0, "451 does not match /421 .* try again later/");
+    let mut h = Harness::new(&config("    max-smtp-out 1"));
+    throttling(
+        &mut h,
+        Reply::new(550, None, "550 RBL listed"),
+        T0.plus_secs(100_000),
+    );
+    h.inject(Some("vmta1"), &["a@yahoo.com"]);
+    h.run_for(30);
+    let commands: Vec<(f64, String)> = h
+        .conns
+        .values()
+        .next()
+        .unwrap()
+        .commands
+        .iter()
+        .map(|(t, c)| (secs(*t), c.clone()))
+        .collect();
+    assert_eq!(
+        commands.last().unwrap(),
+        &(0.06, "QUIT".to_string()),
+        "{commands:?}"
+    );
+    assert!(h.records_of(RecordType::TransientQueue).is_empty());
+}
+
+#[test]
+fn several_recipients_matching_a_backoff_pattern_take_one_retry_step() {
+    let text = config("    max-smtp-out 1").replace(
+        "reply /421 .* try again later/ mode=backoff",
+        "reply /451 .* try again later/ mode=backoff",
+    );
+    let mut h = Harness::new(&text);
+    throttling(
+        &mut h,
+        Reply::new(451, Some([4, 7, 0]), "busy, try again later"),
+        T0.plus_secs(100_000),
+    );
+    h.inject(
+        Some("vmta1"),
+        &["a@yahoo.com", "b@yahoo.com", "c@yahoo.com"],
+    );
+    h.run_for(30);
+    let retries: Vec<f64> = h
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::RetryScheduled { until, .. } => Some(secs(*until)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retries,
+        [0.06 + 600.0],
+        "the first backoff-retry-after step, once"
+    );
+}

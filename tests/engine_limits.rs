@@ -620,3 +620,36 @@ fn bounce_upon_5xx_greeting() {
         assert_eq!(h.records_of(RecordType::TransientQueue).len(), 1 - bounced);
     }
 }
+
+#[test]
+fn the_remote_closing_an_idle_connection_is_not_a_failure() {
+    let mut h = harness("    connection-idle-timeout 5m\n    retry-after 10m");
+    inject_n(&mut h, 1);
+    h.run_for(10);
+    h.remote_close_all();
+    h.run_for(10);
+    h.inject(Some("vmta1"), &["later@example.com"]);
+    h.run_for(10);
+    check_all(&h);
+    assert!(h.records_of(RecordType::TransientQueue).is_empty());
+    assert!(
+        h.events
+            .iter()
+            .all(|e| !matches!(e, EngineEvent::RetryScheduled { .. }))
+    );
+    // The next message opens a fresh connection at once.
+    assert_eq!(opened(&h), [0.0, 20.0]);
+}
+
+#[test]
+fn bounce_upon_no_mx_with_an_interval_counts_from_the_first_answer() {
+    let mut h = harness("    bounce-upon-no-mx 3m\n    retry-after-dns-error 1m");
+    h.dns.insert("example.com".into(), MxAnswer::NoMailHost);
+    inject_n(&mut h, 1);
+    h.run_for(600);
+    check_all(&h);
+    let b = h.records_of(RecordType::Bounced);
+    assert_eq!(b.len(), 1);
+    assert_eq!(secs(b[0].time_logged), 180.0);
+    assert_eq!(h.records_of(RecordType::TransientQueue).len(), 3);
+}

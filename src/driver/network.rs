@@ -219,6 +219,7 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
     }
     schedule.sort();
     let mut next_fault = 0;
+    let mut cut: BTreeMap<(IpAddr, IpAddr), u32> = BTreeMap::new();
     loop {
         let elapsed_ms = sim.elapsed().as_millis() as u64;
         while next_fault < schedule.len() && schedule[next_fault].0 <= elapsed_ms {
@@ -230,6 +231,7 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
                 &source_ips,
                 &mx_hosts,
                 scenario,
+                &mut cut,
             );
             next_fault += 1;
         }
@@ -268,6 +270,7 @@ fn apply_fault(
     source_ips: &[IpAddr],
     mx_hosts: &[(IpAddr, String, usize)],
     scenario: &Scenario,
+    cut: &mut BTreeMap<(IpAddr, IpAddr), u32>,
 ) {
     let isp_mx = |isp: &str| -> Vec<IpAddr> {
         let index = scenario.isps.iter().position(|i| i.name == isp);
@@ -290,12 +293,20 @@ fn apply_fault(
         ),
         FaultKind::ReplyOverride { .. } => return,
     };
+    // Overlapping faults may cut the same link: it heals when the last of them ends.
     for source in &sources {
         for target in &targets {
+            let count = cut.entry((*source, *target)).or_insert(0);
             if begin {
-                sim.partition(*source, *target);
+                *count += 1;
+                if *count == 1 {
+                    sim.partition(*source, *target);
+                }
             } else {
-                sim.repair(*source, *target);
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    sim.repair(*source, *target);
+                }
             }
         }
     }
@@ -506,7 +517,21 @@ impl EngineLoop {
                     }
                 }
                 Action::Write { conn, bytes } => {
-                    if let Some(trace) = self.traces.get_mut(&conn) {
+                    // Command writes start with a verb; message data (which may hold any
+                    // text) is written on its own and is not counted.
+                    let is_commands = [
+                        &b"EHLO"[..],
+                        b"HELO",
+                        b"MAIL",
+                        b"RCPT",
+                        b"DATA",
+                        b"RSET",
+                        b"QUIT",
+                        b"STARTTLS",
+                    ]
+                    .iter()
+                    .any(|verb| bytes.starts_with(verb));
+                    if let Some(trace) = self.traces.get_mut(&conn).filter(|_| is_commands) {
                         for line in bytes.split(|b| *b == b'\n') {
                             if line.starts_with(b"RCPT TO:") {
                                 trace.rcpt_times.push(now);

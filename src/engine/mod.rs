@@ -243,6 +243,10 @@ struct Queue {
     signed: BTreeMap<MessageId, Arc<Vec<u8>>>,
     /// State for the `source-ip-*` limits, per source IP.
     per_ip: BTreeMap<IpAddr, PerIp>,
+    /// Since when lookups have found no mail host, for `bounce-upon-no-mx INTERVAL`.
+    no_mx_since: Option<Time>,
+    /// How long the per-source-IP windows must remember (0 when no such rate is set).
+    per_ip_horizon_ms: u64,
 }
 
 struct PerIp {
@@ -252,11 +256,11 @@ struct PerIp {
 }
 
 impl PerIp {
-    fn new() -> PerIp {
+    fn new(horizon_ms: u64) -> PerIp {
         PerIp {
             connections: 0,
-            rcpt_window: Window::new(DAY_MS),
-            connect_window: Window::new(DAY_MS),
+            rcpt_window: Window::new(horizon_ms),
+            connect_window: Window::new(horizon_ms),
         }
     }
 }
@@ -657,6 +661,12 @@ impl Engine {
                     settings.backoff_max_connect_rate,
                 ]);
                 let mx_lookup = view.queue_domain.clone();
+                let per_ip_horizon_ms = DAY_MS.min(
+                    settings
+                        .source_ip_max_msg_rate
+                        .max_window_ms()
+                        .max(settings.source_ip_max_connect_rate.max_window_ms()),
+                );
                 self.queues.push(Queue {
                     name,
                     domain: view.queue_domain.clone(),
@@ -683,6 +693,8 @@ impl Engine {
                     wake_at: None,
                     signed: BTreeMap::new(),
                     per_ip: BTreeMap::new(),
+                    no_mx_since: None,
+                    per_ip_horizon_ms,
                 });
                 QueueId((self.queues.len() - 1) as u32)
             }
@@ -720,7 +732,9 @@ impl Engine {
             MxAnswer::NoMailHost => MxState::NoMailHost { since: now },
             MxAnswer::TempFail(reason) => {
                 for id in 0..self.queues.len() {
-                    if self.queues[id].mx_lookup == domain {
+                    if self.queues[id].mx_lookup == domain
+                        && matches!(self.queues[id].mx, MxState::Pending)
+                    {
                         self.queues[id].mx = MxState::Unknown;
                         self.dns_failure(now, QueueId(id as u32), &reason);
                     }
@@ -730,8 +744,18 @@ impl Engine {
             }
         };
         for id in 0..self.queues.len() {
-            if self.queues[id].mx_lookup == domain {
-                self.queues[id].mx = state.clone();
+            let queue = &mut self.queues[id];
+            if queue.mx_lookup == domain {
+                queue.mx = match &state {
+                    // `bounce-upon-no-mx 1h` counts from the first answer without a host.
+                    MxState::NoMailHost { .. } => MxState::NoMailHost {
+                        since: *queue.no_mx_since.get_or_insert(now),
+                    },
+                    other => {
+                        queue.no_mx_since = None;
+                        other.clone()
+                    }
+                };
                 self.dirty.insert(QueueId(id as u32));
             }
         }
@@ -1171,7 +1195,11 @@ impl Engine {
                 .source_ip_max_msg_rate
                 .get(ip)
                 .unwrap_or(Rate::Unlimited);
-            let per_ip = queue.per_ip.entry(ip).or_insert_with(PerIp::new);
+            let horizon_ms = queue.per_ip_horizon_ms;
+            let per_ip = queue
+                .per_ip
+                .entry(ip)
+                .or_insert_with(|| PerIp::new(horizon_ms));
             if max_out.is_some_and(|max| per_ip.connections >= max) {
                 continue;
             }
@@ -1223,7 +1251,11 @@ impl Engine {
         queue.opening += 1;
         queue.last_connect = Some(now);
         queue.connect_window.record(now, 1);
-        let per_ip = queue.per_ip.entry(source_ip).or_insert_with(PerIp::new);
+        let horizon_ms = queue.per_ip_horizon_ms;
+        let per_ip = queue
+            .per_ip
+            .entry(source_ip)
+            .or_insert_with(|| PerIp::new(horizon_ms));
         per_ip.connections += 1;
         per_ip.connect_window.record(now, 1);
         let session = ClientSession::new(SessionOptions {
@@ -1267,6 +1299,9 @@ impl Engine {
         let Some(c) = self.connections.get(&conn) else {
             return true;
         };
+        if c.session.is_done() || c.state == ConnState::Quitting {
+            return true;
+        }
         let q = c.queue;
         let queue = &self.queues[q.0 as usize];
         let settings = &queue.settings;
@@ -1484,6 +1519,8 @@ impl Engine {
                 let keep_going = self.settle_transaction(now, conn, &entry, &replies);
                 if keep_going {
                     self.feed(now, conn);
+                } else {
+                    self.quit(now, conn);
                 }
                 self.dirty.insert(q);
             }
@@ -1506,6 +1543,7 @@ impl Engine {
             }
             SessionEvent::Finished => {
                 self.drop_connection(conn);
+                self.actions.push_back(Action::Close { conn });
             }
         }
     }
@@ -1645,7 +1683,13 @@ impl Engine {
             match action {
                 PatternAction::Mode(QueueMode::Backoff) => {
                     self.set_mode(now, q, QueueMode::Backoff, reason.clone(), pattern_leave);
-                    self.enter_retry(now, q);
+                    // Several recipients of one transaction matching count as one deferral.
+                    if self.queues[q.0 as usize]
+                        .retry_until
+                        .is_none_or(|t| t <= now)
+                    {
+                        self.enter_retry(now, q);
+                    }
                     keep_going = false;
                 }
                 PatternAction::Mode(QueueMode::Normal) => {
@@ -1763,6 +1807,12 @@ impl Engine {
             return;
         };
         let q = c.queue;
+        if c.ready && c.in_flight.is_none() {
+            // A parked connection the remote closed (its own idle timeout): nothing failed.
+            self.drop_connection(conn);
+            self.actions.push_back(Action::Close { conn });
+            return;
+        }
         let in_flight = c.in_flight.clone();
         let source_ip = c.source_ip;
         let next_target = c.target + 1;
@@ -1797,7 +1847,15 @@ impl Engine {
         }
         let mx_unavailable =
             reply.is_none() || (negative.code == 421 && settings.smtp_421_means_mx_unavailable);
-        if mx_unavailable && has_next {
+        let queue = &self.queues[q.0 as usize];
+        let may_open = !queue.ready.is_empty()
+            && !queue.disabled_ips.contains_key(&source_ip)
+            && queue.retry_until.is_none_or(|t| t <= now)
+            && (queue.connections.len() as u64) < queue.max_smtp_out()
+            && self
+                .total_max_smtp_out
+                .is_none_or(|max| (self.total_connections as u64) < max);
+        if mx_unavailable && has_next && may_open {
             // Try the next MX host right away: this attempt is not over yet.
             self.queue_record_for(now, q, source_ip, &negative);
             self.open(now, q, source_ip, next_target);

@@ -137,6 +137,8 @@ pub struct ClientSession {
     waiting_for_tls: bool,
     in_flight: Option<InFlight>,
     needs_rset: bool,
+    /// A transaction waiting for the RSET reply (no PIPELINING).
+    after_rset: Option<Transaction>,
     done: bool,
 }
 
@@ -154,6 +156,7 @@ impl ClientSession {
             waiting_for_tls: false,
             in_flight: None,
             needs_rset: false,
+            after_rset: None,
             done: false,
         }
     }
@@ -195,7 +198,14 @@ impl ClientSession {
             self.fail_protocol(err);
             return;
         }
-        loop {
+        self.process_buffered();
+    }
+
+    /// Handles buffered replies while the session expects one. Replies that arrive ahead
+    /// of a command (a 421 right after the end-of-data reply, say) wait in the parser for
+    /// the command they will answer, so the engine sees one event at a time.
+    fn process_buffered(&mut self) {
+        while !self.done && !self.expect.is_empty() && !self.waiting_for_tls {
             match self.parser.next_reply() {
                 Ok(Some(reply)) => self.handle_reply(reply),
                 Ok(None) => break,
@@ -204,10 +214,12 @@ impl ClientSession {
                     break;
                 }
             }
-            if self.done {
-                break;
-            }
         }
+    }
+
+    /// The session failed or finished: it takes no more commands.
+    pub fn is_done(&self) -> bool {
+        self.done
     }
 
     fn fail_protocol(&mut self, err: ReplyError) {
@@ -282,6 +294,8 @@ impl ClientSession {
             Expect::Rset => {
                 if reply.class() != 2 {
                     self.fail(Phase::Rset, FailureReason::Reply(reply));
+                } else if let Some(transaction) = self.after_rset.take() {
+                    self.send_mail(transaction);
                 }
             }
             Expect::Quit => {
@@ -316,6 +330,7 @@ impl ClientSession {
         let name = self.options.ehlo_name.clone();
         self.write(Command::Ehlo(&name));
         self.expect.push_back(Expect::Ehlo);
+        self.process_buffered();
     }
 
     /// Starts a transaction. Call only after [`SessionEvent::Ready`] or
@@ -329,7 +344,18 @@ impl ClientSession {
             self.write(Command::Rset);
             self.expect.push_back(Expect::Rset);
             self.needs_rset = false;
+            if !self.capabilities.pipelining {
+                // Without PIPELINING, MAIL waits for the RSET reply.
+                self.after_rset = Some(transaction);
+                self.process_buffered();
+                return;
+            }
         }
+        self.send_mail(transaction);
+        self.process_buffered();
+    }
+
+    fn send_mail(&mut self, transaction: Transaction) {
         let size = (self.capabilities.size.is_some()).then_some(transaction.size);
         let eight_bit = transaction.eight_bit && self.capabilities.eight_bit_mime;
         self.write(Command::MailFrom {
@@ -365,6 +391,7 @@ impl ClientSession {
         }
         self.write(Command::Quit);
         self.expect.push_back(Expect::Quit);
+        self.process_buffered();
     }
 
     fn in_flight(&mut self) -> &mut InFlight {
@@ -463,7 +490,8 @@ impl ClientSession {
             // A recipient with no reply of its own (MAIL failed, or not reached) takes the
             // MAIL reply.
             let reply = match (slot, &mail) {
-                (Some(r), Some(m)) if m.class() != 2 && r.class() == 2 => m.clone(),
+                // MAIL refused: the pipelined RCPT replies (503 "need MAIL") mean nothing.
+                (_, Some(m)) if m.class() != 2 => m.clone(),
                 (Some(r), _) => r,
                 (None, Some(m)) => m.clone(),
                 (None, None) => Reply::new(451, Some([4, 3, 0]), "no reply"),
@@ -610,5 +638,65 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn replies_ahead_of_their_command_wait_for_it() {
+        let mut s = session();
+        s.handle_bytes(b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n");
+        assert_eq!(events(&mut s), [SessionEvent::Ready]);
+        output(&mut s);
+        s.start_transaction(transaction(&["x@y.com"]));
+        output(&mut s);
+        // The end-of-data reply and an unsolicited 421 arrive in one segment.
+        s.handle_bytes(b"250 ok\r\n250 ok\r\n354 go\r\n250 2.0.0 queued\r\n421 4.7.0 closing\r\n");
+        output(&mut s);
+        let done = events(&mut s);
+        assert!(
+            matches!(done.as_slice(), [SessionEvent::TransactionDone(r)] if r[0].code == 250),
+            "{done:?}"
+        );
+        assert!(!s.is_done());
+        // The 421 answers the next command.
+        s.start_transaction(transaction(&["z@y.com"]));
+        assert!(matches!(
+            events(&mut s).as_slice(),
+            [SessionEvent::Failed { phase: Phase::Mail, reason: FailureReason::Reply(r) }] if r.code == 421
+        ));
+    }
+
+    #[test]
+    fn a_refused_mail_settles_every_pipelined_recipient() {
+        let mut s = session();
+        s.handle_bytes(b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n");
+        events(&mut s);
+        s.start_transaction(transaction(&["x@y.com", "z@y.com"]));
+        s.handle_bytes(b"451 4.7.1 try later\r\n503 5.5.1 need MAIL first\r\n503 5.5.1 need MAIL first\r\n554 5.5.1 no valid recipients\r\n");
+        let SessionEvent::TransactionDone(replies) = &events(&mut s)[0] else {
+            panic!()
+        };
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.one_line() == "451 4.7.1 try later"),
+            "{replies:?}"
+        );
+    }
+
+    #[test]
+    fn without_pipelining_mail_waits_for_the_rset_reply() {
+        let mut s = session();
+        s.handle_bytes(b"220 mx\r\n250 mx\r\n");
+        events(&mut s);
+        output(&mut s);
+        s.start_transaction(transaction(&["x@y.com"]));
+        output(&mut s);
+        s.handle_bytes(b"250 ok\r\n550 5.1.1 unknown\r\n");
+        events(&mut s);
+        assert_eq!(output(&mut s), "RCPT TO:<x@y.com>\r\n");
+        s.start_transaction(transaction(&["z@y.com"]));
+        assert_eq!(output(&mut s), "RSET\r\n");
+        s.handle_bytes(b"250 2.0.0 reset\r\n");
+        assert_eq!(output(&mut s), "MAIL FROM:<a@example.com>\r\n");
     }
 }

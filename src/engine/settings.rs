@@ -52,6 +52,20 @@ impl<T: Copy> PerSourceIp<T> {
     }
 }
 
+impl PerSourceIp<Rate> {
+    /// The longest window any of these rates uses, in milliseconds.
+    pub fn max_window_ms(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|(_, r)| match r {
+                Rate::Unlimited => 0,
+                Rate::Limit { per_seconds, .. } => per_seconds * 1000,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 fn prefix_len(cidr: &Cidr) -> u8 {
     match cidr {
         Cidr::Any => 0,

@@ -26,6 +26,9 @@ pub use workload::{Generated, Workload};
 pub const FORMAT_VERSION: u32 = 1;
 /// Longest simulated run: a year.
 pub const DURATION_MAX_S: u64 = 366 * 86_400;
+/// Most simulated providers, and MX hosts per provider (their addresses are 198.18.I.M).
+pub const ISPS_MAX: usize = 250;
+pub const MX_PER_ISP_MAX: usize = 250;
 /// Most messages one scenario may inject.
 pub const MESSAGES_MAX: u64 = 50_000_000;
 
@@ -386,6 +389,12 @@ impl Scenario {
             None => (1, 20),
         };
         let tick_ms = raw.tick_ms.unwrap_or(1).clamp(1, 1000);
+        if raw.isps.len() > ISPS_MAX {
+            return Err(r.at(
+                0,
+                format!("{} ISPs, over the limit of {ISPS_MAX}", raw.isps.len()),
+            ));
+        }
         let mut isps = Vec::new();
         for (name, spanned) in &raw.isps {
             let isp = spanned.get_ref();
@@ -432,6 +441,15 @@ impl Scenario {
             } else {
                 isp.mx.clone()
             };
+            if mx.len() > MX_PER_ISP_MAX {
+                return Err(r.span(
+                    spanned,
+                    format!(
+                        "ISP `{name}` has {} MX hosts, over the limit of {MX_PER_ISP_MAX}",
+                        mx.len()
+                    ),
+                ));
+            }
             isps.push(IspSpec {
                 name: name.clone(),
                 domains: isp.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),

@@ -66,6 +66,8 @@ pub struct ServerSession<P: ServerPolicy> {
     envelope: Envelope,
     in_transaction: bool,
     out: Vec<u8>,
+    /// The message in progress passed the size limit and is being discarded.
+    oversized: bool,
     closed: bool,
     /// STARTTLS was accepted: the driver must upgrade, then call `tls_established`.
     pub tls_pending: bool,
@@ -82,6 +84,7 @@ impl<P: ServerPolicy> ServerSession<P> {
             envelope: Envelope::default(),
             in_transaction: false,
             out: Vec::new(),
+            oversized: false,
             closed: false,
             tls_pending: false,
         };
@@ -127,13 +130,18 @@ impl<P: ServerPolicy> ServerSession<P> {
             if let Some((receiver, buf)) = &mut self.data {
                 if !receiver.ingest(&mut iter, buf) {
                     if buf.len() > MESSAGE_SIZE_MAX_BYTES {
-                        self.data = None;
-                        self.reply(&Reply::new(552, Some([5, 3, 4]), "message too big"));
+                        // Too big: keep reading to the end of the data, but drop it.
+                        buf.clear();
+                        self.oversized = true;
                     }
                     return;
                 }
                 let (_, message) = self.data.take().expect("in data");
-                let reply = self.policy.message(&self.envelope, &message);
+                let reply = if std::mem::take(&mut self.oversized) {
+                    Reply::new(552, Some([5, 3, 4]), "message too big")
+                } else {
+                    self.policy.message(&self.envelope, &message)
+                };
                 self.reply(&reply);
                 self.in_transaction = false;
                 self.envelope.recipients.clear();
@@ -164,8 +172,12 @@ impl<P: ServerPolicy> ServerSession<P> {
                 self.reply(&Reply::new(250, None, lines.join("\n")));
             }
             Request::Helo { host } => {
-                self.envelope.helo = host;
-                self.reply(&Reply::new(250, None, "mx Hello"));
+                self.envelope.helo = host.clone();
+                let reply = self
+                    .policy
+                    .ehlo(&host)
+                    .unwrap_or_else(|| Reply::new(250, None, "mx Hello"));
+                self.reply(&reply);
             }
             Request::StartTls => {
                 if self.envelope.tls {

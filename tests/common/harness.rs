@@ -418,6 +418,15 @@ impl Harness {
         self.drain();
     }
 
+    /// The remote side closes every open connection now (an MX's own idle timeout).
+    pub fn remote_close_all(&mut self) {
+        let open: Vec<ConnectionId> = self.servers.keys().copied().collect();
+        for conn in open {
+            self.servers.remove(&conn);
+            self.push(self.now, NetEvent::Closed(conn));
+        }
+    }
+
     pub fn received(&self) -> Vec<Vec<u8>> {
         self.received_log.borrow().clone()
     }
