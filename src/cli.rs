@@ -111,14 +111,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(path: &std::path::Path, seed: Option<u64>, out: Option<PathBuf>) -> u8 {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) => {
-            eprintln!("error: cannot read `{}`: {err}", path.display());
-            return EXIT_UNREADABLE;
-        }
-    };
-    let mut scenario = match Scenario::parse(path, &text) {
+    let mut scenario = match driver::load_scenario(path) {
         Ok(scenario) => scenario,
         Err(err) => {
             eprintln!("{err}");

@@ -6,97 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::checkers::{RunView, check_run};
+use common::runs::{load, run};
 use pmta_sim::config::model::QueueMode;
-use pmta_sim::config::value::Rate;
-use pmta_sim::config::{self, MemFs, Options, RealFs};
-use pmta_sim::driver::{RunOutput, network};
 use pmta_sim::engine::EngineEvent;
 use pmta_sim::engine::accounting::RecordType;
-use pmta_sim::scenario::{ConfigSource, Scenario};
+use pmta_sim::scenario::Scenario;
 use pmta_sim::time::Time;
-
-fn load(name: &str) -> Scenario {
-    let path = common::fixture(&format!("scenarios/{name}.toml"));
-    Scenario::parse(&path, &std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-fn run(scenario: &Scenario) -> RunOutput {
-    let checked = match &scenario.config {
-        ConfigSource::Path(path) => config::load(path, &RealFs, Options::default()).unwrap(),
-        ConfigSource::Inline(text) => config::load(
-            Path::new("/inline.conf"),
-            &MemFs::new().with("/inline.conf", text.as_bytes()),
-            Options::default(),
-        )
-        .unwrap(),
-    };
-    assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
-    let out = network::run(scenario, checked.config).unwrap();
-    check_run(&RunView::of_run(&out));
-    receivers_agree(scenario, &out);
-    out
-}
-
-/// The limits as the receivers saw them on the wire.
-fn receivers_agree(scenario: &Scenario, out: &RunOutput) {
-    for (name, log) in &out.receivers {
-        let spec = scenario.isps.iter().find(|i| &i.name == name).unwrap();
-        let accepted: Vec<_> = log.connections.iter().filter(|c| !c.refused).collect();
-        if let Some(max) = spec.max_connections_per_ip {
-            for c in &accepted {
-                let open = accepted
-                    .iter()
-                    .filter(|o| {
-                        o.peer == c.peer
-                            && o.opened <= c.opened
-                            && o.closed.is_none_or(|end| end > c.opened)
-                    })
-                    .count() as u64;
-                assert!(
-                    open <= max,
-                    "{name}: {open} connections from {} at {:?}",
-                    c.peer,
-                    c.opened
-                );
-            }
-        }
-        if let Some(max) = spec.max_messages_per_connection {
-            assert!(
-                accepted.iter().all(|c| c.messages <= max),
-                "{name}: too many messages on a connection"
-            );
-        }
-        if let Some(limit) = &spec.rate_limit
-            && let Rate::Limit { count, per_seconds } = limit.per_ip
-        {
-            for (peer, at) in &log.accepted_rcpts {
-                let n = log
-                    .accepted_rcpts
-                    .iter()
-                    .filter(|(p, t)| p == peer && t <= at && at.since(*t) < per_seconds * 1000)
-                    .count() as u64;
-                assert!(
-                    n <= count,
-                    "{name}: {n} recipients from {peer} in {per_seconds}s"
-                );
-            }
-        }
-        // Every message the receiver accepted is a delivery the engine recorded, and back.
-        let delivered: std::collections::BTreeSet<(&str, &str)> = out
-            .records
-            .iter()
-            .filter(|r| r.record_type == RecordType::Delivered)
-            .filter(|r| spec.mx.contains(&r.dsn_mta))
-            .map(|r| (r.env_id.as_str(), r.queue.as_str()))
-            .collect();
-        assert_eq!(
-            log.messages_accepted,
-            delivered.len() as u64,
-            "{name}: accepted messages vs delivery records"
-        );
-    }
-}
 
 fn secs(scenario: &Scenario, t: Time) -> f64 {
     t.since(scenario.start) as f64 / 1000.0
@@ -112,7 +27,7 @@ fn every_scenario_file_parses() {
     names.sort();
     assert!(names.len() >= 10);
     for path in names {
-        Scenario::parse(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
+        pmta_sim::driver::load_scenario(&path).unwrap();
     }
 }
 

@@ -8,6 +8,10 @@
 
 pub mod network;
 
+use std::path::{Path, PathBuf};
+
+use crate::scenario::{IspSpec, Scenario, ScenarioError, parse_model};
+
 use std::net::IpAddr;
 
 use crate::engine::accounting::AcctRecord;
@@ -44,4 +48,47 @@ pub struct RunOutput {
     pub refused: Vec<String>,
     /// Every connection the engine opened, in order.
     pub connections: Vec<ConnectionTrace>,
+}
+
+/// Where `model = "NAME"` is looked up: `isp-models/` beside the scenario's directory
+/// (`scenarios/x.toml` → `isp-models/`), else `isp-models/` in the working directory.
+pub fn models_dir(scenario: &Path) -> PathBuf {
+    let beside = scenario
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("isp-models"));
+    match beside {
+        Some(dir) if dir.is_dir() => dir,
+        _ => PathBuf::from("isp-models"),
+    }
+}
+
+/// Reads a scenario file and the provider models it names.
+pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
+    let unreadable = |file: &Path, err: std::io::Error| ScenarioError {
+        file: file.display().to_string(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read: {err}"),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?;
+    let dir = models_dir(path);
+    let load = |name: &str| -> Result<IspSpec, ScenarioError> {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ScenarioError {
+                file: path.display().to_string(),
+                line: 1,
+                column: 1,
+                message: format!("`{name}` is not a model name (letters, digits, - and _)"),
+            });
+        }
+        let file = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&file).map_err(|e| unreadable(&file, e))?;
+        parse_model(&file, &text)
+    };
+    Scenario::parse_with(path, &text, &load)
 }

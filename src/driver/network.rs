@@ -118,7 +118,11 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
     let providers: Vec<Rc<RefCell<Provider>>> = scenario
         .isps
         .iter()
-        .map(|spec| Rc::new(RefCell::new(Provider::new(spec.clone()))))
+        .enumerate()
+        .map(|(index, spec)| {
+            let seed = scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
+            Rc::new(RefCell::new(Provider::new(spec.clone(), seed)))
+        })
         .collect();
     for fault in &scenario.faults {
         if let FaultKind::ReplyOverride { isp, phase, reply } = &fault.kind {

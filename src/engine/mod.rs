@@ -1813,6 +1813,22 @@ impl Engine {
             self.actions.push_back(Action::Close { conn });
             return;
         }
+        if reply.is_none()
+            && c.transactions > 1
+            && c.session.awaiting() == Awaiting::Reply(Phase::Mail)
+            && let Some(entry) = c.in_flight.clone()
+        {
+            // A reused connection the remote ended before answering MAIL (Yahoo closes after
+            // its per-connection quota, without a word): the message was never tried, so it
+            // goes back to the front of the queue and a new connection takes it.
+            self.queues[q.0 as usize].ready.push_front(entry);
+            if let Some(c) = self.connections.get_mut(&conn) {
+                c.in_flight = None;
+            }
+            self.drop_connection(conn);
+            self.actions.push_back(Action::Close { conn });
+            return;
+        }
         let in_flight = c.in_flight.clone();
         let source_ip = c.source_ip;
         let next_target = c.target + 1;

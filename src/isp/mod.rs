@@ -12,6 +12,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+use crate::config::value::Rate;
 use crate::rate::Window;
 use crate::scenario::{IspSpec, SmtpPhase};
 use crate::smtp::Reply;
@@ -33,10 +37,26 @@ pub struct ConnectionLog {
     pub refused: bool,
 }
 
+/// A throttle reply the provider gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleEvent {
+    pub at: Time,
+    pub peer: IpAddr,
+    pub phase: SmtpPhase,
+    /// `ip:…` or `net:…/24`.
+    pub key: String,
+    /// When the penalty on `key` ends.
+    pub until: Time,
+    /// The attempt came during a penalty (and extended it).
+    pub early_retry: bool,
+    pub reply: String,
+}
+
 /// What a provider saw, for receiver-side checks and reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReceiverLog {
     pub connections: Vec<ConnectionLog>,
+    pub throttles: Vec<ThrottleEvent>,
     /// Accepted recipients, with the peer and time.
     pub accepted_rcpts: Vec<(IpAddr, Time)>,
     pub messages_accepted: u64,
@@ -50,20 +70,31 @@ pub struct Provider {
     pub now: Time,
     open: BTreeMap<IpAddr, u64>,
     rates: BTreeMap<IpAddr, Window>,
-    greylist: BTreeMap<(String, String, String), Time>,
+    /// Greylist triplets: first seen, and whether a retry has passed.
+    greylist: BTreeMap<(String, String, String), (Time, bool)>,
+    /// Greylist passes per client IP, and when the last one was counted.
+    passes: BTreeMap<IpAddr, (u32, Time)>,
+    buckets: BTreeMap<String, Window>,
+    penalties: BTreeMap<String, Time>,
+    rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
     pub log: ReceiverLog,
 }
 
 impl Provider {
-    pub fn new(spec: IspSpec) -> Provider {
+    /// A provider whose random draws (penalty lengths) come from `seed`.
+    pub fn new(spec: IspSpec, seed: u64) -> Provider {
         Provider {
             spec,
             now: Time::default(),
             open: BTreeMap::new(),
             rates: BTreeMap::new(),
             greylist: BTreeMap::new(),
+            passes: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+            penalties: BTreeMap::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
         }
@@ -72,6 +103,106 @@ impl Provider {
     /// From `from` until `until`, answer `reply` at `phase`.
     pub fn override_reply(&mut self, phase: SmtpPhase, reply: Reply, from: Time, until: Time) {
         self.overrides.push((phase, reply, from, until));
+    }
+
+    /// The throttle's answer for an attempt from `peer` at `phase`, if it throttles it.
+    fn throttle(&mut self, peer: IpAddr, phase: SmtpPhase) -> Option<Reply> {
+        let throttle = self.spec.throttle.clone()?;
+        if throttle.phase != phase {
+            return None;
+        }
+        let now = self.now;
+        let net = slash_24(peer);
+        let keys = [
+            (
+                format!("ip:{peer}"),
+                Some(throttle.per_ip_per_hour),
+                &throttle.reply_ip,
+            ),
+            (
+                format!("net:{net}"),
+                throttle.per_netblock_per_hour,
+                &throttle.reply_netblock,
+            ),
+        ];
+        let fill = |reply: &Reply| {
+            Reply::new(
+                reply.code,
+                reply.enhanced,
+                reply
+                    .text
+                    .replace("{ip}", &peer.to_string())
+                    .replace("{netblock}", &net),
+            )
+        };
+        // A retry inside the penalty window extends it (Gmail: wait at least 10 minutes).
+        for (key, _, reply) in &keys {
+            if let Some(until) = self.penalties.get(key).copied().filter(|u| *u > now) {
+                let until = until.max(now.plus_secs(throttle.early_retry_extension_s));
+                self.penalties.insert(key.clone(), until);
+                let reply = fill(reply);
+                self.log_throttle(now, peer, phase, key, until, true, &reply);
+                return Some(reply);
+            }
+        }
+        for (key, capacity, reply) in &keys {
+            let Some(capacity) = capacity else {
+                continue;
+            };
+            let rate = Rate::Limit {
+                count: *capacity,
+                per_seconds: 3600,
+            };
+            let window = self
+                .buckets
+                .entry(key.clone())
+                .or_insert_with(|| Window::new(3_600_000));
+            if window.allowance(rate, now) == 0 {
+                let span = throttle
+                    .penalty_max_s
+                    .saturating_sub(throttle.penalty_min_s);
+                let draw = if span == 0 {
+                    0
+                } else {
+                    self.rng.random_range(0..=span)
+                };
+                let until = now.plus_secs(throttle.penalty_min_s + draw);
+                self.penalties.insert(key.clone(), until);
+                let reply = fill(reply);
+                self.log_throttle(now, peer, phase, key, until, false, &reply);
+                return Some(reply);
+            }
+        }
+        for (key, capacity, _) in &keys {
+            if capacity.is_some()
+                && let Some(window) = self.buckets.get_mut(key)
+            {
+                window.record(now, 1);
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_throttle(
+        &mut self,
+        at: Time,
+        peer: IpAddr,
+        phase: SmtpPhase,
+        key: &str,
+        until: Time,
+        early_retry: bool,
+        reply: &Reply,
+    ) {
+        self.log.throttles.push(ThrottleEvent {
+            at,
+            peer,
+            phase,
+            key: key.to_string(),
+            until,
+            early_retry,
+            reply: reply.one_line(),
+        });
     }
 
     fn forced(&self, phase: SmtpPhase) -> Option<Reply> {
@@ -157,15 +288,7 @@ impl ServerPolicy for Receiver {
             .spec
             .max_connections_per_ip
             .is_some_and(|max| p.open.get(&self.peer).copied().unwrap_or(0) >= max);
-        let refusal = forced.or_else(|| {
-            over_cap.then(|| {
-                Reply::new(
-                    421,
-                    Some([4, 7, 0]),
-                    "Too many concurrent SMTP connections from this IP address; please try again later.",
-                )
-            })
-        });
+        let refusal = forced.or_else(|| over_cap.then(|| p.spec.replies.over_cap.clone()));
         match refusal {
             Some(reply) if reply.class() != 2 => {
                 p.log.connections[self.log_index].refused = true;
@@ -198,7 +321,7 @@ impl ServerPolicy for Receiver {
     }
 
     fn mail_from(&mut self, _envelope: &Envelope) -> Reply {
-        let p = self.provider.borrow();
+        let mut p = self.provider.borrow_mut();
         if let Some(reply) = p.forced(SmtpPhase::Mail) {
             return reply;
         }
@@ -206,13 +329,20 @@ impl ServerPolicy for Receiver {
             .max_messages_per_connection
             .is_some_and(|max| self.messages >= max)
         {
-            return Reply::new(
-                421,
-                Some([4, 7, 0]),
-                "Maximum number of messages per connection reached, closing connection.",
-            );
+            return p.spec.replies.max_messages.clone();
+        }
+        if let Some(reply) = p.throttle(self.peer, SmtpPhase::Mail) {
+            return reply;
         }
         Reply::new(250, Some([2, 1, 0]), "OK")
+    }
+
+    fn close_after_reply(&mut self) -> bool {
+        let p = self.provider.borrow();
+        p.spec.close_silently_after_max_messages
+            && p.spec
+                .max_messages_per_connection
+                .is_some_and(|max| self.messages >= max)
     }
 
     fn rcpt_to(&mut self, envelope: &Envelope, rcpt: &str) -> Reply {
@@ -224,37 +354,53 @@ impl ServerPolicy for Receiver {
             .max_recipients_per_transaction
             .is_some_and(|max| envelope.recipients.len() as u64 >= max)
         {
-            return Reply::new(
-                452,
-                Some([4, 5, 3]),
-                "Your message has too many recipients.",
-            );
+            return p.spec.replies.too_many_recipients.clone();
         }
         let local = rcpt.split('@').next().unwrap_or("");
         if p.spec.reject_unknown_users && local.starts_with("nouser") {
-            return Reply::new(
-                550,
-                Some([5, 1, 1]),
-                "The email account that you tried to reach does not exist.",
-            );
+            return p.spec.replies.unknown_user.clone();
         }
         let now = p.now;
-        if let Some(delay_s) = p.spec.greylist_delay_s {
-            let key = (
-                slash_24(self.peer),
-                envelope.mail_from.clone(),
-                rcpt.to_ascii_lowercase(),
-            );
-            match p.greylist.get(&key).copied() {
-                Some(first) if now.since(first) >= delay_s * 1000 => {}
-                Some(_) => return greylisted(rcpt),
-                None => {
-                    if p.greylist.len() < GREYLIST_TRIPLETS_MAX {
-                        p.greylist.insert(key, now);
+        if let Some(grey) = p.spec.greylist.clone() {
+            let whitelisted = grey.whitelist_after > 0
+                && p.passes
+                    .get(&self.peer)
+                    .is_some_and(|(n, _)| *n >= grey.whitelist_after);
+            if !whitelisted {
+                let key = (
+                    slash_24(self.peer),
+                    envelope.mail_from.to_ascii_lowercase(),
+                    rcpt.to_ascii_lowercase(),
+                );
+                match p.greylist.get(&key).copied() {
+                    Some((_, true)) => {}
+                    Some((first, false)) if now.since(first) < grey.delay_s * 1000 => {
+                        return greylisted(rcpt);
                     }
-                    return greylisted(rcpt);
+                    Some((first, false)) if now.since(first) > grey.retry_window_s * 1000 => {
+                        p.greylist.insert(key, (now, false));
+                        return greylisted(rcpt);
+                    }
+                    Some((first, false)) => {
+                        p.greylist.insert(key, (first, true));
+                        // postgrey counts at most one pass an hour toward auto-whitelisting.
+                        let spacing_ms = grey.whitelist_spacing_s * 1000;
+                        let entry = p.passes.entry(self.peer).or_insert((0, Time::default()));
+                        if entry.0 == 0 || now.since(entry.1) >= spacing_ms {
+                            *entry = (entry.0 + 1, now);
+                        }
+                    }
+                    None => {
+                        if p.greylist.len() < GREYLIST_TRIPLETS_MAX {
+                            p.greylist.insert(key, (now, false));
+                        }
+                        return greylisted(rcpt);
+                    }
                 }
             }
+        }
+        if let Some(reply) = p.throttle(self.peer, SmtpPhase::Rcpt) {
+            return reply;
         }
         if let Some(limit) = p.spec.rate_limit.clone() {
             let window = p
@@ -283,6 +429,9 @@ impl ServerPolicy for Receiver {
         if let Some(reply) = p.forced(SmtpPhase::DataEnd) {
             return reply;
         }
+        if let Some(reply) = p.throttle(self.peer, SmtpPhase::DataEnd) {
+            return reply;
+        }
         self.messages += 1;
         p.log.messages_accepted += 1;
         p.log.connections[self.log_index].messages += 1;
@@ -308,17 +457,17 @@ mod tests {
 
     fn spec() -> IspSpec {
         IspSpec {
-            name: "t".into(),
             domains: vec!["t.example".into()],
             mx: vec!["mx.t.example".into()],
             max_connections_per_ip: Some(1),
-            max_messages_per_connection: None,
-            max_recipients_per_transaction: None,
-            rate_limit: None,
-            greylist_delay_s: Some(300),
-            reject_unknown_users: true,
+            greylist: Some(crate::scenario::Greylist {
+                delay_s: 300,
+                retry_window_s: 172_800,
+                whitelist_after: 5,
+                whitelist_spacing_s: 3600,
+            }),
             starttls: false,
-            fixed_reply: None,
+            ..IspSpec::generic("t")
         }
     }
 
@@ -329,7 +478,7 @@ mod tests {
 
     #[test]
     fn connection_cap_and_greylisting() {
-        let provider = Rc::new(RefCell::new(Provider::new(spec())));
+        let provider = Rc::new(RefCell::new(Provider::new(spec(), 1)));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         let mut first = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
         assert!(talk(&mut first, b"").starts_with("220 mx.t.example ESMTP"));

@@ -6,6 +6,7 @@
 //! the scenario seed. Pure: it reads no files (the caller passes the text) and no clock; it
 //! must not know how the run is driven.
 
+mod model;
 mod workload;
 
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ use crate::config::value::{self, Rate};
 use crate::smtp::Reply;
 use crate::time::Time;
 
+pub use model::parse_model;
 pub use workload::{Generated, Workload};
 
 /// The scenario format version this code reads.
@@ -73,6 +75,7 @@ struct Raw {
 struct RawIsp {
     #[serde(default)]
     model: Option<Spanned<String>>,
+    #[serde(default)]
     domains: Vec<String>,
     #[serde(default)]
     mx: Vec<String>,
@@ -92,6 +95,10 @@ struct RawIsp {
     starttls: Option<bool>,
     #[serde(default)]
     fixed_reply: Option<Spanned<RawFixedReply>>,
+    /// The sender's standing with a modelled provider at the start: the throttle's hourly
+    /// capacity per source IP (a cold IP is the model's value; a warm one is higher).
+    #[serde(default)]
+    capacity_per_ip_per_hour: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,7 +173,7 @@ pub enum SmtpPhase {
 }
 
 impl SmtpPhase {
-    fn parse(text: &str) -> Option<SmtpPhase> {
+    pub fn parse(text: &str) -> Option<SmtpPhase> {
         Some(match text {
             "greeting" | "connect" => SmtpPhase::Greeting,
             "ehlo" => SmtpPhase::Ehlo,
@@ -197,11 +204,105 @@ pub struct IspSpec {
     pub max_messages_per_connection: Option<u64>,
     pub max_recipients_per_transaction: Option<u64>,
     pub rate_limit: Option<RateLimit>,
-    pub greylist_delay_s: Option<u64>,
+    pub greylist: Option<Greylist>,
     pub reject_unknown_users: bool,
     pub starttls: bool,
     pub fixed_reply: Option<(SmtpPhase, Reply)>,
+    /// Reputation-driven throttling (provider models).
+    pub throttle: Option<Throttle>,
+    /// The provider's own wording for its caps and rejections.
+    pub replies: IspReplies,
+    /// After `max_messages_per_connection`, close without a word (Yahoo) instead of 421.
+    pub close_silently_after_max_messages: bool,
 }
+
+/// Greylisting as postgrey does it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Greylist {
+    pub delay_s: u64,
+    /// A triplet not retried successfully within this long starts over.
+    pub retry_window_s: u64,
+    /// After this many passes (counted at most once per `whitelist_spacing_s`) the client IP
+    /// is no longer greylisted; 0 never.
+    pub whitelist_after: u32,
+    pub whitelist_spacing_s: u64,
+}
+
+/// Hourly capacity per key, and a penalty window once it is exceeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Throttle {
+    pub per_ip_per_hour: u64,
+    pub per_netblock_per_hour: Option<u64>,
+    /// Where the throttle answers (Gmail: end of data; Yahoo: MAIL FROM).
+    pub phase: SmtpPhase,
+    pub reply_ip: Reply,
+    pub reply_netblock: Reply,
+    /// The penalty is drawn between these, from the provider's seeded generator.
+    pub penalty_min_s: u64,
+    pub penalty_max_s: u64,
+    /// An attempt during the penalty extends it to at least now + this.
+    pub early_retry_extension_s: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IspReplies {
+    pub over_cap: Reply,
+    pub max_messages: Reply,
+    pub too_many_recipients: Reply,
+    pub unknown_user: Reply,
+}
+
+impl Default for IspReplies {
+    fn default() -> IspReplies {
+        IspReplies {
+            over_cap: Reply::new(
+                421,
+                Some([4, 7, 0]),
+                "Too many concurrent SMTP connections from this IP address; please try again later.",
+            ),
+            max_messages: Reply::new(
+                421,
+                Some([4, 7, 0]),
+                "Maximum number of messages per connection reached, closing connection.",
+            ),
+            too_many_recipients: Reply::new(
+                452,
+                Some([4, 5, 3]),
+                "Your message has too many recipients.",
+            ),
+            unknown_user: Reply::new(
+                550,
+                Some([5, 1, 1]),
+                "The email account that you tried to reach does not exist.",
+            ),
+        }
+    }
+}
+
+impl IspSpec {
+    /// The generic receiver: accepts everything, offers STARTTLS, rejects unknown users.
+    pub fn generic(name: &str) -> IspSpec {
+        IspSpec {
+            name: name.to_string(),
+            domains: Vec::new(),
+            mx: Vec::new(),
+            max_connections_per_ip: None,
+            max_messages_per_connection: None,
+            max_recipients_per_transaction: None,
+            rate_limit: None,
+            greylist: None,
+            reject_unknown_users: true,
+            starttls: true,
+            fixed_reply: None,
+            throttle: None,
+            replies: IspReplies::default(),
+            close_silently_after_max_messages: false,
+        }
+    }
+}
+
+/// Finds a provider model by name (`isp-models/NAME.toml`) for [`Scenario::parse_with`].
+pub type ModelLoader<'a> = &'a dyn Fn(&str) -> Result<IspSpec, ScenarioError>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FaultKind {
@@ -326,6 +427,22 @@ impl Scenario {
     /// Parses scenario `text` read from `file` (used for messages and for resolving the
     /// config path).
     pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse_with(file, text, &|name| {
+            Err(ScenarioError {
+                file: file.display().to_string(),
+                line: 1,
+                column: 1,
+                message: format!("ISP model `{name}` needs the isp-models directory"),
+            })
+        })
+    }
+
+    /// As [`Scenario::parse`], with `models` to load `[isps.X] model = "NAME"`.
+    pub fn parse_with(
+        file: &Path,
+        text: &str,
+        models: ModelLoader<'_>,
+    ) -> Result<Scenario, ScenarioError> {
         let r = Reporter { file, text };
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
@@ -398,18 +515,12 @@ impl Scenario {
         let mut isps = Vec::new();
         for (name, spanned) in &raw.isps {
             let isp = spanned.get_ref();
-            if let Some(model) = &isp.model
-                && model.get_ref() != "generic"
-            {
-                return Err(r.span(
-                    model,
-                    format!(
-                        "unknown ISP model `{}`; this version has `generic`",
-                        model.get_ref()
-                    ),
-                ));
-            }
-            if isp.domains.is_empty() {
+            let mut base = match &isp.model {
+                Some(model) => models(model.get_ref())?,
+                None => IspSpec::generic(name),
+            };
+            base.name = name.clone();
+            if isp.domains.is_empty() && base.domains.is_empty() {
                 return Err(r.span(spanned, format!("ISP `{name}` answers no `domains`")));
             }
             let rate_limit = match &isp.rate_limit {
@@ -420,9 +531,14 @@ impl Scenario {
                 }),
                 None => None,
             };
-            let greylist_delay_s = match &isp.greylist {
-                Some(g) => Some(interval(&g.get_ref().delay).map_err(|e| r.span(g, e))?),
-                None => None,
+            let greylist = match &isp.greylist {
+                Some(g) => Some(Greylist {
+                    delay_s: interval(&g.get_ref().delay).map_err(|e| r.span(g, e))?,
+                    retry_window_s: 2 * 86_400,
+                    whitelist_after: 5,
+                    whitelist_spacing_s: 3600,
+                }),
+                None => base.greylist.clone(),
             };
             let fixed_reply = match &isp.fixed_reply {
                 Some(f) => {
@@ -436,10 +552,17 @@ impl Scenario {
                 }
                 None => None,
             };
-            let mx = if isp.mx.is_empty() {
-                vec![format!("mx.{}", isp.domains[0])]
+            let domains: Vec<String> = if isp.domains.is_empty() {
+                base.domains.clone()
             } else {
+                isp.domains.iter().map(|d| d.to_ascii_lowercase()).collect()
+            };
+            let mx = if !isp.mx.is_empty() {
                 isp.mx.clone()
+            } else if !base.mx.is_empty() {
+                base.mx.clone()
+            } else {
+                vec![format!("mx.{}", domains[0])]
             };
             if mx.len() > MX_PER_ISP_MAX {
                 return Err(r.span(
@@ -450,18 +573,34 @@ impl Scenario {
                     ),
                 ));
             }
+            // The scenario's own settings override the model's.
             isps.push(IspSpec {
                 name: name.clone(),
-                domains: isp.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                domains,
                 mx,
-                max_connections_per_ip: isp.max_connections_per_ip,
-                max_messages_per_connection: isp.max_messages_per_connection,
-                max_recipients_per_transaction: isp.max_recipients_per_transaction,
-                rate_limit,
-                greylist_delay_s,
-                reject_unknown_users: isp.reject_unknown_users.unwrap_or(true),
-                starttls: isp.starttls.unwrap_or(true),
-                fixed_reply,
+                max_connections_per_ip: isp.max_connections_per_ip.or(base.max_connections_per_ip),
+                max_messages_per_connection: isp
+                    .max_messages_per_connection
+                    .or(base.max_messages_per_connection),
+                max_recipients_per_transaction: isp
+                    .max_recipients_per_transaction
+                    .or(base.max_recipients_per_transaction),
+                rate_limit: rate_limit.or(base.rate_limit),
+                greylist,
+                reject_unknown_users: isp
+                    .reject_unknown_users
+                    .unwrap_or(base.reject_unknown_users),
+                starttls: isp.starttls.unwrap_or(base.starttls),
+                fixed_reply: fixed_reply.or(base.fixed_reply),
+                throttle: base.throttle.map(|mut t| {
+                    if let Some(capacity) = isp.capacity_per_ip_per_hour {
+                        t.per_ip_per_hour = capacity;
+                        t.per_netblock_per_hour = t.per_netblock_per_hour.map(|n| n.max(capacity));
+                    }
+                    t
+                }),
+                replies: base.replies,
+                close_silently_after_max_messages: base.close_silently_after_max_messages,
             });
         }
         let mut workloads = Vec::new();

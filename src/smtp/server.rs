@@ -57,6 +57,11 @@ pub trait ServerPolicy {
     fn message(&mut self, _envelope: &Envelope, _data: &[u8]) -> Reply {
         Reply::new(250, Some([2, 0, 0]), "OK queued")
     }
+    /// Close the connection after the reply just written, without a word (a provider that
+    /// ends sessions after N messages).
+    fn close_after_reply(&mut self) -> bool {
+        false
+    }
 }
 
 pub struct ServerSession<P: ServerPolicy> {
@@ -145,6 +150,9 @@ impl<P: ServerPolicy> ServerSession<P> {
                 self.reply(&reply);
                 self.in_transaction = false;
                 self.envelope.recipients.clear();
+                if self.policy.close_after_reply() {
+                    self.closed = true;
+                }
                 continue;
             }
             let request = match self.requests.ingest(&mut iter) {

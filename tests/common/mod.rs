@@ -75,3 +75,4 @@ pub fn assert_clean(checked: &Checked) {
 
 pub mod checkers;
 pub mod harness;
+pub mod runs;
