@@ -184,3 +184,41 @@ fn every_model_file_parses_and_cites_its_sources() {
     }
     assert!(count >= 4);
 }
+
+/// isp-behavior.md §2.1–§2.6: each provider answers a cold pool in its own words, at its own
+/// SMTP step.
+#[test]
+fn every_provider_answers_a_cold_pool_in_its_own_words() {
+    let s = load("all-providers");
+    let out = run(&s);
+    let expect = [
+        (
+            "gmail",
+            SmtpPhase::DataEnd,
+            "421 4.7.28 Gmail has detected an unusual rate of email",
+        ),
+        ("yahoo", SmtpPhase::Mail, "421 4.7.0 [TSS04] Messages from"),
+        ("outlook", SmtpPhase::Mail, "451 4.7.650 The mail server ["),
+        ("icloud", SmtpPhase::Greeting, "421 [HCM1] Your mail from"),
+        (
+            "gmx",
+            SmtpPhase::Rcpt,
+            "421 web.de (mxweb113) Nemesis ESMTP Service not available",
+        ),
+    ];
+    for (isp, phase, start) in expect {
+        let log = &out.receivers.iter().find(|(n, _)| n == isp).unwrap().1;
+        let first = log
+            .throttles
+            .first()
+            .unwrap_or_else(|| panic!("{isp} never throttled"));
+        assert_eq!(first.phase, phase, "{isp}");
+        assert!(first.reply.starts_with(start), "{isp}: {}", first.reply);
+        assert!(
+            out.records
+                .iter()
+                .any(|r| r.dsn_diag.contains(&first.reply)),
+            "{isp}: the reply reaches acct.csv verbatim"
+        );
+    }
+}

@@ -253,7 +253,7 @@ mod tests {
         for (text, disposition, category) in cases {
             let (code, rest) = text.split_once(' ').unwrap();
             let (status, message) = rest.split_once(' ').unwrap();
-            let esc: Vec<u8> = status.split('.').map(|p| p.parse().unwrap()).collect();
+            let esc: Vec<u16> = status.split('.').map(|p| p.parse().unwrap()).collect();
             let reply = Reply::new(
                 code.parse().unwrap(),
                 Some([esc[0], esc[1], esc[2]]),

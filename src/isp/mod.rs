@@ -288,7 +288,10 @@ impl ServerPolicy for Receiver {
             .spec
             .max_connections_per_ip
             .is_some_and(|max| p.open.get(&self.peer).copied().unwrap_or(0) >= max);
-        let refusal = forced.or_else(|| over_cap.then(|| p.spec.replies.over_cap.clone()));
+        let peer = self.peer;
+        let refusal = forced
+            .or_else(|| over_cap.then(|| p.spec.replies.over_cap.clone()))
+            .or_else(|| p.throttle(peer, SmtpPhase::Greeting));
         match refusal {
             Some(reply) if reply.class() != 2 => {
                 p.log.connections[self.log_index].refused = true;
@@ -317,7 +320,9 @@ impl ServerPolicy for Receiver {
     }
 
     fn ehlo(&mut self, _host: &str) -> Option<Reply> {
-        self.provider.borrow().forced(SmtpPhase::Ehlo)
+        let mut p = self.provider.borrow_mut();
+        p.forced(SmtpPhase::Ehlo)
+            .or_else(|| p.throttle(self.peer, SmtpPhase::Ehlo))
     }
 
     fn mail_from(&mut self, _envelope: &Envelope) -> Reply {
@@ -418,9 +423,9 @@ impl ServerPolicy for Receiver {
     }
 
     fn data(&mut self, _envelope: &Envelope) -> Reply {
-        self.provider
-            .borrow()
-            .forced(SmtpPhase::Data)
+        let mut p = self.provider.borrow_mut();
+        p.forced(SmtpPhase::Data)
+            .or_else(|| p.throttle(self.peer, SmtpPhase::Data))
             .unwrap_or_else(|| Reply::new(354, None, "Go ahead"))
     }
 

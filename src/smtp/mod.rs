@@ -23,13 +23,13 @@ pub const COMMAND_LINE_MAX_BYTES: usize = 512;
 pub struct Reply {
     pub code: u16,
     /// The enhanced status code (RFC 3463) when the server sent one, e.g. `[5, 1, 1]`.
-    pub enhanced: Option<[u8; 3]>,
+    pub enhanced: Option<[u16; 3]>,
     /// The text lines, joined with `\n`, without codes.
     pub text: String,
 }
 
 impl Reply {
-    pub fn new(code: u16, enhanced: Option<[u8; 3]>, text: impl Into<String>) -> Reply {
+    pub fn new(code: u16, enhanced: Option<[u16; 3]>, text: impl Into<String>) -> Reply {
         Reply {
             code,
             enhanced,
@@ -118,25 +118,65 @@ impl ReplyParser {
         if self.pending.is_empty() {
             return Ok(None);
         }
+        // Each attempt parses the buffered bytes from the start of a reply, so the complete
+        // wire lines are at hand when it completes (the buffer is bounded, see `feed`).
+        self.receiver.reset();
         let mut iter = self.pending.iter();
         let result = self.receiver.parse(&mut iter);
         let consumed = self.pending.len() - iter.len();
-        self.pending.drain(..consumed);
         match result {
             Ok(response) => {
                 self.receiver.reset();
-                let enhanced = (response.esc != [0, 0, 0]).then_some(response.esc);
-                Ok(Some(Reply {
-                    code: response.code,
-                    enhanced,
-                    text: response.message.trim_end_matches(['\r', '\n']).to_string(),
-                }))
+                let raw: Vec<u8> = self.pending.drain(..consumed).collect();
+                // smtp-proto frames the reply; its enhanced code is a u8 per part, and
+                // RFC 3463 allows three digits (4.7.650), so the lines are read again here.
+                Ok(Some(reply_from_lines(response.code, &raw)))
             }
             Err(smtp_proto::Error::NeedsMoreData { .. }) => Ok(None),
             Err(smtp_proto::Error::ResponseTooLong) => Err(ReplyError::TooLong),
             Err(other) => Err(ReplyError::Malformed(format!("{other:?}"))),
         }
     }
+}
+
+/// Builds a reply from its complete wire lines (`550-5.1.1 a\r\n550 5.1.1 b\r\n`).
+fn reply_from_lines(code: u16, raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
+    let lines: Vec<&str> = text
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .map(|l| l.get(4..).unwrap_or(""))
+        .collect();
+    let enhanced = lines
+        .first()
+        .and_then(|first| first.split(' ').next())
+        .and_then(parse_status);
+    let prefix = enhanced.map(|[a, b, c]| format!("{a}.{b}.{c}"));
+    let body: Vec<&str> = lines
+        .iter()
+        .map(|l| match &prefix {
+            Some(p) if *l == p.as_str() => "",
+            Some(p) => l
+                .strip_prefix(p.as_str())
+                .map_or(*l, |rest| rest.strip_prefix(' ').unwrap_or(rest)),
+            None => l,
+        })
+        .collect();
+    Reply::new(code, enhanced, body.join("\n"))
+}
+
+/// `4.7.650` → `[4, 7, 650]` (class 2, 4 or 5; subject and detail up to three digits).
+fn parse_status(word: &str) -> Option<[u16; 3]> {
+    let parts: Vec<&str> = word.split('.').collect();
+    let [a, b, c] = parts.as_slice() else {
+        return None;
+    };
+    let ok = |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|d| d.is_ascii_digit());
+    if !(ok(a) && ok(b) && ok(c)) || !matches!(*a, "2" | "4" | "5") {
+        return None;
+    }
+    Some([a.parse().ok()?, b.parse().ok()?, c.parse().ok()?])
 }
 
 impl fmt::Debug for ReplyParser {
@@ -272,13 +312,7 @@ pub fn parse_reply_line(text: &str) -> Option<Reply> {
         Some(b' ' | b'-') => &text[4..],
         Some(_) => return None,
     };
-    let parse_enhanced = |word: &str| -> Option<[u8; 3]> {
-        let parts: Vec<&str> = word.split('.').collect();
-        let [a, b, c] = parts.as_slice() else {
-            return None;
-        };
-        Some([a.parse().ok()?, b.parse().ok()?, c.parse().ok()?])
-    };
+    let parse_enhanced = parse_status;
     let (first, message) = rest.split_once(' ').unwrap_or((rest, ""));
     Some(match parse_enhanced(first) {
         Some(enhanced) => Reply::new(code, Some(enhanced), message),
@@ -322,6 +356,23 @@ mod tests {
         assert_eq!(caps.size, Some(35_882_577));
         assert_eq!(whole[2].enhanced, Some([5, 1, 1]));
         assert_eq!(whole[2].one_line(), "550 5.1.1 user unknown");
+    }
+
+    #[test]
+    fn three_digit_enhanced_codes_survive() {
+        let replies = parse_all(&[
+            b"451 4.7.650 The mail server [192.0.2.5] has been temporarily rate limited\r\n",
+        ]);
+        assert_eq!(replies[0].enhanced, Some([4, 7, 650]));
+        assert_eq!(
+            replies[0].one_line(),
+            "451 4.7.650 The mail server [192.0.2.5] has been temporarily rate limited"
+        );
+        let plain = parse_all(&[b"421 Too many sessions opened\r\n"]);
+        assert_eq!(
+            (plain[0].enhanced, plain[0].text.as_str()),
+            (None, "Too many sessions opened")
+        );
     }
 
     #[test]
