@@ -173,7 +173,7 @@ fn parse_status(word: &str) -> Option<[u16; 3]> {
         return None;
     };
     let ok = |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|d| d.is_ascii_digit());
-    if !(ok(a) && ok(b) && ok(c)) || !matches!(*a, "2" | "4" | "5") {
+    if !(ok(a) && ok(b) && ok(c) && matches!(*a, "2" | "4" | "5")) {
         return None;
     }
     Some([a.parse().ok()?, b.parse().ok()?, c.parse().ok()?])
