@@ -1093,6 +1093,11 @@ impl Engine {
         let wait = self.queues[q.0 as usize].settings.retry_after_dns_error_s;
         let until = now.plus_secs(wait);
         self.queue_record(now, q, None, &format!("dns;{reason}"), "4.4.3");
+        self.hold_until(now, q, until);
+    }
+
+    /// Retry mode: no new connection attempts for the queue before `until`.
+    fn hold_until(&mut self, now: Time, q: QueueId, until: Time) {
         let queue = &mut self.queues[q.0 as usize];
         queue.retry_until = Some(until);
         let name = queue.name.clone();
@@ -1768,15 +1773,7 @@ impl Engine {
         let list = queue.retry_list();
         let wait = list[queue.retry_index.min(list.len() - 1)];
         queue.retry_index += 1;
-        let until = now.plus_secs(wait);
-        queue.retry_until = Some(until);
-        let name = queue.name.clone();
-        self.events.push_back(EngineEvent::RetryScheduled {
-            at: now,
-            queue: name,
-            until,
-        });
-        self.wake_queue(q, until);
+        self.hold_until(now, q, now.plus_secs(wait));
     }
 
     fn bounce_queue(&mut self, now: Time, q: QueueId, reply: &Reply) {
