@@ -222,3 +222,48 @@ fn every_provider_answers_a_cold_pool_in_its_own_words() {
         );
     }
 }
+
+/// isp-behavior.md §2.1 replies (no_such_user, disabled_user, over_quota_temp [A]): mailbox
+/// states drawn from the workload's list quality.
+#[test]
+fn gmail_answers_each_mailbox_state_in_its_own_words() {
+    let s = load("gmail-list-quality");
+    let out = run(&s);
+    let bounced = |prefix: &str| {
+        out.records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Bounced && r.rcpt.starts_with(prefix))
+            .count()
+    };
+    let deferred = |prefix: &str| {
+        out.records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Transient && r.rcpt.starts_with(prefix))
+            .count()
+    };
+    assert!(bounced("nouser") > 0 && bounced("disabled") > 0 && deferred("full") > 0);
+    for r in &out.records {
+        if r.rcpt.starts_with("disabled") {
+            assert_eq!(
+                r.dsn_diag,
+                "smtp;550 5.2.1 The email account that you tried to reach is inactive."
+            );
+        }
+        if r.rcpt.starts_with("full") && r.record_type == RecordType::Transient {
+            assert!(
+                r.dsn_diag
+                    .starts_with("smtp;452 4.2.2 The recipient's inbox is out of storage space.")
+            );
+            assert_eq!(r.bounce_category, "quota-issues");
+        }
+    }
+    // Full mailboxes end as bounces only after bounce-after (45 minutes).
+    for r in out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Bounced && r.rcpt.starts_with("full"))
+    {
+        assert!(r.time_logged.since(r.time_queued) >= 45 * 60_000);
+        assert_eq!(r.bounce_category, "message-expired");
+    }
+}

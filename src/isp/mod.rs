@@ -76,6 +76,8 @@ pub struct Provider {
     passes: BTreeMap<IpAddr, (u32, Time)>,
     buckets: BTreeMap<String, Window>,
     penalties: BTreeMap<String, Time>,
+    /// Per-mailbox receive windows, for `per_mailbox_per_minute`.
+    mailboxes: BTreeMap<String, Window>,
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
@@ -94,6 +96,7 @@ impl Provider {
             passes: BTreeMap::new(),
             buckets: BTreeMap::new(),
             penalties: BTreeMap::new(),
+            mailboxes: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
@@ -365,6 +368,12 @@ impl ServerPolicy for Receiver {
         if p.spec.reject_unknown_users && local.starts_with("nouser") {
             return p.spec.replies.unknown_user.clone();
         }
+        if local.starts_with("disabled") {
+            return p.spec.replies.disabled.clone();
+        }
+        if local.starts_with("full") {
+            return p.spec.replies.full_mailbox.clone();
+        }
         let now = p.now;
         if let Some(grey) = p.spec.greylist.clone() {
             let whitelisted = grey.whitelist_after > 0
@@ -414,6 +423,20 @@ impl ServerPolicy for Receiver {
                 .or_insert_with(|| Window::new(86_400_000));
             if window.allowance(limit.per_ip, now) == 0 {
                 return limit.reply;
+            }
+            window.record(now, 1);
+        }
+        if let Some(per_minute) = p.spec.per_mailbox_per_minute {
+            let rate = Rate::Limit {
+                count: per_minute,
+                per_seconds: 60,
+            };
+            let window = p
+                .mailboxes
+                .entry(rcpt.to_ascii_lowercase())
+                .or_insert_with(|| Window::new(60_000));
+            if window.allowance(rate, now) == 0 {
+                return p.spec.replies.mailbox_rate.clone();
             }
             window.record(now, 1);
         }
@@ -513,5 +536,18 @@ mod tests {
         assert_eq!(log.connections.len(), 2);
         assert!(log.connections[1].refused);
         assert_eq!(log.accepted_rcpts.len(), 1);
+    }
+
+    #[test]
+    fn one_mailbox_receiving_too_fast_is_deferred() {
+        let mut spec = spec();
+        spec.greylist = None;
+        spec.per_mailbox_per_minute = Some(2);
+        let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        s.take_output();
+        let out = talk(&mut s, b"EHLO a\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<v@t.example>\r\n");
+        assert!(out.ends_with("250 2.1.5 OK\r\n250 2.1.5 OK\r\n450 4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n250 2.1.5 OK\r\n"), "{out}");
     }
 }

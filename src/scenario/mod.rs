@@ -140,6 +140,10 @@ struct RawWorkload {
     domains: IndexMap<String, f64>,
     #[serde(default)]
     unknown_user_rate: Option<f64>,
+    #[serde(default)]
+    full_mailbox_rate: Option<f64>,
+    #[serde(default)]
+    disabled_rate: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +218,8 @@ pub struct IspSpec {
     pub replies: IspReplies,
     /// After `max_messages_per_connection`, close without a word (Yahoo) instead of 421.
     pub close_silently_after_max_messages: bool,
+    /// Most messages one mailbox receives in a minute (Gmail: 60 [A]).
+    pub per_mailbox_per_minute: Option<u64>,
 }
 
 /// Greylisting as postgrey does it.
@@ -250,6 +256,12 @@ pub struct IspReplies {
     pub max_messages: Reply,
     pub too_many_recipients: Reply,
     pub unknown_user: Reply,
+    /// For recipients whose mailbox is full (local part `full…`).
+    pub full_mailbox: Reply,
+    /// For disabled accounts (local part `disabled…`).
+    pub disabled: Reply,
+    /// When one mailbox receives faster than `per_mailbox_per_minute`.
+    pub mailbox_rate: Reply,
 }
 
 impl Default for IspReplies {
@@ -275,6 +287,13 @@ impl Default for IspReplies {
                 Some([5, 1, 1]),
                 "The email account that you tried to reach does not exist.",
             ),
+            full_mailbox: Reply::new(452, Some([4, 2, 2]), "Mailbox full."),
+            disabled: Reply::new(550, Some([5, 2, 1]), "This mailbox is disabled."),
+            mailbox_rate: Reply::new(
+                450,
+                Some([4, 2, 1]),
+                "The user you are trying to contact is receiving mail too quickly.",
+            ),
         }
     }
 }
@@ -297,6 +316,7 @@ impl IspSpec {
             throttle: None,
             replies: IspReplies::default(),
             close_silently_after_max_messages: false,
+            per_mailbox_per_minute: None,
         }
     }
 }
@@ -601,6 +621,7 @@ impl Scenario {
                 }),
                 replies: base.replies,
                 close_silently_after_max_messages: base.close_silently_after_max_messages,
+                per_mailbox_per_minute: base.per_mailbox_per_minute,
             });
         }
         let mut workloads = Vec::new();

@@ -64,6 +64,14 @@ struct RawRecipients {
     reject_unknown: Option<bool>,
     #[serde(default)]
     unknown_user_reply: Option<String>,
+    #[serde(default)]
+    full_mailbox_reply: Option<String>,
+    #[serde(default)]
+    disabled_reply: Option<String>,
+    #[serde(default)]
+    per_mailbox_per_minute: Option<u64>,
+    #[serde(default)]
+    mailbox_rate_reply: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +145,16 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
         if let Some(text) = &rc.unknown_user_reply {
             replies.unknown_user = reply_at(at, text)?;
         }
+        if let Some(text) = &rc.full_mailbox_reply {
+            replies.full_mailbox = reply_at(at, text)?;
+        }
+        if let Some(text) = &rc.disabled_reply {
+            replies.disabled = reply_at(at, text)?;
+        }
+        if let Some(text) = &rc.mailbox_rate_reply {
+            replies.mailbox_rate = reply_at(at, text)?;
+        }
+        spec.per_mailbox_per_minute = rc.per_mailbox_per_minute;
     }
     spec.replies = replies;
     if let Some(t) = &raw.throttle {

@@ -3,7 +3,8 @@
 //! Each stream has its own ChaCha8 generator seeded from the scenario seed and the stream's
 //! index, so adding a stream never changes another stream's draws. Message `i` of a stream
 //! is injected at `start + i × spacing`; recipients are drawn from the domain mix, a share of
-//! them unknown users (local part `nouser…`, which the simulated receivers reject).
+//! them unknown users (local part `nouser…`), full mailboxes (`full…`) and disabled accounts
+//! (`disabled…`), which the simulated receivers answer as their models say.
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -33,6 +34,8 @@ pub struct Workload {
     /// Domains with their weights, in file order.
     pub domains: Vec<(String, f64)>,
     pub unknown_user_rate: f64,
+    pub full_mailbox_rate: f64,
+    pub disabled_rate: f64,
 }
 
 impl Eq for Workload {}
@@ -80,8 +83,13 @@ impl Workload {
             )));
         }
         let unknown_user_rate = w.unknown_user_rate.unwrap_or(0.0);
-        if !(0.0..=1.0).contains(&unknown_user_rate) {
-            return Err(err("unknown_user_rate is between 0 and 1".into()));
+        let full_mailbox_rate = w.full_mailbox_rate.unwrap_or(0.0);
+        let disabled_rate = w.disabled_rate.unwrap_or(0.0);
+        let shares = [unknown_user_rate, full_mailbox_rate, disabled_rate];
+        if shares.iter().any(|r| !(0.0..=1.0).contains(r)) || shares.iter().sum::<f64>() > 1.0 {
+            return Err(err(
+                "unknown_user_rate, full_mailbox_rate and disabled_rate are shares between 0 and 1, at most 1 together".into(),
+            ));
         }
         if w.domains.is_empty()
             || w.domains.values().any(|v| !v.is_finite() || *v < 0.0)
@@ -112,6 +120,8 @@ impl Workload {
                 .map(|(d, v)| (d.to_ascii_lowercase(), *v))
                 .collect(),
             unknown_user_rate,
+            full_mailbox_rate,
+            disabled_rate,
         })
     }
 }
@@ -198,8 +208,17 @@ impl Generated {
                 }
                 pick -= weight;
             }
-            let unknown = w.unknown_user_rate > 0.0 && stream.rng.random_bool(w.unknown_user_rate);
-            let local = if unknown { "nouser" } else { "u" };
+            // One draw decides the mailbox's state (list quality).
+            let draw: f64 = stream.rng.random();
+            let local = if draw < w.unknown_user_rate {
+                "nouser"
+            } else if draw < w.unknown_user_rate + w.full_mailbox_rate {
+                "full"
+            } else if draw < w.unknown_user_rate + w.full_mailbox_rate + w.disabled_rate {
+                "disabled"
+            } else {
+                "u"
+            };
             recipients.push(format!("{local}{}.{n}.{r}@{domain}", w.index));
         }
         let from_domain = w
