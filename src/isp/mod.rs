@@ -78,6 +78,9 @@ pub struct Provider {
     penalties: BTreeMap<String, Time>,
     /// Per-mailbox receive windows, for `per_mailbox_per_minute`.
     mailboxes: BTreeMap<String, Window>,
+    /// Accepted attempts per source IP per hour (hour number since the epoch), for the
+    /// spike rule; the last day is kept.
+    hourly: BTreeMap<IpAddr, BTreeMap<u64, u64>>,
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
@@ -97,6 +100,7 @@ impl Provider {
             buckets: BTreeMap::new(),
             penalties: BTreeMap::new(),
             mailboxes: BTreeMap::new(),
+            hourly: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
@@ -148,6 +152,34 @@ impl Provider {
                 return Some(reply);
             }
         }
+        let hour = now.unix_secs() / 3600;
+        if let Some(percent) = throttle.spike_percent {
+            let hours = self.hourly.entry(peer).or_default();
+            let earlier: Vec<u64> = hours
+                .range(hour.saturating_sub(24)..hour)
+                .map(|(_, n)| *n)
+                .collect();
+            let current = hours.get(&hour).copied().unwrap_or(0);
+            if earlier.len() >= 3 {
+                let average = earlier.iter().sum::<u64>() as f64 / earlier.len() as f64;
+                if current as f64 * 100.0 >= percent as f64 * average {
+                    let (key, _, reply) = &keys[0];
+                    let span = throttle
+                        .penalty_max_s
+                        .saturating_sub(throttle.penalty_min_s);
+                    let draw = if span == 0 {
+                        0
+                    } else {
+                        self.rng.random_range(0..=span)
+                    };
+                    let until = now.plus_secs(throttle.penalty_min_s + draw);
+                    self.penalties.insert(key.clone(), until);
+                    let reply = fill(reply);
+                    self.log_throttle(now, peer, phase, key, until, false, &reply);
+                    return Some(reply);
+                }
+            }
+        }
         for (key, capacity, reply) in &keys {
             let Some(capacity) = capacity else {
                 continue;
@@ -183,6 +215,9 @@ impl Provider {
                 window.record(now, 1);
             }
         }
+        let hours = self.hourly.entry(peer).or_default();
+        *hours.entry(hour).or_insert(0) += 1;
+        hours.retain(|h, _| *h + 24 >= hour);
         None
     }
 
@@ -549,5 +584,46 @@ mod tests {
         s.take_output();
         let out = talk(&mut s, b"EHLO a\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<v@t.example>\r\n");
         assert!(out.ends_with("250 2.1.5 OK\r\n250 2.1.5 OK\r\n450 4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n250 2.1.5 OK\r\n"), "{out}");
+    }
+
+    #[test]
+    fn an_hour_far_above_the_trailing_average_is_throttled() {
+        let mut spec = spec();
+        spec.greylist = None;
+        spec.max_connections_per_ip = None;
+        spec.throttle = Some(crate::scenario::Throttle {
+            per_ip_per_hour: 1_000_000,
+            per_netblock_per_hour: None,
+            phase: SmtpPhase::Rcpt,
+            reply_ip: Reply::new(421, Some([4, 7, 28]), "spike from {ip}"),
+            reply_netblock: Reply::new(421, Some([4, 7, 28]), "spike"),
+            penalty_min_s: 600,
+            penalty_max_s: 600,
+            early_retry_extension_s: 600,
+            spike_percent: Some(200),
+        });
+        let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        s.take_output();
+        talk(&mut s, b"EHLO a\r\nMAIL FROM:<s@x.example>\r\n");
+        let rcpts = |n: usize, tag: &str| -> Vec<u8> {
+            (0..n)
+                .map(|i| format!("RCPT TO:<{tag}{i}@t.example>\r\n"))
+                .collect::<String>()
+                .into_bytes()
+        };
+        // Three hours of 10, then the fourth hour: the 20th is twice the average.
+        for hour in 0..3u64 {
+            provider.borrow_mut().now = Time::from_secs(hour * 3600);
+            assert!(!talk(&mut s, &rcpts(10, &format!("h{hour}-"))).contains("421"));
+        }
+        provider.borrow_mut().now = Time::from_secs(3 * 3600);
+        let out = talk(&mut s, &rcpts(21, "h3-"));
+        assert_eq!(out.matches("250 2.1.5 OK").count(), 20, "{out}");
+        assert!(
+            out.ends_with("421 4.7.28 spike from 192.0.2.7\r\n"),
+            "{out}"
+        );
     }
 }

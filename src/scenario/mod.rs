@@ -248,6 +248,10 @@ pub struct Throttle {
     pub penalty_max_s: u64,
     /// An attempt during the penalty extends it to at least now + this.
     pub early_retry_extension_s: u64,
+    /// The spike rule: an hour with this many times the trailing hourly average (over the
+    /// previous hours with traffic, at least three) is throttled whatever the capacity.
+    /// In percent of the average (200 = twice).
+    pub spike_percent: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -87,6 +87,8 @@ struct RawThrottle {
     penalty_min: String,
     penalty_max: String,
     early_retry_extension: String,
+    #[serde(default)]
+    spike_factor: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +185,12 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             penalty_min_s,
             penalty_max_s,
             early_retry_extension_s: interval(&t.early_retry_extension).map_err(err)?,
+            spike_percent: match t.spike_factor {
+                Some(f) if !(1.0..=100.0).contains(&f) => {
+                    return Err(r.at(at, "spike_factor is between 1 and 100"));
+                }
+                other => other.map(|f| (f * 100.0).round() as u64),
+            },
         });
     }
     if let Some(g) = &raw.greylist {
