@@ -53,7 +53,8 @@ pub struct RunOutput {
 /// Where `model = "NAME"` is looked up: `isp-models/` beside the scenario's directory
 /// (`scenarios/x.toml` → `isp-models/`), else `isp-models/` in the working directory.
 pub fn models_dir(scenario: &Path) -> PathBuf {
-    let beside = scenario
+    let absolute = std::fs::canonicalize(scenario).unwrap_or_else(|_| scenario.to_path_buf());
+    let beside = absolute
         .parent()
         .and_then(Path::parent)
         .map(|p| p.join("isp-models"));

@@ -24,6 +24,8 @@ use crate::time::Time;
 
 /// Most greylist triplets remembered per provider.
 pub const GREYLIST_TRIPLETS_MAX: usize = 1_000_000;
+/// Most mailboxes whose receive rate is tracked at once per provider.
+pub const MAILBOXES_MAX: usize = 100_000;
 
 /// One connection as the receiver saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +74,8 @@ pub struct Provider {
     rates: BTreeMap<IpAddr, Window>,
     /// Greylist triplets: first seen, and whether a retry has passed.
     greylist: BTreeMap<(String, String, String), (Time, bool)>,
-    /// Greylist passes per client IP, and when the last one was counted.
-    passes: BTreeMap<IpAddr, (u32, Time)>,
+    /// Greylist passes per client network (/24), and when the last one was counted.
+    passes: BTreeMap<String, (u32, Time)>,
     buckets: BTreeMap<String, Window>,
     penalties: BTreeMap<String, Time>,
     /// Per-mailbox receive windows, for `per_mailbox_per_minute`.
@@ -411,9 +413,10 @@ impl ServerPolicy for Receiver {
         }
         let now = p.now;
         if let Some(grey) = p.spec.greylist.clone() {
+            let client = slash_24(self.peer);
             let whitelisted = grey.whitelist_after > 0
                 && p.passes
-                    .get(&self.peer)
+                    .get(&client)
                     .is_some_and(|(n, _)| *n >= grey.whitelist_after);
             if !whitelisted {
                 let key = (
@@ -421,8 +424,19 @@ impl ServerPolicy for Receiver {
                     envelope.mail_from.to_ascii_lowercase(),
                     rcpt.to_ascii_lowercase(),
                 );
+                let count_pass = |p: &mut Provider| {
+                    // postgrey counts at most one pass an hour toward auto-whitelisting.
+                    let spacing_ms = grey.whitelist_spacing_s * 1000;
+                    let entry = p
+                        .passes
+                        .entry(client.clone())
+                        .or_insert((0, Time::default()));
+                    if entry.0 == 0 || now.since(entry.1) >= spacing_ms {
+                        *entry = (entry.0 + 1, now);
+                    }
+                };
                 match p.greylist.get(&key).copied() {
-                    Some((_, true)) => {}
+                    Some((_, true)) => count_pass(&mut p),
                     Some((first, false)) if now.since(first) < grey.delay_s * 1000 => {
                         return greylisted(rcpt);
                     }
@@ -432,30 +446,35 @@ impl ServerPolicy for Receiver {
                     }
                     Some((first, false)) => {
                         p.greylist.insert(key, (first, true));
-                        // postgrey counts at most one pass an hour toward auto-whitelisting.
-                        let spacing_ms = grey.whitelist_spacing_s * 1000;
-                        let entry = p.passes.entry(self.peer).or_insert((0, Time::default()));
-                        if entry.0 == 0 || now.since(entry.1) >= spacing_ms {
-                            *entry = (entry.0 + 1, now);
-                        }
+                        count_pass(&mut p);
                     }
                     None => {
-                        if p.greylist.len() < GREYLIST_TRIPLETS_MAX {
-                            p.greylist.insert(key, (now, false));
+                        if p.greylist.len() >= GREYLIST_TRIPLETS_MAX {
+                            // Full: forget triplets whose retry window has passed; if that
+                            // frees nothing, let the mail through rather than defer forever.
+                            let window_ms = grey.retry_window_s * 1000;
+                            p.greylist
+                                .retain(|_, (first, _)| now.since(*first) <= window_ms);
                         }
-                        return greylisted(rcpt);
+                        if p.greylist.len() >= GREYLIST_TRIPLETS_MAX {
+                            count_pass(&mut p);
+                        } else {
+                            p.greylist.insert(key, (now, false));
+                            return greylisted(rcpt);
+                        }
                     }
                 }
             }
         }
-        if let Some(reply) = p.throttle(self.peer, SmtpPhase::Rcpt) {
-            return reply;
-        }
         if let Some(limit) = p.spec.rate_limit.clone() {
+            let horizon_ms = match limit.per_ip {
+                Rate::Limit { per_seconds, .. } => per_seconds * 1000,
+                Rate::Unlimited => 0,
+            };
             let window = p
                 .rates
                 .entry(self.peer)
-                .or_insert_with(|| Window::new(86_400_000));
+                .or_insert_with(|| Window::new(horizon_ms));
             if window.allowance(limit.per_ip, now) == 0 {
                 return limit.reply;
             }
@@ -466,6 +485,11 @@ impl ServerPolicy for Receiver {
                 count: per_minute,
                 per_seconds: 60,
             };
+            if p.mailboxes.len() >= MAILBOXES_MAX {
+                // Bounded memory: mailboxes idle for a minute have nothing to remember.
+                p.mailboxes
+                    .retain(|_, w| w.allowance(rate, now) < per_minute);
+            }
             let window = p
                 .mailboxes
                 .entry(rcpt.to_ascii_lowercase())
@@ -474,6 +498,10 @@ impl ServerPolicy for Receiver {
                 return p.spec.replies.mailbox_rate.clone();
             }
             window.record(now, 1);
+        }
+        // The throttle comes last, so only recipients otherwise accepted use its capacity.
+        if let Some(reply) = p.throttle(self.peer, SmtpPhase::Rcpt) {
+            return reply;
         }
         let peer = self.peer;
         p.log.accepted_rcpts.push((peer, now));

@@ -556,14 +556,46 @@ impl Scenario {
                 None => None,
             };
             let greylist = match &isp.greylist {
-                Some(g) => Some(Greylist {
-                    delay_s: interval(&g.get_ref().delay).map_err(|e| r.span(g, e))?,
-                    retry_window_s: 2 * 86_400,
-                    whitelist_after: 5,
-                    whitelist_spacing_s: 3600,
-                }),
+                Some(g) => {
+                    // Only the delay is set inline; the rest is the model's (or postgrey's).
+                    let mut grey = base.greylist.clone().unwrap_or(Greylist {
+                        delay_s: 300,
+                        retry_window_s: 2 * 86_400,
+                        whitelist_after: 5,
+                        whitelist_spacing_s: 3600,
+                    });
+                    grey.delay_s = interval(&g.get_ref().delay).map_err(|e| r.span(g, e))?;
+                    if grey.delay_s >= grey.retry_window_s {
+                        return Err(r.span(
+                            g,
+                            "the greylist delay must be shorter than its retry window",
+                        ));
+                    }
+                    Some(grey)
+                }
                 None => base.greylist.clone(),
             };
+            if isp.capacity_per_ip_per_hour.is_some() && base.throttle.is_none() {
+                return Err(r.span(spanned, format!("`capacity_per_ip_per_hour` needs a model with a [throttle]; ISP `{name}` has none")));
+            }
+            for (key, value) in [
+                ("max_connections_per_ip", isp.max_connections_per_ip),
+                (
+                    "max_messages_per_connection",
+                    isp.max_messages_per_connection,
+                ),
+                (
+                    "max_recipients_per_transaction",
+                    isp.max_recipients_per_transaction,
+                ),
+            ] {
+                if value == Some(0) {
+                    return Err(r.span(
+                        spanned,
+                        format!("`{key}` must be at least 1 (leave it out for no limit)"),
+                    ));
+                }
+            }
             let fixed_reply = match &isp.fixed_reply {
                 Some(f) => {
                     let phase = SmtpPhase::parse(&f.get_ref().phase).ok_or_else(|| {
@@ -749,5 +781,41 @@ domains = { "gmail.com" = 1.0 }
         assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_utc("2026-09-21T12:00:00Z"), Some(1_789_992_000));
         assert_eq!(parse_utc("2026-09-21 12:00:00"), None);
+    }
+
+    #[test]
+    fn inline_values_refine_a_model_without_losing_the_rest() {
+        let model = || {
+            let mut spec = IspSpec::generic("m");
+            spec.domains = vec!["m.example".into()];
+            spec.mx = vec!["mx.m.example".into()];
+            spec.greylist = Some(Greylist {
+                delay_s: 300,
+                retry_window_s: 86_400,
+                whitelist_after: 0,
+                whitelist_spacing_s: 3600,
+            });
+            Ok(spec)
+        };
+        let text = MINIMAL.replace(
+            "[isps.gmail]\ndomains = [\"gmail.com\"]",
+            "[isps.gmail]\nmodel = \"m\"\ngreylist = { delay = \"1m\" }",
+        );
+        let s = Scenario::parse_with(Path::new("s.toml"), &text, &|_| model()).unwrap();
+        let grey = s.isps[0].greylist.clone().unwrap();
+        assert_eq!(
+            (grey.delay_s, grey.retry_window_s, grey.whitelist_after),
+            (60, 86_400, 0)
+        );
+        assert_eq!(s.isps[0].domains, ["m.example"]);
+        let bad = text.replace(
+            "greylist = { delay = \"1m\" }",
+            "capacity_per_ip_per_hour = 10",
+        );
+        let err = Scenario::parse_with(Path::new("s.toml"), &bad, &|_| model()).unwrap_err();
+        assert!(
+            err.message.contains("needs a model with a [throttle]"),
+            "{err}"
+        );
     }
 }

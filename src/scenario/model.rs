@@ -125,6 +125,12 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
     if let Some(c) = &raw.connection {
         let at = c.span().start;
         let c = c.get_ref();
+        if [c.max_per_ip, c.max_messages, c.max_recipients].contains(&Some(0)) {
+            return Err(r.at(
+                at,
+                "connection caps must be at least 1 (leave them out for no limit)",
+            ));
+        }
         spec.max_connections_per_ip = c.max_per_ip;
         spec.max_messages_per_connection = c.max_messages;
         spec.max_recipients_per_transaction = c.max_recipients;
@@ -197,12 +203,19 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
         let at = g.span().start;
         let g = g.get_ref();
         let err = |m: String| r.at(at, m);
-        spec.greylist = Some(Greylist {
+        let grey = Greylist {
             delay_s: interval(&g.delay).map_err(err)?,
             retry_window_s: interval(&g.retry_window).map_err(err)?,
             whitelist_after: g.whitelist_after,
             whitelist_spacing_s: interval(&g.whitelist_spacing).map_err(err)?,
-        });
+        };
+        if grey.delay_s >= grey.retry_window_s {
+            return Err(r.at(
+                at,
+                "the greylist delay must be shorter than its retry window",
+            ));
+        }
+        spec.greylist = Some(grey);
     }
     Ok(spec)
 }

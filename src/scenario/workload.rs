@@ -17,6 +17,8 @@ use crate::time::Time;
 
 /// Largest generated message.
 pub const MESSAGE_SIZE_MAX_BYTES: u64 = 10 * 1024 * 1024;
+/// Most injections one `take_due` call returns; the rest stay due.
+pub const TAKE_BATCH_MAX: usize = 10_000;
 /// Most recipients per generated message.
 pub const RECIPIENTS_PER_MESSAGE_MAX: u32 = 1000;
 
@@ -173,7 +175,8 @@ impl Generated {
     /// Every injection due at or before `now`, in time order (ties by stream).
     pub fn take_due(&mut self, now: Time) -> Vec<(Time, Injection)> {
         let mut out = Vec::new();
-        loop {
+        // Bounded batches: a burst of millions is handed over a batch at a time.
+        while out.len() < TAKE_BATCH_MAX {
             let next = self
                 .streams
                 .iter()

@@ -102,6 +102,8 @@ pub enum ReplyError {
 pub struct ReplyParser {
     receiver: smtp_proto::response::parser::ResponseReceiver,
     pending: Vec<u8>,
+    /// How far `pending` is known to hold no complete last line of a reply.
+    scanned: usize,
 }
 
 impl ReplyParser {
@@ -115,7 +117,7 @@ impl ReplyParser {
 
     /// The next complete reply, if the bytes fed so far hold one.
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyError> {
-        if self.pending.is_empty() {
+        if !self.has_last_line() {
             return Ok(None);
         }
         // Each attempt parses the buffered bytes from the start of a reply, so the complete
@@ -128,6 +130,7 @@ impl ReplyParser {
             Ok(response) => {
                 self.receiver.reset();
                 let raw: Vec<u8> = self.pending.drain(..consumed).collect();
+                self.scanned = 0;
                 // smtp-proto frames the reply; its enhanced code is a u8 per part, and
                 // RFC 3463 allows three digits (4.7.650), so the lines are read again here.
                 Ok(Some(reply_from_lines(response.code, &raw)))
@@ -136,6 +139,34 @@ impl ReplyParser {
             Err(smtp_proto::Error::ResponseTooLong) => Err(ReplyError::TooLong),
             Err(other) => Err(ReplyError::Malformed(format!("{other:?}"))),
         }
+    }
+}
+
+impl ReplyParser {
+    /// Whether the buffer holds a complete line that ends a reply (`DDD text\r\n` or
+    /// garbage: both are worth handing to the parser). Scans each byte once, so a reply
+    /// trickling in a byte at a time costs linear, not quadratic, time.
+    fn has_last_line(&mut self) -> bool {
+        let mut line_start = self.pending[..self.scanned]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        while let Some(offset) = self.pending[self.scanned..]
+            .iter()
+            .position(|b| *b == b'\n')
+        {
+            let end = self.scanned + offset;
+            let line = &self.pending[line_start..end];
+            let continuation =
+                line.len() >= 4 && line[..3].iter().all(u8::is_ascii_digit) && line[3] == b'-';
+            self.scanned = end + 1;
+            if !continuation {
+                return true;
+            }
+            line_start = end + 1;
+        }
+        self.scanned = self.pending.len();
+        false
     }
 }
 
