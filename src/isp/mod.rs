@@ -83,6 +83,8 @@ pub struct Provider {
     /// Accepted attempts per source IP per hour (hour number since the epoch), for the
     /// spike rule; the last day is kept.
     hourly: BTreeMap<IpAddr, BTreeMap<u64, u64>>,
+    /// Clean sending days per source IP, and the day (since the epoch) last credited.
+    clean_days: BTreeMap<IpAddr, (u32, u64)>,
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
@@ -103,6 +105,7 @@ impl Provider {
             penalties: BTreeMap::new(),
             mailboxes: BTreeMap::new(),
             hourly: BTreeMap::new(),
+            clean_days: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
@@ -122,12 +125,9 @@ impl Provider {
         }
         let now = self.now;
         let net = slash_24(peer);
+        let capacity = self.ip_capacity(peer, &throttle);
         let keys = [
-            (
-                format!("ip:{peer}"),
-                Some(throttle.per_ip_per_hour),
-                &throttle.reply_ip,
-            ),
+            (format!("ip:{peer}"), Some(capacity), &throttle.reply_ip),
             (
                 format!("net:{net}"),
                 throttle.per_netblock_per_hour,
@@ -219,8 +219,45 @@ impl Provider {
         }
         let hours = self.hourly.entry(peer).or_default();
         *hours.entry(hour).or_insert(0) += 1;
-        hours.retain(|h, _| *h + 24 >= hour);
+        hours.retain(|h, _| *h + 48 >= hour);
         None
+    }
+
+    /// The IP's hourly capacity: the cold value grown by its clean sending days. A day is
+    /// clean when the IP sent at least a quarter of what its capacity allowed that day and
+    /// was never throttled (reference §4.5: `C_cold · G^d_eff`, capped).
+    fn ip_capacity(&mut self, peer: IpAddr, throttle: &crate::scenario::Throttle) -> u64 {
+        let Some(growth) = throttle.growth_percent_per_clean_day else {
+            return throttle.per_ip_per_hour;
+        };
+        let today = self.now.unix_secs() / 86_400;
+        let (days, credited) = self.clean_days.get(&peer).copied().unwrap_or((0, today));
+        let capacity_for = |days: u32| -> u64 {
+            let mut c = throttle.per_ip_per_hour as f64;
+            for _ in 0..days {
+                c = (c * growth as f64 / 100.0).min(throttle.capacity_max_per_hour as f64);
+            }
+            c as u64
+        };
+        let mut days_now = days;
+        // Credit each finished day since the last one looked at.
+        for day in credited..today {
+            let hours = self.hourly.get(&peer);
+            let sent: u64 = hours.map_or(0, |h| {
+                h.range(day * 24..(day + 1) * 24).map(|(_, n)| *n).sum()
+            });
+            let throttled = self
+                .log
+                .throttles
+                .iter()
+                .any(|t| t.peer == peer && t.at.unix_secs() / 86_400 == day);
+            let allowed = capacity_for(days_now) * 24;
+            if !throttled && sent * 4 >= allowed {
+                days_now += 1;
+            }
+        }
+        self.clean_days.insert(peer, (days_now, today));
+        capacity_for(days_now)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -629,6 +666,8 @@ mod tests {
             penalty_max_s: 600,
             early_retry_extension_s: 600,
             spike_percent: Some(200),
+            growth_percent_per_clean_day: None,
+            capacity_max_per_hour: 1_000_000,
         });
         let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
@@ -653,5 +692,50 @@ mod tests {
             out.ends_with("421 4.7.28 spike from 192.0.2.7\r\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn clean_sending_days_raise_the_hourly_capacity() {
+        let run = |warm_up: bool| -> usize {
+            let mut spec = spec();
+            spec.greylist = None;
+            spec.max_connections_per_ip = None;
+            spec.throttle = Some(crate::scenario::Throttle {
+                per_ip_per_hour: 10,
+                per_netblock_per_hour: None,
+                phase: SmtpPhase::Rcpt,
+                reply_ip: Reply::new(421, Some([4, 7, 28]), "rate limited"),
+                reply_netblock: Reply::new(421, Some([4, 7, 28]), "rate limited"),
+                penalty_min_s: 600,
+                penalty_max_s: 600,
+                early_retry_extension_s: 600,
+                spike_percent: None,
+                growth_percent_per_clean_day: Some(200),
+                capacity_max_per_hour: 1_000,
+            });
+            let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
+            let peer: IpAddr = "192.0.2.7".parse().unwrap();
+            let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+            s.take_output();
+            talk(&mut s, b"EHLO a\r\nMAIL FROM:<s@x.example>\r\n");
+            let rcpts = |n: usize, tag: &str| -> Vec<u8> {
+                (0..n)
+                    .map(|i| format!("RCPT TO:<{tag}{i}@t.example>\r\n"))
+                    .collect::<String>()
+                    .into_bytes()
+            };
+            if warm_up {
+                // Day 0: 10 an hour for 6 hours, a quarter of the day's capacity, never throttled.
+                for hour in 0..6u64 {
+                    provider.borrow_mut().now = Time::from_secs(hour * 3600);
+                    assert!(!talk(&mut s, &rcpts(10, &format!("d0h{hour}-"))).contains("421"));
+                }
+            }
+            provider.borrow_mut().now = Time::from_secs(86_400 + 3600);
+            let out = talk(&mut s, &rcpts(30, "d1-"));
+            out.matches("250 2.1.5 OK").count()
+        };
+        assert_eq!(run(false), 10, "a cold IP: 10 an hour");
+        assert_eq!(run(true), 20, "one clean day doubles it (growth 2.0)");
     }
 }

@@ -252,6 +252,10 @@ pub struct Throttle {
     /// previous hours with traffic, at least three) is throttled whatever the capacity.
     /// In percent of the average (200 = twice).
     pub spike_percent: Option<u64>,
+    /// Reputation-driven growth: each clean sending day multiplies the IP's hourly capacity
+    /// by this many percent (140 = ×1.4), up to `capacity_max_per_hour`.
+    pub growth_percent_per_clean_day: Option<u64>,
+    pub capacity_max_per_hour: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

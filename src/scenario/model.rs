@@ -89,6 +89,10 @@ struct RawThrottle {
     early_retry_extension: String,
     #[serde(default)]
     spike_factor: Option<f64>,
+    #[serde(default)]
+    growth_per_clean_day: Option<f64>,
+    #[serde(default)]
+    capacity_max_per_hour: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +201,13 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
                 }
                 other => other.map(|f| (f * 100.0).round() as u64),
             },
+            growth_percent_per_clean_day: match t.growth_per_clean_day {
+                Some(g) if !(1.0..=10.0).contains(&g) => {
+                    return Err(r.at(at, "growth_per_clean_day is between 1 and 10"));
+                }
+                other => other.map(|g| (g * 100.0).round() as u64),
+            },
+            capacity_max_per_hour: t.capacity_max_per_hour.unwrap_or(500_000),
         });
     }
     if let Some(g) = &raw.greylist {
