@@ -191,7 +191,7 @@ pub fn run_summary(
             RecordType::Delivered => 0,
             RecordType::Bounced => 1,
             RecordType::Transient => 2,
-            RecordType::TransientQueue => 3,
+            RecordType::TransientQueue | RecordType::Feedback => 3,
         };
         per_queue.entry(record.queue.as_str()).or_default()[slot] += 1;
     }

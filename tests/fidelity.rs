@@ -257,6 +257,24 @@ fn gmail_answers_each_mailbox_state_in_its_own_words() {
             assert_eq!(r.bounce_category, "quota-issues");
         }
     }
+    // Complaints never show over SMTP: they arrive as feedback-loop `f` records, each about a
+    // delivered message.
+    let complaints: Vec<_> = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Feedback)
+        .collect();
+    assert!(!complaints.is_empty());
+    for f in &complaints {
+        assert!(
+            out.records
+                .iter()
+                .any(|d| d.record_type == RecordType::Delivered
+                    && d.rcpt == f.rcpt
+                    && d.time_logged <= f.time_logged)
+        );
+        assert_eq!(f.fields()[0], "f");
+    }
     // Full mailboxes end as bounces only after bounce-after (45 minutes).
     for r in out
         .records

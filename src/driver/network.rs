@@ -121,7 +121,13 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         .enumerate()
         .map(|(index, spec)| {
             let seed = scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
-            Rc::new(RefCell::new(Provider::new(spec.clone(), seed)))
+            let mut provider = Provider::new(spec.clone(), seed);
+            for w in scenario.workloads.iter().filter(|w| w.complaint_rate > 0.0) {
+                provider
+                    .complaint_rates
+                    .insert(w.mail_from.to_ascii_lowercase(), w.complaint_rate);
+            }
+            Rc::new(RefCell::new(provider))
         })
         .collect();
     for fault in &scenario.faults {
@@ -255,8 +261,9 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         .zip(&providers)
         .map(|(spec, p)| (spec.name.clone(), p.borrow().log.clone()))
         .collect();
+    let records = with_feedback(finished.records, &providers);
     Ok(RunOutput {
-        records: finished.records,
+        records,
         events: finished.events,
         receivers,
         queues: finished.engine.queue_snapshots(),
@@ -265,6 +272,38 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         refused: finished.refused,
         connections: finished.traces.into_values().collect(),
     })
+}
+
+/// Adds an `f` record for every complaint, after the delivery it complains about, in time
+/// order (a stable sort keeps the engine's order among records of the same time).
+fn with_feedback(
+    mut records: Vec<crate::engine::accounting::AcctRecord>,
+    providers: &[Rc<RefCell<Provider>>],
+) -> Vec<crate::engine::accounting::AcctRecord> {
+    use crate::engine::accounting::RecordType;
+    let mut feedback = Vec::new();
+    for provider in providers {
+        for (at, _, mail_from, rcpt) in &provider.borrow().log.complaints {
+            // The delivery record the complaint is about carries the queue and virtual MTA.
+            let delivery = records.iter().rev().find(|r| {
+                r.record_type == RecordType::Delivered && &r.rcpt == rcpt && &r.orig == mail_from
+            });
+            if let Some(d) = delivery {
+                let mut f = d.clone();
+                f.record_type = RecordType::Feedback;
+                f.time_logged = (*at).max(d.time_logged);
+                f.dsn_status = String::new();
+                f.dsn_diag = "abuse".to_string();
+                f.bounce_category = String::new();
+                feedback.push(f);
+            }
+        }
+    }
+    if !feedback.is_empty() {
+        records.extend(feedback);
+        records.sort_by_key(|r| r.time_logged);
+    }
+    records
 }
 
 fn apply_fault(

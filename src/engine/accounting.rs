@@ -46,6 +46,9 @@ pub enum RecordType {
     Transient,
     /// `tq`: a transient failure of the whole queue (connection, greeting, DNS).
     TransientQueue,
+    /// `f`: a feedback-loop complaint about a delivered message (never seen over SMTP; in
+    /// simulation the provider model reports it).
+    Feedback,
 }
 
 impl RecordType {
@@ -55,6 +58,7 @@ impl RecordType {
             RecordType::Bounced => "b",
             RecordType::Transient => "t",
             RecordType::TransientQueue => "tq",
+            RecordType::Feedback => "f",
         }
     }
 
@@ -64,6 +68,7 @@ impl RecordType {
             RecordType::Delivered => "relayed",
             RecordType::Bounced => "failed",
             RecordType::Transient | RecordType::TransientQueue => "delayed",
+            RecordType::Feedback => "",
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct ThrottleEvent {
 pub struct ReceiverLog {
     pub connections: Vec<ConnectionLog>,
     pub throttles: Vec<ThrottleEvent>,
+    /// Feedback-loop complaints: when, from which source IP, sender and recipient.
+    pub complaints: Vec<(Time, IpAddr, String, String)>,
     /// Accepted recipients, with the peer and time.
     pub accepted_rcpts: Vec<(IpAddr, Time)>,
     pub messages_accepted: u64,
@@ -85,6 +87,9 @@ pub struct Provider {
     hourly: BTreeMap<IpAddr, BTreeMap<u64, u64>>,
     /// Clean sending days per source IP, and the day (since the epoch) last credited.
     clean_days: BTreeMap<IpAddr, (u32, u64)>,
+    /// How the audience of each sender (envelope sender) reacts: the share of delivered
+    /// messages reported as spam. Set by the driver from the scenario's streams.
+    pub complaint_rates: BTreeMap<String, f64>,
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
@@ -106,6 +111,7 @@ impl Provider {
             mailboxes: BTreeMap::new(),
             hourly: BTreeMap::new(),
             clean_days: BTreeMap::new(),
+            complaint_rates: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
@@ -251,8 +257,18 @@ impl Provider {
                 .throttles
                 .iter()
                 .any(|t| t.peer == peer && t.at.unix_secs() / 86_400 == day);
+            let complaints = self
+                .log
+                .complaints
+                .iter()
+                .filter(|(at, ip, _, _)| *ip == peer && at.unix_secs() / 86_400 == day)
+                .count() as u64;
             let allowed = capacity_for(days_now) * 24;
-            if !throttled && sent * 4 >= allowed {
+            // Complaints over 0.3% of the day's mail undo the IP's standing (Gmail's
+            // threshold); under 0.1% a day can count as clean.
+            if complaints * 1000 >= sent.max(1) * 3 {
+                days_now = 0;
+            } else if !throttled && sent * 4 >= allowed && complaints * 1000 < sent.max(1) {
                 days_now += 1;
             }
         }
@@ -552,13 +568,27 @@ impl ServerPolicy for Receiver {
             .unwrap_or_else(|| Reply::new(354, None, "Go ahead"))
     }
 
-    fn message(&mut self, _envelope: &Envelope, _data: &[u8]) -> Reply {
+    fn message(&mut self, envelope: &Envelope, _data: &[u8]) -> Reply {
         let mut p = self.provider.borrow_mut();
         if let Some(reply) = p.forced(SmtpPhase::DataEnd) {
             return reply;
         }
         if let Some(reply) = p.throttle(self.peer, SmtpPhase::DataEnd) {
             return reply;
+        }
+        let rate = p
+            .complaint_rates
+            .get(&envelope.mail_from.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0.0);
+        if rate > 0.0 {
+            let now = p.now;
+            for rcpt in &envelope.recipients {
+                if p.rng.random_bool(rate) {
+                    let entry = (now, self.peer, envelope.mail_from.clone(), rcpt.clone());
+                    p.log.complaints.push(entry);
+                }
+            }
         }
         self.messages += 1;
         p.log.messages_accepted += 1;
@@ -696,7 +726,7 @@ mod tests {
 
     #[test]
     fn clean_sending_days_raise_the_hourly_capacity() {
-        let run = |warm_up: bool| -> usize {
+        let run = |warm_up: bool, complaints: usize| -> usize {
             let mut spec = spec();
             spec.greylist = None;
             spec.max_connections_per_ip = None;
@@ -730,12 +760,23 @@ mod tests {
                     provider.borrow_mut().now = Time::from_secs(hour * 3600);
                     assert!(!talk(&mut s, &rcpts(10, &format!("d0h{hour}-"))).contains("421"));
                 }
+                for i in 0..complaints {
+                    let entry = (
+                        Time::from_secs(7 * 3600),
+                        peer,
+                        "s@x.example".to_string(),
+                        format!("d0h0-{i}@t.example"),
+                    );
+                    provider.borrow_mut().log.complaints.push(entry);
+                }
             }
             provider.borrow_mut().now = Time::from_secs(86_400 + 3600);
             let out = talk(&mut s, &rcpts(30, "d1-"));
             out.matches("250 2.1.5 OK").count()
         };
-        assert_eq!(run(false), 10, "a cold IP: 10 an hour");
-        assert_eq!(run(true), 20, "one clean day doubles it (growth 2.0)");
+        assert_eq!(run(false, 0), 10, "a cold IP: 10 an hour");
+        assert_eq!(run(true, 0), 20, "one clean day doubles it (growth 2.0)");
+        // One complaint in 60 messages (1.7%) is a complaint spike: no credit, standing reset.
+        assert_eq!(run(true, 1), 10, "a complaint spike keeps the IP cold");
     }
 }

@@ -144,6 +144,8 @@ struct RawWorkload {
     full_mailbox_rate: Option<f64>,
     #[serde(default)]
     disabled_rate: Option<f64>,
+    #[serde(default)]
+    complaint_rate: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,8 @@ pub struct Workload {
     pub unknown_user_rate: f64,
     pub full_mailbox_rate: f64,
     pub disabled_rate: f64,
+    /// Share of delivered messages whose recipient reports them as spam.
+    pub complaint_rate: f64,
 }
 
 impl Eq for Workload {}
@@ -124,6 +126,10 @@ impl Workload {
             unknown_user_rate,
             full_mailbox_rate,
             disabled_rate,
+            complaint_rate: match w.complaint_rate.unwrap_or(0.0) {
+                r if (0.0..=1.0).contains(&r) => r,
+                _ => return Err(err("complaint_rate is between 0 and 1".into())),
+            },
         })
     }
 }
