@@ -285,3 +285,73 @@ fn gmail_answers_each_mailbox_state_in_its_own_words() {
         assert_eq!(r.bounce_category, "message-expired");
     }
 }
+
+/// isp-behavior.md §2.1 (unauth_perm 550 5.7.26 [A]): every sender needs SPF or DKIM.
+#[test]
+fn gmail_blocks_an_unauthenticated_sender_with_5_7_26() {
+    let out = run(&load("gmail-unauthenticated"));
+    let bounces: Vec<_> = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Bounced)
+        .collect();
+    assert_eq!(bounces.len(), 20);
+    assert!(bounces.iter().all(|b| b.dsn_diag.starts_with(
+        "smtp;550 5.7.26 This email has been blocked because the sender is unauthenticated."
+    )));
+}
+
+/// isp-behavior.md §2.3 (550 5.7.515 for high-volume senders without SPF, DKIM and DMARC [A]).
+#[test]
+fn outlook_rejects_an_unauthenticated_bulk_sender_with_5_7_515() {
+    let out = run(&load("outlook-bulk-unauthenticated"));
+    let delivered = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .count();
+    let rejected: Vec<_> = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Bounced)
+        .collect();
+    assert_eq!(
+        delivered, 50,
+        "below the bulk threshold the SPF pass is enough"
+    );
+    assert_eq!(rejected.len(), 30);
+    assert!(rejected.iter().all(|b| b.dsn_diag == "smtp;550 5.7.515 Access denied, sending domain [SendingDomain] does not meet the required authentication level."));
+}
+
+/// The receiver's DKIM verification is real (mail-auth against the simulated DNS): a wrong
+/// published key fails it, the right one passes.
+#[test]
+fn a_broken_dkim_key_is_caught_by_the_receivers_verification() {
+    let broken = run(&load("gmail-broken-dkim"));
+    assert_eq!(
+        broken
+            .records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Bounced && r.dsn_status == "5.7.26")
+            .count(),
+        10
+    );
+    // The same scenario with the engine's (stand-in) key published instead.
+    let text =
+        std::fs::read_to_string(common::fixture("scenarios/gmail-broken-dkim.toml")).unwrap();
+    let start = text.find("\n[[dns_txt]]").unwrap();
+    let end = text[start..].find("\n[isps.gmail]").unwrap() + start;
+    let fixed = format!("{}{}", &text[..start], &text[end..]);
+    let path = std::env::temp_dir().join(format!("gmail-dkim-ok-{}.toml", std::process::id()));
+    std::fs::write(&path, fixed).unwrap();
+    let scenario = pmta_sim::driver::load_scenario(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let ok = run(&scenario);
+    assert_eq!(
+        ok.records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Delivered)
+            .count(),
+        10
+    );
+}

@@ -115,6 +115,20 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
                 .or_insert_with(|| MxAnswer::Hosts(vec![own]));
         }
     }
+    // The simulated DNS: the engine's DKIM keys (when published), then the scenario's own
+    // records, which win (a wrong key there is a broken DKIM setup).
+    let mut dkim_records: Vec<(String, String)> = scenario.sender.dns_txt.clone();
+    if scenario.sender.publish_dkim_keys {
+        for signer in engine.signer().signers() {
+            let name = format!("{}._domainkey.{}", signer.selector, signer.domain);
+            if let Some(record) = &signer.stand_in_record
+                && !dkim_records.iter().any(|(n, _)| *n == name)
+            {
+                dkim_records.push((name, record.clone()));
+            }
+        }
+    }
+    let verifier = Rc::new(super::dkim::Verifier::new(&dkim_records));
     let providers: Vec<Rc<RefCell<Provider>>> = scenario
         .isps
         .iter()
@@ -122,6 +136,10 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         .map(|(index, spec)| {
             let seed = scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
             let mut provider = Provider::new(spec.clone(), seed);
+            provider.spf_pass = scenario.sender.spf_pass;
+            provider.dmarc = scenario.sender.dmarc;
+            let verifier = Rc::clone(&verifier);
+            provider.dkim_verifier = Some(Box::new(move |message: &[u8]| verifier.verify(message)));
             for w in scenario.workloads.iter().filter(|w| w.complaint_rate > 0.0) {
                 provider
                     .complaint_rates

@@ -22,6 +22,9 @@ use crate::smtp::Reply;
 use crate::smtp::server::{Envelope, ServerPolicy};
 use crate::time::Time;
 
+/// Answers whether a message carries a DKIM signature that verifies.
+pub type DkimVerifier = Box<dyn Fn(&[u8]) -> bool>;
+
 /// Most greylist triplets remembered per provider.
 pub const GREYLIST_TRIPLETS_MAX: usize = 1_000_000;
 /// Most mailboxes whose receive rate is tracked at once per provider.
@@ -67,7 +70,6 @@ pub struct ReceiverLog {
 }
 
 /// A provider's shared state: every connection to any of its MX hosts sees it.
-#[derive(Debug)]
 pub struct Provider {
     pub spec: IspSpec,
     /// Set by the driver before every call.
@@ -90,6 +92,14 @@ pub struct Provider {
     /// How the audience of each sender (envelope sender) reacts: the share of delivered
     /// messages reported as spam. Set by the driver from the scenario's streams.
     pub complaint_rates: BTreeMap<String, f64>,
+    /// The sender's posture (SPF, DMARC) as this provider's DNS lookups would find it.
+    pub spf_pass: bool,
+    pub dmarc: bool,
+    /// Verifies a message's DKIM signatures against the simulated DNS (the driver supplies
+    /// it, built on mail-auth); `None` treats every message as unsigned.
+    pub dkim_verifier: Option<DkimVerifier>,
+    /// Messages per sending domain per day, for the bulk-sender threshold.
+    domain_days: BTreeMap<(String, u64), u64>,
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
@@ -112,6 +122,10 @@ impl Provider {
             hourly: BTreeMap::new(),
             clean_days: BTreeMap::new(),
             complaint_rates: BTreeMap::new(),
+            spf_pass: true,
+            dmarc: true,
+            dkim_verifier: None,
+            domain_days: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
@@ -296,6 +310,35 @@ impl Provider {
             early_retry,
             reply: reply.one_line(),
         });
+    }
+
+    /// The provider's authentication rules, with real DKIM verification.
+    fn authenticate(&mut self, envelope: &Envelope, data: &[u8]) -> Option<Reply> {
+        let rules = self.spec.auth.clone()?;
+        let domain = envelope
+            .mail_from
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        let day = self.now.unix_secs() / 86_400;
+        let sent = self.domain_days.entry((domain, day)).or_insert(0);
+        *sent += 1;
+        let bulk = *sent > rules.bulk_threshold_per_day;
+        let dkim = self
+            .dkim_verifier
+            .as_ref()
+            .is_some_and(|verify| verify(data));
+        let spf = self.spf_pass;
+        if rules.require_spf_or_dkim && !(spf || dkim) {
+            return Some(rules.reply_unauthenticated);
+        }
+        if bulk && rules.bulk_requires_both && !(spf && dkim) {
+            return Some(rules.reply_unauthenticated);
+        }
+        if bulk && rules.bulk_requires_dmarc && !self.dmarc {
+            return Some(rules.reply_no_dmarc);
+        }
+        None
     }
 
     fn forced(&self, phase: SmtpPhase) -> Option<Reply> {
@@ -568,9 +611,12 @@ impl ServerPolicy for Receiver {
             .unwrap_or_else(|| Reply::new(354, None, "Go ahead"))
     }
 
-    fn message(&mut self, envelope: &Envelope, _data: &[u8]) -> Reply {
+    fn message(&mut self, envelope: &Envelope, data: &[u8]) -> Reply {
         let mut p = self.provider.borrow_mut();
         if let Some(reply) = p.forced(SmtpPhase::DataEnd) {
+            return reply;
+        }
+        if let Some(reply) = p.authenticate(envelope, data) {
             return reply;
         }
         if let Some(reply) = p.throttle(self.peer, SmtpPhase::DataEnd) {

@@ -68,6 +68,42 @@ struct Raw {
     fault: Vec<Spanned<RawFault>>,
     #[serde(default)]
     expect: Vec<toml::Table>,
+    #[serde(default)]
+    sender: Option<Spanned<RawSender>>,
+    #[serde(default)]
+    dns_txt: Vec<RawTxt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSender {
+    #[serde(default)]
+    spf: Option<String>,
+    #[serde(default)]
+    dmarc: Option<bool>,
+    #[serde(default)]
+    publish_dkim_keys: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTxt {
+    name: String,
+    value: String,
+}
+
+/// The sender's authentication posture as the receivers' DNS shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderPosture {
+    /// The SPF result receivers compute for the sending IPs.
+    pub spf_pass: bool,
+    /// A DMARC record is published.
+    pub dmarc: bool,
+    /// Publish the engine's DKIM public keys (stand-in keys) in the simulated DNS.
+    pub publish_dkim_keys: bool,
+    /// Extra TXT records (`selector._domainkey.domain` → `v=DKIM1; ...`), which win over the
+    /// published keys: a wrong key here is a broken DKIM setup.
+    pub dns_txt: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +135,9 @@ struct RawIsp {
     /// capacity per source IP (a cold IP is the model's value; a warm one is higher).
     #[serde(default)]
     capacity_per_ip_per_hour: Option<u64>,
+    /// Lower a model's bulk-sender threshold (to exercise bulk rules at small volume).
+    #[serde(default)]
+    bulk_threshold_per_day: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +261,23 @@ pub struct IspSpec {
     pub close_silently_after_max_messages: bool,
     /// Most messages one mailbox receives in a minute (Gmail: 60 [A]).
     pub per_mailbox_per_minute: Option<u64>,
+    /// The provider's authentication rules (2024+ bulk-sender requirements).
+    pub auth: Option<AuthRules>,
+}
+
+/// Authentication a provider demands, checked at the end of data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthRules {
+    /// Messages a day from one sending domain that make it a bulk sender.
+    pub bulk_threshold_per_day: u64,
+    /// Every sender needs SPF or DKIM to pass.
+    pub require_spf_or_dkim: bool,
+    /// Bulk senders need both SPF and DKIM.
+    pub bulk_requires_both: bool,
+    /// Bulk senders need a DMARC record.
+    pub bulk_requires_dmarc: bool,
+    pub reply_unauthenticated: Reply,
+    pub reply_no_dmarc: Reply,
 }
 
 /// Greylisting as postgrey does it.
@@ -327,6 +383,7 @@ impl IspSpec {
             replies: IspReplies::default(),
             close_silently_after_max_messages: false,
             per_mailbox_per_minute: None,
+            auth: None,
         }
     }
 }
@@ -378,6 +435,7 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     /// `[[expect]]` tables, kept for the expectations checker.
     pub expect: Vec<toml::Table>,
+    pub sender: SenderPosture,
 }
 
 struct Reporter<'a> {
@@ -664,6 +722,12 @@ impl Scenario {
                 replies: base.replies,
                 close_silently_after_max_messages: base.close_silently_after_max_messages,
                 per_mailbox_per_minute: base.per_mailbox_per_minute,
+                auth: base.auth.map(|mut a| {
+                    if let Some(t) = isp.bulk_threshold_per_day {
+                        a.bulk_threshold_per_day = t;
+                    }
+                    a
+                }),
             });
         }
         let mut workloads = Vec::new();
@@ -680,6 +744,40 @@ impl Scenario {
                 format!("{total} messages in all, over the limit of {MESSAGES_MAX}"),
             ));
         }
+        let sender = match &raw.sender {
+            Some(spanned) => {
+                let s = spanned.get_ref();
+                let spf_pass = match s.spf.as_deref().unwrap_or("pass") {
+                    "pass" => true,
+                    "fail" | "none" => false,
+                    other => {
+                        return Err(
+                            r.span(spanned, format!("spf is pass, fail or none, not `{other}`"))
+                        );
+                    }
+                };
+                SenderPosture {
+                    spf_pass,
+                    dmarc: s.dmarc.unwrap_or(true),
+                    publish_dkim_keys: s.publish_dkim_keys.unwrap_or(true),
+                    dns_txt: Vec::new(),
+                }
+            }
+            None => SenderPosture {
+                spf_pass: true,
+                dmarc: true,
+                publish_dkim_keys: true,
+                dns_txt: Vec::new(),
+            },
+        };
+        let sender = SenderPosture {
+            dns_txt: raw
+                .dns_txt
+                .iter()
+                .map(|t| (t.name.to_ascii_lowercase(), t.value.clone()))
+                .collect(),
+            ..sender
+        };
         let mut faults = Vec::new();
         for spanned in &raw.fault {
             let f = spanned.get_ref();
@@ -728,6 +826,7 @@ impl Scenario {
             workloads,
             faults,
             expect: raw.expect,
+            sender,
         })
     }
 

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Greylist, IspReplies, IspSpec, Reporter, ScenarioError, SmtpPhase, Throttle, interval, reply,
+    AuthRules, Greylist, IspReplies, IspSpec, Reporter, ScenarioError, SmtpPhase, Throttle,
+    interval, reply,
 };
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +27,19 @@ struct RawModel {
     throttle: Option<Spanned<RawThrottle>>,
     #[serde(default)]
     greylist: Option<Spanned<RawGreylist>>,
+    #[serde(default)]
+    auth: Option<Spanned<RawAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    bulk_threshold_per_day: u64,
+    require_spf_or_dkim: bool,
+    bulk_requires_both: bool,
+    bulk_requires_dmarc: bool,
+    reply_unauthenticated: String,
+    reply_no_dmarc: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +241,18 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             ));
         }
         spec.greylist = Some(grey);
+    }
+    if let Some(a) = &raw.auth {
+        let at = a.span().start;
+        let a = a.get_ref();
+        spec.auth = Some(AuthRules {
+            bulk_threshold_per_day: a.bulk_threshold_per_day,
+            require_spf_or_dkim: a.require_spf_or_dkim,
+            bulk_requires_both: a.bulk_requires_both,
+            bulk_requires_dmarc: a.bulk_requires_dmarc,
+            reply_unauthenticated: reply_at(at, &a.reply_unauthenticated)?,
+            reply_no_dmarc: reply_at(at, &a.reply_no_dmarc)?,
+        });
     }
     Ok(spec)
 }
