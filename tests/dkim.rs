@@ -3,76 +3,13 @@
 
 mod common;
 
-use std::borrow::Borrow;
-use std::future::Future;
-use std::hash::Hash;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::Instant;
-
 use common::harness::{Harness, T0};
-use mail_auth::common::parse::TxtRecordParser;
-use mail_auth::common::verify::DomainKey;
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
-use mail_auth::{
-    AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
-};
+use mail_auth::DkimResult;
+use pmta_sim::driver::dkim::Verifier;
 use pmta_sim::engine::accounting::RecordType;
 
-/// A DNS zone held in memory: mail-auth consults it before any query.
-struct Zone(Vec<(Box<str>, Txt)>);
-
-impl ResolverCache<Box<str>, Txt> for Zone {
-    fn get<Q>(&self, name: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.0
-            .iter()
-            .find(|(k, _)| k.borrow() == name)
-            .map(|(_, v)| v.clone())
-    }
-    fn remove<Q>(&self, name: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        self.get(name)
-    }
-    fn insert(&self, _key: Box<str>, _value: Txt, _valid_until: Instant) {}
-}
-
-/// Polls a future that never waits (every lookup is answered from the zone).
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    for _ in 0..1000 {
-        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
-            return value;
-        }
-    }
-    panic!("verification tried to reach the network");
-}
-
 fn verify(message: &[u8], name: &str, record: &str) -> Vec<DkimResult> {
-    let zone = Zone(vec![(
-        name.into(),
-        Txt::DomainKey(Arc::new(
-            DomainKey::parse(record.as_bytes()).expect("record parses"),
-        )),
-    )]);
-    let authenticator = MessageAuthenticator::new(
-        ResolverConfig::from_parts(None, vec![], vec![]),
-        ResolverOpts::default(),
-    )
-    .unwrap();
-    let parsed = AuthenticatedMessage::parse(message).expect("message parses");
-    block_on(authenticator.verify_dkim(Parameters::new(&parsed).with_txt_cache(&zone)))
-        .iter()
-        .map(|o| o.result().clone())
-        .collect()
+    Verifier::new(&[(name.to_string(), record.to_string())]).results(message)
 }
 
 fn signed_message(config: &str) -> (Vec<u8>, Harness) {

@@ -81,19 +81,24 @@ impl Verifier {
 
     /// Whether `message` carries at least one signature that verifies.
     pub fn verify(&self, message: &[u8]) -> bool {
+        self.results(message).contains(&DkimResult::Pass)
+    }
+
+    /// The result of each DKIM signature of `message`, in order.
+    pub fn results(&self, message: &[u8]) -> Vec<DkimResult> {
         let (Some(authenticator), Some(parsed)) =
             (&self.authenticator, AuthenticatedMessage::parse(message))
         else {
-            return false;
+            return Vec::new();
         };
         let future = authenticator.verify_dkim(Parameters::new(&parsed).with_txt_cache(&self.zone));
         let mut future = pin!(future);
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..POLLS_MAX {
             if let Poll::Ready(results) = future.as_mut().poll(&mut cx) {
-                return results.iter().any(|r| r.result() == &DkimResult::Pass);
+                return results.iter().map(|r| r.result().clone()).collect();
             }
         }
-        false
+        Vec::new()
     }
 }

@@ -190,6 +190,9 @@ struct Message {
     open: usize,
     from_domain: String,
     has_x_dkim_options: bool,
+    /// The signed, dot-stuffed copies made for the queues that sign (signing is per queue:
+    /// its settings choose the canonicalization and headers).
+    signed: Vec<(QueueId, Arc<Vec<u8>>)>,
 }
 
 /// Recipients of one message waiting in one queue.
@@ -240,7 +243,6 @@ struct Queue {
     mx_lookup: String,
     mx: MxState,
     wake_at: Option<Time>,
-    signed: BTreeMap<MessageId, Arc<Vec<u8>>>,
     /// State for the `source-ip-*` limits, per source IP.
     per_ip: BTreeMap<IpAddr, PerIp>,
     /// Since when lookups have found no mail host, for `bounce-upon-no-mx INTERVAL`.
@@ -549,6 +551,7 @@ impl Engine {
                 .map(|ip| ip.to_string())
                 .unwrap_or_default(),
             from_domain,
+            signed: Vec::new(),
         };
         self.messages.insert(id, message);
         for (queue, rcpts) in per_queue {
@@ -691,7 +694,6 @@ impl Engine {
                     mx_lookup,
                     mx: MxState::Unknown,
                     wake_at: None,
-                    signed: BTreeMap::new(),
                     per_ip: BTreeMap::new(),
                     no_mx_since: None,
                     per_ip_horizon_ms,
@@ -1389,10 +1391,10 @@ impl Engine {
     /// The message as sent by this queue: DKIM-signed when the queue signs, dot-stuffed.
     fn message_data(&mut self, now: Time, q: QueueId, msg: MessageId) -> Arc<Vec<u8>> {
         let queue = &self.queues[q.0 as usize];
-        if let Some(signed) = queue.signed.get(&msg) {
+        let message = &self.messages[&msg];
+        if let Some((_, signed)) = message.signed.iter().find(|(by, _)| *by == q) {
             return Arc::clone(signed);
         }
-        let message = &self.messages[&msg];
         let sign = match queue.settings.dkim_sign {
             DkimSign::Yes => true,
             DkimSign::IfXDkimOptionsPresent => message.has_x_dkim_options,
@@ -1419,9 +1421,9 @@ impl Engine {
             }
             Err(_) => Arc::clone(&message.stuffed),
         };
-        self.queues[q.0 as usize]
-            .signed
-            .insert(msg, Arc::clone(&stuffed));
+        if let Some(message) = self.messages.get_mut(&msg) {
+            message.signed.push((q, Arc::clone(&stuffed)));
+        }
         stuffed
     }
 
@@ -1654,10 +1656,8 @@ impl Engine {
             None => false,
         };
         if done {
+            // The message's signed copies go with it.
             self.messages.remove(&entry.msg);
-            for queue in &mut self.queues {
-                queue.signed.remove(&entry.msg);
-            }
         }
     }
 

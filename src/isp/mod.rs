@@ -186,19 +186,8 @@ impl Provider {
                 let average = earlier.iter().sum::<u64>() as f64 / earlier.len() as f64;
                 if current as f64 * 100.0 >= percent as f64 * average {
                     let (key, _, reply) = &keys[0];
-                    let span = throttle
-                        .penalty_max_s
-                        .saturating_sub(throttle.penalty_min_s);
-                    let draw = if span == 0 {
-                        0
-                    } else {
-                        self.rng.random_range(0..=span)
-                    };
-                    let until = now.plus_secs(throttle.penalty_min_s + draw);
-                    self.penalties.insert(key.clone(), until);
                     let reply = fill(reply);
-                    self.log_throttle(now, peer, phase, key, until, false, &reply);
-                    return Some(reply);
+                    return Some(self.start_penalty(&throttle, peer, phase, key, reply));
                 }
             }
         }
@@ -215,19 +204,8 @@ impl Provider {
                 .entry(key.clone())
                 .or_insert_with(|| Window::new(3_600_000));
             if window.allowance(rate, now) == 0 {
-                let span = throttle
-                    .penalty_max_s
-                    .saturating_sub(throttle.penalty_min_s);
-                let draw = if span == 0 {
-                    0
-                } else {
-                    self.rng.random_range(0..=span)
-                };
-                let until = now.plus_secs(throttle.penalty_min_s + draw);
-                self.penalties.insert(key.clone(), until);
                 let reply = fill(reply);
-                self.log_throttle(now, peer, phase, key, until, false, &reply);
-                return Some(reply);
+                return Some(self.start_penalty(&throttle, peer, phase, key, reply));
             }
         }
         for (key, capacity, _) in &keys {
@@ -288,6 +266,31 @@ impl Provider {
         }
         self.clean_days.insert(peer, (days_now, today));
         capacity_for(days_now)
+    }
+
+    /// Throttles `key` for a penalty drawn between the model's bounds, logs it, and returns
+    /// the reply.
+    fn start_penalty(
+        &mut self,
+        throttle: &crate::scenario::Throttle,
+        peer: IpAddr,
+        phase: SmtpPhase,
+        key: &str,
+        reply: Reply,
+    ) -> Reply {
+        let span = throttle
+            .penalty_max_s
+            .saturating_sub(throttle.penalty_min_s);
+        let draw = if span == 0 {
+            0
+        } else {
+            self.rng.random_range(0..=span)
+        };
+        let now = self.now;
+        let until = now.plus_secs(throttle.penalty_min_s + draw);
+        self.penalties.insert(key.to_string(), until);
+        self.log_throttle(now, peer, phase, key, until, false, &reply);
+        reply
     }
 
     #[allow(clippy::too_many_arguments)]
