@@ -5,11 +5,13 @@ mod common;
 
 use common::harness::{Harness, T0};
 use mail_auth::DkimResult;
-use pmta_sim::driver::dkim::Verifier;
+use pmta_sim::driver::mailauth::{Verifier, Zone};
 use pmta_sim::engine::accounting::RecordType;
 
 fn verify(message: &[u8], name: &str, record: &str) -> Vec<DkimResult> {
-    Verifier::new(&[(name.to_string(), record.to_string())]).results(message)
+    let mut zone = Zone::default();
+    zone.add_txt(name, record);
+    Verifier::new(zone).results(message)
 }
 
 fn signed_message(config: &str) -> (Vec<u8>, Harness) {

@@ -17,11 +17,13 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::mailauth::{Verifier, Zone};
 use super::{ConnectionTrace, RunOutput};
+use crate::auth::Signer;
 use crate::config::Config;
 use crate::engine::{Action, ConnectionId, Engine, EngineOptions, MxAnswer, MxHost};
 use crate::isp::{Provider, Receiver};
-use crate::scenario::{FaultKind, Generated, Scenario};
+use crate::scenario::{FaultKind, Generated, Scenario, SpfPosture};
 use crate::smtp::server::ServerSession;
 use crate::time::Time;
 
@@ -115,20 +117,11 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
                 .or_insert_with(|| MxAnswer::Hosts(vec![own]));
         }
     }
-    // The simulated DNS: the engine's DKIM keys (when published), then the scenario's own
-    // records, which win (a wrong key there is a broken DKIM setup).
-    let mut dkim_records: Vec<(String, String)> = scenario.sender.dns_txt.clone();
-    if scenario.sender.publish_dkim_keys {
-        for signer in engine.signer().signers() {
-            let name = format!("{}._domainkey.{}", signer.selector, signer.domain);
-            if let Some(record) = &signer.stand_in_record
-                && !dkim_records.iter().any(|(n, _)| *n == name)
-            {
-                dkim_records.push((name, record.clone()));
-            }
-        }
-    }
-    let verifier = Rc::new(super::dkim::Verifier::new(&dkim_records));
+    let verifier = Rc::new(Verifier::new(sender_zone(
+        scenario,
+        engine.signer(),
+        &source_ips,
+    )));
     let providers: Vec<Rc<RefCell<Provider>>> = scenario
         .isps
         .iter()
@@ -136,14 +129,16 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
         .map(|(index, spec)| {
             let seed = scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
             let mut provider = Provider::new(spec.clone(), seed);
-            provider.spf_pass = scenario.sender.spf_pass;
-            provider.dmarc = scenario.sender.dmarc;
             let verifier = Rc::clone(&verifier);
-            provider.dkim_verifier = Some(Box::new(move |message: &[u8]| verifier.verify(message)));
-            for w in scenario.workloads.iter().filter(|w| w.complaint_rate > 0.0) {
+            provider.authenticator = Some(Box::new(move |peer, helo, mail_from, message| {
+                verifier.check(peer, helo, mail_from, message)
+            }));
+            for w in &scenario.workloads {
+                let sender = w.mail_from.to_ascii_lowercase();
                 provider
                     .complaint_rates
-                    .insert(w.mail_from.to_ascii_lowercase(), w.complaint_rate);
+                    .insert(sender.clone(), w.complaint_rate);
+                provider.engagement_rates.insert(sender, w.engagement);
             }
             Rc::new(RefCell::new(provider))
         })
@@ -616,4 +611,68 @@ impl EngineLoop {
             self.events.push(event);
         }
     }
+}
+
+/// The simulated DNS the receivers verify against: the scenario's own TXT records first (they
+/// win: a wrong key there is a broken DKIM setup), then what the sender's posture publishes
+/// for every sending domain (SPF over the source IPs, DMARC `p=none`), the engine's DKIM keys,
+/// and a PTR name per source IP that resolves back to it.
+pub fn sender_zone(scenario: &Scenario, signer: &Signer, source_ips: &[IpAddr]) -> Zone {
+    let posture = &scenario.sender;
+    let mut zone = Zone::default();
+    for (name, value) in &posture.dns_txt {
+        zone.add_txt(name, value);
+    }
+    let mut domains: Vec<String> = scenario
+        .workloads
+        .iter()
+        .filter_map(|w| {
+            w.mail_from
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+        })
+        .collect();
+    domains.sort();
+    domains.dedup();
+    let spf = match posture.spf {
+        SpfPosture::Pass => Some(
+            source_ips
+                .iter()
+                .map(|ip| match ip {
+                    IpAddr::V4(v4) => format!("ip4:{v4}"),
+                    IpAddr::V6(v6) => format!("ip6:{v6}"),
+                })
+                .fold("v=spf1".to_string(), |record, term| record + " " + &term)
+                + " -all",
+        ),
+        // TEST-NET-3: never a source IP in a simulation.
+        SpfPosture::Fail => Some("v=spf1 ip4:203.0.113.0/24 -all".to_string()),
+        SpfPosture::None => None,
+    };
+    for domain in &domains {
+        if let Some(record) = &spf {
+            zone.add_txt(domain, record);
+        }
+        if posture.dmarc {
+            zone.add_txt(&format!("_dmarc.{domain}"), "v=DMARC1; p=none");
+        }
+    }
+    if posture.publish_dkim_keys {
+        for s in signer.signers() {
+            if let Some(record) = &s.stand_in_record {
+                zone.add_txt(&format!("{}._domainkey.{}", s.selector, s.domain), record);
+            }
+        }
+    }
+    if posture.ptr {
+        let base = domains.first().map_or("pmta-sim.example", String::as_str);
+        for (index, ip) in source_ips.iter().enumerate() {
+            let name = format!("mta{}.{base}", index + 1);
+            zone.add_ptr(*ip, &name);
+            if let IpAddr::V4(v4) = ip {
+                zone.add_a(&name, *v4);
+            }
+        }
+    }
+    zone
 }

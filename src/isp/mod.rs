@@ -3,12 +3,19 @@
 //! Owns the generic receiver model: per-source-IP connection caps, messages per connection,
 //! recipients per transaction, per-source-IP rate limits with a chosen reply, greylisting
 //! (triplet of /24, sender and recipient, with a delay), unknown users, a fixed reply at a
-//! chosen phase, and replies overridden by scheduled faults. It also keeps the receiver's own
-//! log, so tests can check limits "from the wire". Pure: the driver sets `now` before each
-//! call; it must never import the engine (a provider knows the sender only from the wire).
+//! chosen phase, and replies overridden by scheduled faults; and the provider models built on
+//! it: hourly throttles per source IP, /24 and DKIM domain whose capacity comes from
+//! reputation (`reputation`), blocks, penalty windows, the 2024+ authentication rules with
+//! temporary-then-permanent enforcement, mailbox states, complaints, and each provider's reply
+//! style. It also keeps the receiver's own log, so tests can check limits "from the wire".
+//! Pure: the driver sets `now` before each call and supplies the authenticator (mail-auth, in
+//! the driver room); it must never import the engine (a provider knows the sender only from
+//! the wire).
+
+pub mod reputation;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -17,13 +24,30 @@ use rand::{RngExt, SeedableRng};
 
 use crate::config::value::Rate;
 use crate::rate::Window;
-use crate::scenario::{IspSpec, SmtpPhase};
+use crate::scenario::{Enforcement, IspSpec, Requirement, SmtpPhase};
 use crate::smtp::Reply;
 use crate::smtp::server::{Envelope, ServerPolicy};
 use crate::time::Time;
 
-/// Answers whether a message carries a DKIM signature that verifies.
-pub type DkimVerifier = Box<dyn Fn(&[u8]) -> bool>;
+use reputation::{Curve, Ledger, Signal};
+
+/// What a receiver's checks found about one message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthResults {
+    /// The `d=` of every DKIM signature that verifies.
+    pub dkim_domains: Vec<String>,
+    /// SPF passes for the envelope sender and the source IP.
+    pub spf: bool,
+    /// The From: domain publishes a DMARC record.
+    pub dmarc_record: bool,
+    /// DMARC passes: SPF or DKIM passes aligned with the From: domain.
+    pub dmarc_aligned: bool,
+    /// The source IP's PTR name resolves back to it.
+    pub ptr: bool,
+}
+
+/// Checks a message as a receiver would: `(peer, helo, mail_from, message)`.
+pub type Authenticator = Box<dyn Fn(IpAddr, &str, &str, &[u8]) -> AuthResults>;
 
 /// Most greylist triplets remembered per provider.
 pub const GREYLIST_TRIPLETS_MAX: usize = 1_000_000;
@@ -87,19 +111,22 @@ pub struct Provider {
     /// Accepted attempts per source IP per hour (hour number since the epoch), for the
     /// spike rule; the last day is kept.
     hourly: BTreeMap<IpAddr, BTreeMap<u64, u64>>,
-    /// Clean sending days per source IP, and the day (since the epoch) last credited.
-    clean_days: BTreeMap<IpAddr, (u32, u64)>,
+    /// Every identity's reputation with this provider.
+    pub ledger: Ledger,
     /// How the audience of each sender (envelope sender) reacts: the share of delivered
     /// messages reported as spam. Set by the driver from the scenario's streams.
     pub complaint_rates: BTreeMap<String, f64>,
-    /// The sender's posture (SPF, DMARC) as this provider's DNS lookups would find it.
-    pub spf_pass: bool,
-    pub dmarc: bool,
-    /// Verifies a message's DKIM signatures against the simulated DNS (the driver supplies
-    /// it, built on mail-auth); `None` treats every message as unsigned.
-    pub dkim_verifier: Option<DkimVerifier>,
-    /// Messages per sending domain per day, for the bulk-sender threshold.
+    /// The share of each sender's recipients who engage (open, read), 0..1.
+    pub engagement_rates: BTreeMap<String, f64>,
+    /// Checks DKIM, SPF, DMARC and PTR against the simulated DNS (the driver supplies it,
+    /// built on mail-auth); `None` finds nothing authenticated.
+    pub authenticator: Option<Authenticator>,
+    /// Messages per sending domain today, for the bulk-sender threshold.
     domain_days: BTreeMap<(String, u64), u64>,
+    /// Sending domains that have crossed the bulk threshold: bulk for good (Gmail [A]).
+    bulk_domains: BTreeSet<String>,
+    /// When a sending domain first failed each rule (by index), for temp-then-perm.
+    auth_failures: BTreeMap<(String, usize), Time>,
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
@@ -109,6 +136,32 @@ pub struct Provider {
 impl Provider {
     /// A provider whose random draws (penalty lengths) come from `seed`.
     pub fn new(spec: IspSpec, seed: u64) -> Provider {
+        let mut ledger = Ledger::new(
+            spec.reputation.clone().unwrap_or_default(),
+            spec.history.clone(),
+        );
+        if let Some(t) = &spec.throttle {
+            let growth = t.growth_percent_per_clean_day.unwrap_or(100) as f64 / 100.0;
+            let max_per_hour = t.capacity_max_per_hour;
+            ledger.set_curve(
+                "ip:",
+                Curve {
+                    base_per_hour: t.per_ip_per_hour,
+                    growth,
+                    max_per_hour,
+                },
+            );
+            if let Some(base) = t.per_domain_per_hour {
+                ledger.set_curve(
+                    "domain:",
+                    Curve {
+                        base_per_hour: base,
+                        growth,
+                        max_per_hour,
+                    },
+                );
+            }
+        }
         Provider {
             spec,
             now: Time::default(),
@@ -120,12 +173,13 @@ impl Provider {
             penalties: BTreeMap::new(),
             mailboxes: BTreeMap::new(),
             hourly: BTreeMap::new(),
-            clean_days: BTreeMap::new(),
+            ledger,
             complaint_rates: BTreeMap::new(),
-            spf_pass: true,
-            dmarc: true,
-            dkim_verifier: None,
+            engagement_rates: BTreeMap::new(),
+            authenticator: None,
             domain_days: BTreeMap::new(),
+            bulk_domains: BTreeSet::new(),
+            auth_failures: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
@@ -137,38 +191,50 @@ impl Provider {
         self.overrides.push((phase, reply, from, until));
     }
 
+    /// The provider's answer at `phase` before its limits: a block for an IP whose
+    /// reputation fell under the floor, then the throttle. `domain` is the DKIM signing
+    /// domain (or the envelope sender's) once the message is in.
+    fn gate(&mut self, peer: IpAddr, phase: SmtpPhase, domain: Option<&str>) -> Option<Reply> {
+        if let Some(model) = &self.spec.reputation
+            && model.block_phase == phase
+        {
+            let reply = model.block_reply.clone();
+            if self.ledger.blocked(&format!("ip:{peer}"), self.now) {
+                return Some(fill(&reply, peer, None));
+            }
+        }
+        self.throttle(peer, phase, domain)
+    }
+
     /// The throttle's answer for an attempt from `peer` at `phase`, if it throttles it.
-    fn throttle(&mut self, peer: IpAddr, phase: SmtpPhase) -> Option<Reply> {
+    fn throttle(&mut self, peer: IpAddr, phase: SmtpPhase, domain: Option<&str>) -> Option<Reply> {
         let throttle = self.spec.throttle.clone()?;
         if throttle.phase != phase {
             return None;
         }
         let now = self.now;
-        let net = slash_24(peer);
-        let capacity = self.ip_capacity(peer, &throttle);
-        let keys = [
-            (format!("ip:{peer}"), Some(capacity), &throttle.reply_ip),
+        let ip_key = format!("ip:{peer}");
+        let capacity = self.ledger.capacity(&ip_key, now);
+        let mut keys = vec![
+            (ip_key, Some(capacity), &throttle.reply_ip),
             (
-                format!("net:{net}"),
+                format!("net:{}", slash_24(peer)),
                 throttle.per_netblock_per_hour,
                 &throttle.reply_netblock,
             ),
         ];
-        let fill = |reply: &Reply| {
-            Reply::new(
-                reply.code,
-                reply.enhanced,
-                reply
-                    .text
-                    .replace("{ip}", &peer.to_string())
-                    .replace("{netblock}", &net),
-            )
-        };
+        if let (Some(_), Some(domain)) = (throttle.per_domain_per_hour, domain) {
+            let key = format!("domain:{domain}");
+            let capacity = self.ledger.capacity(&key, now);
+            keys.push((key, Some(capacity), &throttle.reply_domain));
+        }
+        let fill = |reply: &Reply| fill(reply, peer, domain);
         // A retry inside the penalty window extends it (Gmail: wait at least 10 minutes).
         for (key, _, reply) in &keys {
             if let Some(until) = self.penalties.get(key).copied().filter(|u| *u > now) {
                 let until = until.max(now.plus_secs(throttle.early_retry_extension_s));
                 self.penalties.insert(key.clone(), until);
+                self.ledger.record(key, now, Signal::Throttled);
                 let reply = fill(reply);
                 self.log_throttle(now, peer, phase, key, until, true, &reply);
                 return Some(reply);
@@ -221,53 +287,6 @@ impl Provider {
         None
     }
 
-    /// The IP's hourly capacity: the cold value grown by its clean sending days. A day is
-    /// clean when the IP sent at least a quarter of what its capacity allowed that day and
-    /// was never throttled (reference §4.5: `C_cold · G^d_eff`, capped).
-    fn ip_capacity(&mut self, peer: IpAddr, throttle: &crate::scenario::Throttle) -> u64 {
-        let Some(growth) = throttle.growth_percent_per_clean_day else {
-            return throttle.per_ip_per_hour;
-        };
-        let today = self.now.unix_secs() / 86_400;
-        let (days, credited) = self.clean_days.get(&peer).copied().unwrap_or((0, today));
-        let capacity_for = |days: u32| -> u64 {
-            let mut c = throttle.per_ip_per_hour as f64;
-            for _ in 0..days {
-                c = (c * growth as f64 / 100.0).min(throttle.capacity_max_per_hour as f64);
-            }
-            c as u64
-        };
-        let mut days_now = days;
-        // Credit each finished day since the last one looked at.
-        for day in credited..today {
-            let hours = self.hourly.get(&peer);
-            let sent: u64 = hours.map_or(0, |h| {
-                h.range(day * 24..(day + 1) * 24).map(|(_, n)| *n).sum()
-            });
-            let throttled = self
-                .log
-                .throttles
-                .iter()
-                .any(|t| t.peer == peer && t.at.unix_secs() / 86_400 == day);
-            let complaints = self
-                .log
-                .complaints
-                .iter()
-                .filter(|(at, ip, _, _)| *ip == peer && at.unix_secs() / 86_400 == day)
-                .count() as u64;
-            let allowed = capacity_for(days_now) * 24;
-            // Complaints over 0.3% of the day's mail undo the IP's standing (Gmail's
-            // threshold); under 0.1% a day can count as clean.
-            if complaints * 1000 >= sent.max(1) * 3 {
-                days_now = 0;
-            } else if !throttled && sent * 4 >= allowed && complaints * 1000 < sent.max(1) {
-                days_now += 1;
-            }
-        }
-        self.clean_days.insert(peer, (days_now, today));
-        capacity_for(days_now)
-    }
-
     /// Throttles `key` for a penalty drawn between the model's bounds, logs it, and returns
     /// the reply.
     fn start_penalty(
@@ -289,6 +308,7 @@ impl Provider {
         let now = self.now;
         let until = now.plus_secs(throttle.penalty_min_s + draw);
         self.penalties.insert(key.to_string(), until);
+        self.ledger.record(key, now, Signal::Throttled);
         self.log_throttle(now, peer, phase, key, until, false, &reply);
         reply
     }
@@ -315,33 +335,96 @@ impl Provider {
         });
     }
 
-    /// The provider's authentication rules, with real DKIM verification.
-    fn authenticate(&mut self, envelope: &Envelope, data: &[u8]) -> Option<Reply> {
+    /// The provider's authentication rules against what its checks found; the first unmet
+    /// rule answers, temporarily or permanently as the model enforces.
+    fn authenticate(
+        &mut self,
+        envelope: &Envelope,
+        data: &[u8],
+        found: &AuthResults,
+    ) -> Option<Reply> {
         let rules = self.spec.auth.clone()?;
-        let domain = envelope
-            .mail_from
-            .rsplit_once('@')
-            .map_or("", |(_, d)| d)
-            .to_ascii_lowercase();
+        let domain = domain_of(&envelope.mail_from);
         let day = self.now.unix_secs() / 86_400;
-        let sent = self.domain_days.entry((domain, day)).or_insert(0);
+        if self
+            .domain_days
+            .keys()
+            .next()
+            .is_some_and(|(_, d)| *d != day)
+        {
+            self.domain_days.retain(|(_, d), _| *d == day);
+        }
+        let sent = self.domain_days.entry((domain.clone(), day)).or_insert(0);
         *sent += 1;
-        let bulk = *sent > rules.bulk_threshold_per_day;
-        let dkim = self
-            .dkim_verifier
-            .as_ref()
-            .is_some_and(|verify| verify(data));
-        let spf = self.spf_pass;
-        if rules.require_spf_or_dkim && !(spf || dkim) {
-            return Some(rules.reply_unauthenticated);
+        if *sent > rules.bulk_threshold_per_day {
+            self.bulk_domains.insert(domain.clone());
         }
-        if bulk && rules.bulk_requires_both && !(spf && dkim) {
-            return Some(rules.reply_unauthenticated);
-        }
-        if bulk && rules.bulk_requires_dmarc && !self.dmarc {
-            return Some(rules.reply_no_dmarc);
+        let bulk = self.bulk_domains.contains(&domain);
+        for (index, rule) in rules.rules.iter().enumerate() {
+            if rule.bulk_only && !bulk {
+                continue;
+            }
+            let met = match rule.require {
+                Requirement::SpfOrDkim => found.spf || !found.dkim_domains.is_empty(),
+                Requirement::Spf => found.spf,
+                Requirement::Dkim => !found.dkim_domains.is_empty(),
+                Requirement::DmarcRecord => found.dmarc_record,
+                Requirement::DmarcAligned => found.dmarc_aligned,
+                Requirement::Ptr => found.ptr,
+                Requirement::Tls => envelope.tls,
+                Requirement::OneClickUnsubscribe => one_click_unsubscribe(data),
+            };
+            if met {
+                continue;
+            }
+            let now = self.now;
+            let first = *self
+                .auth_failures
+                .entry((domain.clone(), index))
+                .or_insert(now);
+            let permanent = match rules.enforcement {
+                Enforcement::Temporary => false,
+                Enforcement::Permanent => true,
+                Enforcement::TempThenPerm { permanent_after_s } => {
+                    now.since(first) >= permanent_after_s * 1000
+                }
+            };
+            let reply = if permanent {
+                &rule.permanent
+            } else {
+                &rule.temporary
+            };
+            return Some(Reply::new(
+                reply.code,
+                reply.enhanced,
+                reply.text.replace("{domain}", &domain),
+            ));
         }
         None
+    }
+
+    /// The provider's wire style for a reply that is not positive: its suffix, and lines
+    /// wrapped with the code repeated (Gmail's `421-4.7.28 ...` form).
+    fn styled(&self, reply: Reply) -> Reply {
+        let wrap = self.spec.reply_wrap_chars;
+        if reply.is_positive() || (wrap == 0 && self.spec.reply_suffix.is_empty()) {
+            return reply;
+        }
+        let text = format!("{}{}", reply.text, self.spec.reply_suffix);
+        if wrap == 0 {
+            return Reply::new(reply.code, reply.enhanced, text);
+        }
+        let mut lines: Vec<String> = Vec::new();
+        for word in text.split(' ') {
+            match lines.last_mut() {
+                Some(line) if line.len() + 1 + word.len() <= wrap => {
+                    line.push(' ');
+                    line.push_str(word);
+                }
+                _ => lines.push(word.to_string()),
+            }
+        }
+        Reply::new(reply.code, reply.enhanced, lines.join("\n"))
     }
 
     fn forced(&self, phase: SmtpPhase) -> Option<Reply> {
@@ -430,7 +513,7 @@ impl ServerPolicy for Receiver {
         let peer = self.peer;
         let refusal = forced
             .or_else(|| over_cap.then(|| p.spec.replies.over_cap.clone()))
-            .or_else(|| p.throttle(peer, SmtpPhase::Greeting));
+            .or_else(|| p.gate(peer, SmtpPhase::Greeting, None));
         match refusal {
             Some(reply) if reply.class() != 2 => {
                 p.log.connections[self.log_index].refused = true;
@@ -461,7 +544,7 @@ impl ServerPolicy for Receiver {
     fn ehlo(&mut self, _host: &str) -> Option<Reply> {
         let mut p = self.provider.borrow_mut();
         p.forced(SmtpPhase::Ehlo)
-            .or_else(|| p.throttle(self.peer, SmtpPhase::Ehlo))
+            .or_else(|| p.gate(self.peer, SmtpPhase::Ehlo, None))
     }
 
     fn mail_from(&mut self, _envelope: &Envelope) -> Reply {
@@ -475,10 +558,14 @@ impl ServerPolicy for Receiver {
         {
             return p.spec.replies.max_messages.clone();
         }
-        if let Some(reply) = p.throttle(self.peer, SmtpPhase::Mail) {
+        if let Some(reply) = p.gate(self.peer, SmtpPhase::Mail, None) {
             return reply;
         }
         Reply::new(250, Some([2, 1, 0]), "OK")
+    }
+
+    fn style(&mut self, reply: Reply) -> Reply {
+        self.provider.borrow().styled(reply)
     }
 
     fn close_after_reply(&mut self) -> bool {
@@ -502,6 +589,9 @@ impl ServerPolicy for Receiver {
         }
         let local = rcpt.split('@').next().unwrap_or("");
         if p.spec.reject_unknown_users && local.starts_with("nouser") {
+            // Mailing addresses that do not exist is what list hygiene is judged on.
+            let (now, key) = (p.now, format!("ip:{}", self.peer));
+            p.ledger.record(&key, now, Signal::UnknownUser);
             return p.spec.replies.unknown_user.clone();
         }
         if local.starts_with("disabled") {
@@ -599,7 +689,7 @@ impl ServerPolicy for Receiver {
             window.record(now, 1);
         }
         // The throttle comes last, so only recipients otherwise accepted use its capacity.
-        if let Some(reply) = p.throttle(self.peer, SmtpPhase::Rcpt) {
+        if let Some(reply) = p.gate(self.peer, SmtpPhase::Rcpt, None) {
             return reply;
         }
         let peer = self.peer;
@@ -610,7 +700,7 @@ impl ServerPolicy for Receiver {
     fn data(&mut self, _envelope: &Envelope) -> Reply {
         let mut p = self.provider.borrow_mut();
         p.forced(SmtpPhase::Data)
-            .or_else(|| p.throttle(self.peer, SmtpPhase::Data))
+            .or_else(|| p.gate(self.peer, SmtpPhase::Data, None))
             .unwrap_or_else(|| Reply::new(354, None, "Go ahead"))
     }
 
@@ -619,24 +709,52 @@ impl ServerPolicy for Receiver {
         if let Some(reply) = p.forced(SmtpPhase::DataEnd) {
             return reply;
         }
-        if let Some(reply) = p.authenticate(envelope, data) {
+        let needs_checks = p.spec.auth.is_some()
+            || p.spec
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.per_domain_per_hour.is_some());
+        let found = match &p.authenticator {
+            Some(check) if needs_checks => {
+                check(self.peer, &envelope.helo, &envelope.mail_from, data)
+            }
+            _ => AuthResults::default(),
+        };
+        if let Some(reply) = p.authenticate(envelope, data, &found) {
             return reply;
         }
-        if let Some(reply) = p.throttle(self.peer, SmtpPhase::DataEnd) {
+        // The DKIM signing domain is the domain identity; unsigned mail is judged by its
+        // envelope sender's domain.
+        let domain = found
+            .dkim_domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| domain_of(&envelope.mail_from));
+        if let Some(reply) = p.gate(self.peer, SmtpPhase::DataEnd, Some(&domain)) {
             return reply;
         }
-        let rate = p
-            .complaint_rates
-            .get(&envelope.mail_from.to_ascii_lowercase())
-            .copied()
-            .unwrap_or(0.0);
-        if rate > 0.0 {
-            let now = p.now;
-            for rcpt in &envelope.recipients {
-                if p.rng.random_bool(rate) {
-                    let entry = (now, self.peer, envelope.mail_from.clone(), rcpt.clone());
-                    p.log.complaints.push(entry);
+        let sender = envelope.mail_from.to_ascii_lowercase();
+        let engagement = p.engagement_rates.get(&sender).copied().unwrap_or(0.0);
+        let mut complaint_rate = p.complaint_rates.get(&sender).copied().unwrap_or(0.0);
+        if let Some(model) = &p.spec.reputation
+            && p.bulk_domains.contains(&domain_of(&envelope.mail_from))
+            && !one_click_unsubscribe(data)
+        {
+            complaint_rate = (complaint_rate * model.no_unsubscribe_complaint_factor).min(1.0);
+        }
+        let now = p.now;
+        let identities = [format!("ip:{}", self.peer), format!("domain:{domain}")];
+        for rcpt in &envelope.recipients {
+            for identity in &identities {
+                p.ledger
+                    .record(identity, now, Signal::Accepted { engagement });
+            }
+            if complaint_rate > 0.0 && p.rng.random_bool(complaint_rate) {
+                for identity in &identities {
+                    p.ledger.record(identity, now, Signal::Complaint);
                 }
+                let entry = (now, self.peer, envelope.mail_from.clone(), rcpt.clone());
+                p.log.complaints.push(entry);
             }
         }
         self.messages += 1;
@@ -644,6 +762,41 @@ impl ServerPolicy for Receiver {
         p.log.connections[self.log_index].messages += 1;
         Reply::new(250, Some([2, 0, 0]), "OK queued")
     }
+}
+
+/// `{ip}`, `{netblock}` and `{domain}` in a model's reply, filled in.
+fn fill(reply: &Reply, peer: IpAddr, domain: Option<&str>) -> Reply {
+    Reply::new(
+        reply.code,
+        reply.enhanced,
+        reply
+            .text
+            .replace("{ip}", &peer.to_string())
+            .replace("{netblock}", &slash_24(peer))
+            .replace("{domain}", domain.unwrap_or("")),
+    )
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase()
+}
+
+/// RFC 8058: `List-Unsubscribe-Post: List-Unsubscribe=One-Click` beside a `List-Unsubscribe`
+/// header holding an HTTPS URI.
+fn one_click_unsubscribe(message: &[u8]) -> bool {
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+        return false;
+    };
+    let post = parsed
+        .header_raw("List-Unsubscribe-Post")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("List-Unsubscribe=One-Click"));
+    let https = parsed
+        .header_raw("List-Unsubscribe")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("<https://"));
+    post && https
 }
 
 fn greylisted(rcpt: &str) -> Reply {
@@ -741,6 +894,8 @@ mod tests {
             phase: SmtpPhase::Rcpt,
             reply_ip: Reply::new(421, Some([4, 7, 28]), "spike from {ip}"),
             reply_netblock: Reply::new(421, Some([4, 7, 28]), "spike"),
+            per_domain_per_hour: None,
+            reply_domain: Reply::new(421, Some([4, 7, 28]), "spike"),
             penalty_min_s: 600,
             penalty_max_s: 600,
             early_retry_extension_s: 600,
@@ -785,6 +940,8 @@ mod tests {
                 phase: SmtpPhase::Rcpt,
                 reply_ip: Reply::new(421, Some([4, 7, 28]), "rate limited"),
                 reply_netblock: Reply::new(421, Some([4, 7, 28]), "rate limited"),
+                per_domain_per_hour: None,
+                reply_domain: Reply::new(421, Some([4, 7, 28]), "rate limited"),
                 penalty_min_s: 600,
                 penalty_max_s: 600,
                 early_retry_extension_s: 600,
@@ -807,16 +964,19 @@ mod tests {
                 // Day 0: 10 an hour for 6 hours, a quarter of the day's capacity, never throttled.
                 for hour in 0..6u64 {
                     provider.borrow_mut().now = Time::from_secs(hour * 3600);
-                    assert!(!talk(&mut s, &rcpts(10, &format!("d0h{hour}-"))).contains("421"));
-                }
-                for i in 0..complaints {
-                    let entry = (
-                        Time::from_secs(7 * 3600),
-                        peer,
-                        "s@x.example".to_string(),
-                        format!("d0h0-{i}@t.example"),
+                    let mut bytes = rcpts(10, &format!("d0h{hour}-"));
+                    bytes.extend_from_slice(
+                        b"DATA\r\nSubject: x\r\n\r\nhello\r\n.\r\nMAIL FROM:<s@x.example>\r\n",
                     );
-                    provider.borrow_mut().log.complaints.push(entry);
+                    assert!(!talk(&mut s, &bytes).contains("421"));
+                }
+                for _ in 0..complaints {
+                    let at = Time::from_secs(7 * 3600);
+                    let key = format!("ip:{peer}");
+                    provider
+                        .borrow_mut()
+                        .ledger
+                        .record(&key, at, Signal::Complaint);
                 }
             }
             provider.borrow_mut().now = Time::from_secs(86_400 + 3600);
@@ -824,8 +984,11 @@ mod tests {
             out.matches("250 2.1.5 OK").count()
         };
         assert_eq!(run(false, 0), 10, "a cold IP: 10 an hour");
-        assert_eq!(run(true, 0), 20, "one clean day doubles it (growth 2.0)");
-        // One complaint in 60 messages (1.7%) is a complaint spike: no credit, standing reset.
-        assert_eq!(run(true, 1), 10, "a complaint spike keeps the IP cold");
+        // One clean day doubles it (growth 2.0), and the day's quality (no complaints, no
+        // unknown users, no engagement: q = 0.7) lifts the score from 0.5 to 0.53.
+        assert_eq!(run(true, 0), 22);
+        // One complaint in 60 messages (1.7%) is a complaint spike: no credit, and the score
+        // falls to 0.425, so the capacity drops below a cold IP's.
+        assert_eq!(run(true, 1), 7, "a complaint spike lowers the threshold");
     }
 }

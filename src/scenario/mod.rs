@@ -82,6 +82,8 @@ struct RawSender {
     #[serde(default)]
     dmarc: Option<bool>,
     #[serde(default)]
+    ptr: Option<bool>,
+    #[serde(default)]
     publish_dkim_keys: Option<bool>,
 }
 
@@ -92,13 +94,26 @@ struct RawTxt {
     value: String,
 }
 
-/// The sender's authentication posture as the receivers' DNS shows it.
+/// What the sending domains publish for SPF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpfPosture {
+    /// `v=spf1 ip4:<every source IP> -all`.
+    Pass,
+    /// A record that leaves the source IPs out (`-all` fails them).
+    Fail,
+    /// No SPF record.
+    None,
+}
+
+/// The sender's authentication posture: what the simulated DNS publishes for the sending
+/// domains and source IPs (the driver builds the zone; receivers verify against it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SenderPosture {
-    /// The SPF result receivers compute for the sending IPs.
-    pub spf_pass: bool,
-    /// A DMARC record is published.
+    pub spf: SpfPosture,
+    /// `_dmarc.<domain>`: `v=DMARC1; p=none`.
     pub dmarc: bool,
+    /// Each source IP has a PTR name (`mtaN.<first sending domain>`) resolving back to it.
+    pub ptr: bool,
     /// Publish the engine's DKIM public keys (stand-in keys) in the simulated DNS.
     pub publish_dkim_keys: bool,
     /// Extra TXT records (`selector._domainkey.domain` → `v=DKIM1; ...`), which win over the
@@ -138,6 +153,15 @@ struct RawIsp {
     /// Lower a model's bulk-sender threshold (to exercise bulk rules at small volume).
     #[serde(default)]
     bulk_threshold_per_day: Option<u64>,
+    /// The sender's history with the provider: cold, warm or damaged.
+    #[serde(default)]
+    history: Option<Spanned<String>>,
+    /// The starting reputation score (0..1), overriding the history's.
+    #[serde(default)]
+    reputation: Option<f64>,
+    /// Clean sending days already behind every source IP and domain.
+    #[serde(default)]
+    clean_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +209,10 @@ struct RawWorkload {
     disabled_rate: Option<f64>,
     #[serde(default)]
     complaint_rate: Option<f64>,
+    #[serde(default)]
+    engagement: Option<f64>,
+    #[serde(default)]
+    one_click_unsubscribe: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,7 +267,7 @@ pub struct RateLimit {
 }
 
 /// How a simulated provider behaves (the generic model; provider models refine it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IspSpec {
     pub name: String,
     pub domains: Vec<String>,
@@ -263,21 +291,174 @@ pub struct IspSpec {
     pub per_mailbox_per_minute: Option<u64>,
     /// The provider's authentication rules (2024+ bulk-sender requirements).
     pub auth: Option<AuthRules>,
+    /// How the provider scores senders day by day, and when it blocks them.
+    pub reputation: Option<Reputation>,
+    /// The sender's standing with this provider when the run starts.
+    pub history: History,
+    /// Wrap replies the provider's way: lines of at most this many characters, each with
+    /// the code repeated (Gmail: `421-4.7.28 ...`), 0 for one line.
+    pub reply_wrap_chars: usize,
+    /// Appended to every reply that is not positive (Gmail: ` - gsmtp`).
+    pub reply_suffix: String,
 }
 
-/// Authentication a provider demands, checked at the end of data.
+/// The daily reputation update of reference §4.5: `r ← r + α·(q − r)` with the quality
+/// target `q = 1 − w_c·max(0, c − c_good)/(c_bad − c_good) − w_u·u/u_bad − w_e·(1 − e)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reputation {
+    /// The neutral score of an identity the provider has never seen.
+    pub start: f64,
+    /// α: how far a day moves the score toward the day's quality.
+    pub daily_step: f64,
+    pub complaint_good: f64,
+    /// At or over this complaint rate the day's quality is 0 and the score may not rise for
+    /// `mitigation_days`.
+    pub complaint_bad: f64,
+    pub mitigation_days: u32,
+    /// The unknown-user rate that costs a whole `weight_unknown`.
+    pub unknown_bad: f64,
+    pub weight_complaints: f64,
+    pub weight_unknown: f64,
+    pub weight_engagement: f64,
+    /// Under this score a source IP is blocked.
+    pub block_below: f64,
+    pub block_phase: SmtpPhase,
+    pub block_reply: Reply,
+    /// Complaints multiply by this for bulk mail without one-click unsubscribe headers
+    /// (recipients who cannot unsubscribe report spam instead).
+    pub no_unsubscribe_complaint_factor: f64,
+}
+
+impl Default for Reputation {
+    fn default() -> Reputation {
+        Reputation {
+            start: 0.5,
+            daily_step: 0.15,
+            complaint_good: 0.001,
+            complaint_bad: 0.003,
+            mitigation_days: 7,
+            unknown_bad: 0.02,
+            weight_complaints: 1.0,
+            weight_unknown: 0.5,
+            weight_engagement: 0.3,
+            block_below: 0.1,
+            block_phase: SmtpPhase::Mail,
+            block_reply: Reply::new(
+                550,
+                Some([5, 7, 1]),
+                "Service unavailable, sending IP blocked",
+            ),
+            no_unsubscribe_complaint_factor: 1.0,
+        }
+    }
+}
+
+/// A sender's standing with a provider at the start of a run, for every source IP and
+/// sending domain: `cold` (never seen), `warm` (weeks of clean sending), `damaged`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// `None`: the model's neutral score.
+    pub score: Option<f64>,
+    pub clean_days: u32,
+    pub mitigation_wait_days: u32,
+}
+
+impl History {
+    pub fn named(name: &str) -> Option<History> {
+        Some(match name {
+            "cold" => History::default(),
+            // Three weeks of clean days and a good score: capacity near the model's ceiling.
+            "warm" => History {
+                score: Some(0.8),
+                clean_days: 21,
+                mitigation_wait_days: 0,
+            },
+            // A complaint spike last week: a low score still inside the mitigation wait.
+            "damaged" => History {
+                score: Some(0.15),
+                clean_days: 0,
+                mitigation_wait_days: 7,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Authentication a provider demands, checked at the end of data (the 2024+ sender rules).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthRules {
-    /// Messages a day from one sending domain that make it a bulk sender.
+    /// Messages a day from one sending domain that make it a bulk sender, for good.
     pub bulk_threshold_per_day: u64,
-    /// Every sender needs SPF or DKIM to pass.
-    pub require_spf_or_dkim: bool,
-    /// Bulk senders need both SPF and DKIM.
-    pub bulk_requires_both: bool,
-    /// Bulk senders need a DMARC record.
-    pub bulk_requires_dmarc: bool,
-    pub reply_unauthenticated: Reply,
-    pub reply_no_dmarc: Reply,
+    pub enforcement: Enforcement,
+    /// Checked in order; the first unmet rule answers.
+    pub rules: Vec<AuthRule>,
+}
+
+/// Whether a provider answers an unmet rule with its temporary or its permanent reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    Temporary,
+    Permanent,
+    /// Temporary replies for `permanent_after_s` after a sending domain first fails a rule,
+    /// permanent ones after that (Gmail since November 2025: "temporary and permanent").
+    TempThenPerm {
+        permanent_after_s: u64,
+    },
+}
+
+/// One requirement, who it applies to, and the provider's words when it is not met.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthRule {
+    pub require: Requirement,
+    /// Only for senders over the bulk threshold.
+    pub bulk_only: bool,
+    pub temporary: Reply,
+    pub permanent: Reply,
+}
+
+/// What a rule checks, each verified by the receiver (DKIM, SPF, DMARC and PTR with
+/// mail-auth against the simulated DNS; TLS from the session; headers from the message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    SpfOrDkim,
+    Spf,
+    Dkim,
+    /// A DMARC record with a policy for the From: domain.
+    DmarcRecord,
+    /// DMARC passes: SPF or DKIM passes aligned with the From: domain.
+    DmarcAligned,
+    /// The source IP has a PTR record whose name resolves back to it.
+    Ptr,
+    Tls,
+    /// RFC 8058 `List-Unsubscribe-Post: List-Unsubscribe=One-Click` with a `List-Unsubscribe`.
+    OneClickUnsubscribe,
+}
+
+impl Requirement {
+    pub const NAMES: [&'static str; 8] = [
+        "spf_or_dkim",
+        "spf",
+        "dkim",
+        "dmarc_record",
+        "dmarc_aligned",
+        "ptr",
+        "tls",
+        "one_click_unsubscribe",
+    ];
+
+    pub fn parse(text: &str) -> Option<Requirement> {
+        Some(match text {
+            "spf_or_dkim" => Requirement::SpfOrDkim,
+            "spf" => Requirement::Spf,
+            "dkim" => Requirement::Dkim,
+            "dmarc_record" => Requirement::DmarcRecord,
+            "dmarc_aligned" => Requirement::DmarcAligned,
+            "ptr" => Requirement::Ptr,
+            "tls" => Requirement::Tls,
+            "one_click_unsubscribe" => Requirement::OneClickUnsubscribe,
+            _ => return None,
+        })
+    }
 }
 
 /// Greylisting as postgrey does it.
@@ -301,6 +482,10 @@ pub struct Throttle {
     pub phase: SmtpPhase,
     pub reply_ip: Reply,
     pub reply_netblock: Reply,
+    /// Hourly capacity of a DKIM signing domain (the envelope sender's domain for unsigned
+    /// mail), grown by that domain's reputation like an IP's; only at the end of data.
+    pub per_domain_per_hour: Option<u64>,
+    pub reply_domain: Reply,
     /// The penalty is drawn between these, from the provider's seeded generator.
     pub penalty_min_s: u64,
     pub penalty_max_s: u64,
@@ -384,6 +569,10 @@ impl IspSpec {
             close_silently_after_max_messages: false,
             per_mailbox_per_minute: None,
             auth: None,
+            reputation: None,
+            history: History::default(),
+            reply_wrap_chars: 0,
+            reply_suffix: String::new(),
         }
     }
 }
@@ -639,6 +828,33 @@ impl Scenario {
                 }
                 None => base.greylist.clone(),
             };
+            let mut history = match &isp.history {
+                Some(h) => History::named(h.get_ref()).ok_or_else(|| {
+                    r.span(
+                        h,
+                        format!("history is cold, warm or damaged, not `{}`", h.get_ref()),
+                    )
+                })?,
+                None => History::default(),
+            };
+            if let Some(score) = isp.reputation {
+                if !(0.0..=1.0).contains(&score) {
+                    return Err(r.span(
+                        spanned,
+                        format!("reputation is between 0 and 1, not {score}"),
+                    ));
+                }
+                history.score = Some(score);
+            }
+            if let Some(days) = isp.clean_days {
+                history.clean_days = days;
+            }
+            if (isp.history.is_some() || isp.reputation.is_some() || isp.clean_days.is_some())
+                && base.throttle.is_none()
+                && base.reputation.is_none()
+            {
+                return Err(r.span(spanned, format!("history, reputation and clean_days need a model with [throttle] or [reputation]; ISP `{name}` has neither")));
+            }
             if isp.capacity_per_ip_per_hour.is_some() && base.throttle.is_none() {
                 return Err(r.span(spanned, format!("`capacity_per_ip_per_hour` needs a model with a [throttle]; ISP `{name}` has none")));
             }
@@ -716,6 +932,7 @@ impl Scenario {
                     if let Some(capacity) = isp.capacity_per_ip_per_hour {
                         t.per_ip_per_hour = capacity;
                         t.per_netblock_per_hour = t.per_netblock_per_hour.map(|n| n.max(capacity));
+                        t.per_domain_per_hour = t.per_domain_per_hour.map(|n| n.max(capacity));
                     }
                     t
                 }),
@@ -728,6 +945,10 @@ impl Scenario {
                     }
                     a
                 }),
+                reputation: base.reputation,
+                history,
+                reply_wrap_chars: base.reply_wrap_chars,
+                reply_suffix: base.reply_suffix,
             });
         }
         let mut workloads = Vec::new();
@@ -747,9 +968,10 @@ impl Scenario {
         let sender = match &raw.sender {
             Some(spanned) => {
                 let s = spanned.get_ref();
-                let spf_pass = match s.spf.as_deref().unwrap_or("pass") {
-                    "pass" => true,
-                    "fail" | "none" => false,
+                let spf = match s.spf.as_deref().unwrap_or("pass") {
+                    "pass" => SpfPosture::Pass,
+                    "fail" => SpfPosture::Fail,
+                    "none" => SpfPosture::None,
                     other => {
                         return Err(
                             r.span(spanned, format!("spf is pass, fail or none, not `{other}`"))
@@ -757,15 +979,17 @@ impl Scenario {
                     }
                 };
                 SenderPosture {
-                    spf_pass,
+                    spf,
                     dmarc: s.dmarc.unwrap_or(true),
+                    ptr: s.ptr.unwrap_or(true),
                     publish_dkim_keys: s.publish_dkim_keys.unwrap_or(true),
                     dns_txt: Vec::new(),
                 }
             }
             None => SenderPosture {
-                spf_pass: true,
+                spf: SpfPosture::Pass,
                 dmarc: true,
+                ptr: true,
                 publish_dkim_keys: true,
                 dns_txt: Vec::new(),
             },

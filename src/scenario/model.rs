@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AuthRules, Greylist, IspReplies, IspSpec, Reporter, ScenarioError, SmtpPhase, Throttle,
-    interval, reply,
+    AuthRule, AuthRules, Enforcement, Greylist, IspReplies, IspSpec, Reporter, Reputation,
+    Requirement, ScenarioError, SmtpPhase, Throttle, interval, reply,
 };
 
 #[derive(Debug, Deserialize)]
@@ -29,17 +29,48 @@ struct RawModel {
     greylist: Option<Spanned<RawGreylist>>,
     #[serde(default)]
     auth: Option<Spanned<RawAuth>>,
+    #[serde(default)]
+    reputation: Option<Spanned<RawReputation>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     bulk_threshold_per_day: u64,
-    require_spf_or_dkim: bool,
-    bulk_requires_both: bool,
-    bulk_requires_dmarc: bool,
-    reply_unauthenticated: String,
-    reply_no_dmarc: String,
+    enforcement: String,
+    #[serde(default)]
+    permanent_after: Option<String>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    require: String,
+    scope: String,
+    #[serde(default)]
+    temporary: Option<String>,
+    permanent: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReputation {
+    start: f64,
+    daily_step: f64,
+    complaint_good: f64,
+    complaint_bad: f64,
+    mitigation_days: u32,
+    unknown_bad: f64,
+    weight_complaints: f64,
+    weight_unknown: f64,
+    weight_engagement: f64,
+    block_below: f64,
+    block_phase: String,
+    block_reply: String,
+    #[serde(default)]
+    no_unsubscribe_complaint_factor: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +81,10 @@ struct RawProvider {
     mx: Vec<String>,
     #[serde(default)]
     starttls: Option<bool>,
+    #[serde(default)]
+    reply_wrap_chars: Option<usize>,
+    #[serde(default)]
+    reply_suffix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +142,10 @@ struct RawThrottle {
     growth_per_clean_day: Option<f64>,
     #[serde(default)]
     capacity_max_per_hour: Option<u64>,
+    #[serde(default)]
+    per_domain_per_hour: Option<u64>,
+    #[serde(default)]
+    reply_domain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +176,11 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
         return Err(r.at(0, "a model needs `domains` and `mx` in [provider]"));
     }
     spec.starttls = raw.provider.starttls.unwrap_or(true);
+    spec.reply_wrap_chars = raw.provider.reply_wrap_chars.unwrap_or(0);
+    if (1..40).contains(&spec.reply_wrap_chars) {
+        return Err(r.at(0, "reply_wrap_chars is 0 (one line) or at least 40"));
+    }
+    spec.reply_suffix = raw.provider.reply_suffix.clone().unwrap_or_default();
     let mut replies = IspReplies::default();
     let reply_at =
         |spanned_offset: usize, text: &str| reply(text).map_err(|e| r.at(spanned_offset, e));
@@ -195,6 +239,16 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             Some(text) => reply_at(at, text)?,
             None => reply_ip.clone(),
         };
+        let reply_domain = match &t.reply_domain {
+            Some(text) => reply_at(at, text)?,
+            None => reply_ip.clone(),
+        };
+        if t.per_domain_per_hour.is_some() && phase != SmtpPhase::DataEnd {
+            return Err(r.at(
+                at,
+                "per_domain_per_hour needs phase = \"data_end\" (the DKIM domain is known only once the message is in)",
+            ));
+        }
         let penalty_min_s = interval(&t.penalty_min).map_err(err)?;
         let penalty_max_s = interval(&t.penalty_max).map_err(err)?;
         if penalty_min_s > penalty_max_s {
@@ -206,6 +260,8 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             phase,
             reply_ip,
             reply_netblock,
+            per_domain_per_hour: t.per_domain_per_hour,
+            reply_domain,
             penalty_min_s,
             penalty_max_s,
             early_retry_extension_s: interval(&t.early_retry_extension).map_err(err)?,
@@ -245,13 +301,106 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
     if let Some(a) = &raw.auth {
         let at = a.span().start;
         let a = a.get_ref();
+        let enforcement = match a.enforcement.as_str() {
+            "temporary" => Enforcement::Temporary,
+            "permanent" => Enforcement::Permanent,
+            "temp_then_perm" => Enforcement::TempThenPerm {
+                permanent_after_s: match &a.permanent_after {
+                    Some(text) => interval(text).map_err(|e| r.at(at, e))?,
+                    None => {
+                        return Err(r.at(
+                            at,
+                            "enforcement = \"temp_then_perm\" needs `permanent_after`",
+                        ));
+                    }
+                },
+            },
+            other => {
+                return Err(r.at(
+                    at,
+                    format!("enforcement is temporary, permanent or temp_then_perm, not `{other}`"),
+                ));
+            }
+        };
+        let mut rules = Vec::new();
+        for rule in &a.rule {
+            let at = rule.span().start;
+            let rule = rule.get_ref();
+            let require = Requirement::parse(&rule.require).ok_or_else(|| {
+                r.at(
+                    at,
+                    format!(
+                        "`{}` is not a requirement; one of {}",
+                        rule.require,
+                        Requirement::NAMES.join(", ")
+                    ),
+                )
+            })?;
+            let bulk_only = match rule.scope.as_str() {
+                "all" => false,
+                "bulk" => true,
+                other => return Err(r.at(at, format!("scope is all or bulk, not `{other}`"))),
+            };
+            let permanent = reply_at(at, &rule.permanent)?;
+            let temporary = match &rule.temporary {
+                Some(text) => reply_at(at, text)?,
+                None => permanent.clone(),
+            };
+            rules.push(AuthRule {
+                require,
+                bulk_only,
+                temporary,
+                permanent,
+            });
+        }
         spec.auth = Some(AuthRules {
             bulk_threshold_per_day: a.bulk_threshold_per_day,
-            require_spf_or_dkim: a.require_spf_or_dkim,
-            bulk_requires_both: a.bulk_requires_both,
-            bulk_requires_dmarc: a.bulk_requires_dmarc,
-            reply_unauthenticated: reply_at(at, &a.reply_unauthenticated)?,
-            reply_no_dmarc: reply_at(at, &a.reply_no_dmarc)?,
+            enforcement,
+            rules,
+        });
+    }
+    if let Some(rep) = &raw.reputation {
+        let at = rep.span().start;
+        let rep = rep.get_ref();
+        let unit = [
+            rep.start,
+            rep.daily_step,
+            rep.complaint_good,
+            rep.complaint_bad,
+            rep.unknown_bad,
+            rep.block_below,
+        ];
+        if unit.iter().any(|v| !(0.0..=1.0).contains(v)) || rep.start == 0.0 {
+            return Err(r.at(
+                at,
+                "start, daily_step, complaint_good, complaint_bad, unknown_bad and block_below are between 0 and 1 (start above 0)",
+            ));
+        }
+        if rep.complaint_good >= rep.complaint_bad || rep.unknown_bad == 0.0 {
+            return Err(r.at(
+                at,
+                "complaint_good must be under complaint_bad, and unknown_bad above 0",
+            ));
+        }
+        spec.reputation = Some(Reputation {
+            start: rep.start,
+            daily_step: rep.daily_step,
+            complaint_good: rep.complaint_good,
+            complaint_bad: rep.complaint_bad,
+            mitigation_days: rep.mitigation_days,
+            unknown_bad: rep.unknown_bad,
+            weight_complaints: rep.weight_complaints,
+            weight_unknown: rep.weight_unknown,
+            weight_engagement: rep.weight_engagement,
+            block_below: rep.block_below,
+            block_phase: SmtpPhase::parse(&rep.block_phase).ok_or_else(|| {
+                r.at(
+                    at,
+                    "block_phase is one of greeting, ehlo, mail, rcpt, data, data_end",
+                )
+            })?,
+            block_reply: reply_at(at, &rep.block_reply)?,
+            no_unsubscribe_complaint_factor: rep.no_unsubscribe_complaint_factor.unwrap_or(1.0),
         });
     }
     Ok(spec)

@@ -40,6 +40,10 @@ pub struct Workload {
     pub disabled_rate: f64,
     /// Share of delivered messages whose recipient reports them as spam.
     pub complaint_rate: f64,
+    /// Share of recipients who engage with the mail (open, read, reply): a reputation input.
+    pub engagement: f64,
+    /// Messages carry RFC 8058 one-click unsubscribe headers.
+    pub one_click_unsubscribe: bool,
 }
 
 impl Eq for Workload {}
@@ -130,6 +134,11 @@ impl Workload {
                 r if (0.0..=1.0).contains(&r) => r,
                 _ => return Err(err("complaint_rate is between 0 and 1".into())),
             },
+            engagement: match w.engagement.unwrap_or(0.0) {
+                e if (0.0..=1.0).contains(&e) => e,
+                _ => return Err(err("engagement is between 0 and 1".into())),
+            },
+            one_click_unsubscribe: w.one_click_unsubscribe.unwrap_or(false),
         })
     }
 }
@@ -234,8 +243,16 @@ impl Generated {
             .mail_from
             .rsplit_once('@')
             .map_or("example.com", |(_, d)| d);
+        let unsubscribe = if w.one_click_unsubscribe {
+            format!(
+                "List-Unsubscribe: <https://{from_domain}/unsubscribe/{}.{n}>, <mailto:unsubscribe@{from_domain}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+                w.index
+            )
+        } else {
+            String::new()
+        };
         let mut data = format!(
-            "From: <{}>\r\nTo: <{}>\r\nSubject: pmta-sim stream {} message {n}\r\nMessage-ID: <{}.{n}@{from_domain}>\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+            "From: <{}>\r\nTo: <{}>\r\nSubject: pmta-sim stream {} message {n}\r\nMessage-ID: <{}.{n}@{from_domain}>\r\nDate: {}\r\n{unsubscribe}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
             w.mail_from,
             recipients[0],
             w.index,

@@ -57,6 +57,10 @@ pub trait ServerPolicy {
     fn message(&mut self, _envelope: &Envelope, _data: &[u8]) -> Reply {
         Reply::new(250, Some([2, 0, 0]), "OK queued")
     }
+    /// The server's wire style for a reply (e.g. Gmail's wrapped lines); by default as is.
+    fn style(&mut self, reply: Reply) -> Reply {
+        reply
+    }
     /// Close the connection after the reply just written, without a word (a provider that
     /// ends sessions after N messages).
     fn close_after_reply(&mut self) -> bool {
@@ -123,6 +127,7 @@ impl<P: ServerPolicy> ServerSession<P> {
     }
 
     fn reply(&mut self, reply: &Reply) {
+        let reply = self.policy.style(reply.clone());
         self.out.extend_from_slice(&reply.to_wire());
         if reply.code == 421 {
             self.closed = true;
