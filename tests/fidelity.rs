@@ -369,3 +369,245 @@ fn a_broken_dkim_key_is_caught_by_the_receivers_verification() {
         10
     );
 }
+
+/// Issue 5's "done means": six hours, every provider model, 200,000 messages. Each provider
+/// throttles in its own words; each penalty is a window (until > at); the throttled source IP
+/// delivers to that provider again once the window has passed (recovery); the config's backoff
+/// patterns put queues into backoff and take them out again; greylisting defers with postgrey's
+/// reply. All of it is in the accounting records.
+#[test]
+fn six_hours_of_every_model_show_throttles_penalties_and_recoveries_in_acct_csv() {
+    let s = load("all-models-6h");
+    let out = run(&s);
+    assert_eq!(out.injected.len(), 200_000);
+    let delivered = |provider: &str| {
+        let spec = s.isps.iter().find(|i| i.name == provider).unwrap();
+        move |r: &&pmta_sim::engine::accounting::AcctRecord| {
+            r.record_type == RecordType::Delivered
+                && spec
+                    .domains
+                    .iter()
+                    .any(|d| r.rcpt.ends_with(&format!("@{d}")))
+        }
+    };
+    let total = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .count();
+    assert!(total > 100_000, "{total} delivered");
+    for (isp, log) in &out.receivers {
+        if isp == "greylist" {
+            continue;
+        }
+        let first = log
+            .throttles
+            .first()
+            .unwrap_or_else(|| panic!("{isp} never throttled"));
+        assert!(first.until > first.at, "{isp}: a penalty is a window");
+        for t in log.throttles.iter().take(50) {
+            assert!(
+                out.records.iter().any(|r| r.dsn_diag.contains(&t.reply)),
+                "{isp}: `{}` is not in acct.csv",
+                t.reply
+            );
+        }
+        // Recovery: some throttled source IP delivers to this provider again once its
+        // penalty has passed (a long penalty may outlast the run for another IP).
+        let recovered = log.throttles.iter().any(|t| {
+            let peer = t.peer.to_string();
+            out.records
+                .iter()
+                .filter(delivered(isp))
+                .any(|r| r.dlv_source_ip == peer && r.time_logged >= t.until)
+        });
+        assert!(
+            recovered,
+            "{isp}: no throttled IP delivered again after its penalty"
+        );
+    }
+    let greylisted = out
+        .records
+        .iter()
+        .filter(|r| {
+            r.dsn_diag
+                .contains("Recipient address rejected: Greylisted")
+        })
+        .count();
+    assert!(greylisted > 1000, "{greylisted}");
+    let backoff = |entering: bool| {
+        out.events
+            .iter()
+            .filter(|e| {
+                matches!(e, pmta_sim::engine::EngineEvent::ModeChanged { mode, .. }
+                if (*mode == pmta_sim::config::model::QueueMode::Backoff) == entering)
+            })
+            .count()
+    };
+    assert!(
+        backoff(true) >= 8 && backoff(false) >= 8,
+        "{} in, {} out",
+        backoff(true),
+        backoff(false)
+    );
+}
+
+/// isp-behavior.md §2.1 (ptr_temp2 451 4.7.23, ptr_perm 550 5.7.25 [A]): every sender needs a
+/// PTR record whose name resolves back to the sending IP, checked with mail-auth's iprev
+/// against the simulated zone.
+#[test]
+fn gmail_defers_then_blocks_a_source_ip_without_ptr() {
+    let s = load("gmail-no-ptr");
+    let out = run(&s);
+    let with = |prefix: &str| {
+        out.records
+            .iter()
+            .filter(|r| r.dsn_diag.starts_with(prefix))
+            .collect::<Vec<_>>()
+    };
+    let temporary =
+        with("smtp;451 4.7.23 The sending IP address for this message doesn't have a PTR record");
+    let permanent = with(
+        "smtp;550 5.7.25 This message was blocked because the sending IP address doesn't have a PTR record",
+    );
+    assert!(!temporary.is_empty() && !permanent.is_empty());
+    assert!(
+        temporary
+            .iter()
+            .all(|r| r.record_type == RecordType::Transient)
+    );
+    assert!(
+        permanent
+            .iter()
+            .all(|r| r.record_type == RecordType::Bounced
+                && r.time_logged.since(s.start) >= 3_600_000)
+    );
+}
+
+/// isp-behavior.md §2.1 and §3 (bulk senders: TLS 4.7.29, DMARC record 4.7.40, alignment
+/// 4.7.32 [A]): once a domain crosses the bulk threshold, Gmail checks each bulk rule.
+#[test]
+fn gmail_applies_its_bulk_rules_tls_dmarc_and_alignment() {
+    let s = load("gmail-bulk-rules");
+    let out = run(&s);
+    let by_sender = |sender: &str| {
+        out.records
+            .iter()
+            .filter(|r| r.orig == sender && r.record_type == RecordType::Transient)
+            .map(|r| r.dsn_status.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        by_sender("news@plain.example")
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["4.7.29"],
+        "no STARTTLS"
+    );
+    assert_eq!(
+        by_sender("news@nodmarc.example")
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["4.7.40"],
+        "no DMARC record"
+    );
+    assert_eq!(
+        by_sender("news@esp.example")
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["4.7.32"],
+        "an ESP's envelope and DKIM domain, the brand's From: SPF and DKIM pass, unaligned"
+    );
+    // Below the bulk threshold the same mail was accepted: the rules are for bulk senders.
+    for sender in [
+        "news@plain.example",
+        "news@nodmarc.example",
+        "news@esp.example",
+    ] {
+        let delivered = out
+            .records
+            .iter()
+            .filter(|r| r.orig == sender && r.record_type == RecordType::Delivered)
+            .count();
+        assert_eq!(
+            delivered, 5,
+            "{sender}: the first five (the threshold) pass"
+        );
+    }
+}
+
+/// isp-behavior.md §2.2 (553 5.7.2 [TSS09] "permanently deferred" [B]) and §2.3 (S3140 block,
+/// "persists until mitigation" [C]) with §4.5's floor (f(r) = 0 under 0.1 [D]): a sender whose
+/// reputation is under the floor is blocked at MAIL FROM; after days without mail the score
+/// drifts back over the floor and the same IP delivers again.
+#[test]
+fn a_damaged_ip_is_blocked_and_recovers_after_quiet_days() {
+    let s = load("blocked-recovers");
+    let out = run(&s);
+    let day = 86_400_000;
+    for (sender, block) in [
+        (
+            "news@shop.example",
+            "smtp;553 5.7.2 [TSS09] All messages from 192.0.2.70 will be permanently deferred; Retrying will NOT succeed.",
+        ),
+        (
+            "mail@shop.example",
+            "smtp;550 5.7.1 Unfortunately, messages from [192.0.2.70] weren't sent.",
+        ),
+    ] {
+        let first_day: Vec<_> = out
+            .records
+            .iter()
+            .filter(|r| r.orig == sender && r.time_queued.since(s.start) < day)
+            .collect();
+        assert!(!first_day.is_empty());
+        assert!(
+            first_day
+                .iter()
+                .all(|r| r.record_type == RecordType::Bounced && r.dsn_diag.starts_with(block)),
+            "{sender}: {:?}",
+            first_day.iter().map(|r| &r.dsn_diag).collect::<Vec<_>>()
+        );
+        let later = out
+            .records
+            .iter()
+            .filter(|r| r.orig == sender && r.time_queued.since(s.start) >= 2 * day)
+            .collect::<Vec<_>>();
+        assert!(!later.is_empty() && later.iter().all(|r| r.record_type == RecordType::Delivered));
+    }
+}
+
+/// isp-behavior.md §4.5 [D] and §4.2 [A] ("volume consistency", complaints): days of clean
+/// sending raise an IP's hourly capacity; a stream with 2% complaints lowers its IP's. Both IPs
+/// start cold and send the same steady volume; on the third day they blast, and Gmail accepts
+/// more from the clean IP in the first hour than a cold IP's 20 and fewer from the other.
+#[test]
+fn reputation_from_clean_days_raises_the_threshold_and_complaints_lower_it() {
+    let s = load("gmail-reputation-days");
+    let out = run(&s);
+    let blast_start = s.start.plus_secs(2 * 86_400);
+    let accepted_in_blast_hour = |ip: &str| {
+        out.records
+            .iter()
+            .filter(|r| {
+                r.record_type == RecordType::Delivered
+                    && r.dlv_source_ip == ip
+                    && r.time_logged >= blast_start
+                    && r.time_logged.since(blast_start) < 3_600_000
+            })
+            .count()
+    };
+    let clean = accepted_in_blast_hour("192.0.2.71");
+    let complained = accepted_in_blast_hour("198.51.100.72");
+    assert!(clean > 20, "clean IP: {clean} in the hour");
+    assert!(
+        complained < 20,
+        "complained-about IP: {complained} in the hour"
+    );
+    assert!(
+        out.records
+            .iter()
+            .any(|r| r.record_type == RecordType::Feedback),
+        "the complaints are in acct.csv as f records"
+    );
+}

@@ -623,14 +623,13 @@ pub fn sender_zone(scenario: &Scenario, signer: &Signer, source_ips: &[IpAddr]) 
     for (name, value) in &posture.dns_txt {
         zone.add_txt(name, value);
     }
+    // Envelope domains (SPF) and From: domains (DMARC) of every stream.
     let mut domains: Vec<String> = scenario
         .workloads
         .iter()
-        .filter_map(|w| {
-            w.mail_from
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_ascii_lowercase())
-        })
+        .flat_map(|w| [Some(&w.mail_from), w.header_from.as_ref()])
+        .flatten()
+        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
         .collect();
     domains.sort();
     domains.dedup();

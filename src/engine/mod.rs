@@ -496,9 +496,11 @@ impl Engine {
                     .and_then(|m| m.header_raw(name))
                     .map(|v| v.trim().to_string())
             };
+            // The signing domain follows PowerMTA's default `dkim-identity sender-or-from`:
+            // the Sender: header's domain when there is one, else the From: header's.
             let from_domain = parsed
                 .as_ref()
-                .and_then(|m| m.from())
+                .and_then(|m| m.sender().or_else(|| m.from()))
                 .and_then(|a| a.first())
                 .and_then(|a| a.address())
                 .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
@@ -1827,6 +1829,7 @@ impl Engine {
             return;
         }
         let in_flight = c.in_flight.clone();
+        let carried = in_flight.is_some();
         let source_ip = c.source_ip;
         let next_target = c.target + 1;
         let has_next = next_target < c.targets.len();
@@ -1877,6 +1880,10 @@ impl Engine {
         if self.queues[q.0 as usize].retry_until.is_none() {
             self.queue_record_for(now, q, source_ip, &negative);
             self.enter_retry(now, q);
+        } else if reply.is_some() && !carried {
+            // Already waiting to retry, but a server's own answer on a connection opened
+            // earlier is news (it may have changed the queue's mode): log it.
+            self.queue_record_for(now, q, source_ip, &negative);
         }
     }
 

@@ -151,6 +151,16 @@ impl Provider {
                     max_per_hour,
                 },
             );
+            if let Some(base) = t.per_netblock_per_hour {
+                ledger.set_curve(
+                    "net:",
+                    Curve {
+                        base_per_hour: base,
+                        growth,
+                        max_per_hour,
+                    },
+                );
+            }
             if let Some(base) = t.per_domain_per_hour {
                 ledger.set_curve(
                     "domain:",
@@ -215,13 +225,13 @@ impl Provider {
         let now = self.now;
         let ip_key = format!("ip:{peer}");
         let capacity = self.ledger.capacity(&ip_key, now);
+        let net_key = format!("net:{}", slash_24(peer));
+        let net_capacity = throttle
+            .per_netblock_per_hour
+            .map(|_| self.ledger.capacity(&net_key, now));
         let mut keys = vec![
             (ip_key, Some(capacity), &throttle.reply_ip),
-            (
-                format!("net:{}", slash_24(peer)),
-                throttle.per_netblock_per_hour,
-                &throttle.reply_netblock,
-            ),
+            (net_key, net_capacity, &throttle.reply_netblock),
         ];
         if let (Some(_), Some(domain)) = (throttle.per_domain_per_hour, domain) {
             let key = format!("domain:{domain}");
@@ -743,7 +753,11 @@ impl ServerPolicy for Receiver {
             complaint_rate = (complaint_rate * model.no_unsubscribe_complaint_factor).min(1.0);
         }
         let now = p.now;
-        let identities = [format!("ip:{}", self.peer), format!("domain:{domain}")];
+        let identities = [
+            format!("ip:{}", self.peer),
+            format!("net:{}", slash_24(self.peer)),
+            format!("domain:{domain}"),
+        ];
         for rcpt in &envelope.recipients {
             for identity in &identities {
                 p.ledger

@@ -187,7 +187,7 @@ impl Ledger {
         self.curves.push((prefix, curve));
     }
 
-    /// The standing of `identity` (`ip:…` or `domain:…`) at `now`, caught up to today.
+    /// The standing of `identity` (`ip:…`, `net:…` or `domain:…`) at `now`, caught up to today.
     pub fn standing(&mut self, identity: &str, now: Time) -> &Standing {
         let today = now.unix_secs() / 86_400;
         let model = self.model.clone();

@@ -213,6 +213,8 @@ struct RawWorkload {
     engagement: Option<f64>,
     #[serde(default)]
     one_click_unsubscribe: Option<bool>,
+    #[serde(default)]
+    header_from: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,9 @@ pub struct Workload {
     pub engagement: f64,
     /// Messages carry RFC 8058 one-click unsubscribe headers.
     pub one_click_unsubscribe: bool,
+    /// The From: header when it is not the envelope sender (an ESP sending for a brand); the
+    /// envelope sender then appears as Sender:.
+    pub header_from: Option<String>,
 }
 
 impl Eq for Workload {}
@@ -139,6 +142,12 @@ impl Workload {
                 _ => return Err(err("engagement is between 0 and 1".into())),
             },
             one_click_unsubscribe: w.one_click_unsubscribe.unwrap_or(false),
+            header_from: match &w.header_from {
+                Some(from) if value::parse_address(from).is_err() => {
+                    return Err(err(format!("header_from `{from}` is not an address")));
+                }
+                other => other.clone(),
+            },
         })
     }
 }
@@ -251,9 +260,13 @@ impl Generated {
         } else {
             String::new()
         };
+        let from = match &w.header_from {
+            Some(brand) => format!("{brand}>\r\nSender: <{}", w.mail_from),
+            None => w.mail_from.clone(),
+        };
         let mut data = format!(
             "From: <{}>\r\nTo: <{}>\r\nSubject: pmta-sim stream {} message {n}\r\nMessage-ID: <{}.{n}@{from_domain}>\r\nDate: {}\r\n{unsubscribe}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-            w.mail_from,
+            from,
             recipients[0],
             w.index,
             w.index,
