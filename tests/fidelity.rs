@@ -611,3 +611,30 @@ fn reputation_from_clean_days_raises_the_threshold_and_complaints_lower_it() {
         "the complaints are in acct.csv as f records"
     );
 }
+
+/// isp-behavior.md §2.3–§2.6 (each provider's throttle, penalty and early-retry window):
+/// against every provider, the reasonable config (the model's cold capacity, backing off for
+/// longer than the early-retry window) delivers at least as much as hammering, and meets a
+/// small fraction of the throttling.
+#[test]
+fn a_patient_config_beats_hammering_at_every_provider() {
+    for provider in ["outlook", "office365", "icloud", "comcast", "gmx"] {
+        let count = |kind: &str| {
+            let out = run(&load(&format!("{provider}-{kind}")));
+            let of = |t: RecordType| out.records.iter().filter(|r| r.record_type == t).count();
+            let throttles = out.receivers[0].1.throttles.len();
+            let deferred = of(RecordType::Transient) + of(RecordType::TransientQueue);
+            (of(RecordType::Delivered), deferred, throttles)
+        };
+        let (hammer_delivered, hammer_deferred, hammer_throttles) = count("hammer");
+        let (patient_delivered, patient_deferred, patient_throttles) = count("patient");
+        assert!(
+            patient_delivered >= hammer_delivered,
+            "{provider}: patient {patient_delivered}, hammer {hammer_delivered}"
+        );
+        assert!(
+            patient_deferred * 10 < hammer_deferred && patient_throttles * 10 < hammer_throttles,
+            "{provider}: deferrals {patient_deferred} vs {hammer_deferred}, throttles {patient_throttles} vs {hammer_throttles}"
+        );
+    }
+}
