@@ -1005,4 +1005,64 @@ mod tests {
         // falls to 0.425, so the capacity drops below a cold IP's.
         assert_eq!(run(true, 1), 7, "a complaint spike lowers the threshold");
     }
+
+    #[test]
+    fn replies_are_wrapped_with_the_code_on_every_line_and_the_suffix() {
+        let mut spec = spec();
+        spec.greylist = None;
+        spec.reply_wrap_chars = 40;
+        spec.reply_suffix = " - gsmtp".into();
+        let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        assert!(talk(&mut s, b"").starts_with("220 mx.t.example ESMTP ready\r\n"));
+        let out = talk(
+            &mut s,
+            b"EHLO a\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<nouser@t.example>\r\n",
+        );
+        assert!(
+            out.ends_with("250 2.1.0 OK\r\n550-5.1.1 The email account that you tried to\r\n550 5.1.1 reach does not exist. - gsmtp\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bulk_mail_without_one_click_unsubscribe_draws_more_complaints() {
+        let complaints = |headers: &str| -> usize {
+            let mut spec = spec();
+            spec.greylist = None;
+            spec.max_connections_per_ip = None;
+            spec.reputation = Some(crate::scenario::Reputation {
+                no_unsubscribe_complaint_factor: 2.0,
+                ..Default::default()
+            });
+            spec.auth = Some(crate::scenario::AuthRules {
+                bulk_threshold_per_day: 0,
+                enforcement: Enforcement::Permanent,
+                rules: Vec::new(),
+            });
+            let provider = Rc::new(RefCell::new(Provider::new(spec, 7)));
+            provider
+                .borrow_mut()
+                .complaint_rates
+                .insert("s@x.example".into(), 0.05);
+            let peer: IpAddr = "192.0.2.7".parse().unwrap();
+            let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+            s.take_output();
+            talk(&mut s, b"EHLO a\r\n");
+            for i in 0..2000 {
+                let message = format!(
+                    "MAIL FROM:<s@x.example>\r\nRCPT TO:<u{i}@t.example>\r\nDATA\r\n{headers}Subject: x\r\n\r\nhi\r\n.\r\n"
+                );
+                talk(&mut s, message.as_bytes());
+            }
+            let n = provider.borrow().log.complaints.len();
+            n
+        };
+        let with = complaints("List-Unsubscribe: <https://x.example/u/1>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+        let without = complaints("");
+        // 5% of 2,000 is about 100; twice that without the headers.
+        assert!((70..130).contains(&with), "{with}");
+        assert!((160..240).contains(&without), "{without}");
+    }
 }
