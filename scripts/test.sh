@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The HTML report is tested in a real browser: Debian's Chromium.
+if ! command -v chromium >/dev/null; then
+    as_root=""
+    [ "$(id -u)" -eq 0 ] || as_root=sudo
+    $as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium >/dev/null
+fi
+
 # Formatting and lints are part of the suite: a warning fails it.
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -9,7 +9,7 @@
 //! - 2: the input could not be read, or the command line is wrong.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,9 +17,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Checked, Options, RealFs, queue};
 use crate::driver;
-use crate::engine::accounting::{CsvWriter, RecordType};
+use crate::engine::accounting::CsvWriter;
 use crate::engine::classify::{self, Classifier};
-use crate::scenario::{ConfigSource, Scenario};
+use crate::report;
+use crate::scenario::ConfigSource;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,9 +56,21 @@ enum Command {
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
-        /// Where to write acct.csv (default: reports/<scenario-name>-<seed>/).
+        /// Where to write the run's files (default: reports/<scenario-name>-<seed>/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print nothing but errors (no progress, no summary table).
+        #[arg(long)]
+        quiet: bool,
+        /// Print summary.json to stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a run directory's report (summary.json, report.html, charts) from its
+    /// acct.csv and run.json.
+    Report {
+        /// A directory `pmta-sim run` wrote.
+        dir: PathBuf,
     },
     /// Classify an SMTP reply as the engine would: disposition, bounce category, and the
     /// smtp-pattern-list action it would fire.
@@ -106,11 +119,20 @@ pub fn main() -> ExitCode {
             scenario,
             seed,
             out,
-        } => ExitCode::from(run(&scenario, seed, out)),
+            quiet,
+            json,
+        } => ExitCode::from(run(&scenario, seed, out, quiet, json)),
+        Command::Report { dir } => ExitCode::from(rebuild_report(&dir)),
     }
 }
 
-fn run(path: &std::path::Path, seed: Option<u64>, out: Option<PathBuf>) -> u8 {
+fn run(
+    path: &std::path::Path,
+    seed: Option<u64>,
+    out: Option<PathBuf>,
+    quiet: bool,
+    json: bool,
+) -> u8 {
     let mut scenario = match driver::load_scenario(path) {
         Ok(scenario) => scenario,
         Err(err) => {
@@ -146,7 +168,11 @@ fn run(path: &std::path::Path, seed: Option<u64>, out: Option<PathBuf>) -> u8 {
         eprintln!("error: the scenario's configuration is invalid");
         return EXIT_UNREADABLE;
     }
-    let output = match driver::network::run(&scenario, checked.config) {
+    let config_sha256 = driver::config_sha256(&checked.config.sources);
+    let mut bar = Progress::new(quiet || json);
+    let ran = driver::network::run_with_progress(&scenario, checked.config, &mut |p| bar.update(p));
+    bar.finish();
+    let output = match ran {
         Ok(output) => output,
         Err(err) => {
             eprintln!("error: {err}");
@@ -175,77 +201,147 @@ fn run(path: &std::path::Path, seed: Option<u64>, out: Option<PathBuf>) -> u8 {
         );
         return EXIT_UNREADABLE;
     }
-    print!("{}", run_summary(&scenario, &output, &dir));
-    EXIT_VALID
+    let data = output.run_data(&scenario, config_sha256);
+    let json_text = serde_json::to_string(&data).expect("run data always serializes");
+    if let Err(err) = std::fs::write(dir.join("run.json"), json_text + "\n") {
+        eprintln!(
+            "error: cannot write `{}`: {err}",
+            dir.join("run.json").display()
+        );
+        return EXIT_UNREADABLE;
+    }
+    // The report is built from the files just written, exactly as `pmta-sim report` does.
+    match write_report(&dir) {
+        Ok(summary) => {
+            if json {
+                print!("{}", report::summary_json(&summary));
+            } else if !quiet {
+                let colour = std::io::stdout().is_terminal();
+                print!("{}", report::terminal::table(&summary, colour));
+                println!("report: {}", dir.join("report.html").display());
+            }
+            EXIT_VALID
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_UNREADABLE
+        }
+    }
 }
 
-/// The per-queue summary `run` prints.
-pub fn run_summary(
-    scenario: &Scenario,
-    output: &driver::RunOutput,
-    dir: &std::path::Path,
-) -> String {
-    let mut per_queue: indexmap::IndexMap<&str, [usize; 4]> = indexmap::IndexMap::new();
-    for record in &output.records {
-        let slot = match record.record_type {
-            RecordType::Delivered => 0,
-            RecordType::Bounced => 1,
-            RecordType::Transient => 2,
-            RecordType::TransientQueue | RecordType::Feedback => 3,
-        };
-        per_queue.entry(record.queue.as_str()).or_default()[slot] += 1;
+/// `pmta-sim report DIR`.
+fn rebuild_report(dir: &std::path::Path) -> u8 {
+    match write_report(dir) {
+        Ok(_) => {
+            println!("report: {}", dir.join("report.html").display());
+            EXIT_VALID
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            EXIT_UNREADABLE
+        }
     }
-    per_queue.sort_keys();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}: seed {}, {} simulated, {} recipients injected, {} still queued",
-        scenario.name,
-        scenario.seed,
-        crate::config::value::Interval::from_secs(scenario.duration_s),
-        output.injected.len(),
-        output.pending
-    );
-    let width = per_queue.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
-    let _ = writeln!(
-        out,
-        "  {:<width$}  {:>9}  {:>7}  {:>8}  {:>6}  mode",
-        "queue", "delivered", "bounced", "deferred", "tq"
-    );
-    for (queue, [d, b, t, tq]) in &per_queue {
-        let mode = output
-            .queues
-            .iter()
-            .find(|q| q.name == *queue)
-            .map_or("normal", |q| match q.mode {
-                crate::config::model::QueueMode::Normal => "normal",
-                crate::config::model::QueueMode::Backoff => "backoff",
-            });
-        let _ = writeln!(
-            out,
-            "  {queue:<width$}  {d:>9}  {b:>7}  {t:>8}  {tq:>6}  {mode}"
-        );
+}
+
+/// Reads `acct.csv` and `run.json` in `dir`, writes `summary.json`, `report.html` and the
+/// charts (`charts/*.svg`, `charts/*.png`), and returns the summary.
+fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| format!("cannot read `{}`: {e}", dir.join(name).display()))
+    };
+    let acct_path = dir.join("acct.csv").display().to_string();
+    let rows = report::read_acct(&acct_path, &read("acct.csv")?).map_err(|e| e.to_string())?;
+    let data: report::RunData = serde_json::from_str(&read("run.json")?).map_err(|e| {
+        format!(
+            "`{}`:{}:{}: {e}",
+            dir.join("run.json").display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if data.schema_version != report::SCHEMA_VERSION {
+        return Err(format!(
+            "`{}` has schema version {}; this pmta-sim reads version {}",
+            dir.join("run.json").display(),
+            data.schema_version,
+            report::SCHEMA_VERSION
+        ));
     }
-    let backoffs = output
-        .events
-        .iter()
-        .filter(|e| {
-            matches!(
-                e,
-                crate::engine::EngineEvent::ModeChanged {
-                    mode: crate::config::model::QueueMode::Backoff,
-                    ..
-                }
-            )
-        })
-        .count();
-    let _ = writeln!(
-        out,
-        "  backoff entered {backoffs} times; {} messages refused at injection",
-        output.refused.len()
-    );
-    let _ = writeln!(out, "accounting file: {}", dir.join("acct.csv").display());
-    out
+    let built = report::build(&data, &rows);
+    let charts = report::charts::render(&built);
+    let write = |name: &std::path::Path, bytes: &[u8]| {
+        std::fs::write(name, bytes).map_err(|e| format!("cannot write `{}`: {e}", name.display()))
+    };
+    let chart_dir = dir.join("charts");
+    std::fs::create_dir_all(&chart_dir)
+        .map_err(|e| format!("cannot create `{}`: {e}", chart_dir.display()))?;
+    for chart in &charts {
+        write(
+            &chart_dir.join(format!("{}.svg", chart.name)),
+            chart.svg.as_bytes(),
+        )?;
+        write(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
+    }
+    write(
+        &dir.join("summary.json"),
+        report::summary_json(&built.summary).as_bytes(),
+    )?;
+    write(
+        &dir.join("report.html"),
+        report::html::page(&built, &charts).as_bytes(),
+    )?;
+    Ok(built.summary)
+}
+
+/// The progress bar of a long run: simulated time, messages accepted, speed. Shown only on a
+/// terminal, and only once a run has taken a couple of seconds.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    hidden: bool,
+    started: std::time::Instant,
+}
+
+/// Wall time before a run shows its progress bar.
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Progress {
+    fn new(hidden: bool) -> Progress {
+        Progress {
+            bar: None,
+            hidden: hidden || !std::io::stderr().is_terminal(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn update(&mut self, p: driver::network::Progress) {
+        if self.hidden || self.started.elapsed() < PROGRESS_AFTER {
+            return;
+        }
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(p.duration_s);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {msg} [{elapsed_precise}]")
+                    .expect("the template is valid"),
+            );
+            bar
+        });
+        bar.set_position(p.simulated_s);
+        let wall = self.started.elapsed().as_secs_f64().max(0.001);
+        bar.set_message(format!(
+            "{} of {} simulated, {} messages accepted, {:.0} messages/s",
+            report::clock(p.simulated_s),
+            report::clock(p.duration_s),
+            p.accepted,
+            p.accepted as f64 / wall
+        ));
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool) -> u8 {

@@ -8,6 +8,7 @@ pub mod driver;
 pub mod engine;
 pub mod isp;
 pub mod rate;
+pub mod report;
 pub mod scenario;
 pub mod smtp;
 pub mod time;

@@ -183,16 +183,90 @@ fn run_is_byte_identical_across_processes_and_seed_sensitive() {
         ]);
         assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
         assert!(text(&result.stdout).contains("pool-rotation: seed"));
-        std::fs::read(target.join("acct.csv")).unwrap()
+        [
+            "acct.csv",
+            "summary.json",
+            "run.json",
+            "report.html",
+            "charts/queue-depth.png",
+        ]
+        .map(|f| std::fs::read(target.join(f)).unwrap())
     };
     let first = out("a", "7");
     let second = out("b", "7");
     let other = out("c", "8");
-    assert!(first.len() > 1000);
-    assert_eq!(first, second, "same scenario and seed, two processes");
+    assert!(first[0].len() > 1000);
+    assert_eq!(
+        first, second,
+        "same scenario and seed, two processes: every file"
+    );
     assert_ne!(
-        first, other,
+        first[0], other[0],
         "another seed changes latencies and recipients"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `pmta-sim report DIR` rebuilds exactly what `run` wrote, from acct.csv and run.json.
+#[test]
+fn report_rebuilds_the_run_directory_byte_for_byte() {
+    let dir = std::env::temp_dir().join(format!("pmta-sim-report-{}", std::process::id()));
+    let result = run(&[
+        "run",
+        "scenarios/backoff.toml",
+        "--quiet",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert!(result.stdout.is_empty(), "--quiet prints nothing");
+    let files = [
+        "summary.json",
+        "report.html",
+        "charts/backoff.svg",
+        "charts/outcomes-yahoo.png",
+    ];
+    let before = files.map(|f| std::fs::read(dir.join(f)).unwrap());
+    for f in files {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    let rebuilt = run(&["report", dir.to_str().unwrap()]);
+    assert_eq!(rebuilt.status.code(), Some(0), "{}", text(&rebuilt.stderr));
+    assert_eq!(before, files.map(|f| std::fs::read(dir.join(f)).unwrap()));
+    // A damaged accounting file is named with its line.
+    let acct = std::fs::read_to_string(dir.join("acct.csv")).unwrap();
+    let mut lines: Vec<&str> = acct.lines().collect();
+    let broken = lines[2].replacen("2026-", "20x6-", 1);
+    lines[2] = &broken;
+    std::fs::write(dir.join("acct.csv"), lines.join("\n")).unwrap();
+    let failed = run(&["report", dir.to_str().unwrap()]);
+    assert_eq!(failed.status.code(), Some(2));
+    assert!(
+        text(&failed.stderr).contains("acct.csv: line 3:"),
+        "{}",
+        text(&failed.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--json` prints summary.json, with its schema version, to stdout.
+#[test]
+fn run_json_prints_the_summary() {
+    let dir = std::env::temp_dir().join(format!("pmta-sim-json-{}", std::process::id()));
+    let result = run(&[
+        "run",
+        "scenarios/quickstart.toml",
+        "--json",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(summary["schema_version"], 1);
+    assert_eq!(summary["scenario"], "quickstart");
+    assert_eq!(
+        result.stdout,
+        std::fs::read(dir.join("summary.json")).unwrap()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

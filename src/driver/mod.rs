@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use crate::engine::accounting::AcctRecord;
 use crate::engine::{EngineEvent, QueueSnapshot};
 use crate::isp::ReceiverLog;
+use crate::report;
 use crate::time::Time;
 
 /// One connection as the engine's side saw it: for whole-run checks of the limits.
@@ -93,4 +94,143 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
         parse_model(&file, &text)
     };
     Scenario::parse_with(path, &text, &load)
+}
+
+/// SHA-256 over the configuration's files (name and text, in load order), hex.
+pub fn config_sha256(sources: &crate::config::source::SourceMap) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for (_, file) in sources.files() {
+        context.update(file.path.to_string_lossy().as_bytes());
+        context.update(&[0]);
+        context.update(file.text.as_bytes());
+        context.update(&[0]);
+    }
+    context
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn rate_limit(rate: crate::config::value::Rate) -> Option<report::RateLimit> {
+    match rate {
+        crate::config::value::Rate::Limit { count, per_seconds } => Some(report::RateLimit {
+            count,
+            per_s: per_seconds,
+        }),
+        crate::config::value::Rate::Unlimited => None,
+    }
+}
+
+impl RunOutput {
+    /// What the report needs beside `acct.csv` (saved as `run.json`).
+    pub fn run_data(&self, scenario: &Scenario, config_sha256: String) -> report::RunData {
+        let secs = |t: Time| t.unix_secs();
+        let mut data = report::RunData {
+            schema_version: report::SCHEMA_VERSION,
+            scenario: scenario.name.clone(),
+            seed: scenario.seed,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_sha256,
+            start_s: secs(scenario.start),
+            duration_s: scenario.duration_s,
+            providers: Vec::new(),
+            queues: Vec::new(),
+            mode_changes: Vec::new(),
+            retries: Vec::new(),
+            queued: Vec::new(),
+            connections: Vec::new(),
+        };
+        for (name, log) in &self.receivers {
+            let domains = scenario
+                .isps
+                .iter()
+                .find(|i| &i.name == name)
+                .map(|i| i.domains.clone())
+                .unwrap_or_default();
+            data.providers.push(report::ProviderData {
+                name: name.clone(),
+                domains,
+                throttles: log
+                    .throttles
+                    .iter()
+                    .map(|t| report::ThrottleWindow {
+                        at_s: secs(t.at),
+                        until_s: secs(t.until),
+                        source_ip: t.peer.to_string(),
+                        key: t.key.clone(),
+                        reply: t.reply.clone(),
+                    })
+                    .collect(),
+                standings: log
+                    .standings
+                    .iter()
+                    .map(|s| report::StandingPoint {
+                        at_s: secs(s.at),
+                        identity: s.identity.clone(),
+                        score: s.score,
+                        capacity_per_hour: s.capacity_per_hour,
+                    })
+                    .collect(),
+            });
+        }
+        for q in &self.queues {
+            let (domain, vmta) = q.name.split_once('/').unwrap_or((&q.name, ""));
+            data.queues.push(report::QueueData {
+                name: q.name.clone(),
+                domain: domain.to_string(),
+                vmta: vmta.to_string(),
+                max_msg_rate: rate_limit(q.settings.max_msg_rate),
+                backoff_max_msg_rate: rate_limit(q.settings.backoff_max_msg_rate),
+                max_smtp_out: q.settings.max_smtp_out,
+                backoff_max_smtp_out: q.settings.backoff_max_smtp_out,
+                backoff_at_end: q.mode == crate::config::model::QueueMode::Backoff,
+                queued_at_end: q.recipients_queued as u64,
+            });
+        }
+        for event in &self.events {
+            match event {
+                EngineEvent::ModeChanged {
+                    at,
+                    queue,
+                    mode,
+                    reason,
+                } => data.mode_changes.push(report::ModeChange {
+                    at_s: secs(*at),
+                    queue: queue.clone(),
+                    backoff: *mode == crate::config::model::QueueMode::Backoff,
+                    reason: reason.clone(),
+                }),
+                EngineEvent::RetryScheduled { at, queue, until } => {
+                    data.retries.push(report::RetryWait {
+                        at_s: secs(*at),
+                        queue: queue.clone(),
+                        until_s: secs(*until),
+                    })
+                }
+                EngineEvent::Queued {
+                    at,
+                    queue,
+                    recipients,
+                } => data.queued.push(report::Queued {
+                    at_s: secs(*at),
+                    queue: queue.clone(),
+                    recipients: *recipients,
+                }),
+                EngineEvent::SourceIpDisabled { .. } => {}
+            }
+        }
+        data.connections = self
+            .connections
+            .iter()
+            .map(|c| report::Connection {
+                queue: c.queue.clone(),
+                source_ip: c.source_ip.to_string(),
+                opened_s: secs(c.opened),
+                closed_s: c.closed.map(secs),
+            })
+            .collect();
+        data
+    }
 }

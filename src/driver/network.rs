@@ -71,6 +71,27 @@ fn sim_now(start: Time) -> Time {
 
 /// Runs `scenario` with `config` to its end.
 pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
+    run_with_progress(scenario, config, &mut |_| {})
+}
+
+/// How far a run is, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub simulated_s: u64,
+    pub duration_s: u64,
+    /// Messages the providers have accepted so far.
+    pub accepted: u64,
+}
+
+/// Steps between two progress reports.
+const PROGRESS_EVERY_STEPS: u64 = 2_000;
+
+/// [`run`], reporting progress every few thousand simulation steps.
+pub fn run_with_progress(
+    scenario: &Scenario,
+    config: Config,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RunOutput, RunError> {
     let mut source_ips: Vec<IpAddr> = config
         .virtual_mtas
         .values()
@@ -243,8 +264,20 @@ pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
     schedule.sort();
     let mut next_fault = 0;
     let mut cut: BTreeMap<(IpAddr, IpAddr), u32> = BTreeMap::new();
+    let mut steps: u64 = 0;
     loop {
         let elapsed_ms = sim.elapsed().as_millis() as u64;
+        steps += 1;
+        if steps.is_multiple_of(PROGRESS_EVERY_STEPS) {
+            progress(Progress {
+                simulated_s: (elapsed_ms / 1000).min(scenario.duration_s),
+                duration_s: scenario.duration_s,
+                accepted: providers
+                    .iter()
+                    .map(|p| p.borrow().log.messages_accepted)
+                    .sum(),
+            });
+        }
         while next_fault < schedule.len() && schedule[next_fault].0 <= elapsed_ms {
             let (_, begin, index) = schedule[next_fault];
             apply_fault(

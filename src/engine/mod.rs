@@ -160,6 +160,12 @@ pub enum EngineEvent {
         queue: String,
         until: Time,
     },
+    /// Recipients of an injected message entered a queue (their `timeQueued` is `at`).
+    Queued {
+        at: Time,
+        queue: String,
+        recipients: u64,
+    },
 }
 
 /// A queue's state, for inspection.
@@ -562,6 +568,11 @@ impl Engine {
                 q.retry_until = None;
             }
             q.queued_rcpts += rcpts.len();
+            self.events.push_back(EngineEvent::Queued {
+                at: now,
+                queue: q.name.clone(),
+                recipients: rcpts.len() as u64,
+            });
             q.ready.push_back(Entry { msg: id, rcpts });
             self.dirty.insert(queue);
         }

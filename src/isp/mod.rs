@@ -82,7 +82,7 @@ pub struct ThrottleEvent {
 }
 
 /// What a provider saw, for receiver-side checks and reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReceiverLog {
     pub connections: Vec<ConnectionLog>,
     pub throttles: Vec<ThrottleEvent>,
@@ -91,7 +91,23 @@ pub struct ReceiverLog {
     /// Accepted recipients, with the peer and time.
     pub accepted_rcpts: Vec<(IpAddr, Time)>,
     pub messages_accepted: u64,
+    /// Each identity's standing, sampled at most once an hour while it sends: for reports.
+    pub standings: Vec<StandingSample>,
 }
+
+/// An identity's standing with a provider at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StandingSample {
+    pub at: Time,
+    /// `ip:…`, `net:…` or `domain:…`.
+    pub identity: String,
+    pub score: f64,
+    /// The hourly capacity before throttling.
+    pub capacity_per_hour: u64,
+}
+
+/// Most standing samples kept per provider.
+pub const STANDING_SAMPLES_MAX: usize = 1_000_000;
 
 /// A provider's shared state: every connection to any of its MX hosts sees it.
 pub struct Provider {
@@ -127,6 +143,8 @@ pub struct Provider {
     bulk_domains: BTreeSet<String>,
     /// When a sending domain first failed each rule (by index), for temp-then-perm.
     auth_failures: BTreeMap<(String, usize), Time>,
+    /// The hour (since the epoch) each identity was last sampled into the log.
+    sampled: BTreeMap<String, u64>,
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
@@ -190,6 +208,7 @@ impl Provider {
             domain_days: BTreeMap::new(),
             bulk_domains: BTreeSet::new(),
             auth_failures: BTreeMap::new(),
+            sampled: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
@@ -237,6 +256,11 @@ impl Provider {
             let key = format!("domain:{domain}");
             let capacity = self.ledger.capacity(&key, now);
             keys.push((key, Some(capacity), &throttle.reply_domain));
+        }
+        for (key, capacity, _) in &keys {
+            if let Some(capacity) = capacity {
+                self.sample(key, *capacity);
+            }
         }
         let fill = |reply: &Reply| fill(reply, peer, domain);
         // A retry inside the penalty window extends it (Gmail: wait at least 10 minutes).
@@ -295,6 +319,24 @@ impl Provider {
         *hours.entry(hour).or_insert(0) += 1;
         hours.retain(|h, _| *h + 48 >= hour);
         None
+    }
+
+    /// Logs `identity`'s standing once per hour it is seen.
+    fn sample(&mut self, identity: &str, capacity_per_hour: u64) {
+        let hour = self.now.unix_secs() / 3600;
+        if self.sampled.get(identity) == Some(&hour)
+            || self.log.standings.len() >= STANDING_SAMPLES_MAX
+        {
+            return;
+        }
+        self.sampled.insert(identity.to_string(), hour);
+        let score = self.ledger.standing(identity, self.now).score;
+        self.log.standings.push(StandingSample {
+            at: self.now,
+            identity: identity.to_string(),
+            score,
+            capacity_per_hour,
+        });
     }
 
     /// Throttles `key` for a penalty drawn between the model's bounds, logs it, and returns
@@ -1056,10 +1098,11 @@ mod tests {
                 );
                 talk(&mut s, message.as_bytes());
             }
-            let n = provider.borrow().log.complaints.len();
-            n
+            provider.borrow().log.complaints.len()
         };
-        let with = complaints("List-Unsubscribe: <https://x.example/u/1>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+        let with = complaints(
+            "List-Unsubscribe: <https://x.example/u/1>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+        );
         let without = complaints("");
         // 5% of 2,000 is about 100; twice that without the headers.
         assert!((70..130).contains(&with), "{with}");

@@ -1,0 +1,71 @@
+//! The terminal summary: one compact table per provider and per queue, then one line per
+//! queue saying what held it back. Colour (ANSI) only when the caller says the output is a
+//! terminal. Pure: returns the text.
+
+use std::fmt::Write;
+
+use super::{Counts, Summary};
+
+const BOLD: &str = "\x1b[1m";
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const RESET: &str = "\x1b[0m";
+
+fn line(out: &mut String, name: &str, c: &Counts, colour: bool) {
+    let deferred: u64 = c.transient_by_class.values().sum();
+    let paint = |text: String, code: &str, on: bool| {
+        if colour && on {
+            format!("{code}{text}{RESET}")
+        } else {
+            text
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  {name:<28} {:>9} {:>9} {} {} {:>7} {:>8} {:>9}",
+        c.injected.map_or("-".into(), |v| v.to_string()),
+        c.delivered,
+        paint(format!("{deferred:>9}"), YELLOW, deferred > 0),
+        paint(format!("{:>8}", c.bounced), RED, c.bounced > 0),
+        c.queued_at_end.map_or("-".into(), |v| v.to_string()),
+        c.backoff_entries,
+        c.delivery_latency_s.p95,
+    );
+}
+
+fn header(out: &mut String, title: &str, colour: bool) {
+    let head = format!(
+        "  {title:<28} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>9}",
+        "injected", "delivered", "deferred", "bounced", "queued", "backoff", "p95 s"
+    );
+    if colour {
+        let _ = writeln!(out, "{BOLD}{head}{RESET}");
+    } else {
+        let _ = writeln!(out, "{head}");
+    }
+}
+
+/// The summary as the terminal shows it.
+pub fn table(summary: &Summary, colour: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: seed {}, {} simulated",
+        summary.scenario,
+        summary.seed,
+        super::clock(summary.duration_s)
+    );
+    header(&mut out, "provider", colour);
+    for (name, counts) in &summary.providers {
+        line(&mut out, name, counts, colour);
+    }
+    line(&mut out, "all", &summary.run, colour);
+    header(&mut out, "queue", colour);
+    for (name, q) in &summary.queues {
+        line(&mut out, name, &q.counts, colour);
+    }
+    for q in summary.queues.values() {
+        let _ = writeln!(out, "  {}", q.binding.explanation);
+    }
+    out
+}
