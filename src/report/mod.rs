@@ -739,10 +739,12 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
     for (name, _) in busiest.iter().take(QUEUES_PER_CHART_MAX) {
         let mut delta = vec![0i64; buckets + 1];
         for c in data.connections.iter().filter(|c| &c.queue == *name) {
+            // Open during a bucket when opened before its end and closed after its start.
             delta[bucket_of(c.opened_s)] += 1;
             let closed = c.closed_s.unwrap_or(end);
             if closed < end {
-                delta[bucket_of(closed) + 1] -= 1;
+                let after = (closed.saturating_sub(start)).div_ceil(bucket_s) as usize;
+                delta[after.max(bucket_of(c.opened_s) + 1).min(buckets)] -= 1;
             }
         }
         let mut open = 0i64;
@@ -1182,5 +1184,102 @@ mod tests {
             err.contains("line 2: `yesterday` is not a timestamp"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn queue_depth_age_and_connections_follow_known_data() {
+        // 100 recipients at the start; one delivered a minute from minute 0; one connection
+        // open from 10 to 40 minutes.
+        let mut d = data(2 * 3600);
+        let s = d.start_s;
+        d.queued.push(Queued {
+            at_s: s,
+            queue: "p.example/v".into(),
+            recipients: 100,
+        });
+        d.connections.push(Connection {
+            queue: "p.example/v".into(),
+            source_ip: "192.0.2.1".into(),
+            opened_s: s + 600,
+            closed_s: Some(s + 2400),
+        });
+        let rows: Vec<Row> = (0..100).map(|m| delivered(s + m * 60, s)).collect();
+        let report = build(&d, &rows);
+        assert_eq!(report.bucket_s, 60);
+        let depth = &report.queue_depth[0].points;
+        assert_eq!(depth[0], (0.0, 99.0));
+        assert_eq!(depth[49], (2940.0, 50.0));
+        assert_eq!(depth[99], (5940.0, 0.0));
+        // The oldest waiting recipient entered at the start: its age grows a minute a bucket
+        // until the queue is empty.
+        let age = &report.queue_age[0].points;
+        assert_eq!(age[0], (0.0, 1.0));
+        assert_eq!(age[49], (2940.0, 50.0));
+        assert_eq!(age[100], (6000.0, 0.0));
+        let open = &report.connections[0].points;
+        assert_eq!(open[9].1, 0.0);
+        assert!(
+            open[10..40].iter().all(|(_, n)| *n == 1.0),
+            "{:?}",
+            &open[8..42]
+        );
+        assert_eq!(open[40].1, 0.0);
+        assert_eq!(
+            report.summary.queues["p.example/v"].counts.max_connections,
+            1
+        );
+    }
+
+    #[test]
+    fn reputation_and_limits_come_from_the_providers_samples() {
+        let mut d = data(3 * 3600);
+        let s = d.start_s;
+        for (h, score, capacity) in [(0, 0.5, 20), (1, 0.5, 20), (2, 0.45, 16)] {
+            d.providers[0].standings.push(StandingPoint {
+                at_s: s + h * 3600 + 120,
+                identity: "ip:192.0.2.1".into(),
+                score,
+                capacity_per_hour: capacity,
+            });
+        }
+        let rows = vec![delivered(s + 10, s)];
+        let report = build(&d, &rows);
+        let reputation = &report.reputation["p"];
+        assert_eq!(reputation[0].name, "ip:192.0.2.1");
+        assert_eq!(
+            reputation[0].points,
+            vec![(120.0, 0.5), (3720.0, 0.5), (7320.0, 0.45)]
+        );
+        let limit = &report.source_ip_rates["p"][1];
+        assert_eq!(limit.name, "192.0.2.1 limit/h");
+        assert_eq!(
+            limit.points,
+            vec![(0.0, 20.0), (3600.0, 20.0), (7200.0, 16.0)]
+        );
+    }
+
+    #[test]
+    fn a_flat_rate_is_a_flat_line_in_the_drawn_svg() {
+        let d = data(2 * 3600);
+        let rows: Vec<Row> = (0..120)
+            .map(|m| delivered(d.start_s + m * 60 + 5, d.start_s))
+            .collect();
+        let report = build(&d, &rows);
+        let charts = charts::render(&report);
+        let outcomes = charts.iter().find(|c| c.name == "outcomes-p").unwrap();
+        // The first polyline is the delivered series: every point at the same height.
+        let points = outcomes
+            .svg
+            .split("<polyline")
+            .find(|p| p.contains("stroke-width=\"2\""))
+            .and_then(|p| p.split("points=\"").nth(1))
+            .and_then(|p| p.split('"').next())
+            .unwrap();
+        let ys: std::collections::BTreeSet<&str> = points
+            .split_whitespace()
+            .filter_map(|xy| xy.split(',').nth(1))
+            .collect();
+        assert_eq!(ys.len(), 1, "{points}");
+        assert!(outcomes.png.starts_with(b"\x89PNG"));
     }
 }

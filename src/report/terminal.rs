@@ -69,3 +69,37 @@ pub fn table(summary: &Summary, colour: bool) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_when_asked_and_one_line_per_queue() {
+        let mut summary = Summary {
+            schema_version: 1,
+            scenario: "s".into(),
+            seed: 1,
+            version: "0".into(),
+            config_sha256: String::new(),
+            start: String::new(),
+            duration_s: 3600,
+            run: Counts::default(),
+            providers: Default::default(),
+            queues: Default::default(),
+            source_ips: Default::default(),
+        };
+        let mut q = super::super::QueueSummary::default();
+        q.counts.bounced = 3;
+        q.binding.explanation = "gmail.com/v: held back by max-msg-rate 10/m for 50%".into();
+        summary.queues.insert("gmail.com/v".into(), q);
+        let plain = table(&summary, false);
+        assert!(!plain.contains('\x1b'));
+        assert!(plain.contains("\n  gmail.com/v: held back by max-msg-rate 10/m for 50%\n"));
+        let coloured = table(&summary, true);
+        assert!(
+            coloured.contains(&format!("{RED}       3{RESET}")),
+            "{coloured}"
+        );
+    }
+}
