@@ -186,41 +186,15 @@ pub fn read_acct(file: &str, text: &str) -> Result<Vec<Row>, ReportError> {
             ))
         })
     };
-    let [
-        kind,
-        logged,
-        queued,
-        rcpt,
-        status,
-        diag,
-        category,
-        source_ip,
-        queue,
-    ] = [
-        "type",
-        "timeLogged",
-        "timeQueued",
-        "rcpt",
-        "dsnStatus",
-        "dsnDiag",
-        "bounceCat",
-        "dlvSourceIp",
-        "queue",
-    ]
-    .map(column);
-    let [
-        kind,
-        logged,
-        queued,
-        rcpt,
-        status,
-        diag,
-        category,
-        source_ip,
-        queue,
-    ] = [
-        kind?, logged?, queued?, rcpt?, status?, diag?, category?, source_ip?, queue?,
-    ];
+    let kind = column("type")?;
+    let logged = column("timeLogged")?;
+    let queued = column("timeQueued")?;
+    let rcpt = column("rcpt")?;
+    let status = column("dsnStatus")?;
+    let diag = column("dsnDiag")?;
+    let category = column("bounceCat")?;
+    let source_ip = column("dlvSourceIp")?;
+    let queue = column("queue")?;
     let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
