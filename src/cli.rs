@@ -4,8 +4,10 @@
 //! logic of its own beyond presentation; what a command computes lives in the library rooms.
 //!
 //! Exit statuses (documented in the README):
-//! - 0: the configuration is valid (warnings allowed);
-//! - 1: the configuration has errors (all of them are printed);
+//! - 0: the configuration is valid (warnings allowed); a run's expectations all hold; two
+//!   runs are the same (`diff`);
+//! - 1: the configuration has errors (all of them are printed); an expectation failed; two
+//!   runs differ;
 //! - 2: the input could not be read, or the command line is wrong.
 
 use std::fmt::Write as _;
@@ -63,9 +65,31 @@ enum Command {
         #[arg(long)]
         quiet: bool,
         /// Print summary.json to stdout instead of the table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "quiet")]
         json: bool,
+        /// Write the expectations' results as JUnit XML.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Run every seed of A..B (e.g. 1..20), each into DIR/<name>-<seed>/, and report each
+        /// expectation's pass rate.
+        #[arg(long, value_name = "A..B", value_parser = parse_seeds, conflicts_with = "seed")]
+        seeds: Option<(u64, u64)>,
     },
+    /// Run every scenario of the given folders and files (default: scenarios/) in parallel and
+    /// check their expectations.
+    Test {
+        /// Folders (their *.toml) and scenario files.
+        paths: Vec<PathBuf>,
+        /// Where the run directories go (default: reports/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write every expectation's result as JUnit XML.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Compare two run directories: metric deltas per provider and queue, and the first line
+    /// where their accounting files differ.
+    Diff { a: PathBuf, b: PathBuf },
     /// Rebuild a run directory's report (summary.json, report.html, charts) from its
     /// acct.csv and run.json.
     Report {
@@ -121,25 +145,62 @@ pub fn main() -> ExitCode {
             out,
             quiet,
             json,
-        } => ExitCode::from(run(&scenario, seed, out, quiet, json)),
+            junit,
+            seeds,
+        } => {
+            let show = if quiet {
+                Show::Quiet
+            } else if json {
+                Show::Json
+            } else {
+                Show::Table
+            };
+            ExitCode::from(run(&scenario, seed, seeds, out, show, junit))
+        }
+        Command::Test { paths, out, junit } => {
+            let paths = if paths.is_empty() {
+                vec![PathBuf::from("scenarios")]
+            } else {
+                paths
+            };
+            ExitCode::from(test(&paths, out, junit))
+        }
+        Command::Diff { a, b } => ExitCode::from(diff(&a, &b)),
         Command::Report { dir } => ExitCode::from(rebuild_report(&dir)),
     }
 }
 
-fn run(
+/// How much `run_one` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Show {
+    /// The terminal table and a progress bar.
+    Table,
+    /// summary.json on stdout.
+    Json,
+    /// Nothing but errors.
+    Quiet,
+}
+
+/// A finished run: where its files are, its summary and its expectations.
+struct Finished {
+    scenario: String,
+    seed: u64,
+    outcomes: Vec<report::expect::Outcome>,
+}
+
+/// A run's result: `Err` holds the exit status and the message for stderr.
+type RunResult = Result<Finished, (u8, String)>;
+
+/// `run` for one scenario and seed: runs, writes the run directory, builds the report and
+/// checks the expectations. `Err` holds the exit status and the message for stderr.
+fn run_one(
     path: &std::path::Path,
     seed: Option<u64>,
     out: Option<PathBuf>,
-    quiet: bool,
-    json: bool,
-) -> u8 {
-    let mut scenario = match driver::load_scenario(path) {
-        Ok(scenario) => scenario,
-        Err(err) => {
-            eprintln!("{err}");
-            return EXIT_UNREADABLE;
-        }
-    };
+    show: Show,
+) -> RunResult {
+    let unreadable = |m: String| (EXIT_UNREADABLE, m);
+    let mut scenario = driver::load_scenario(path).map_err(|e| unreadable(e.to_string()))?;
     if let Some(seed) = seed {
         scenario.seed = seed;
     }
@@ -154,31 +215,26 @@ fn run(
             )
         }
     };
-    let checked = match checked {
-        Ok(checked) => checked,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return EXIT_UNREADABLE;
+    let checked = checked.map_err(|e| unreadable(format!("error: {e}")))?;
+    if show != Show::Quiet {
+        for diagnostic in &checked.diagnostics {
+            eprint!("{}", diagnostic.render(&checked.config.sources));
         }
-    };
-    for diagnostic in &checked.diagnostics {
-        eprint!("{}", diagnostic.render(&checked.config.sources));
     }
     if checked.error_count() > 0 {
-        eprintln!("error: the scenario's configuration is invalid");
-        return EXIT_UNREADABLE;
+        let mut text = String::new();
+        for diagnostic in &checked.diagnostics {
+            text.push_str(&diagnostic.render(&checked.config.sources));
+        }
+        return Err(unreadable(format!(
+            "{text}error: the scenario's configuration is invalid"
+        )));
     }
     let config_sha256 = driver::config_sha256(&checked.config.sources);
-    let mut bar = Progress::new(quiet || json);
+    let mut bar = Progress::new(show != Show::Table);
     let ran = driver::network::run_with_progress(&scenario, checked.config, &mut |p| bar.update(p));
     bar.finish();
-    let output = match ran {
-        Ok(output) => output,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return EXIT_UNREADABLE;
-        }
-    };
+    let output = ran.map_err(|e| unreadable(format!("error: {e}")))?;
     let dir = out.unwrap_or_else(|| {
         PathBuf::from("reports").join(format!("{}-{}", scenario.name, scenario.seed))
     });
@@ -194,38 +250,305 @@ fn run(
             .map_err(|e| e.into_error())?
             .sync_all()
     });
-    if let Err(err) = written {
-        eprintln!(
-            "error: cannot write `{}`: {err}",
+    written.map_err(|e| {
+        unreadable(format!(
+            "error: cannot write `{}`: {e}",
             dir.join("acct.csv").display()
-        );
-        return EXIT_UNREADABLE;
-    }
+        ))
+    })?;
     let data = output.run_data(&scenario, config_sha256);
     let json_text = serde_json::to_string(&data).expect("run data always serializes");
-    if let Err(err) = std::fs::write(dir.join("run.json"), json_text + "\n") {
-        eprintln!(
-            "error: cannot write `{}`: {err}",
+    std::fs::write(dir.join("run.json"), json_text + "\n").map_err(|e| {
+        unreadable(format!(
+            "error: cannot write `{}`: {e}",
             dir.join("run.json").display()
+        ))
+    })?;
+    // The report is built from the files just written, exactly as `pmta-sim report` does.
+    let (summary, data, rows) =
+        write_report(&dir).map_err(|e| unreadable(format!("error: {e}")))?;
+    let outcomes = report::expect::evaluate(&scenario.expect, &data, &rows);
+    match show {
+        Show::Json => print!("{}", report::summary_json(&summary)),
+        Show::Table => {
+            let colour = std::io::stdout().is_terminal();
+            print!("{}", report::terminal::table(&summary, colour));
+            if !outcomes.is_empty() {
+                print!("{}", report::expect::table(&scenario.name, &outcomes));
+            }
+            println!("report: {}", dir.join("report.html").display());
+        }
+        Show::Quiet => {
+            for o in outcomes.iter().filter(|o| !o.passed) {
+                eprintln!(
+                    "{}: line {}: expectation failed: {} (measured {})",
+                    path.display(),
+                    o.line,
+                    o.text,
+                    o.measured
+                );
+            }
+        }
+    }
+    Ok(Finished {
+        scenario: scenario.name,
+        seed: scenario.seed,
+        outcomes,
+    })
+}
+
+fn write_junit(
+    file: &std::path::Path,
+    suites: &[(String, Vec<report::expect::Outcome>)],
+) -> Result<(), String> {
+    std::fs::write(file, report::expect::junit(suites))
+        .map_err(|e| format!("error: cannot write `{}`: {e}", file.display()))
+}
+
+/// `pmta-sim run`.
+fn run(
+    path: &std::path::Path,
+    seed: Option<u64>,
+    seeds: Option<(u64, u64)>,
+    out: Option<PathBuf>,
+    show: Show,
+    junit: Option<PathBuf>,
+) -> u8 {
+    let Some((first, last)) = seeds else {
+        return match run_one(path, seed, out, show) {
+            Ok(finished) => {
+                let suites = [(finished.scenario.clone(), finished.outcomes.clone())];
+                if let Some(file) = junit
+                    && let Err(e) = write_junit(&file, &suites)
+                {
+                    eprintln!("{e}");
+                    return EXIT_UNREADABLE;
+                }
+                if finished.outcomes.iter().all(|o| o.passed) {
+                    EXIT_VALID
+                } else {
+                    EXIT_INVALID
+                }
+            }
+            Err((code, message)) => {
+                eprintln!("{message}");
+                code
+            }
+        };
+    };
+    // Many seeds: each run in its own directory; each expectation's pass rate.
+    let mut rates: Vec<(usize, String, u64, Vec<u64>)> = Vec::new();
+    let mut suites = Vec::new();
+    let base = out.unwrap_or_else(|| PathBuf::from("reports"));
+    for seed in first..=last {
+        let name = path
+            .file_stem()
+            .map_or("run".into(), |s| s.to_string_lossy().to_string());
+        let dir = base.join(format!("{name}-{seed}"));
+        match run_one(path, Some(seed), Some(dir), Show::Quiet) {
+            Ok(finished) => {
+                for (i, o) in finished.outcomes.iter().enumerate() {
+                    if rates.len() <= i {
+                        rates.push((o.line, o.text.clone(), 0, Vec::new()));
+                    }
+                    if o.passed {
+                        rates[i].2 += 1;
+                    } else {
+                        rates[i].3.push(finished.seed);
+                    }
+                }
+                suites.push((
+                    format!("{} seed {seed}", finished.scenario),
+                    finished.outcomes,
+                ));
+            }
+            Err((code, message)) => {
+                eprintln!("{message}");
+                return code;
+            }
+        }
+    }
+    let runs = last - first + 1;
+    if show != Show::Quiet {
+        println!(
+            "{} over seeds {first}..{last} ({runs} runs)",
+            path.display()
         );
+        for (line, text, passed, failing) in &rates {
+            let seeds_text = if failing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  failing seeds: {}",
+                    failing
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            };
+            println!(
+                "  {:>3}%  line {line:<4} {text}  ({passed}/{runs}){seeds_text}",
+                passed * 100 / runs
+            );
+        }
+    }
+    if let Some(file) = junit
+        && let Err(e) = write_junit(&file, &suites)
+    {
+        eprintln!("{e}");
         return EXIT_UNREADABLE;
     }
-    // The report is built from the files just written, exactly as `pmta-sim report` does.
-    match write_report(&dir) {
-        Ok(summary) => {
-            if json {
-                print!("{}", report::summary_json(&summary));
-            } else if !quiet {
-                let colour = std::io::stdout().is_terminal();
-                print!("{}", report::terminal::table(&summary, colour));
-                println!("report: {}", dir.join("report.html").display());
+    if rates.iter().all(|(_, _, passed, _)| *passed == runs) {
+        EXIT_VALID
+    } else {
+        EXIT_INVALID
+    }
+}
+
+/// `pmta-sim test`: every scenario of the folders and files given, in parallel.
+fn test(paths: &[PathBuf], out: Option<PathBuf>, junit: Option<PathBuf>) -> u8 {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = match std::fs::read_dir(path) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect(),
+                Err(e) => {
+                    eprintln!("error: cannot read `{}`: {e}", path.display());
+                    return EXIT_UNREADABLE;
+                }
+            };
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let base = out.unwrap_or_else(|| PathBuf::from("reports"));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<RunResult>>> =
+        std::sync::Mutex::new((0..files.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(file) = files.get(i) else {
+                        break;
+                    };
+                    let stem = file
+                        .file_stem()
+                        .map_or("run".into(), |s| s.to_string_lossy().to_string());
+                    let result = run_one(file, None, Some(base.join(stem)), Show::Quiet);
+                    results.lock().expect("no worker panics while holding it")[i] = Some(result);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().expect("workers are done");
+    let mut suites = Vec::new();
+    let (mut failed, mut broken) = (0, 0);
+    for (file, result) in files.iter().zip(results) {
+        match result.expect("every file ran") {
+            Ok(finished) => {
+                let bad = finished.outcomes.iter().filter(|o| !o.passed).count();
+                println!(
+                    "{}  {}  {} expectations, {bad} failed",
+                    if bad == 0 { "pass" } else { "FAIL" },
+                    file.display(),
+                    finished.outcomes.len()
+                );
+                if bad > 0 {
+                    failed += 1;
+                }
+                suites.push((finished.scenario, finished.outcomes));
             }
-            EXIT_VALID
+            Err((_, message)) => {
+                println!("ERROR {}", file.display());
+                eprintln!("{message}");
+                broken += 1;
+            }
         }
-        Err(err) => {
-            eprintln!("error: {err}");
-            EXIT_UNREADABLE
+    }
+    println!(
+        "{} scenarios: {} passed, {failed} failed, {broken} could not run",
+        files.len(),
+        files.len() - failed - broken
+    );
+    if let Some(file) = junit
+        && let Err(e) = write_junit(&file, &suites)
+    {
+        eprintln!("{e}");
+        return EXIT_UNREADABLE;
+    }
+    if broken > 0 {
+        EXIT_UNREADABLE
+    } else if failed > 0 {
+        EXIT_INVALID
+    } else {
+        EXIT_VALID
+    }
+}
+
+/// `A..B` (inclusive, at most 1,000 seeds).
+fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| format!("`{text}` is not a seed range such as 1..20"))?;
+    let (a, b): (u64, u64) = (
+        a.parse().map_err(|_| format!("`{a}` is not a seed"))?,
+        b.parse().map_err(|_| format!("`{b}` is not a seed"))?,
+    );
+    if a > b || b - a >= 1000 {
+        return Err(format!(
+            "`{text}`: the range must go up and hold at most 1,000 seeds"
+        ));
+    }
+    Ok((a, b))
+}
+
+/// `pmta-sim diff A B`: 0 when the runs are the same, 1 when they differ, 2 when a run
+/// directory cannot be read.
+fn diff(a: &std::path::Path, b: &std::path::Path) -> u8 {
+    let read = |dir: &std::path::Path, name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| format!("error: cannot read `{}`: {e}", dir.join(name).display()))
+    };
+    let loaded = (|| -> Result<_, String> {
+        let summary = |dir: &std::path::Path| -> Result<serde_json::Value, String> {
+            serde_json::from_str(&read(dir, "summary.json")?)
+                .map_err(|e| format!("error: `{}`: {e}", dir.join("summary.json").display()))
+        };
+        Ok((
+            summary(a)?,
+            summary(b)?,
+            read(a, "acct.csv")?,
+            read(b, "acct.csv")?,
+        ))
+    })();
+    let (sa, sb, acct_a, acct_b) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_UNREADABLE;
         }
+    };
+    let deltas = report::diff::metric_deltas(&sa, &sb);
+    let divergence = report::diff::first_divergence(&acct_a, &acct_b);
+    print!(
+        "{}",
+        report::diff::render(a, b, &deltas, divergence.as_ref())
+    );
+    if deltas.is_empty() && divergence.is_none() {
+        EXIT_VALID
+    } else {
+        EXIT_INVALID
     }
 }
 
@@ -245,7 +568,9 @@ fn rebuild_report(dir: &std::path::Path) -> u8 {
 
 /// Reads `acct.csv` and `run.json` in `dir`, writes `summary.json`, `report.html` and the
 /// charts (`charts/*.svg`, `charts/*.png`), and returns the summary.
-fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
+fn write_report(
+    dir: &std::path::Path,
+) -> Result<(report::Summary, report::RunData, Vec<report::Row>), String> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
             .map_err(|e| format!("cannot read `{}`: {e}", dir.join(name).display()))
@@ -291,7 +616,7 @@ fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
         &dir.join("report.html"),
         report::html::page(&built, &charts).as_bytes(),
     )?;
-    Ok(built.summary)
+    Ok((built.summary, data, rows))
 }
 
 /// The progress bar of a long run: simulated time, messages accepted, speed. Shown only on a

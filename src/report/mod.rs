@@ -10,6 +10,8 @@
 //! accounting record, nor read a clock.
 
 pub mod charts;
+pub mod diff;
+pub mod expect;
 pub mod html;
 pub mod terminal;
 
@@ -239,7 +241,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut values: Vec<u64>) -> Percentiles {
+    pub(crate) fn of(mut values: Vec<u64>) -> Percentiles {
         if values.is_empty() {
             return Percentiles::default();
         }

@@ -6,6 +6,7 @@
 //! the scenario seed. Pure: it reads no files (the caller passes the text) and no clock; it
 //! must not know how the run is driven.
 
+pub mod expect;
 mod model;
 mod workload;
 
@@ -21,6 +22,7 @@ use crate::config::value::{self, Rate};
 use crate::smtp::Reply;
 use crate::time::Time;
 
+pub use expect::{Expectation, Filter, Metric};
 pub use model::parse_model;
 pub use workload::{Generated, Workload};
 
@@ -67,7 +69,7 @@ struct Raw {
     #[serde(default)]
     fault: Vec<Spanned<RawFault>>,
     #[serde(default)]
-    expect: Vec<toml::Table>,
+    expect: Vec<Spanned<expect::RawExpect>>,
     #[serde(default)]
     sender: Option<Spanned<RawSender>>,
     #[serde(default)]
@@ -624,8 +626,8 @@ pub struct Scenario {
     pub isps: Vec<IspSpec>,
     pub workloads: Vec<Workload>,
     pub faults: Vec<Fault>,
-    /// `[[expect]]` tables, kept for the expectations checker.
-    pub expect: Vec<toml::Table>,
+    /// `[[expect]]`: checked when the run ends.
+    pub expect: Vec<Expectation>,
     pub sender: SenderPosture,
 }
 
@@ -1051,7 +1053,11 @@ impl Scenario {
             isps,
             workloads,
             faults,
-            expect: raw.expect,
+            expect: expect::parse(
+                &r,
+                &raw.expect,
+                &raw.isps.keys().cloned().collect::<Vec<_>>(),
+            )?,
             sender,
         })
     }

@@ -1,0 +1,302 @@
+//! Evaluates a scenario's `[[expect]]` against a finished run: each expectation's measured
+//! value and whether it holds.
+//!
+//! Owns the meaning of every metric (documented in the README) over the accounting rows and
+//! `RunData`. Pure, like the rest of the report room.
+
+use std::collections::BTreeMap;
+
+use super::{Percentiles, Row, RunData};
+use crate::scenario::{Expectation, Filter, Metric};
+
+/// One expectation's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub line: usize,
+    pub text: String,
+    pub measured: f64,
+    pub passed: bool,
+}
+
+fn provider_of(data: &RunData, domain: &str) -> String {
+    data.providers
+        .iter()
+        .find(|p| p.domains.iter().any(|d| d == domain))
+        .map_or_else(|| domain.to_string(), |p| p.name.clone())
+}
+
+/// Whether a queue (`domain/vmta`) is within the filter's provider, domain, queue and vmta.
+fn queue_matches(data: &RunData, f: &Filter, queue: &str) -> bool {
+    let (domain, vmta) = queue.split_once('/').unwrap_or((queue, ""));
+    f.queue.as_ref().is_none_or(|q| q == queue)
+        && f.domain.as_ref().is_none_or(|d| d == domain)
+        && f.vmta.as_ref().is_none_or(|v| v == vmta)
+        && f.provider
+            .as_ref()
+            .is_none_or(|p| *p == provider_of(data, domain))
+}
+
+fn in_window(data: &RunData, f: &Filter, at_s: u64) -> bool {
+    let since = at_s.saturating_sub(data.start_s);
+    f.window
+        .is_none_or(|(from, to)| from <= since && since < to)
+}
+
+fn row_matches(data: &RunData, f: &Filter, row: &Row) -> bool {
+    let domain = if row.rcpt_domain.is_empty() {
+        row.queue.split('/').next().unwrap_or("")
+    } else {
+        row.rcpt_domain.as_str()
+    };
+    let (_, vmta) = row.queue.split_once('/').unwrap_or(("", ""));
+    f.queue.as_ref().is_none_or(|q| *q == row.queue)
+        && f.domain.as_ref().is_none_or(|d| d == domain)
+        && f.vmta.as_ref().is_none_or(|v| v == vmta)
+        && f.provider
+            .as_ref()
+            .is_none_or(|p| *p == provider_of(data, domain))
+        && f.source_ip.as_ref().is_none_or(|ip| *ip == row.source_ip)
+        && f.category.as_ref().is_none_or(|c| *c == row.category)
+        && in_window(data, f, row.logged_s)
+}
+
+/// Measures every expectation.
+pub fn evaluate(expectations: &[Expectation], data: &RunData, rows: &[Row]) -> Vec<Outcome> {
+    expectations
+        .iter()
+        .map(|e| {
+            let measured = measure(&e.metric, &e.filter, data, rows);
+            Outcome {
+                line: e.line,
+                text: e.text.clone(),
+                measured,
+                passed: e.holds(measured),
+            }
+        })
+        .collect()
+}
+
+fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> f64 {
+    let end = data.start_s + data.duration_s;
+    let matching: Vec<&Row> = rows.iter().filter(|r| row_matches(data, f, r)).collect();
+    let count = |kinds: &[&str]| {
+        matching
+            .iter()
+            .filter(|r| kinds.contains(&r.kind.as_str()))
+            .count() as f64
+    };
+    let injected = || -> f64 {
+        data.queued
+            .iter()
+            .filter(|q| queue_matches(data, f, &q.queue) && in_window(data, f, q.at_s))
+            .map(|q| q.recipients)
+            .sum::<u64>() as f64
+    };
+    let ratio = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
+    // The span of the run the window covers, as absolute seconds.
+    let (from, to) = f.window.map_or((data.start_s, end), |(a, b)| {
+        (data.start_s + a, (data.start_s + b).min(end))
+    });
+    let latency = || {
+        Percentiles::of(
+            matching
+                .iter()
+                .filter(|r| r.kind == "d")
+                .map(|r| r.logged_s.saturating_sub(r.queued_s))
+                .collect(),
+        )
+    };
+    let queue_ages = || {
+        let mut pending: BTreeMap<(String, u64), i64> = BTreeMap::new();
+        for q in data
+            .queued
+            .iter()
+            .filter(|q| queue_matches(data, f, &q.queue))
+        {
+            *pending.entry((q.queue.clone(), q.at_s)).or_default() += q.recipients as i64;
+        }
+        for r in rows
+            .iter()
+            .filter(|r| matches!(r.kind.as_str(), "d" | "b") && queue_matches(data, f, &r.queue))
+        {
+            *pending.entry((r.queue.clone(), r.queued_s)).or_default() -= 1;
+        }
+        let ages: Vec<u64> = pending
+            .iter()
+            .flat_map(|((_, at), n)| {
+                std::iter::repeat_n(end.saturating_sub(*at), (*n).max(0) as usize)
+            })
+            .collect();
+        Percentiles::of(ages)
+    };
+    match metric {
+        Metric::Delivered => count(&["d"]),
+        Metric::Deferred => count(&["t", "tq"]),
+        Metric::Bounced => count(&["b"]),
+        Metric::Expired => matching
+            .iter()
+            .filter(|r| r.kind == "b" && r.category == "message-expired")
+            .count() as f64,
+        Metric::Complaints => count(&["f"]),
+        Metric::DeliveredRatio => ratio(count(&["d"]), injected()),
+        Metric::BouncedRatio => ratio(count(&["b"]), injected()),
+        Metric::DeferredRatio => ratio(count(&["t", "tq"]), count(&["d", "b", "t", "tq"])),
+        Metric::RepliesMatching(pattern) => {
+            let regex =
+                fancy_regex::Regex::new(pattern).expect("validated when the scenario loaded");
+            matching
+                .iter()
+                .filter(|r| regex.is_match(&r.diag).unwrap_or(false))
+                .count() as f64
+        }
+        Metric::BackoffEntries => data
+            .mode_changes
+            .iter()
+            .filter(|c| c.backoff && queue_matches(data, f, &c.queue) && in_window(data, f, c.at_s))
+            .count() as f64,
+        Metric::BackoffTimeS => {
+            let mut total = 0u64;
+            let mut open: BTreeMap<&str, u64> = BTreeMap::new();
+            let mut spans = Vec::new();
+            for c in data
+                .mode_changes
+                .iter()
+                .filter(|c| queue_matches(data, f, &c.queue))
+            {
+                if c.backoff {
+                    open.entry(&c.queue).or_insert(c.at_s);
+                } else if let Some(start) = open.remove(c.queue.as_str()) {
+                    spans.push((start, c.at_s));
+                }
+            }
+            spans.extend(open.values().map(|start| (*start, end)));
+            for (a, b) in spans {
+                total += b.min(to).saturating_sub(a.max(from));
+            }
+            total as f64
+        }
+        Metric::MaxConnections => {
+            let mut edges: Vec<(u64, i64)> = Vec::new();
+            for c in data.connections.iter().filter(|c| {
+                queue_matches(data, f, &c.queue)
+                    && f.source_ip.as_ref().is_none_or(|ip| *ip == c.source_ip)
+            }) {
+                let (open, close) = (c.opened_s.max(from), c.closed_s.unwrap_or(end).min(to));
+                if open < close || (open == close && c.opened_s == c.closed_s.unwrap_or(end)) {
+                    edges.push((open, 1));
+                    edges.push((close, -1));
+                }
+            }
+            edges.sort_by_key(|(t, d)| (*t, *d));
+            let (mut now, mut most) = (0i64, 0i64);
+            for (_, d) in edges {
+                now += d;
+                most = most.max(now);
+            }
+            most as f64
+        }
+        Metric::PeakRate { per_s } => {
+            let mut times: Vec<u64> = matching
+                .iter()
+                .filter(|r| r.kind == "d")
+                .map(|r| r.logged_s)
+                .collect();
+            times.sort_unstable();
+            let mut most = 0;
+            let mut lo = 0;
+            for hi in 0..times.len() {
+                while times[hi] >= times[lo] + per_s {
+                    lo += 1;
+                }
+                most = most.max(hi + 1 - lo);
+            }
+            most as f64
+        }
+        Metric::DeliveryLatencyP50S => latency().p50 as f64,
+        Metric::DeliveryLatencyP95S => latency().p95 as f64,
+        Metric::DeliveryLatencyMaxS => latency().max as f64,
+        Metric::QueueAgeP95S => queue_ages().p95 as f64,
+        Metric::QueueAgeMaxS => queue_ages().max as f64,
+        Metric::QueuedAtEnd => data
+            .queues
+            .iter()
+            .filter(|q| queue_matches(data, f, &q.name))
+            .map(|q| q.queued_at_end)
+            .sum::<u64>() as f64,
+    }
+}
+
+/// The results table: one line per expectation with its measured value.
+pub fn table(scenario: &str, outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    out.push_str(&format!(
+        "expectations of {scenario}: {} passed, {failed} failed\n",
+        outcomes.len() - failed
+    ));
+    for o in outcomes {
+        out.push_str(&format!(
+            "  {}  line {:<4} {:<60} measured {}\n",
+            if o.passed { "pass" } else { "FAIL" },
+            o.line,
+            o.text,
+            format_value(o.measured)
+        ));
+    }
+    out
+}
+
+fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// JUnit XML: one test suite per scenario, one test case per expectation.
+pub fn junit(suites: &[(String, Vec<Outcome>)]) -> String {
+    let escape = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let tests: usize = suites.iter().map(|(_, o)| o.len()).sum();
+    let failures: usize = suites
+        .iter()
+        .map(|(_, o)| o.iter().filter(|x| !x.passed).count())
+        .sum();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"pmta-sim\" tests=\"{tests}\" failures=\"{failures}\">\n"
+    );
+    for (scenario, outcomes) in suites {
+        let failed = outcomes.iter().filter(|o| !o.passed).count();
+        out.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failed}\">\n",
+            escape(scenario),
+            outcomes.len()
+        ));
+        for o in outcomes {
+            out.push_str(&format!(
+                "    <testcase classname=\"{}\" name=\"line {}: {}\"",
+                escape(scenario),
+                o.line,
+                escape(&o.text)
+            ));
+            if o.passed {
+                out.push_str("/>\n");
+            } else {
+                out.push_str(&format!(
+                    ">\n      <failure message=\"measured {}\">{} (measured {})</failure>\n    </testcase>\n",
+                    format_value(o.measured),
+                    escape(&o.text),
+                    format_value(o.measured)
+                ));
+            }
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
