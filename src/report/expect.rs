@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Percentiles, Row, RunData};
+use super::{Percentiles, Row, RunData, provider_of};
 use crate::scenario::{Expectation, Filter, Metric};
 
 /// One expectation's result.
@@ -16,13 +16,6 @@ pub struct Outcome {
     pub text: String,
     pub measured: f64,
     pub passed: bool,
-}
-
-fn provider_of(data: &RunData, domain: &str) -> String {
-    data.providers
-        .iter()
-        .find(|p| p.domains.iter().any(|d| d == domain))
-        .map_or_else(|| domain.to_string(), |p| p.name.clone())
 }
 
 /// Whether a queue (`domain/vmta`) is within the filter's provider, domain, queue and vmta.

@@ -353,18 +353,21 @@ pub struct Report {
     pub reputation: BTreeMap<String, Vec<Series>>,
 }
 
+/// The provider that answers `domain` (the domain itself when no provider does).
+pub(crate) fn provider_of(data: &RunData, domain: &str) -> String {
+    data.providers
+        .iter()
+        .find(|p| p.domains.iter().any(|d| d == domain))
+        .map_or_else(|| domain.to_string(), |p| p.name.clone())
+}
+
 /// Builds the report of a run from its data and accounting rows.
 pub fn build(data: &RunData, rows: &[Row]) -> Report {
     let start = data.start_s;
     let end = start + data.duration_s;
     let bucket_s = (data.duration_s.div_ceil(BUCKETS_MAX)).max(60).div_ceil(60) * 60;
     let buckets = data.duration_s.div_ceil(bucket_s).max(1) as usize;
-    let provider_of_domain = |domain: &str| -> String {
-        data.providers
-            .iter()
-            .find(|p| p.domains.iter().any(|d| d == domain))
-            .map_or_else(|| domain.to_string(), |p| p.name.clone())
-    };
+    let provider_of_domain = |domain: &str| provider_of(data, domain);
     let queue_domain = |queue: &str| queue.split('/').next().unwrap_or("").to_string();
     let row_provider = |row: &Row| {
         if row.rcpt_domain.is_empty() {
