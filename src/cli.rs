@@ -231,7 +231,7 @@ fn run_one(
         )));
     }
     let config_sha256 = driver::config_sha256(&checked.config.sources);
-    let mut bar = Progress::new(show != Show::Table);
+    let mut bar = driver::progress::Bar::new(show != Show::Table);
     let ran = driver::network::run_with_progress(&scenario, checked.config, &mut |p| bar.update(p));
     bar.finish();
     let output = ran.map_err(|e| unreadable(format!("error: {e}")))?;
@@ -617,56 +617,6 @@ fn write_report(
         report::html::page(&built, &charts).as_bytes(),
     )?;
     Ok((built.summary, data, rows))
-}
-
-/// The progress bar of a long run: simulated time, messages accepted, speed. Shown only on a
-/// terminal, and only once a run has taken a couple of seconds.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    hidden: bool,
-    started: std::time::Instant,
-}
-
-/// Wall time before a run shows its progress bar.
-const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
-
-impl Progress {
-    fn new(hidden: bool) -> Progress {
-        Progress {
-            bar: None,
-            hidden: hidden || !std::io::stderr().is_terminal(),
-            started: std::time::Instant::now(),
-        }
-    }
-
-    fn update(&mut self, p: driver::network::Progress) {
-        if self.hidden || self.started.elapsed() < PROGRESS_AFTER {
-            return;
-        }
-        let bar = self.bar.get_or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new(p.duration_s);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {msg} [{elapsed_precise}]")
-                    .expect("the template is valid"),
-            );
-            bar
-        });
-        bar.set_position(p.simulated_s);
-        let wall = self.started.elapsed().as_secs_f64().max(0.001);
-        bar.set_message(format!(
-            "{} of {} simulated, {} messages accepted, {:.0} messages/s",
-            report::clock(p.simulated_s),
-            report::clock(p.duration_s),
-            p.accepted,
-            p.accepted as f64 / wall
-        ));
-    }
-
-    fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool) -> u8 {

@@ -8,6 +8,7 @@
 
 pub mod mailauth;
 pub mod network;
+pub mod progress;
 
 use std::path::{Path, PathBuf};
 
