@@ -4,58 +4,23 @@
 //! a 4-member pool, every one a full pipelined SMTP exchange through pmta-sim's own server
 //! session; time does not advance, so the figure is the engine's own cost plus the bytes.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+mod common;
 
-use pmta_sim::config::{self, MemFs, Options};
+use std::collections::{BTreeMap, VecDeque};
+
+use common::DOMAINS;
 use pmta_sim::engine::{
     Action, ConnectionId, Engine, EngineOptions, Injection, MxAnswer, MxHost, Time,
 };
 use pmta_sim::smtp::server::{ServerPolicy, ServerSession};
 
 const MESSAGES: usize = 20_000;
-const DOMAINS: [&str; 5] = [
-    "gmail.com",
-    "yahoo.com",
-    "outlook.com",
-    "icloud.com",
-    "gmx.net",
-];
-const CONFIG: &str = "
-<virtual-mta v1>
-    smtp-source-host 192.0.2.1 m1.example.com
-</virtual-mta>
-<virtual-mta v2>
-    smtp-source-host 192.0.2.2 m2.example.com
-</virtual-mta>
-<virtual-mta v3>
-    smtp-source-host 192.0.2.3 m3.example.com
-</virtual-mta>
-<virtual-mta v4>
-    smtp-source-host 192.0.2.4 m4.example.com
-</virtual-mta>
-<virtual-mta-pool pool>
-    virtual-mta v1
-    virtual-mta v2
-    virtual-mta v3
-    virtual-mta v4
-</virtual-mta-pool>
-<domain *>
-    max-smtp-out 10
-    max-msg-per-connection 100
-    connection-idle-timeout 1m
-</domain>
-";
-
 struct Accept;
 impl ServerPolicy for Accept {}
 
 /// Runs the whole load; returns (decisions, records).
 fn run() -> (u64, usize) {
-    let fs = MemFs::new().with("/c", CONFIG);
-    let checked = config::load(Path::new("/c"), &fs, Options::default()).unwrap();
-    assert_eq!(checked.error_count(), 0);
-    let mut engine = Engine::new(checked.config, EngineOptions::default()).unwrap();
+    let mut engine = Engine::new(common::pool_config(4, 100), EngineOptions::default()).unwrap();
     let now = Time::from_secs(1_789_992_000);
     let data = b"From: a@example.com\r\nTo: u@example.net\r\nSubject: hi\r\nMessage-ID: <x@example.com>\r\n\r\nhello\r\n".to_vec();
     let mut servers: BTreeMap<ConnectionId, ServerSession<Accept>> = BTreeMap::new();

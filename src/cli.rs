@@ -216,19 +216,19 @@ fn run_one(
         }
     };
     let checked = checked.map_err(|e| unreadable(format!("error: {e}")))?;
-    if show != Show::Quiet {
-        for diagnostic in &checked.diagnostics {
-            eprint!("{}", diagnostic.render(&checked.config.sources));
-        }
-    }
+    let rendered: String = checked
+        .diagnostics
+        .iter()
+        .map(|d| d.render(&checked.config.sources))
+        .collect();
     if checked.error_count() > 0 {
-        let mut text = String::new();
-        for diagnostic in &checked.diagnostics {
-            text.push_str(&diagnostic.render(&checked.config.sources));
-        }
+        // Printed once, by the caller, with the verdict.
         return Err(unreadable(format!(
-            "{text}error: the scenario's configuration is invalid"
+            "{rendered}error: the scenario's configuration is invalid"
         )));
+    }
+    if show != Show::Quiet {
+        eprint!("{rendered}");
     }
     let config_sha256 = driver::config_sha256(&checked.config.sources);
     let mut bar = driver::progress::Bar::new(show != Show::Table);

@@ -75,12 +75,6 @@ impl Zone {
         self.txt.0.push((name.into_boxed_str(), txt));
     }
 
-    /// Whether a TXT record is published at `name`.
-    pub fn has_txt(&self, name: &str) -> bool {
-        let name = fqdn(name);
-        self.txt.0.iter().any(|(k, _)| **k == *name)
-    }
-
     pub fn add_a(&mut self, name: &str, ip: Ipv4Addr) {
         let name = fqdn(name);
         if self.full() {
@@ -235,11 +229,6 @@ impl Verifier {
             cache_ipv4: Some(&self.zone.a),
             cache_ipv6: Some(&EMPTY),
         }
-    }
-
-    /// Whether `message` carries at least one signature that verifies.
-    pub fn verify(&self, message: &[u8]) -> bool {
-        self.results(message).contains(&DkimResult::Pass)
     }
 
     /// The result of each DKIM signature of `message`, in order.

@@ -31,8 +31,6 @@ pub struct ConnectionTrace {
     pub closed: Option<Time>,
     /// When each RCPT command was written.
     pub rcpt_times: Vec<Time>,
-    /// MAIL commands written (transactions started).
-    pub transactions: u64,
 }
 
 /// Everything a run produced.

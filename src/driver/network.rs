@@ -327,13 +327,20 @@ fn with_feedback(
     providers: &[Rc<RefCell<Provider>>],
 ) -> Vec<crate::engine::accounting::AcctRecord> {
     use crate::engine::accounting::RecordType;
+    // The last delivery of each (recipient, sender): the record a complaint is about carries
+    // its queue and virtual MTA.
+    let mut last_delivery: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (index, r) in records.iter().enumerate() {
+        if r.record_type == RecordType::Delivered {
+            last_delivery.insert((r.rcpt.as_str(), r.orig.as_str()), index);
+        }
+    }
     let mut feedback = Vec::new();
     for provider in providers {
         for (at, _, mail_from, rcpt) in &provider.borrow().log.complaints {
-            // The delivery record the complaint is about carries the queue and virtual MTA.
-            let delivery = records.iter().rev().find(|r| {
-                r.record_type == RecordType::Delivered && &r.rcpt == rcpt && &r.orig == mail_from
-            });
+            let delivery = last_delivery
+                .get(&(rcpt.as_str(), mail_from.as_str()))
+                .map(|i| &records[*i]);
             if let Some(d) = delivery {
                 let mut f = d.clone();
                 f.record_type = RecordType::Feedback;
@@ -582,7 +589,6 @@ impl EngineLoop {
                             opened: now,
                             closed: None,
                             rcpt_times: Vec::new(),
-                            transactions: 0,
                         },
                     );
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -624,8 +630,6 @@ impl EngineLoop {
                         for line in bytes.split(|b| *b == b'\n') {
                             if line.starts_with(b"RCPT TO:") {
                                 trace.rcpt_times.push(now);
-                            } else if line.starts_with(b"MAIL FROM:") {
-                                trace.transactions += 1;
                             }
                         }
                     }

@@ -938,32 +938,24 @@ impl Engine {
         }
         // Retry mode holds back new connection attempts; connections already established
         // keep delivering (a refused extra connection must not stop working ones).
-        let in_retry = match queue.retry_until {
-            Some(until) if until > now => true,
-            Some(_) => {
-                self.queues[q.0 as usize].retry_until = None;
-                false
+        match queue.retry_until {
+            Some(until) if until > now => {
+                self.wake_queue(q, until);
+                self.feed_idle(now, q);
+                return;
             }
-            None => false,
-        };
-        if in_retry {
-            let until = self.queues[q.0 as usize].retry_until.expect("in retry");
-            self.wake_queue(q, until);
-            while let Some(conn) = self.queues[q.0 as usize].idle.pop() {
-                if !self.feed(now, conn) {
-                    break;
-                }
-            }
-            return;
+            Some(_) => self.queues[q.0 as usize].retry_until = None,
+            None => {}
         }
         if self.queues[q.0 as usize].settings.delivery_type != DeliveryType::Smtp {
             self.discard_all(now, q);
             return;
         }
-        match self.queues[q.0 as usize].mx.clone() {
+        // Matched in place: the targets are not copied on every scheduling decision.
+        match self.queues[q.0 as usize].mx {
             MxState::Pending => return,
             MxState::Unknown => {
-                self.request_mx(now, q);
+                self.request_mx(q);
                 return;
             }
             MxState::NoMailHost { since } => {
@@ -973,15 +965,20 @@ impl Engine {
             MxState::Known(_) => {}
         }
         // Give idle connections work first, then open new ones.
+        self.feed_idle(now, q);
+        self.open_connections(now, q);
+    }
+
+    /// Hands work to the queue's idle connections until one finds none.
+    fn feed_idle(&mut self, now: Time, q: QueueId) {
         while let Some(conn) = self.queues[q.0 as usize].idle.pop() {
             if !self.feed(now, conn) {
                 break;
             }
         }
-        self.open_connections(now, q);
     }
 
-    fn request_mx(&mut self, now: Time, q: QueueId) {
+    fn request_mx(&mut self, q: QueueId) {
         let queue = &mut self.queues[q.0 as usize];
         if let Some(hosts) = &queue.settings.smtp_hosts {
             if let Some(targets) = parse_smtp_hosts(hosts) {
@@ -1006,7 +1003,6 @@ impl Engine {
         if self.mx_requested.insert(domain.clone()) {
             self.actions.push_back(Action::ResolveMx { domain });
         }
-        let _ = now;
     }
 
     fn leave_backoff_if_due(&mut self, now: Time, q: QueueId) {

@@ -111,7 +111,10 @@ pub const STANDING_SAMPLES_MAX: usize = 1_000_000;
 
 /// A provider's shared state: every connection to any of its MX hosts sees it.
 pub struct Provider {
+    /// The provider's model, less `throttle` and `auth`, which live below.
     pub spec: IspSpec,
+    throttle: Option<Rc<crate::scenario::Throttle>>,
+    auth: Option<Rc<crate::scenario::AuthRules>>,
     /// Set by the driver before every call.
     pub now: Time,
     open: BTreeMap<IpAddr, u64>,
@@ -153,45 +156,35 @@ pub struct Provider {
 
 impl Provider {
     /// A provider whose random draws (penalty lengths) come from `seed`.
-    pub fn new(spec: IspSpec, seed: u64) -> Provider {
+    pub fn new(mut spec: IspSpec, seed: u64) -> Provider {
+        // Shared, not cloned, by every check of every message.
+        let throttle = spec.throttle.take().map(Rc::new);
+        let auth = spec.auth.take().map(Rc::new);
         let mut ledger = Ledger::new(
             spec.reputation.clone().unwrap_or_default(),
             spec.history.clone(),
         );
-        if let Some(t) = &spec.throttle {
+        if let Some(t) = &throttle {
             let growth = t.growth_percent_per_clean_day.unwrap_or(100) as f64 / 100.0;
-            let max_per_hour = t.capacity_max_per_hour;
-            ledger.set_curve(
-                "ip:",
-                Curve {
-                    base_per_hour: t.per_ip_per_hour,
-                    growth,
-                    max_per_hour,
-                },
-            );
-            if let Some(base) = t.per_netblock_per_hour {
-                ledger.set_curve(
-                    "net:",
-                    Curve {
-                        base_per_hour: base,
+            for (prefix, base) in [
+                ("ip:", Some(t.per_ip_per_hour)),
+                ("net:", t.per_netblock_per_hour),
+                ("domain:", t.per_domain_per_hour),
+            ] {
+                if let Some(base_per_hour) = base {
+                    let curve = Curve {
+                        base_per_hour,
                         growth,
-                        max_per_hour,
-                    },
-                );
-            }
-            if let Some(base) = t.per_domain_per_hour {
-                ledger.set_curve(
-                    "domain:",
-                    Curve {
-                        base_per_hour: base,
-                        growth,
-                        max_per_hour,
-                    },
-                );
+                        max_per_hour: t.capacity_max_per_hour,
+                    };
+                    ledger.set_curve(prefix, curve);
+                }
             }
         }
         Provider {
             spec,
+            throttle,
+            auth,
             now: Time::default(),
             open: BTreeMap::new(),
             rates: BTreeMap::new(),
@@ -226,18 +219,16 @@ impl Provider {
     fn gate(&mut self, peer: IpAddr, phase: SmtpPhase, domain: Option<&str>) -> Option<Reply> {
         if let Some(model) = &self.spec.reputation
             && model.block_phase == phase
+            && self.ledger.blocked(&format!("ip:{peer}"), self.now)
         {
-            let reply = model.block_reply.clone();
-            if self.ledger.blocked(&format!("ip:{peer}"), self.now) {
-                return Some(fill(&reply, peer, None));
-            }
+            return Some(fill(&model.block_reply, peer, None));
         }
         self.throttle(peer, phase, domain)
     }
 
     /// The throttle's answer for an attempt from `peer` at `phase`, if it throttles it.
     fn throttle(&mut self, peer: IpAddr, phase: SmtpPhase, domain: Option<&str>) -> Option<Reply> {
-        let throttle = self.spec.throttle.clone()?;
+        let throttle = Rc::clone(self.throttle.as_ref()?);
         if throttle.phase != phase {
             return None;
         }
@@ -395,7 +386,7 @@ impl Provider {
         data: &[u8],
         found: &AuthResults,
     ) -> Option<Reply> {
-        let rules = self.spec.auth.clone()?;
+        let rules = Rc::clone(self.auth.as_ref()?);
         let domain = domain_of(&envelope.mail_from);
         let day = self.now.unix_secs() / 86_400;
         if self
@@ -707,17 +698,17 @@ impl ServerPolicy for Receiver {
                 }
             }
         }
-        if let Some(limit) = p.spec.rate_limit.clone() {
+        let Provider { spec, rates, .. } = &mut *p;
+        if let Some(limit) = &spec.rate_limit {
             let horizon_ms = match limit.per_ip {
                 Rate::Limit { per_seconds, .. } => per_seconds * 1000,
                 Rate::Unlimited => 0,
             };
-            let window = p
-                .rates
+            let window = rates
                 .entry(self.peer)
                 .or_insert_with(|| Window::new(horizon_ms));
             if window.allowance(limit.per_ip, now) == 0 {
-                return limit.reply;
+                return limit.reply.clone();
             }
             window.record(now, 1);
         }
@@ -761,9 +752,8 @@ impl ServerPolicy for Receiver {
         if let Some(reply) = p.forced(SmtpPhase::DataEnd) {
             return reply;
         }
-        let needs_checks = p.spec.auth.is_some()
-            || p.spec
-                .throttle
+        let needs_checks = p.auth.is_some()
+            || p.throttle
                 .as_ref()
                 .is_some_and(|t| t.per_domain_per_hour.is_some());
         let found = match &p.authenticator {
@@ -887,6 +877,27 @@ mod tests {
         }
     }
 
+    /// A throttle at RCPT: `per_ip_per_hour`, a fixed 10-minute penalty, no spike rule and no
+    /// growth, answering `421 4.7.28 {text}`.
+    fn rcpt_throttle(per_ip_per_hour: u64, text: &str) -> crate::scenario::Throttle {
+        let reply = Reply::new(421, Some([4, 7, 28]), text);
+        crate::scenario::Throttle {
+            per_ip_per_hour,
+            per_netblock_per_hour: None,
+            phase: SmtpPhase::Rcpt,
+            reply_ip: reply.clone(),
+            reply_netblock: reply.clone(),
+            per_domain_per_hour: None,
+            reply_domain: reply,
+            penalty_min_s: 600,
+            penalty_max_s: 600,
+            early_retry_extension_s: 600,
+            spike_percent: None,
+            growth_percent_per_clean_day: None,
+            capacity_max_per_hour: 1_000,
+        }
+    }
+
     fn talk(server: &mut ServerSession<Receiver>, bytes: &[u8]) -> String {
         server.handle_bytes(bytes);
         String::from_utf8(server.take_output().unwrap_or_default()).unwrap()
@@ -945,19 +956,9 @@ mod tests {
         spec.greylist = None;
         spec.max_connections_per_ip = None;
         spec.throttle = Some(crate::scenario::Throttle {
-            per_ip_per_hour: 1_000_000,
-            per_netblock_per_hour: None,
-            phase: SmtpPhase::Rcpt,
-            reply_ip: Reply::new(421, Some([4, 7, 28]), "spike from {ip}"),
-            reply_netblock: Reply::new(421, Some([4, 7, 28]), "spike"),
-            per_domain_per_hour: None,
-            reply_domain: Reply::new(421, Some([4, 7, 28]), "spike"),
-            penalty_min_s: 600,
-            penalty_max_s: 600,
-            early_retry_extension_s: 600,
             spike_percent: Some(200),
-            growth_percent_per_clean_day: None,
             capacity_max_per_hour: 1_000_000,
+            ..rcpt_throttle(1_000_000, "spike from {ip}")
         });
         let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
@@ -991,19 +992,8 @@ mod tests {
             spec.greylist = None;
             spec.max_connections_per_ip = None;
             spec.throttle = Some(crate::scenario::Throttle {
-                per_ip_per_hour: 10,
-                per_netblock_per_hour: None,
-                phase: SmtpPhase::Rcpt,
-                reply_ip: Reply::new(421, Some([4, 7, 28]), "rate limited"),
-                reply_netblock: Reply::new(421, Some([4, 7, 28]), "rate limited"),
-                per_domain_per_hour: None,
-                reply_domain: Reply::new(421, Some([4, 7, 28]), "rate limited"),
-                penalty_min_s: 600,
-                penalty_max_s: 600,
-                early_retry_extension_s: 600,
-                spike_percent: None,
                 growth_percent_per_clean_day: Some(200),
-                capacity_max_per_hour: 1_000,
+                ..rcpt_throttle(10, "rate limited")
             });
             let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
             let peer: IpAddr = "192.0.2.7".parse().unwrap();

@@ -190,21 +190,26 @@ impl Ledger {
     /// The standing of `identity` (`ip:…`, `net:…` or `domain:…`) at `now`, caught up to today.
     pub fn standing(&mut self, identity: &str, now: Time) -> &Standing {
         let today = now.unix_secs() / 86_400;
-        let model = self.model.clone();
         let curve = self.curve(identity);
-        let standing = self.entry(identity, today);
-        standing.catch_up(&model, today, |days, score| {
-            capacity(&model, curve, days, score).saturating_mul(24)
+        let Ledger {
+            model,
+            history,
+            standings,
+            ..
+        } = self;
+        let standing = entry(standings, model, history, identity, today);
+        standing.catch_up(model, today, |days, score| {
+            capacity(model, curve, days, score).saturating_mul(24)
         });
         standing
     }
 
     /// The hourly capacity of `identity` at `now`.
     pub fn capacity(&mut self, identity: &str, now: Time) -> u64 {
-        let model = self.model.clone();
         let curve = self.curve(identity);
-        let s = self.standing(identity, now);
-        capacity(&model, curve, s.clean_days, s.score)
+        let standing = self.standing(identity, now);
+        let (clean_days, score) = (standing.clean_days, standing.score);
+        capacity(&self.model, curve, clean_days, score)
     }
 
     /// Whether `identity` is blocked: its score is under the model's floor.
@@ -215,7 +220,14 @@ impl Ledger {
 
     pub fn record(&mut self, identity: &str, now: Time, signal: Signal) {
         let today = now.unix_secs() / 86_400;
-        let day = self.entry(identity, today).today(today);
+        let day = entry(
+            &mut self.standings,
+            &self.model,
+            &self.history,
+            identity,
+            today,
+        )
+        .today(today);
         match signal {
             Signal::Accepted { engagement } => {
                 day.sent += 1;
@@ -225,11 +237,6 @@ impl Ledger {
             Signal::UnknownUser => day.unknown_users += 1,
             Signal::Complaint => day.complaints += 1,
         }
-    }
-
-    /// Every identity's standing, in identity order (for reports and tests).
-    pub fn standings(&self) -> impl Iterator<Item = (&str, &Standing)> {
-        self.standings.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     fn curve(&self, identity: &str) -> Curve {
@@ -245,24 +252,31 @@ impl Ledger {
                 |(_, c)| *c,
             )
     }
+}
 
-    fn entry(&mut self, identity: &str, today: u64) -> &mut Standing {
-        if !self.standings.contains_key(identity) && self.standings.len() >= IDENTITIES_MAX {
+/// The standing of `identity`, created from the history when the provider first sees it.
+/// Looked up before inserting, so the hot path allocates nothing.
+fn entry<'a>(
+    standings: &'a mut BTreeMap<String, Standing>,
+    model: &Reputation,
+    history: &History,
+    identity: &str,
+    today: u64,
+) -> &'a mut Standing {
+    if !standings.contains_key(identity) {
+        if standings.len() >= IDENTITIES_MAX {
             // Forget the identity idle longest: it would have returned to neutral anyway.
-            if let Some(oldest) = self
-                .standings
+            if let Some(oldest) = standings
                 .iter()
                 .min_by_key(|(_, s)| s.day)
                 .map(|(k, _)| k.clone())
             {
-                self.standings.remove(&oldest);
+                standings.remove(&oldest);
             }
         }
-        let (model, history) = (&self.model, &self.history);
-        self.standings
-            .entry(identity.to_string())
-            .or_insert_with(|| Standing::new(model, history, today))
+        standings.insert(identity.to_string(), Standing::new(model, history, today));
     }
+    standings.get_mut(identity).expect("just ensured")
 }
 
 /// `C_hour = C_cold · G^clean_days · (r / r_neutral)²`, capped (reference §4.5, with the

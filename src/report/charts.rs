@@ -199,7 +199,7 @@ fn try_draw<DB: DrawingBackend>(
                 .draw()?;
             for (i, s) in series.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
-                let dashed = s.name.ends_with("limit/h");
+                let dashed = s.step;
                 let style = if dashed {
                     color.stroke_width(1)
                 } else {

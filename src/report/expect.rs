@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Percentiles, Row, RunData, provider_of};
+use super::{Percentiles, Row, RunData, backoff_spans, max_concurrent, provider_of};
 use crate::scenario::{Expectation, Filter, Metric};
 
 /// One expectation's result.
@@ -147,46 +147,24 @@ fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> f64 {
             .iter()
             .filter(|c| c.backoff && queue_matches(data, f, &c.queue) && in_window(data, f, c.at_s))
             .count() as f64,
-        Metric::BackoffTimeS => {
-            let mut total = 0u64;
-            let mut open: BTreeMap<&str, u64> = BTreeMap::new();
-            let mut spans = Vec::new();
-            for c in data
-                .mode_changes
-                .iter()
-                .filter(|c| queue_matches(data, f, &c.queue))
-            {
-                if c.backoff {
-                    open.entry(&c.queue).or_insert(c.at_s);
-                } else if let Some(start) = open.remove(c.queue.as_str()) {
-                    spans.push((start, c.at_s));
-                }
-            }
-            spans.extend(open.values().map(|start| (*start, end)));
-            for (a, b) in spans {
-                total += b.min(to).saturating_sub(a.max(from));
-            }
-            total as f64
-        }
+        Metric::BackoffTimeS => backoff_spans(data, |queue| queue_matches(data, f, queue))
+            .into_iter()
+            .map(|(_, a, b)| b.min(to).saturating_sub(a.max(from)))
+            .sum::<u64>() as f64,
         Metric::MaxConnections => {
-            let mut edges: Vec<(u64, i64)> = Vec::new();
-            for c in data.connections.iter().filter(|c| {
-                queue_matches(data, f, &c.queue)
-                    && f.source_ip.as_ref().is_none_or(|ip| *ip == c.source_ip)
-            }) {
-                let (open, close) = (c.opened_s.max(from), c.closed_s.unwrap_or(end).min(to));
-                if open < close || (open == close && c.opened_s == c.closed_s.unwrap_or(end)) {
-                    edges.push((open, 1));
-                    edges.push((close, -1));
-                }
-            }
-            edges.sort_by_key(|(t, d)| (*t, *d));
-            let (mut now, mut most) = (0i64, 0i64);
-            for (_, d) in edges {
-                now += d;
-                most = most.max(now);
-            }
-            most as f64
+            let spans = data
+                .connections
+                .iter()
+                .filter(|c| {
+                    queue_matches(data, f, &c.queue)
+                        && f.source_ip.as_ref().is_none_or(|ip| *ip == c.source_ip)
+                })
+                .filter_map(|c| {
+                    let (open, close) = (c.opened_s.max(from), c.closed_s.unwrap_or(end).min(to));
+                    let instant = c.opened_s == c.closed_s.unwrap_or(end);
+                    (open < close || (open == close && instant)).then_some((open, close))
+                });
+            max_concurrent(spans) as f64
         }
         Metric::PeakRate { per_s } => {
             let mut times: Vec<u64> = matching

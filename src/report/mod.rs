@@ -322,6 +322,8 @@ pub struct Summary {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// A limit: each value holds until the next point (drawn dashed, as steps).
+    pub step: bool,
 }
 
 /// A shaded span of a chart (a queue in backoff).
@@ -351,6 +353,40 @@ pub struct Report {
     pub source_ip_rates: BTreeMap<String, Vec<Series>>,
     /// Per provider: each identity's reputation score.
     pub reputation: BTreeMap<String, Vec<Series>>,
+}
+
+/// The most spans `[from, to)` open at once (a span closing at the instant another opens
+/// does not overlap it).
+pub(crate) fn max_concurrent(spans: impl Iterator<Item = (u64, u64)>) -> u64 {
+    let mut edges: Vec<(u64, i64)> = spans.flat_map(|(from, to)| [(from, 1), (to, -1)]).collect();
+    edges.sort_by_key(|(t, d)| (*t, *d));
+    let (mut open, mut most) = (0i64, 0i64);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    most as u64
+}
+
+/// Each stay in backoff of the queues `wanted` accepts, as (queue, from, to) in seconds
+/// since the epoch: closed ones in the order they closed, then those still open at the
+/// run's end in queue order.
+pub(crate) fn backoff_spans(
+    data: &RunData,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<(&str, u64, u64)> {
+    let mut spans = Vec::new();
+    let mut open: BTreeMap<&str, u64> = BTreeMap::new();
+    for change in data.mode_changes.iter().filter(|c| wanted(&c.queue)) {
+        if change.backoff {
+            open.entry(&change.queue).or_insert(change.at_s);
+        } else if let Some(from) = open.remove(change.queue.as_str()) {
+            spans.push((change.queue.as_str(), from, change.at_s));
+        }
+    }
+    let end = data.start_s + data.duration_s;
+    spans.extend(open.into_iter().map(|(queue, from)| (queue, from, end)));
+    spans
 }
 
 /// The provider that answers `domain` (the domain itself when no provider does).
@@ -482,46 +518,28 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
     }
 
     // Backoff spans per queue.
-    let mut bands = Vec::new();
-    let mut open_backoff: BTreeMap<String, u64> = BTreeMap::new();
     let mut entries: BTreeMap<String, u64> = BTreeMap::new();
-    for change in &data.mode_changes {
-        if change.backoff {
-            open_backoff
-                .entry(change.queue.clone())
-                .or_insert(change.at_s);
-            *entries.entry(change.queue.clone()).or_default() += 1;
-        } else if let Some(from) = open_backoff.remove(&change.queue) {
-            bands.push(Band {
-                row: change.queue.clone(),
-                from_s: from.saturating_sub(start) as f64,
-                to_s: change.at_s.saturating_sub(start) as f64,
-            });
-        }
+    for change in data.mode_changes.iter().filter(|c| c.backoff) {
+        *entries.entry(change.queue.clone()).or_default() += 1;
     }
-    for (queue, from) in open_backoff {
-        bands.push(Band {
-            row: queue,
+    let mut bands: Vec<Band> = backoff_spans(data, |_| true)
+        .into_iter()
+        .map(|(queue, from, to)| Band {
+            row: queue.to_string(),
             from_s: from.saturating_sub(start) as f64,
-            to_s: data.duration_s as f64,
-        });
-    }
+            to_s: to.saturating_sub(start) as f64,
+        })
+        .collect();
     bands.sort_by(|a, b| a.row.cmp(&b.row).then(a.from_s.total_cmp(&b.from_s)));
 
     // Connections: the most open at once, per queue, provider, source IP and run.
     let max_open = |filter: &dyn Fn(&Connection) -> bool| -> u64 {
-        let mut edges: Vec<(u64, i64)> = Vec::new();
-        for c in data.connections.iter().filter(|c| filter(c)) {
-            edges.push((c.opened_s, 1));
-            edges.push((c.closed_s.unwrap_or(end), -1));
-        }
-        edges.sort_by_key(|(t, d)| (*t, *d));
-        let (mut open, mut most) = (0i64, 0i64);
-        for (_, d) in edges {
-            open += d;
-            most = most.max(open);
-        }
-        most as u64
+        max_concurrent(
+            data.connections
+                .iter()
+                .filter(|c| filter(c))
+                .map(|c| (c.opened_s, c.closed_s.unwrap_or(end))),
+        )
     };
 
     // Deliveries per minute, for peaks.
@@ -600,6 +618,10 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
         finish(&format!("i:{ip}"), counts, false);
         counts.max_connections = max_open(&|c| c.source_ip == *ip);
     }
+    let mut rows_by_queue: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for row in rows {
+        rows_by_queue.entry(&row.queue).or_default().push(row);
+    }
     for q in &data.queues {
         let summary = queues.entry(q.name.clone()).or_default();
         finish(&format!("q:{}", q.name), &mut summary.counts, true);
@@ -607,7 +629,10 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
         summary.counts.backoff_time_s = backoff_time(&q.name);
         summary.counts.backoff_entries = entries.get(&q.name).copied().unwrap_or(0);
         summary.counts.max_connections = max_open(&|c| c.queue == q.name);
-        summary.binding = binding(data, rows, q, &provider_of_domain(&q.domain));
+        let own = rows_by_queue
+            .get(q.name.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        summary.binding = binding(data, own, q, &provider_of_domain(&q.domain));
     }
 
     // Time series.
@@ -637,6 +662,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
                     .enumerate()
                     .map(|(i, n)| (x(i), *n as f64 * per_hour))
                     .collect(),
+                step: false,
             });
         }
         outcomes.insert(p.name.clone(), lines);
@@ -674,6 +700,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
         queue_depth.push(Series {
             name: p.name.clone(),
             points,
+            step: false,
         });
         // The oldest waiting recipient at each bucket's end: arrivals in order, each final
         // record retiring the recipient that entered earliest among those still waiting
@@ -707,6 +734,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
         queue_age.push(Series {
             name: p.name.clone(),
             points: ages,
+            step: false,
         });
     }
     let mut busiest: Vec<(&String, u64)> = queues
@@ -735,6 +763,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
                     (x(i), open.max(0) as f64)
                 })
                 .collect(),
+            step: false,
         });
     }
     let mut source_ip_rates = BTreeMap::new();
@@ -760,6 +789,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
                     .enumerate()
                     .map(|(h, n)| ((h * 3600) as f64, *n as f64))
                     .collect(),
+                step: false,
             });
             let identity = format!("ip:{ip}");
             let limit: Vec<(f64, f64)> = p
@@ -777,6 +807,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
                 lines.push(Series {
                     name: format!("{ip} limit/h"),
                     points: limit,
+                    step: true,
                 });
             }
         }
@@ -795,6 +826,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
                 .map(|(identity, points)| Series {
                     name: identity.to_string(),
                     points,
+                    step: false,
                 })
                 .collect(),
         );
@@ -829,17 +861,14 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
 /// backoff limits while in backoff (its rate, its connections, else its retry timer), the
 /// retry timer, the receiver's penalty on one of its source IPs, `max-msg-rate`,
 /// `max-smtp-out`; a minute with none of them is "sending".
-fn binding(data: &RunData, rows: &[Row], queue: &QueueData, provider: &str) -> Binding {
+/// `rows` are the queue's own accounting rows.
+fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> Binding {
     let start = data.start_s;
     let minutes = data.duration_s.div_ceil(60);
     let attempts: Vec<u64> = {
         let mut t: Vec<u64> = rows
             .iter()
-            .filter(|r| {
-                r.queue == queue.name
-                    && matches!(r.kind.as_str(), "d" | "b" | "t")
-                    && !r.source_ip.is_empty()
-            })
+            .filter(|r| matches!(r.kind.as_str(), "d" | "b" | "t") && !r.source_ip.is_empty())
             .map(|r| r.logged_s)
             .collect();
         t.sort_unstable();
@@ -888,7 +917,7 @@ fn binding(data: &RunData, rows: &[Row], queue: &QueueData, provider: &str) -> B
     entered.sort();
     let mut finished: Vec<u64> = rows
         .iter()
-        .filter(|r| r.queue == queue.name && matches!(r.kind.as_str(), "d" | "b"))
+        .filter(|r| matches!(r.kind.as_str(), "d" | "b"))
         .map(|r| r.logged_s)
         .collect();
     finished.sort_unstable();

@@ -913,9 +913,8 @@ impl Scenario {
                     ),
                 ));
             }
-            // The scenario's own settings override the model's.
+            // The scenario's own settings override the model's; the rest is the model's.
             isps.push(IspSpec {
-                name: name.clone(),
                 domains,
                 mx,
                 max_connections_per_ip: isp.max_connections_per_ip.or(base.max_connections_per_ip),
@@ -940,19 +939,14 @@ impl Scenario {
                     }
                     t
                 }),
-                replies: base.replies,
-                close_silently_after_max_messages: base.close_silently_after_max_messages,
-                per_mailbox_per_minute: base.per_mailbox_per_minute,
                 auth: base.auth.map(|mut a| {
                     if let Some(t) = isp.bulk_threshold_per_day {
                         a.bulk_threshold_per_day = t;
                     }
                     a
                 }),
-                reputation: base.reputation,
                 history,
-                reply_wrap_chars: base.reply_wrap_chars,
-                reply_suffix: base.reply_suffix,
+                ..base
             });
         }
         let mut workloads = Vec::new();
