@@ -39,6 +39,7 @@ fn run() -> (u64, usize) {
                     source_ip: None,
                     job_id: String::new(),
                     env_id: String::new(),
+                    queued_at: None,
                 },
             )
             .unwrap();

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod engine;
+pub mod inbound;
 pub mod isp;
 pub mod rate;
 pub mod report;

@@ -276,6 +276,38 @@ fn bounce_after_expires_old_recipients() {
 }
 
 #[test]
+fn a_recovered_message_keeps_its_original_queue_time() {
+    // A restart 20 minutes after the message was first queued: `bounce-after 30m` counts
+    // from the first queueing, and the records say when that was.
+    let mut h = harness("    retry-after 10m\n    bounce-after 30m");
+    h.hosts
+        .insert("198.51.100.1".parse().unwrap(), Host::Refuse);
+    let first_queued = h.now;
+    h.now = h.now.plus_secs(1200);
+    let data = b"From: a@sender.example\r\nSubject: recovered\r\n\r\nhello\r\n".to_vec();
+    h.inject_queued(
+        Some("vmta1"),
+        &["u0@example.com"],
+        data.clone(),
+        Some(first_queued),
+    );
+    // A queue time in the future (a clock set back since) is read as now.
+    let future = h.now.plus_secs(3600);
+    h.inject_queued(Some("vmta1"), &["u1@example.com"], data, Some(future));
+    h.run_for(7200);
+    check_all(&h);
+    let b = h.records_of(RecordType::Bounced);
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert_eq!(b[0].rcpt, "u0@example.com");
+    assert_eq!(secs(b[0].time_queued), 0.0);
+    assert_eq!(secs(b[0].time_logged), 1800.01);
+    assert_eq!(b[0].bounce_category, "message-expired");
+    assert_eq!(b[1].rcpt, "u1@example.com");
+    assert_eq!(secs(b[1].time_queued), 1200.0);
+    assert_eq!(secs(b[1].time_logged), 3000.03);
+}
+
+#[test]
 fn connect_greeting_and_data_timeouts() {
     for (behavior, block, failed_at, diag) in [
         (0, "    connect-timeout 30s", 30.0, "connect timeout"),

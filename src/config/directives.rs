@@ -206,15 +206,23 @@ pub enum ValueKind {
     SourceIpDataRate,
     /// `SELECTOR,DOMAIN,KEY-FILE`.
     DomainKey,
+    /// `IP:PORT`, `[IPV6]:PORT` or `0/0:PORT` (every IPv4 address): where to listen for
+    /// SMTP; repeatable, one line per address.
+    Listener,
     /// Free text, kept as written.
     Text,
 }
 
 impl ValueKind {
     /// Kinds whose lines add up instead of replacing each other: per-source-IP values,
-    /// `smtp-source-host` (a virtual MTA may send from several) and `domain-key`.
+    /// `smtp-source-host` (a virtual MTA may send from several), `domain-key` and
+    /// `smtp-listener`.
     pub fn is_repeatable(self) -> bool {
-        self.is_per_source_ip() || matches!(self, ValueKind::IpHost | ValueKind::DomainKey)
+        self.is_per_source_ip()
+            || matches!(
+                self,
+                ValueKind::IpHost | ValueKind::DomainKey | ValueKind::Listener
+            )
     }
 
     /// Kinds written once per network and kept as a list instead of replacing each other.
@@ -446,6 +454,8 @@ pub static DIRECTIVES: &[DirectiveSpec] = &[
     d("type", DOM, K::Choice(DELIVERY_TYPES), Def("smtp"), S),
     d("use-starttls", DOM, K::Bool, Def("yes"), S),
     d("require-starttls", DOM, K::Bool, Def("no"), S),
+    // Live mode: verify the server's certificate and name (opportunistic TLS does not).
+    d("require-tls-verify", DOM, K::Bool, Def("no"), N),
     d("smtp-hosts", DOM, K::Text, Unset, S),
     d("disable-mx-rollup", DOM, K::Bool, Def("false"), N),
     d("queue-to", DOM, K::Name, Unset, S),
@@ -549,7 +559,8 @@ pub static DIRECTIVES: &[DirectiveSpec] = &[
     d("deliver-only", SPOOL, K::Bool, Def("no"), N),
     // --- global ----------------------------------------------------------------------------
     d("postmaster", GLOBAL, K::Address, Unset, N),
-    d("smtp-listener", GLOBAL, K::Text, Unset, N),
+    d("smtp-listener", GLOBAL, K::Listener, Unset, N),
+    d("spool", GLOBAL, K::Text, Unset, N),
     d("smtp-port", GLOBAL, K::Count, Def("25"), N),
     d("http-mgmt-port", GLOBAL, K::Count, Unset, N),
     d("http-access", GLOBAL, K::Text, Unset, N),

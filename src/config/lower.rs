@@ -369,6 +369,8 @@ impl Lowerer<'_> {
                 self.per_source_ip(kind, line)
             }
             ValueKind::DomainKey => parse_domain_key(&text).map(Value::DomainKey),
+            ValueKind::Listener => one_word(self)
+                .then(|| value::parse_listener(&text).map(|addr| Value::Text(addr.to_string())))?,
             ValueKind::Text => Ok(Value::Text(text.clone())),
         };
         match parsed {

@@ -498,6 +498,28 @@ pub fn is_host_name(text: &str) -> bool {
 }
 
 /// An email address `local@domain` (angle brackets allowed), or the null sender `<>`.
+/// `smtp-listener IP:PORT`: an IPv4 address, `[IPv6]`, or `0/0` (every IPv4 address), then
+/// a port. Written back canonically (`0.0.0.0:25`, `[::1]:2525`).
+pub fn parse_listener(text: &str) -> Result<std::net::SocketAddr, ValueError> {
+    const EXPECTED: &str = "an address and port such as 127.0.0.1:25, [::1]:25 or 0/0:25";
+    let error = || ValueError::new(EXPECTED, text);
+    let (host, port) = text.rsplit_once(':').ok_or_else(error)?;
+    let port: u16 = port.parse().map_err(|_| error())?;
+    let ip: IpAddr = match host {
+        "0/0" => IpAddr::from([0, 0, 0, 0]),
+        _ => host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse()
+            .map_err(|_| error())?,
+    };
+    if port == 0 {
+        return Err(error());
+    }
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
 pub fn parse_address(text: &str) -> Result<String, ValueError> {
     const EXPECTED: &str = "an email address such as postmaster@example.com";
     let inner = text
@@ -527,6 +549,21 @@ pub fn parse_address_list(text: &str) -> Result<Vec<String>, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listeners() {
+        let ok = [
+            ("127.0.0.1:25", "127.0.0.1:25"),
+            ("0/0:2525", "0.0.0.0:2525"),
+            ("[::1]:25", "[::1]:25"),
+        ];
+        for (text, canonical) in ok {
+            assert_eq!(parse_listener(text).unwrap().to_string(), canonical);
+        }
+        for bad in ["127.0.0.1", "127.0.0.1:0", "localhost:25", "1.2.3.4:99999"] {
+            assert!(parse_listener(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn intervals() {

@@ -6,6 +6,7 @@
 //! simulated time with seeded latency and scheduled faults. This room may import tokio and
 //! turmoil; every `select!` in it is `biased;`, and it reads time only from the simulation.
 
+pub mod live;
 pub mod mailauth;
 pub mod network;
 pub mod progress;

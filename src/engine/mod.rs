@@ -67,6 +67,10 @@ pub struct Injection {
     pub source_ip: Option<IpAddr>,
     pub job_id: String,
     pub env_id: String,
+    /// When the message was first queued, for a message recovered from the spool after a
+    /// restart: its `timeQueued` and its `bounce-after` count from then. `None` is `now`;
+    /// a time after `now` is read as `now`.
+    pub queued_at: Option<Time>,
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -160,7 +164,8 @@ pub enum EngineEvent {
         queue: String,
         until: Time,
     },
-    /// Recipients of an injected message entered a queue (their `timeQueued` is `at`).
+    /// Recipients of an injected message entered a queue at `at` (their `timeQueued`,
+    /// unless the message was recovered with its original [`Injection::queued_at`]).
     Queued {
         at: Time,
         queue: String,
@@ -546,7 +551,7 @@ impl Engine {
             has_x_dkim_options,
             data,
             stuffed,
-            queued_at: now,
+            queued_at: injection.queued_at.map_or(now, |t| t.min(now)),
             job_id: injection.job_id,
             env_id: injection.env_id,
             src_type: if injection.source_ip.is_some() {

@@ -285,6 +285,7 @@ impl Generated {
             source_ip: None,
             job_id: format!("stream{}", w.index),
             env_id: format!("{}.{n}", w.index),
+            queued_at: None,
         }
     }
 }

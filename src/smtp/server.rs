@@ -1,11 +1,15 @@
 //! The SMTP server session, sans-io: the receiving side of a conversation.
 //!
 //! Owns command parsing (smtp-proto's `RequestReceiver`, pipelining-safe), DATA with
-//! dot-unstuffing (`DataReceiver`), the order of commands, and writing replies. What to
-//! answer is a [`ServerPolicy`]'s decision: the simulated mailbox providers and the test
-//! receivers implement it. A reply with code 421 closes the session after it is written,
-//! as RFC 5321 §3.8 requires. Pure: no I/O, no clock.
+//! dot-unstuffing (`DataReceiver`), AUTH PLAIN and LOGIN exchanges (RFC 4954), the order of
+//! commands, the session's limits (message size, declared `SIZE`, recipients, data line
+//! length, error count) and writing replies. What to answer is a [`ServerPolicy`]'s
+//! decision: the simulated mailbox providers, the live listener and the test receivers
+//! implement it. A reply with code 421 closes the session after it is written, as RFC 5321
+//! §3.8 requires. Pure: no I/O, no clock (timeouts are the driver's: it asks
+//! [`ServerSession::in_data`] which one applies).
 
+use base64::Engine as _;
 use smtp_proto::Request;
 use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 
@@ -15,6 +19,39 @@ use super::Reply;
 pub const MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Most recipients per transaction a server session tracks.
 pub const RECIPIENTS_MAX: usize = 10_000;
+/// Longest AUTH continuation line (RFC 4954 §4 asks servers to take at least 12,288 octets).
+pub const AUTH_LINE_MAX_BYTES: usize = 12_288;
+
+/// AUTH mechanisms a session can run (smtp-proto's mechanism bits).
+pub const AUTH_PLAIN: u64 = smtp_proto::AUTH_PLAIN;
+pub const AUTH_LOGIN: u64 = smtp_proto::AUTH_LOGIN;
+
+/// The limits one session enforces. The defaults are those of a plain receiver (the
+/// simulated providers): no line-length or error limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Larger messages (or a larger declared `SIZE=`) are refused with `552 5.3.4`.
+    pub message_size_max_bytes: usize,
+    /// Further `RCPT`s in one transaction get `452 4.5.3`.
+    pub recipients_max: usize,
+    /// A message with a longer line (CRLF not counted) is refused at its end with
+    /// `552 5.3.4`; `None` accepts any line length.
+    pub data_line_max_bytes: Option<usize>,
+    /// After this many error replies (4xx/5xx) without an accepted message the session
+    /// answers `421 4.7.0` and closes; `None` never does.
+    pub errors_max: Option<u32>,
+}
+
+impl Default for ServerLimits {
+    fn default() -> ServerLimits {
+        ServerLimits {
+            message_size_max_bytes: MESSAGE_SIZE_MAX_BYTES,
+            recipients_max: RECIPIENTS_MAX,
+            data_line_max_bytes: None,
+            errors_max: None,
+        }
+    }
+}
 
 /// One received transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,6 +60,8 @@ pub struct Envelope {
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub tls: bool,
+    /// The user name of a successful AUTH on this connection.
+    pub authenticated: Option<String>,
 }
 
 /// What a server answers. Every method has the answer of a plain, accepting server.
@@ -45,6 +84,18 @@ pub trait ServerPolicy {
     fn ehlo(&mut self, _host: &str) -> Option<Reply> {
         None
     }
+    /// The answer to STARTTLS: a 220 makes the driver upgrade the connection.
+    fn starttls(&mut self, _envelope: &Envelope) -> Reply {
+        Reply::new(220, Some([2, 0, 0]), "Ready to start TLS")
+    }
+    /// Whether `AUTH mechanism` may start now: `None` starts the exchange, a reply refuses.
+    fn auth(&mut self, _envelope: &Envelope, _mechanism: u64) -> Option<Reply> {
+        Some(Reply::new(502, Some([5, 5, 1]), "command not implemented"))
+    }
+    /// Checks decoded credentials: a 235 authenticates the connection as `user`.
+    fn authenticate(&mut self, _envelope: &Envelope, _user: &str, _password: &str) -> Reply {
+        Reply::new(535, Some([5, 7, 8]), "authentication credentials invalid")
+    }
     fn mail_from(&mut self, _envelope: &Envelope) -> Reply {
         Reply::new(250, Some([2, 1, 0]), "OK")
     }
@@ -57,6 +108,12 @@ pub trait ServerPolicy {
     fn message(&mut self, _envelope: &Envelope, _data: &[u8]) -> Reply {
         Reply::new(250, Some([2, 0, 0]), "OK queued")
     }
+    /// Whether the answer to a complete message comes later: the session then holds the
+    /// message for [`ServerSession::take_message`] and waits for
+    /// [`ServerSession::complete_message`] (a spool write must finish before the 250).
+    fn defers_messages(&self) -> bool {
+        false
+    }
     /// The server's wire style for a reply (e.g. Gmail's wrapped lines); by default as is.
     fn style(&mut self, reply: Reply) -> Reply {
         reply
@@ -68,8 +125,20 @@ pub trait ServerPolicy {
     }
 }
 
+/// Where an AUTH exchange stands.
+enum Sasl {
+    /// `AUTH PLAIN` without an initial response: the next line is it.
+    Plain,
+    /// `AUTH LOGIN`: the next line is the user name.
+    LoginUser,
+    LoginPassword {
+        user: String,
+    },
+}
+
 pub struct ServerSession<P: ServerPolicy> {
     policy: P,
+    limits: ServerLimits,
     requests: RequestReceiver,
     data: Option<(DataReceiver, Vec<u8>)>,
     envelope: Envelope,
@@ -77,6 +146,16 @@ pub struct ServerSession<P: ServerPolicy> {
     out: Vec<u8>,
     /// The message in progress passed the size limit and is being discarded.
     oversized: bool,
+    /// Length of the current data line so far, and the longest line of the message.
+    line_bytes: usize,
+    longest_line: usize,
+    sasl: Option<Sasl>,
+    sasl_line: Vec<u8>,
+    /// A complete message waiting for the driver's answer, and the input that followed it.
+    held: Option<(Envelope, Vec<u8>)>,
+    held_input: Vec<u8>,
+    waiting_for_answer: bool,
+    errors: u32,
     closed: bool,
     /// STARTTLS was accepted: the driver must upgrade, then call `tls_established`.
     pub tls_pending: bool,
@@ -84,16 +163,29 @@ pub struct ServerSession<P: ServerPolicy> {
 
 impl<P: ServerPolicy> ServerSession<P> {
     /// A session on a new connection; the greeting is already in the output.
-    pub fn new(mut policy: P) -> ServerSession<P> {
+    pub fn new(policy: P) -> ServerSession<P> {
+        ServerSession::with_limits(policy, ServerLimits::default())
+    }
+
+    pub fn with_limits(mut policy: P, limits: ServerLimits) -> ServerSession<P> {
         let greeting = policy.greeting();
         let mut session = ServerSession {
             policy,
+            limits,
             requests: RequestReceiver::default(),
             data: None,
             envelope: Envelope::default(),
             in_transaction: false,
             out: Vec::new(),
             oversized: false,
+            line_bytes: 0,
+            longest_line: 0,
+            sasl: None,
+            sasl_line: Vec::new(),
+            held: None,
+            held_input: Vec::new(),
+            waiting_for_answer: false,
+            errors: 0,
             closed: false,
             tls_pending: false,
         };
@@ -113,12 +205,19 @@ impl<P: ServerPolicy> ServerSession<P> {
         self.closed
     }
 
+    /// Whether the client is sending message data (the DATA timeout applies, not the
+    /// command timeout).
+    pub fn in_data(&self) -> bool {
+        self.data.is_some()
+    }
+
     pub fn take_output(&mut self) -> Option<Vec<u8>> {
         (!self.out.is_empty()).then(|| std::mem::take(&mut self.out))
     }
 
     pub fn tls_established(&mut self) {
         self.tls_pending = false;
+        // RFC 3207 §4.2: the session starts over, knowing nothing from before.
         self.envelope = Envelope {
             tls: true,
             ..Envelope::default()
@@ -126,43 +225,134 @@ impl<P: ServerPolicy> ServerSession<P> {
         self.in_transaction = false;
     }
 
+    /// The complete message a deferring policy must answer, with its envelope.
+    pub fn take_message(&mut self) -> Option<(Envelope, Vec<u8>)> {
+        self.held.take()
+    }
+
+    /// The answer to the message from [`take_message`](Self::take_message); the input that
+    /// arrived after it is processed now.
+    pub fn complete_message(&mut self, reply: Reply) {
+        if !std::mem::take(&mut self.waiting_for_answer) {
+            return;
+        }
+        self.finish_message(reply);
+        let input = std::mem::take(&mut self.held_input);
+        if !input.is_empty() {
+            self.handle_bytes(&input);
+        }
+    }
+
+    fn finish_message(&mut self, reply: Reply) {
+        if reply.class() == 2 {
+            self.errors = 0;
+        }
+        self.reply(&reply);
+        self.in_transaction = false;
+        self.envelope.recipients.clear();
+        if self.policy.close_after_reply() {
+            self.closed = true;
+        }
+    }
+
     fn reply(&mut self, reply: &Reply) {
         let reply = self.policy.style(reply.clone());
         self.out.extend_from_slice(&reply.to_wire());
         if reply.code == 421 {
             self.closed = true;
+            return;
+        }
+        if matches!(reply.class(), 4 | 5) {
+            self.errors += 1;
+            if self.limits.errors_max.is_some_and(|max| self.errors >= max) {
+                let close = Reply::new(421, Some([4, 7, 0]), "too many errors, closing connection");
+                self.out
+                    .extend_from_slice(&self.policy.style(close).to_wire());
+                self.closed = true;
+            }
         }
     }
 
     pub fn handle_bytes(&mut self, bytes: &[u8]) {
+        if self.waiting_for_answer {
+            // Pipelined input after a message waits for that message's answer. A driver
+            // reads nothing more until it has answered, so this holds at most one read.
+            self.held_input.extend_from_slice(bytes);
+            return;
+        }
         let mut iter = bytes.iter();
-        while !self.closed && !self.tls_pending {
+        while !self.closed && !self.tls_pending && !self.waiting_for_answer {
+            if self.sasl.is_some() {
+                if !self.sasl_input(&mut iter) {
+                    return;
+                }
+                continue;
+            }
             if let Some((receiver, buf)) = &mut self.data {
-                if !receiver.ingest(&mut iter, buf) {
-                    if buf.len() > MESSAGE_SIZE_MAX_BYTES {
+                let before = buf.len();
+                let done = receiver.ingest(&mut iter, buf);
+                if self.limits.data_line_max_bytes.is_some() {
+                    let (open, longest) = line_lengths(&buf[before..], self.line_bytes);
+                    self.line_bytes = open;
+                    self.longest_line = self.longest_line.max(longest);
+                }
+                if !done {
+                    if buf.len() > self.limits.message_size_max_bytes {
                         // Too big: keep reading to the end of the data, but drop it.
                         buf.clear();
                         self.oversized = true;
                     }
                     return;
                 }
-                let (_, message) = self.data.take().expect("in data");
-                let reply = if std::mem::take(&mut self.oversized) {
-                    Reply::new(552, Some([5, 3, 4]), "message too big")
+                let (_, mut message) = self.data.take().expect("in data");
+                let longest = std::mem::take(&mut self.longest_line);
+                self.line_bytes = 0;
+                if message.len() > self.limits.message_size_max_bytes {
+                    self.oversized = true;
+                    message.clear();
+                }
+                let refusal = if std::mem::take(&mut self.oversized) {
+                    Some(Reply::new(
+                        552,
+                        Some([5, 3, 4]),
+                        format!(
+                            "message size exceeds fixed maximum message size of {} bytes",
+                            self.limits.message_size_max_bytes
+                        ),
+                    ))
+                } else if let Some(max) = self.limits.data_line_max_bytes
+                    && longest > max
+                {
+                    Some(Reply::new(
+                        552,
+                        Some([5, 3, 4]),
+                        format!("message has a line longer than {max} characters"),
+                    ))
                 } else {
-                    self.policy.message(&self.envelope, &message)
+                    None
                 };
-                self.reply(&reply);
-                self.in_transaction = false;
-                self.envelope.recipients.clear();
-                if self.policy.close_after_reply() {
-                    self.closed = true;
+                match refusal {
+                    Some(reply) => self.finish_message(reply),
+                    None if self.policy.defers_messages() => {
+                        self.held = Some((self.envelope.clone(), message));
+                        self.waiting_for_answer = true;
+                        self.held_input = iter.as_slice().to_vec();
+                        return;
+                    }
+                    None => {
+                        let reply = self.policy.message(&self.envelope, &message);
+                        self.finish_message(reply);
+                    }
                 }
                 continue;
             }
             let request = match self.requests.ingest(&mut iter) {
                 Ok(request) => request.into_owned(),
                 Err(smtp_proto::Error::NeedsMoreData { .. }) => return,
+                Err(smtp_proto::Error::ResponseTooLong) => {
+                    self.reply(&Reply::new(500, Some([5, 5, 2]), "line too long"));
+                    continue;
+                }
                 Err(_) => {
                     self.reply(&Reply::new(500, Some([5, 5, 2]), "syntax error"));
                     continue;
@@ -170,6 +360,85 @@ impl<P: ServerPolicy> ServerSession<P> {
             };
             self.handle_request(request);
         }
+    }
+
+    /// Reads one AUTH continuation line; false when more input is needed.
+    fn sasl_input(&mut self, iter: &mut std::slice::Iter<'_, u8>) -> bool {
+        let rest = iter.as_slice();
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            if self.sasl_line.len() + rest.len() > AUTH_LINE_MAX_BYTES {
+                self.sasl = None;
+                self.sasl_line.clear();
+                self.reply(&Reply::new(
+                    500,
+                    Some([5, 5, 6]),
+                    "authentication exchange line is too long",
+                ));
+                // The rest of the over-long line is read as commands and fails as such.
+            } else {
+                self.sasl_line.extend_from_slice(rest);
+            }
+            *iter = [].iter();
+            return false;
+        };
+        self.sasl_line.extend_from_slice(&rest[..end]);
+        *iter = rest[end + 1..].iter();
+        let mut line = std::mem::take(&mut self.sasl_line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let state = self.sasl.take().expect("in an AUTH exchange");
+        if line == b"*" {
+            self.reply(&Reply::new(
+                501,
+                Some([5, 7, 0]),
+                "authentication cancelled",
+            ));
+            return true;
+        }
+        let Some(decoded) = decode_base64(&line) else {
+            self.reply(&Reply::new(
+                501,
+                Some([5, 5, 2]),
+                "cannot decode the response",
+            ));
+            return true;
+        };
+        match state {
+            Sasl::Plain => self.plain(&decoded),
+            Sasl::LoginUser => {
+                self.sasl = Some(Sasl::LoginPassword { user: decoded });
+                self.reply(&Reply::new(334, None, "UGFzc3dvcmQ6"));
+            }
+            Sasl::LoginPassword { user } => self.check_credentials(&user, &decoded),
+        }
+        true
+    }
+
+    /// `authzid NUL authcid NUL password` (RFC 4616); an authzid other than the user is
+    /// refused (no proxy authorization).
+    fn plain(&mut self, decoded: &str) {
+        let mut parts = decoded.split('\0');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(authz), Some(user), Some(password), None)
+                if authz.is_empty() || authz == user =>
+            {
+                self.check_credentials(user, password)
+            }
+            _ => self.reply(&Reply::new(
+                501,
+                Some([5, 5, 2]),
+                "malformed PLAIN response",
+            )),
+        }
+    }
+
+    fn check_credentials(&mut self, user: &str, password: &str) {
+        let reply = self.policy.authenticate(&self.envelope, user, password);
+        if reply.code == 235 {
+            self.envelope.authenticated = Some(user.to_string());
+        }
+        self.reply(&reply);
     }
 
     fn handle_request(&mut self, request: Request<String>) {
@@ -196,13 +465,29 @@ impl<P: ServerPolicy> ServerSession<P> {
                 if self.envelope.tls {
                     self.reply(&Reply::new(503, Some([5, 5, 1]), "TLS already active"));
                 } else {
-                    self.reply(&Reply::new(220, Some([2, 0, 0]), "Ready to start TLS"));
-                    self.tls_pending = true;
+                    let reply = self.policy.starttls(&self.envelope);
+                    self.tls_pending = reply.code == 220;
+                    self.reply(&reply);
                 }
             }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response),
             Request::Mail { from } => {
                 if self.envelope.helo.is_empty() {
                     self.reply(&Reply::new(503, Some([5, 5, 1]), "EHLO first"));
+                    return;
+                }
+                if from.size > self.limits.message_size_max_bytes {
+                    self.reply(&Reply::new(
+                        552,
+                        Some([5, 3, 4]),
+                        format!(
+                            "message size exceeds fixed maximum message size of {} bytes",
+                            self.limits.message_size_max_bytes
+                        ),
+                    ));
                     return;
                 }
                 self.envelope.mail_from = from.address;
@@ -216,7 +501,7 @@ impl<P: ServerPolicy> ServerSession<P> {
                     self.reply(&Reply::new(503, Some([5, 5, 1]), "need MAIL first"));
                     return;
                 }
-                if self.envelope.recipients.len() >= RECIPIENTS_MAX {
+                if self.envelope.recipients.len() >= self.limits.recipients_max {
                     self.reply(&Reply::new(452, Some([4, 5, 3]), "too many recipients"));
                     return;
                 }
@@ -253,6 +538,88 @@ impl<P: ServerPolicy> ServerSession<P> {
             _ => self.reply(&Reply::new(502, Some([5, 5, 1]), "command not implemented")),
         }
     }
+
+    fn auth(&mut self, mechanism: u64, initial_response: String) {
+        if self.envelope.authenticated.is_some() {
+            self.reply(&Reply::new(503, Some([5, 5, 1]), "already authenticated"));
+            return;
+        }
+        if self.in_transaction {
+            self.reply(&Reply::new(
+                503,
+                Some([5, 5, 1]),
+                "AUTH not allowed during a mail transaction",
+            ));
+            return;
+        }
+        if mechanism != AUTH_PLAIN && mechanism != AUTH_LOGIN {
+            self.reply(&Reply::new(
+                504,
+                Some([5, 5, 4]),
+                "unrecognized authentication type",
+            ));
+            return;
+        }
+        if let Some(refusal) = self.policy.auth(&self.envelope, mechanism) {
+            self.reply(&refusal);
+            return;
+        }
+        // RFC 4954 §4: "=" is an empty initial response.
+        let initial = match initial_response.as_str() {
+            "" => None,
+            "=" => Some(String::new()),
+            text => match decode_base64(text.as_bytes()) {
+                Some(decoded) => Some(decoded),
+                None => {
+                    self.reply(&Reply::new(
+                        501,
+                        Some([5, 5, 2]),
+                        "cannot decode the response",
+                    ));
+                    return;
+                }
+            },
+        };
+        match (mechanism == AUTH_PLAIN, initial) {
+            (true, Some(response)) => self.plain(&response),
+            (true, None) => {
+                self.sasl = Some(Sasl::Plain);
+                self.reply(&Reply::new(334, None, ""));
+            }
+            (false, Some(user)) => {
+                self.sasl = Some(Sasl::LoginPassword { user });
+                self.reply(&Reply::new(334, None, "UGFzc3dvcmQ6"));
+            }
+            (false, None) => {
+                self.sasl = Some(Sasl::LoginUser);
+                self.reply(&Reply::new(334, None, "VXNlcm5hbWU6"));
+            }
+        }
+    }
+}
+
+/// Base64 text to UTF-8; `None` for bad base64 or text.
+fn decode_base64(text: &[u8]) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The length (CR and LF not counted) of the data line still open after `chunk`, given
+/// the open line before it, and the longest line completed or open in it.
+fn line_lengths(chunk: &[u8], open: usize) -> (usize, usize) {
+    let mut current = open;
+    let mut longest = 0;
+    for &byte in chunk {
+        if byte == b'\n' {
+            current = 0;
+        } else if byte != b'\r' {
+            current += 1;
+            longest = longest.max(current);
+        }
+    }
+    (current, longest)
 }
 
 #[cfg(test)]

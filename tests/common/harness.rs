@@ -239,6 +239,17 @@ impl Harness {
     }
 
     pub fn inject_data(&mut self, vmta: Option<&str>, rcpts: &[&str], data: Vec<u8>) {
+        self.inject_queued(vmta, rcpts, data, None);
+    }
+
+    /// Injects a message first queued at `queued_at` (one recovered from a spool).
+    pub fn inject_queued(
+        &mut self,
+        vmta: Option<&str>,
+        rcpts: &[&str],
+        data: Vec<u8>,
+        queued_at: Option<Time>,
+    ) {
         self.next_job += 1;
         let job = format!("job{}", self.next_job);
         for rcpt in rcpts {
@@ -255,6 +266,7 @@ impl Harness {
                     source_ip: None,
                     job_id: job,
                     env_id: String::new(),
+                    queued_at,
                 },
             )
             .unwrap();
