@@ -75,4 +75,5 @@ pub fn assert_clean(checked: &Checked) {
 
 pub mod checkers;
 pub mod harness;
+pub mod live;
 pub mod runs;

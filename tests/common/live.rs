@@ -1,0 +1,268 @@
+//! Helpers for the live tests: temporary directories, third-party daemons stopped by PID,
+//! test certificates (rcgen), a listener on a loopback port with its spool, and a raw SMTP
+//! client that can misbehave on purpose. `scripts/lab.sh install` provides the software.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use pmta_sim::config::{self, Options, RealFs};
+use pmta_sim::driver::live::listener::{Accepted, Listener, ListenerConfig};
+use pmta_sim::driver::live::spool::{Recovery, Spool, SpoolLimits, SpoolSync};
+use pmta_sim::inbound::{InboundSettings, ListenerLimits};
+use pmta_sim::smtp::{Reply, ReplyParser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("pmta-sim-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temporary directory");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write a test file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The path of a lab program, or a panic that says how to install it.
+pub fn require(program: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let path = Path::new(dir).join(program);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("`{program}` is missing: run scripts/lab.sh install (scripts/test.sh does)");
+}
+
+/// The lab's Python with aiosmtpd (`scripts/lab.sh venv`).
+pub fn lab_python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(root.join("scripts/lab.sh"))
+        .arg("venv")
+        .output()
+        .expect("scripts/lab.sh runs");
+    assert!(
+        output.status.success(),
+        "scripts/lab.sh venv failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// A free loopback port (the kernel's choice; released before the daemon binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A third-party process, killed (by its PID) when dropped.
+pub struct Daemon(pub Child);
+
+impl Daemon {
+    pub fn spawn(command: &mut Command) -> Daemon {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_for_port(addr: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// A self-signed certificate for `names`: (combined PEM with the key, certificate PEM,
+/// certificate DER).
+pub fn certificate(names: &[&str]) -> (String, String, rustls::pki_types::CertificateDer<'static>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert_pem = cert.pem();
+    let combined = format!("{cert_pem}{}", signing_key.serialize_pem());
+    (combined, cert_pem, cert.der().clone())
+}
+
+/// A listener on 127.0.0.1 (a kernel-chosen port) for `config_text`, with its spool in
+/// `dir/spool` and a channel of accepted messages.
+pub struct LiveListener {
+    pub listener: Listener,
+    pub addr: SocketAddr,
+    pub spool: Arc<Spool>,
+    pub accepted: mpsc::Receiver<Accepted>,
+    pub recovery: Recovery,
+}
+
+pub async fn start_listener(
+    dir: &TempDir,
+    config_text: &str,
+    limits: ListenerLimits,
+) -> LiveListener {
+    let path = dir.write("pmta.conf", config_text);
+    let checked = config::load(&path, &RealFs, Options { live: true }).expect("readable config");
+    assert!(
+        checked.error_count() == 0,
+        "{}",
+        checked
+            .diagnostics
+            .iter()
+            .map(|d| d.render(&checked.config.sources))
+            .collect::<String>()
+    );
+    let settings =
+        Arc::new(InboundSettings::from_config(&checked.config).expect("inbound settings"));
+    let (spool, recovery) = Spool::open(
+        &dir.path().join("spool"),
+        SpoolLimits::default(),
+        SpoolSync::default(),
+    )
+    .expect("spool opens");
+    let spool = Arc::new(spool);
+    let (sink, accepted) = mpsc::channel(10_000);
+    let listener = Listener::start(
+        ListenerConfig {
+            settings,
+            limits,
+            listen: Some(vec!["127.0.0.1:0".parse().unwrap()]),
+        },
+        spool.clone(),
+        sink,
+    )
+    .await
+    .expect("listener starts");
+    let addr = listener.local_addrs()[0];
+    LiveListener {
+        listener,
+        addr,
+        spool,
+        accepted,
+        recovery,
+    }
+}
+
+/// A raw SMTP client that writes exactly what it is told.
+pub struct Client {
+    pub stream: TcpStream,
+    parser: ReplyParser,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        Client::connect_from("127.0.0.1".parse().unwrap(), addr).await
+    }
+
+    /// Connects from the loopback address `local` (any of 127.0.0.0/8).
+    pub async fn connect_from(local: IpAddr, addr: SocketAddr) -> Client {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        let stream = socket.connect(addr).await.expect("connect");
+        Client {
+            stream,
+            parser: ReplyParser::default(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// The next reply; `None` when the server closed the connection first.
+    pub async fn reply(&mut self) -> Option<Reply> {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(reply) = self.parser.next_reply().expect("well-formed reply") {
+                return Some(reply);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut buffer))
+                .await
+                .expect("the server answers within 20 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.parser.feed(&buffer[..n]).expect("reply size");
+        }
+    }
+
+    /// Sends one command line and returns its reply.
+    pub async fn command(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await.expect("a reply")
+    }
+
+    /// Reads replies until the server closes; the last one.
+    pub async fn last_reply_before_close(&mut self) -> Option<Reply> {
+        let mut last = None;
+        while let Some(reply) = self.reply().await {
+            last = Some(reply);
+        }
+        last
+    }
+}
+
+/// A whole transaction over `client` (after EHLO): the final reply.
+pub async fn send_message(client: &mut Client, from: &str, to: &[&str], body: &str) -> Reply {
+    let mail = client.command(&format!("MAIL FROM:<{from}>")).await;
+    if mail.code != 250 {
+        return mail;
+    }
+    let mut accepted = 0;
+    for rcpt in to {
+        let reply = client.command(&format!("RCPT TO:<{rcpt}>")).await;
+        if reply.code == 250 {
+            accepted += 1;
+        }
+    }
+    if accepted == 0 {
+        client.command("RSET").await;
+        return Reply::new(554, None, "no recipient accepted");
+    }
+    let data = client.command("DATA").await;
+    assert_eq!(data.code, 354, "{data}");
+    client.send(format!("{body}\r\n.\r\n").as_bytes()).await;
+    client.reply().await.expect("a reply to the message")
+}
