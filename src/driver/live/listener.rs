@@ -97,6 +97,7 @@ pub struct Listener {
     stop: watch::Sender<bool>,
     /// `true`: close every session now.
     force: watch::Sender<bool>,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
 struct ListenerState {
@@ -152,14 +153,16 @@ impl Listener {
             stop: stop_rx,
             force: force_rx,
         });
-        for socket in sockets {
-            tokio::spawn(accept_loop(socket, context.clone()));
-        }
+        let accept_loops = sockets
+            .into_iter()
+            .map(|socket| tokio::spawn(accept_loop(socket, context.clone())))
+            .collect();
         Ok(Listener {
             addrs,
             shared,
             stop,
             force,
+            accept_loops,
         })
     }
 
@@ -184,6 +187,10 @@ impl Listener {
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
         let deadline = Instant::now() + grace;
+        // Each loop drops its socket as it ends: nothing is accepted from here on.
+        for accept_loop in self.accept_loops {
+            let _ = accept_loop.await;
+        }
         let wait_idle = async {
             loop {
                 let notified = self.shared.idle.notified();

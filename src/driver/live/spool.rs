@@ -220,8 +220,12 @@ impl Spool {
             fs::remove_file(&entry).map_err(io_error(&entry))?;
             recovery.unfinished_removed += 1;
         }
+        // Ids grow across restarts even when the spool was emptied: they start above the
+        // wall clock's milliseconds × 4096 (room for 4,096 messages a millisecond).
         let mut state = State {
-            next_id: 1,
+            next_id: super::wall_clock()
+                .since(Time::from_ms(0))
+                .saturating_mul(4096),
             bytes: 0,
             reserved: 0,
             open: BTreeMap::new(),
