@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::live::{Client, TempDir, certificate, require, send_message, start_listener};
+use common::live::{Client, TempDir, require, send_message, start_listener, test_cert};
 use pmta_sim::driver::live::tls::{TlsClient, TlsMode};
 use pmta_sim::inbound::ListenerLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,8 +19,7 @@ const OUTSIDER: &str = "127.0.0.9";
 
 /// 127.0.0.1 may relay; everyone else needs AUTH (alice / s3cret), offered after STARTTLS.
 fn config(dir: &TempDir, extra_source: &str) -> String {
-    let (pem, _, _) = certificate(&["mx.pmta-sim.test"]);
-    let cert = dir.write("server.pem", &pem);
+    let cert = dir.write("server.pem", &test_cert(&["mx.pmta-sim.test"]).combined_pem);
     format!(
         "host-name mx.pmta-sim.test\n\
          smtp-server-tls-certificate {}\n\

@@ -116,15 +116,28 @@ pub async fn wait_for_port(addr: SocketAddr) {
     panic!("nothing listens on {addr}");
 }
 
-/// A self-signed certificate for `names`: (combined PEM with the key, certificate PEM,
-/// certificate DER).
-pub fn certificate(names: &[&str]) -> (String, String, rustls::pki_types::CertificateDer<'static>) {
+/// A self-signed test certificate and its key.
+pub struct TestCert {
+    /// Certificate then key, as `smtp-server-tls-certificate` reads them.
+    pub combined_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+/// A self-signed certificate for `names` (rcgen).
+pub fn test_cert(names: &[&str]) -> TestCert {
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
     let cert_pem = cert.pem();
-    let combined = format!("{cert_pem}{}", signing_key.serialize_pem());
-    (combined, cert_pem, cert.der().clone())
+    let key_pem = signing_key.serialize_pem();
+    TestCert {
+        combined_pem: format!("{cert_pem}{key_pem}"),
+        cert_pem,
+        key_pem,
+        der: cert.der().clone(),
+    }
 }
 
 /// A listener on 127.0.0.1 (a kernel-chosen port) for `config_text`, with its spool in
