@@ -12,6 +12,10 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq chromium >/dev/null
 fi
 
+# The live tests meet real third-party software on loopback: Postfix (smtp-source, a
+# private instance), postgrey, swaks, dnsmasq, and aiosmtpd in a venv under target/.
+scripts/lab.sh install
+
 # Formatting and lints are part of the suite: a warning fails it.
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -1,8 +1,9 @@
-//! TLS both ways: the outbound connector against a third-party STARTTLS server (the
-//! project's aiosmtpd receiver, i.e. Python's OpenSSL) and against the project's own
-//! listener (rustls), in opportunistic and verifying modes; certificate files that cannot
-//! serve; and the receiver's own failure modes (greylisting, 421 after N, per-connection
-//! limit) that the live driver's tests will lean on.
+//! TLS both ways: the outbound connector against third-party STARTTLS servers (a private
+//! Postfix instance, and the project's aiosmtpd receiver, i.e. Python's OpenSSL) and
+//! against the project's own listener (rustls), in opportunistic and verifying modes;
+//! certificate files that cannot serve; and the lab the live driver's tests will lean on:
+//! Postfix greylisting through Debian's postgrey, and the receiver's failure modes
+//! (greylisting, 421 after N, per-connection limit).
 
 mod common;
 
@@ -195,6 +196,130 @@ async fn outbound_starttls_against_the_projects_listener() {
     );
     let again = roundtrip(&mut stream, "STARTTLS").await;
     assert!(again.starts_with("503 5.5.1"), "{again}");
+}
+
+/// A private Postfix instance (`scripts/lab.sh postfix-start`), stopped when dropped.
+struct Postfix(std::path::PathBuf);
+
+impl Postfix {
+    fn start(dir: &Path, port: u16, args: &[&str]) -> Postfix {
+        let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh");
+        let output = Command::new(&lab)
+            .arg("postfix-start")
+            .arg(dir)
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Postfix(dir.to_path_buf())
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh");
+        let _ = Command::new(lab).arg("postfix-stop").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_starttls_to_postfix_which_greylists_through_postgrey() {
+    let dir = TempDir::new("tls-postfix");
+    common::live::require("postgrey");
+    let cert = test_cert(&["postfix.lab.test"]);
+    let cert_file = dir.write("postfix.crt", &cert.cert_pem);
+    let key_file = dir.write("postfix.key", &cert.key_pem);
+    // postgrey runs as its own user: its database directory must be its own.
+    let db = dir.path().join("postgrey-db");
+    std::fs::create_dir_all(&db).unwrap();
+    let owned = Command::new("chown")
+        .arg("postgrey")
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(owned.success());
+    let empty = dir.write("empty-whitelist", "");
+    let policy_port = free_port();
+    let _postgrey = Daemon::spawn(
+        Command::new(common::live::require("postgrey"))
+            .arg(format!("--inet=127.0.0.1:{policy_port}"))
+            .arg(format!("--dbdir={}", db.display()))
+            .args([
+                "--delay=1",
+                "--auto-whitelist-clients=0",
+                "--lookup-by-host",
+            ])
+            .arg(format!("--whitelist-clients={}", empty.display()))
+            .arg(format!("--whitelist-recipients={}", empty.display())),
+    );
+    wait_for_port(SocketAddr::from(([127, 0, 0, 1], policy_port))).await;
+    let port = free_port();
+    let _postfix = Postfix::start(
+        &dir.path().join("postfix"),
+        port,
+        &[
+            "--discard",
+            "--policy",
+            &format!("127.0.0.1:{policy_port}"),
+            "--tls",
+            cert_file.to_str().unwrap(),
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    tls::install_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der).unwrap();
+    let client = TlsClient::with_roots(roots);
+    let mut stream = client
+        .connect(
+            starttls(addr).await,
+            "postfix.lab.test",
+            TlsMode::RequiredVerified,
+        )
+        .await
+        .expect("verified handshake with Postfix");
+    assert!(
+        roundtrip(&mut stream, "EHLO sender.test")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        roundtrip(&mut stream, "MAIL FROM:<a@sender.test>")
+            .await
+            .starts_with("250")
+    );
+    let grey = roundtrip(&mut stream, "RCPT TO:<b@receiver.test>").await;
+    assert!(
+        grey.starts_with("450 4.2.0 <b@receiver.test>: Recipient address rejected: Greylisted"),
+        "{grey}"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let passed = roundtrip(&mut stream, "RCPT TO:<b@receiver.test>").await;
+    assert!(passed.starts_with("250"), "{passed}");
+    assert!(roundtrip(&mut stream, "DATA").await.starts_with("354"));
+    let reply = roundtrip(
+        &mut stream,
+        "Subject: greylisted, then through\r\n\r\nhi\r\n.",
+    )
+    .await;
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
+    // Opportunistic TLS with no trust at all also talks to Postfix.
+    let untrusting = TlsClient::with_roots(RootCertStore::empty());
+    let mut stream = untrusting
+        .connect(starttls(addr).await, "127.0.0.1", TlsMode::Opportunistic)
+        .await
+        .expect("opportunistic handshake with Postfix");
+    assert!(
+        roundtrip(&mut stream, "EHLO sender.test")
+            .await
+            .starts_with("250")
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Repository rules that the compiler cannot check.
 //!
-//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`, and the
-//!   shared `time.rs` and `rate.rs`) import no async
+//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`,
+//!   `inbound`, and the shared `time.rs` and `rate.rs`) import no async
 //!   runtime or simulator, read no clock and draw no unseeded randomness, and use no
 //!   `HashMap`/`HashSet` (iteration order must be deterministic).
 //! - Every source file opens with a `//!` comment saying what it owns.
@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 const PURE_ROOMS: &[&str] = &[
-    "engine", "isp", "smtp", "config", "scenario", "report", "auth",
+    "engine", "isp", "smtp", "config", "scenario", "report", "auth", "inbound",
 ];
 const FORBIDDEN: &[&str] = &[
     "tokio",

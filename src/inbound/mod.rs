@@ -515,3 +515,114 @@ impl ServerPolicy for InboundPolicy {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, MemFs, Options};
+    use crate::smtp::server::ServerSession;
+
+    fn settings(text: &str) -> Result<InboundSettings, InboundError> {
+        let fs = MemFs::new().with("/etc/pmta/config", text);
+        let checked = config::load(
+            std::path::Path::new("/etc/pmta/config"),
+            &fs,
+            Options::default(),
+        )
+        .unwrap();
+        assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+        InboundSettings::from_config(&checked.config)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn listeners_sources_and_defaults() {
+        let s = settings(
+            "smtp-listener 127.0.0.1:2525\nsmtp-listener 0/0:587\nspool /var/spool/pmta\n\
+             relay-domain inbound.example\n\
+             <source 10.0.0.0/8>\n    always-allow-relaying yes\n    max-message-size 1m\n</source>\n\
+             <source 0/0>\n    smtp-service no\n</source>\n",
+        )
+        .unwrap();
+        let listeners: Vec<String> = s.listeners.iter().map(|a| a.to_string()).collect();
+        assert_eq!(listeners, ["127.0.0.1:2525", "0.0.0.0:587"]);
+        assert_eq!(s.spool_dir.as_deref(), Some("/var/spool/pmta"));
+        assert_eq!(s.source_for(ip("10.1.2.3")).selector, "10.0.0.0/8");
+        assert!(!s.source_for(ip("192.0.2.1")).smtp_service);
+        let limits = s.session_limits(s.source_for(ip("10.1.2.3")), &ListenerLimits::default());
+        assert_eq!(limits.message_size_max_bytes, 1 << 20);
+        assert!(s.relay_domain("postmaster@Inbound.Example"));
+        // No smtp-listener: PowerMTA listens on every address at smtp-port; no source
+        // matches: service on, relaying off.
+        let s = settings("smtp-port 2526\n").unwrap();
+        assert_eq!(s.listeners, [SocketAddr::from(([0, 0, 0, 0], 2526))]);
+        let source = s.source_for(ip("192.0.2.1"));
+        assert!(source.smtp_service && !source.always_allow_relaying);
+        assert_eq!(s.spool_dir, None);
+    }
+
+    #[test]
+    fn smtp_users_are_checked_when_read() {
+        let error =
+            settings("<smtp-user bob>\n    source {nowhere}\n    password x\n</smtp-user>\n")
+                .err()
+                .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "/etc/pmta/config:1:1: `<smtp-user bob>` names source `{nowhere}`, which no `<source>` defines"
+        );
+        let error = settings("<smtp-user bob>\n</smtp-user>\n").err().unwrap();
+        assert!(error.to_string().contains("has no `password`"));
+        let error = settings(
+            "<smtp-user bob>\n    password x\n    authentication-method system\n</smtp-user>\n",
+        )
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("checks only `password`"));
+    }
+
+    #[test]
+    fn an_authenticated_user_takes_its_named_source() {
+        let s = Arc::new(
+            settings(
+                "<smtp-user bob>\n    password pw\n    source {submit}\n</smtp-user>\n\
+                 <source {submit}>\n    max-message-size 5k\n</source>\n\
+                 <source 0/0>\n    allow-unencrypted-plain-auth yes\n    require-auth yes\n</source>\n",
+            )
+            .unwrap(),
+        );
+        let limits = ServerLimits::default();
+        let mut session =
+            ServerSession::new(InboundPolicy::new(s, ip("192.0.2.7"), false, &limits));
+        session.take_output();
+        session.handle_bytes(b"EHLO c\r\nMAIL FROM:<a@c.example>\r\nAUTH PLAIN AGJvYgBwdw==\r\n");
+        let out = String::from_utf8(session.take_output().unwrap()).unwrap();
+        assert!(
+            out.contains("250 AUTH PLAIN LOGIN") && !out.contains("STARTTLS"),
+            "{out}"
+        );
+        assert!(out.contains("530 5.7.0 authentication required"), "{out}");
+        assert!(
+            out.ends_with("235 2.7.0 authentication successful\r\n"),
+            "{out}"
+        );
+        assert_eq!(session.policy().source().selector, "{submit}");
+        session.handle_bytes(b"MAIL FROM:<>\r\nRCPT TO:<x@anywhere.example>\r\nRCPT TO:<>\r\n");
+        let out = String::from_utf8(session.take_output().unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "250 2.1.0 sender ok\r\n250 2.1.5 recipient ok\r\n501 5.1.3 bad recipient address syntax\r\n"
+        );
+        // A full spool refuses new transactions.
+        session.policy_mut().set_accepting(false);
+        session.handle_bytes(b"RSET\r\nMAIL FROM:<a@c.example>\r\n");
+        let out = String::from_utf8(session.take_output().unwrap()).unwrap();
+        assert!(
+            out.ends_with("452 4.3.1 insufficient system storage\r\n"),
+            "{out}"
+        );
+    }
+}

@@ -669,4 +669,130 @@ mod tests {
         let out = String::from_utf8(server.take_output().unwrap()).unwrap();
         assert!(out.ends_with("503 5.5.1 need MAIL first\r\n"), "{out}");
     }
+
+    struct Users;
+    impl ServerPolicy for Users {
+        fn auth(&mut self, _: &Envelope, _: u64) -> Option<Reply> {
+            None
+        }
+        fn authenticate(&mut self, _: &Envelope, user: &str, password: &str) -> Reply {
+            if (user, password) == ("alice", "s3cret") {
+                Reply::new(235, Some([2, 7, 0]), "ok")
+            } else {
+                Reply::new(535, Some([5, 7, 8]), "no")
+            }
+        }
+    }
+
+    fn say(server: &mut ServerSession<impl ServerPolicy>, input: &str) -> String {
+        server.handle_bytes(input.as_bytes());
+        String::from_utf8(server.take_output().unwrap_or_default()).unwrap()
+    }
+
+    #[test]
+    fn auth_plain_and_login_exchanges() {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut server = ServerSession::new(Users);
+        server.take_output();
+        say(&mut server, "EHLO a\r\n");
+        // PLAIN with an initial response; a wrong password first.
+        let wrong = say(
+            &mut server,
+            &format!("AUTH PLAIN {}\r\n", b64("\0alice\0nope")),
+        );
+        assert_eq!(wrong, "535 5.7.8 no\r\n");
+        // PLAIN answered after a 334; a cancelled exchange; undecodable input.
+        assert_eq!(say(&mut server, "AUTH PLAIN\r\n"), "334 \r\n");
+        assert_eq!(
+            say(&mut server, "*\r\n"),
+            "501 5.7.0 authentication cancelled\r\n"
+        );
+        assert_eq!(say(&mut server, "AUTH LOGIN\r\n"), "334 VXNlcm5hbWU6\r\n");
+        assert!(say(&mut server, "%%%\r\n").starts_with("501 5.5.2"));
+        // LOGIN with the user name as initial response, the password split across reads.
+        let prompt = say(&mut server, &format!("AUTH LOGIN {}\r\n", b64("alice")));
+        assert_eq!(prompt, "334 UGFzc3dvcmQ6\r\n");
+        let password = format!("{}\r\n", b64("s3cret"));
+        let (first, second) = password.split_at(3);
+        assert_eq!(say(&mut server, first), "");
+        assert_eq!(say(&mut server, second), "235 2.7.0 ok\r\n");
+        assert!(say(&mut server, "AUTH PLAIN x\r\n").starts_with("503 5.5.1 already"));
+        // Another session: AUTH in a transaction, and an unknown mechanism.
+        let mut server = ServerSession::new(Users);
+        server.take_output();
+        say(&mut server, "EHLO a\r\nMAIL FROM:<a@x.example>\r\n");
+        assert!(say(&mut server, "AUTH PLAIN\r\n").starts_with("503 5.5.1 AUTH not allowed"));
+        assert!(
+            say(&mut server, "RSET\r\nAUTH CRAM-MD5\r\n")
+                .ends_with("504 5.5.4 unrecognized authentication type\r\n")
+        );
+        // The plain receiver does not do AUTH at all.
+        let mut plain = ServerSession::new(Accept);
+        plain.take_output();
+        assert!(
+            say(&mut plain, "EHLO a\r\nAUTH PLAIN\r\n")
+                .ends_with("502 5.5.1 command not implemented\r\n")
+        );
+    }
+
+    #[test]
+    fn a_deferred_answer_holds_the_pipelined_commands_behind_it() {
+        struct Defer;
+        impl ServerPolicy for Defer {
+            fn defers_messages(&self) -> bool {
+                true
+            }
+        }
+        let mut server = ServerSession::new(Defer);
+        server.take_output();
+        let out = say(
+            &mut server,
+            "EHLO a\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\nhi\r\n.\r\nMAIL FROM:<c@x.example>\r\n",
+        );
+        assert!(out.ends_with("354 Go ahead\r\n"), "{out}");
+        assert_eq!(say(&mut server, "RCPT TO:<d@y.example>\r\n"), "");
+        let (envelope, data) = server.take_message().unwrap();
+        assert_eq!(
+            (envelope.mail_from.as_str(), data.as_slice()),
+            ("a@x.example", b"hi\r\n".as_slice())
+        );
+        server.complete_message(Reply::new(250, Some([2, 0, 0]), "stored"));
+        let out = String::from_utf8(server.take_output().unwrap()).unwrap();
+        assert_eq!(out, "250 2.0.0 stored\r\n250 2.1.0 OK\r\n250 2.1.5 OK\r\n");
+    }
+
+    #[test]
+    fn data_lines_are_measured_across_reads_and_errors_are_counted() {
+        let limits = ServerLimits {
+            data_line_max_bytes: Some(10),
+            errors_max: Some(3),
+            ..ServerLimits::default()
+        };
+        let mut server = ServerSession::with_limits(Accept, limits);
+        server.take_output();
+        say(
+            &mut server,
+            "EHLO a\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n",
+        );
+        // Ten characters then CRLF split across reads is fine; eleven is not.
+        say(&mut server, "0123456");
+        say(&mut server, "789\r");
+        assert_eq!(say(&mut server, "\n.\r\n"), "250 2.0.0 OK queued\r\n");
+        say(
+            &mut server,
+            "MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n0123456789",
+        );
+        let out = say(&mut server, "A\r\n.\r\n");
+        assert_eq!(
+            out,
+            "552 5.3.4 message has a line longer than 10 characters\r\n"
+        );
+        // That was one error; two more end the session.
+        let out = say(&mut server, "NOPE\r\nNOPE\r\nNOOP\r\n");
+        assert_eq!(
+            out,
+            "500 5.5.2 syntax error\r\n500 5.5.2 syntax error\r\n421 4.7.0 too many errors, closing connection\r\n"
+        );
+        assert!(server.is_closed());
+    }
 }
