@@ -57,23 +57,25 @@ async fn swaks_authenticates_after_starttls_and_the_message_is_spooled() {
     let dir = TempDir::new("listener-auth");
     let mut live = start_listener(&dir, &config(&dir, ""), ListenerLimits::default()).await;
     let port = live.addr.port();
+    // swaks from an unlisted address, over STARTTLS, as alice.
+    let with_auth = |mechanism: &str, password: &str| {
+        let args = [
+            "--local-interface",
+            OUTSIDER,
+            "--to",
+            "bob@remote.test",
+            "--tls",
+            "--auth",
+            mechanism,
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            password,
+        ];
+        swaks(port, &args)
+    };
     for mechanism in ["PLAIN", "LOGIN"] {
-        let (code, out) = swaks(
-            port,
-            &[
-                "--local-interface",
-                OUTSIDER,
-                "--to",
-                "bob@remote.test",
-                "--tls",
-                "--auth",
-                mechanism,
-                "--auth-user",
-                "alice",
-                "--auth-password",
-                "s3cret",
-            ],
-        );
+        let (code, out) = with_auth(mechanism, "s3cret");
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("235 2.7.0"), "{out}");
         assert!(out.contains("250 2.0.0 ok id="), "{out}");
@@ -88,22 +90,7 @@ async fn swaks_authenticates_after_starttls_and_the_message_is_spooled() {
     assert_eq!(live.spool.len(), 2);
 
     // A wrong password is refused, and nothing is queued.
-    let (code, out) = swaks(
-        port,
-        &[
-            "--local-interface",
-            OUTSIDER,
-            "--to",
-            "bob@remote.test",
-            "--tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "alice",
-            "--auth-password",
-            "wrong",
-        ],
-    );
+    let (code, out) = with_auth("PLAIN", "wrong");
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("535 5.7.8"), "{out}");
     assert_eq!(live.spool.len(), 2);
@@ -458,7 +445,11 @@ async fn smtp_service_no_refuses_at_connection() {
     let live = start_listener(&dir, &config(&dir, blocked), ListenerLimits::default()).await;
     let mut client = Client::connect_from("127.0.0.7".parse().unwrap(), live.addr).await;
     let greeting = client.reply().await.unwrap();
-    assert_eq!((greeting.code, greeting.status()), (554, "5.7.1".into()), "{greeting}");
+    assert_eq!(
+        (greeting.code, greeting.status()),
+        (554, "5.7.1".into()),
+        "{greeting}"
+    );
     assert!(client.reply().await.is_none(), "closed after the refusal");
 }
 

@@ -79,6 +79,24 @@ async fn roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     text
 }
 
+/// Sends `line`; the reply must start with `prefix`.
+async fn expect<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    line: &str,
+    prefix: &str,
+) -> String {
+    let reply = roundtrip(stream, line).await;
+    assert!(reply.starts_with(prefix), "{line} -> {reply}");
+    reply
+}
+
+/// A client that trusts only `cert`.
+fn trusting(cert: &rustls::pki_types::CertificateDer<'static>) -> TlsClient {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    TlsClient::with_roots(roots)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_starttls_against_a_third_party_server() {
     let dir = TempDir::new("tls-receiver");
@@ -97,9 +115,7 @@ async fn outbound_starttls_against_a_third_party_server() {
     wait_for_port(addr).await;
     tls::install_crypto_provider();
     let untrusting = TlsClient::with_roots(RootCertStore::empty());
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der.clone()).unwrap();
-    let trusting = TlsClient::with_roots(roots);
+    let trusting = trusting(&cert.der);
 
     // Opportunistic: a self-signed certificate for another name still encrypts.
     let mut stream = untrusting
@@ -112,22 +128,10 @@ async fn outbound_starttls_against_a_third_party_server() {
         .expect("opportunistic handshake");
     let (_, session) = stream.get_ref();
     assert!(session.protocol_version().is_some());
-    assert!(
-        roundtrip(&mut stream, "EHLO sender.test")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        roundtrip(&mut stream, "MAIL FROM:<a@sender.test>")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        roundtrip(&mut stream, "RCPT TO:<b@receiver.test>")
-            .await
-            .starts_with("250")
-    );
-    assert!(roundtrip(&mut stream, "DATA").await.starts_with("354"));
+    expect(&mut stream, "EHLO sender.test", "250").await;
+    expect(&mut stream, "MAIL FROM:<a@sender.test>", "250").await;
+    expect(&mut stream, "RCPT TO:<b@receiver.test>", "250").await;
+    expect(&mut stream, "DATA", "354").await;
     let reply = roundtrip(&mut stream, "Subject: over TLS\r\n\r\nhello\r\n.").await;
     assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(stats(&dir)["tls_sessions"], 1);
@@ -160,11 +164,7 @@ async fn outbound_starttls_against_a_third_party_server() {
         )
         .await
         .expect("verified handshake");
-    assert!(
-        roundtrip(&mut stream, "EHLO sender.test")
-            .await
-            .starts_with("250")
-    );
+    expect(&mut stream, "EHLO sender.test", "250").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,9 +177,7 @@ async fn outbound_starttls_against_the_projects_listener() {
         path.display()
     );
     let live = start_listener(&dir, &config, ListenerLimits::default()).await;
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der).unwrap();
-    let client = TlsClient::with_roots(roots);
+    let client = trusting(&cert.der);
     let mut stream = client
         .connect(
             starttls(live.addr).await,
@@ -273,9 +271,7 @@ async fn outbound_starttls_to_postfix_which_greylists_through_postgrey() {
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     tls::install_crypto_provider();
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.der).unwrap();
-    let client = TlsClient::with_roots(roots);
+    let client = trusting(&cert.der);
     let mut stream = client
         .connect(
             starttls(addr).await,
@@ -284,16 +280,8 @@ async fn outbound_starttls_to_postfix_which_greylists_through_postgrey() {
         )
         .await
         .expect("verified handshake with Postfix");
-    assert!(
-        roundtrip(&mut stream, "EHLO sender.test")
-            .await
-            .starts_with("250")
-    );
-    assert!(
-        roundtrip(&mut stream, "MAIL FROM:<a@sender.test>")
-            .await
-            .starts_with("250")
-    );
+    expect(&mut stream, "EHLO sender.test", "250").await;
+    expect(&mut stream, "MAIL FROM:<a@sender.test>", "250").await;
     let grey = roundtrip(&mut stream, "RCPT TO:<b@receiver.test>").await;
     assert!(
         grey.starts_with("450 4.2.0 <b@receiver.test>: Recipient address rejected: Greylisted"),
@@ -302,7 +290,7 @@ async fn outbound_starttls_to_postfix_which_greylists_through_postgrey() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let passed = roundtrip(&mut stream, "RCPT TO:<b@receiver.test>").await;
     assert!(passed.starts_with("250"), "{passed}");
-    assert!(roundtrip(&mut stream, "DATA").await.starts_with("354"));
+    expect(&mut stream, "DATA", "354").await;
     let reply = roundtrip(
         &mut stream,
         "Subject: greylisted, then through\r\n\r\nhi\r\n.",
@@ -315,11 +303,7 @@ async fn outbound_starttls_to_postfix_which_greylists_through_postgrey() {
         .connect(starttls(addr).await, "127.0.0.1", TlsMode::Opportunistic)
         .await
         .expect("opportunistic handshake with Postfix");
-    assert!(
-        roundtrip(&mut stream, "EHLO sender.test")
-            .await
-            .starts_with("250")
-    );
+    expect(&mut stream, "EHLO sender.test", "250").await;
 }
 
 #[test]
