@@ -21,6 +21,7 @@ use crate::config::{self, Checked, Options, RealFs, queue};
 use crate::driver;
 use crate::engine::accounting::CsvWriter;
 use crate::engine::classify::{self, Classifier};
+use crate::printable;
 use crate::report;
 use crate::scenario::ConfigSource;
 
@@ -216,11 +217,7 @@ fn run_one(
         }
     };
     let checked = checked.map_err(|e| unreadable(format!("error: {e}")))?;
-    let rendered: String = checked
-        .diagnostics
-        .iter()
-        .map(|d| d.render(&checked.config.sources))
-        .collect();
+    let rendered = render_diagnostics(&checked);
     if checked.error_count() > 0 {
         // Printed once, by the caller, with the verdict.
         return Err(unreadable(format!(
@@ -620,22 +617,26 @@ fn write_report(
 }
 
 fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool) -> u8 {
-    let Some(reply) = crate::smtp::parse_reply_line(reply_text) else {
-        eprintln!("error: `{reply_text}` is not an SMTP reply");
-        eprintln!("  = help: write the code first, as in \"550 5.1.1 user unknown\"");
-        return EXIT_UNREADABLE;
+    let reply = match crate::smtp::parse_reply_text(reply_text) {
+        Ok(reply) => reply,
+        Err(err) => {
+            eprintln!(
+                "error: `{}` is not an SMTP reply: {err}",
+                printable::escape(reply_text)
+            );
+            eprintln!("  = help: write the code first, as in \"550 5.1.1 user unknown\"");
+            return EXIT_UNREADABLE;
+        }
     };
     let checked = match config_path {
         Some(path) => match config::load(path, &RealFs, Options::default()) {
             Ok(checked) if checked.error_count() == 0 => checked,
             Ok(checked) => {
-                for diagnostic in &checked.diagnostics {
-                    eprint!("{}", diagnostic.render(&checked.config.sources));
-                }
+                eprint!("{}", render_diagnostics(&checked));
                 return EXIT_INVALID;
             }
             Err(err) => {
-                eprintln!("error: {err}");
+                eprintln!("error: {}", printable::escape(&err.to_string()));
                 return EXIT_UNREADABLE;
             }
         },
@@ -650,8 +651,9 @@ fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool)
     let category_from = classification
         .category_rule
         .map(|(origin, span)| classifier.rule_position(config, origin, span));
+    let mut failures = classification.failures.clone();
     let action = config.smtp_pattern_lists.values().find_map(|list| {
-        classify::matching_rule(list, &reply).map(|rule| {
+        classify::matching_rule(list, &reply, &mut failures).map(|rule| {
             let actions: Vec<String> = rule.actions.iter().map(classify::action_text).collect();
             (
                 list.name.clone(),
@@ -676,19 +678,20 @@ fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool)
         format!("{object}\n")
     } else {
         let mut out = String::new();
-        let _ = writeln!(out, "reply:       {}", reply.one_line());
+        let _ = writeln!(out, "reply:       {}", printable::escape(&reply.one_line()));
         let _ = writeln!(out, "disposition: {}", classification.disposition.name());
         let _ = writeln!(
             out,
             "category:    {} ({})",
             classification.category,
-            category_from.as_deref().unwrap_or("no rule matched")
+            printable::escape(category_from.as_deref().unwrap_or("no rule matched"))
         );
         match &action {
             Some((list, actions, line)) => {
                 let _ = writeln!(
                     out,
-                    "action:      {actions} (smtp-pattern-list {list}, {line})"
+                    "action:      {actions} (smtp-pattern-list {list}, {})",
+                    printable::escape(line)
                 );
             }
             None => {
@@ -698,7 +701,21 @@ fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool)
         out
     };
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
-    EXIT_VALID
+    if failures.is_empty() {
+        return EXIT_VALID;
+    }
+    // A pattern that could not be evaluated leaves the verdict unknown: an error, not a
+    // quiet "no match".
+    for failure in &failures {
+        eprintln!(
+            "error: {}: pattern /{}/ could not be evaluated on this reply ({}); whether it matches is unknown",
+            printable::escape(&classifier.rule_position(config, failure.origin, failure.span)),
+            printable::escape(&failure.pattern),
+            failure.error
+        );
+    }
+    eprintln!("  = help: simplify the pattern (backreferences and lookarounds run on a backtracking engine with a step limit)");
+    EXIT_INVALID
 }
 
 fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Options) -> u8 {
@@ -709,10 +726,7 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
             return EXIT_UNREADABLE;
         }
     };
-    let mut stderr = String::new();
-    for diagnostic in &checked.diagnostics {
-        stderr.push_str(&diagnostic.render(&checked.config.sources));
-    }
+    let mut stderr = render_diagnostics(&checked);
     let errors = checked.error_count();
     let warnings = checked.diagnostics.len() - errors;
     if errors > 0 {
@@ -741,6 +755,29 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(stdout.as_bytes());
     EXIT_VALID
+}
+
+/// Most diagnostics printed; the rest are counted, so a broken 10,000-line config does not
+/// flood the terminal.
+pub const DIAGNOSTICS_SHOWN_MAX: usize = 100;
+
+/// The diagnostics of a configuration, at most [`DIAGNOSTICS_SHOWN_MAX`] of them, then "… and
+/// N more".
+fn render_diagnostics(checked: &Checked) -> String {
+    let mut out: String = checked
+        .diagnostics
+        .iter()
+        .take(DIAGNOSTICS_SHOWN_MAX)
+        .map(|d| d.render(&checked.config.sources))
+        .collect();
+    let hidden = checked
+        .diagnostics
+        .len()
+        .saturating_sub(DIAGNOSTICS_SHOWN_MAX);
+    if hidden > 0 {
+        let _ = writeln!(out, "… and {hidden} more");
+    }
+    out
 }
 
 fn plural(n: usize) -> &'static str {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod driver;
 pub mod engine;
 pub mod isp;
+pub mod printable;
 pub mod rate;
 pub mod report;
 pub mod scenario;

@@ -46,7 +46,7 @@ pub struct RunOutput {
     /// Recipients still queued when the run ended.
     pub pending: usize,
     /// Messages the engine refused at injection, with the reason.
-    pub refused: Vec<String>,
+    pub refused: report::Refusals,
     /// Every connection the engine opened, in order.
     pub connections: Vec<ConnectionTrace>,
 }
@@ -140,6 +140,8 @@ impl RunOutput {
             retries: Vec::new(),
             queued: Vec::new(),
             connections: Vec::new(),
+            refused: self.refused.clone(),
+            pattern_failures: Vec::new(),
         };
         for (name, log) in &self.receivers {
             let domains = scenario
@@ -216,6 +218,21 @@ impl RunOutput {
                     at_s: secs(*at),
                     queue: queue.clone(),
                     recipients: *recipients,
+                }),
+                EngineEvent::PatternFailed {
+                    at,
+                    context,
+                    position,
+                    pattern,
+                    subject,
+                    error,
+                } => data.pattern_failures.push(report::PatternFailure {
+                    at_s: secs(*at),
+                    context: context.clone(),
+                    position: position.clone(),
+                    pattern: pattern.clone(),
+                    subject: subject.clone(),
+                    error: error.clone(),
                 }),
                 EngineEvent::SourceIpDisabled { .. } => {}
             }

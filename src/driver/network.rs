@@ -244,7 +244,7 @@ pub fn run_with_progress(
         records: Vec::new(),
         events: Vec::new(),
         injected: Vec::new(),
-        refused: Vec::new(),
+        refused: crate::report::Refusals::default(),
         traces: BTreeMap::new(),
     };
     sim.client("engine", async move {
@@ -494,7 +494,7 @@ struct EngineLoop {
     records: Vec<crate::engine::accounting::AcctRecord>,
     events: Vec<crate::engine::EngineEvent>,
     injected: Vec<(String, String)>,
-    refused: Vec<String>,
+    refused: crate::report::Refusals,
     traces: BTreeMap<ConnectionId, ConnectionTrace>,
 }
 
@@ -511,12 +511,28 @@ impl EngineLoop {
             let now = sim_now(self.start);
             for (_, injection) in self.generated.take_due(now) {
                 let job = injection.job_id.clone();
+                let env_id = injection.env_id.clone();
                 let rcpts = injection.recipients.clone();
                 match self.engine.inject(now, injection) {
                     Ok(_) => self
                         .injected
                         .extend(rcpts.into_iter().map(|r| (job.clone(), r))),
-                    Err(err) => self.refused.push(err.to_string()),
+                    Err(err) => {
+                        // Refused mail is never silent: counted, listed, and in the summary.
+                        let refused = &mut self.refused;
+                        refused.messages += 1;
+                        refused.recipients += rcpts.len() as u64;
+                        *refused.by_reason.entry(err.kind().to_string()).or_insert(0) += 1;
+                        if refused.first.len() < crate::report::REFUSALS_LISTED_MAX {
+                            refused.first.push(crate::report::Refused {
+                                at_s: now.unix_secs(),
+                                job_id: job,
+                                env_id,
+                                recipients: rcpts.len() as u64,
+                                reason: err.to_string(),
+                            });
+                        }
+                    }
                 }
             }
             self.drain(now);

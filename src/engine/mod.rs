@@ -28,6 +28,7 @@ use self::settings::{DeliveryType, DkimSign, NoMxPolicy, QueueSettings};
 use crate::auth::{SignOptions, Signer};
 use crate::config::model::{Config, PatternAction, QueueMode, Value};
 use crate::config::queue;
+use crate::config::source::Span;
 use crate::config::value::{Cidr, Rate};
 use crate::rate::Window;
 use crate::smtp::{self, Reply};
@@ -87,6 +88,22 @@ pub enum InjectError {
     Full,
     #[error("{0}")]
     Queue(String),
+}
+
+impl InjectError {
+    /// The reason as one word, for counting refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InjectError::NoRecipients => "no-recipients",
+            InjectError::TooManyRecipients(_) => "too-many-recipients",
+            InjectError::TooLarge(_) => "too-large",
+            InjectError::BadAddress(_) => "bad-address",
+            InjectError::NoVirtualMta => "no-virtual-mta",
+            InjectError::UnknownVirtualMta(_) => "unknown-virtual-mta",
+            InjectError::Full => "engine-full",
+            InjectError::Queue(_) => "queue",
+        }
+    }
 }
 
 /// What a driver must do for the engine.
@@ -165,6 +182,19 @@ pub enum EngineEvent {
         at: Time,
         queue: String,
         recipients: u64,
+    },
+    /// A configured pattern could not be evaluated (the regex engine's backtracking limit):
+    /// reported the first time each pattern fails, so no failure passes as "no match".
+    PatternFailed {
+        at: Time,
+        /// Where it was used: `queue DOMAIN/VMTA` or `routing`.
+        context: String,
+        /// `FILE:LINE` of the pattern.
+        position: String,
+        pattern: String,
+        /// What it was matched against.
+        subject: String,
+        error: String,
     },
 }
 
@@ -384,6 +414,8 @@ pub struct Engine {
     mx_requested: BTreeSet<String>,
     decisions: u64,
     last_now: Time,
+    /// Patterns already reported as failing (each is reported once).
+    failed_patterns: BTreeSet<(classify::RuleOrigin, Span)>,
 }
 
 impl Engine {
@@ -416,6 +448,7 @@ impl Engine {
             mx_requested: BTreeSet::new(),
             decisions: 0,
             last_now: Time::default(),
+            failed_patterns: BTreeSet::new(),
         })
     }
 
@@ -523,7 +556,15 @@ impl Engine {
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default()
         });
-        let (vmta, pool) = self.route(&injection, x_virtual_mta)?;
+        let mut failures = Vec::new();
+        let routed = self.route(&injection, x_virtual_mta, &mut failures);
+        self.report_failures(
+            now,
+            None,
+            || format!("the envelope of message {}", injection.env_id),
+            failures,
+        );
+        let (vmta, pool) = routed?;
         let id = MessageId(self.next_message);
         self.next_message += 1;
         let mut per_queue: IndexMap<QueueId, Vec<u32>> = IndexMap::new();
@@ -585,6 +626,7 @@ impl Engine {
         &mut self,
         injection: &Injection,
         x_virtual_mta: Option<String>,
+        failures: &mut Vec<classify::PatternFailure>,
     ) -> Result<(String, String), InjectError> {
         let source = injection.source_ip.and_then(|ip| {
             self.config.source_blocks.iter().find(|s| {
@@ -615,15 +657,17 @@ impl Engine {
         {
             name = list.rules.iter().find_map(|rule| {
                 let subject = match rule.field {
-                    crate::config::model::EnvelopeField::MailFrom => {
-                        std::slice::from_ref(&injection.mail_from)
-                    }
-                    crate::config::model::EnvelopeField::RcptTo => &injection.recipients[..1],
+                    crate::config::model::EnvelopeField::MailFrom => &injection.mail_from,
+                    crate::config::model::EnvelopeField::RcptTo => &injection.recipients[0],
                 };
-                subject
-                    .iter()
-                    .any(|s| rule.pattern.regex.is_match(s).unwrap_or(false))
-                    .then(|| rule.virtual_mta.value.clone())
+                classify::pattern_matches(
+                    &rule.pattern,
+                    classify::RuleOrigin::Config,
+                    rule.span,
+                    subject,
+                    failures,
+                )
+                .then(|| rule.virtual_mta.value.clone())
             });
         }
         let name = name
@@ -1679,11 +1723,14 @@ impl Engine {
         let Some(list) = self.config.smtp_pattern_lists.get(&list_name) else {
             return true;
         };
-        let Some(rule) = classify::matching_rule(list, reply) else {
+        let mut failures = Vec::new();
+        let matched = classify::matching_rule(list, reply, &mut failures)
+            .map(|rule| (rule.actions.clone(), rule.pattern.source.clone()));
+        self.report_failures(now, Some(q), || reply.one_line(), failures);
+        let Some((actions, source)) = matched else {
             return true;
         };
-        let actions = rule.actions.clone();
-        let reason = format!("/{}/ matched `{}`", rule.pattern.source, reply.one_line());
+        let reason = format!("/{source}/ matched `{}`", reply.one_line());
         let pattern_leave = actions.iter().find_map(|a| match a {
             PatternAction::BackoffToNormalAfter(i) => Some(i.map(|i| i.seconds)),
             _ => None,
@@ -1972,6 +2019,36 @@ impl Engine {
         }
     }
 
+    /// Reports patterns that could not be evaluated, each the first time it fails.
+    fn report_failures(
+        &mut self,
+        now: Time,
+        q: Option<QueueId>,
+        subject: impl Fn() -> String,
+        failures: Vec<classify::PatternFailure>,
+    ) {
+        for failure in failures {
+            if !self.failed_patterns.insert((failure.origin, failure.span)) {
+                continue;
+            }
+            let position = self
+                .classifier
+                .rule_position(&self.config, failure.origin, failure.span);
+            let context = match q {
+                Some(q) => format!("queue {}", self.queues[q.0 as usize].name),
+                None => "routing".to_string(),
+            };
+            self.events.push_back(EngineEvent::PatternFailed {
+                at: now,
+                context,
+                position,
+                pattern: failure.pattern,
+                subject: subject(),
+                error: failure.error,
+            });
+        }
+    }
+
     // --- accounting --------------------------------------------------------------------------
 
     #[allow(clippy::too_many_arguments)]
@@ -1985,26 +2062,27 @@ impl Engine {
         conn: Option<ConnectionId>,
         kind: RecordType,
     ) {
-        let queue = &self.queues[q.0 as usize];
-        let Some(message) = self.messages.get(&msg) else {
-            return;
-        };
-        if queue
-            .settings
-            .disable_acct_records
-            .iter()
-            .any(|t| t == kind.code())
+        let settings = &self.queues[q.0 as usize].settings;
+        if !self.messages.contains_key(&msg)
+            || settings
+                .disable_acct_records
+                .iter()
+                .any(|t| t == kind.code())
         {
             return;
         }
         let category = match kind {
             RecordType::Delivered => String::new(),
             _ => {
-                self.classifier
-                    .classify_for_queue(reply, queue.settings.smtp_553_means_invalid_mailbox)
-                    .category
+                let classified = self
+                    .classifier
+                    .classify_for_queue(reply, settings.smtp_553_means_invalid_mailbox);
+                self.report_failures(now, Some(q), || reply.one_line(), classified.failures);
+                classified.category
             }
         };
+        let queue = &self.queues[q.0 as usize];
+        let message = &self.messages[&msg];
         let (source_ip, destination_ip, dsn_mta, esmtp) =
             match conn.and_then(|c| self.connections.get(&c)) {
                 Some(c) => {
@@ -2091,7 +2169,9 @@ impl Engine {
     }
 
     fn queue_record_for(&mut self, now: Time, q: QueueId, source_ip: IpAddr, reply: &Reply) {
-        let category = self.classifier.classify(reply).category;
+        let classified = self.classifier.classify(reply);
+        self.report_failures(now, Some(q), || reply.one_line(), classified.failures);
+        let category = classified.category;
         let before = self.records.len();
         self.queue_record(
             now,

@@ -60,6 +60,48 @@ pub struct RunData {
     pub retries: Vec<RetryWait>,
     pub queued: Vec<Queued>,
     pub connections: Vec<Connection>,
+    /// Messages the engine refused at injection.
+    #[serde(default)]
+    pub refused: Refusals,
+    /// Patterns the regex engine could not evaluate during the run (each once).
+    #[serde(default)]
+    pub pattern_failures: Vec<PatternFailure>,
+}
+
+/// Most refused messages listed one by one (the rest are counted).
+pub const REFUSALS_LISTED_MAX: usize = 100;
+
+/// Messages the engine refused at injection: counted by reason, the first few listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusals {
+    pub messages: u64,
+    pub recipients: u64,
+    /// Reason (`unknown-virtual-mta`, `bad-address`, …) → messages.
+    pub by_reason: BTreeMap<String, u64>,
+    /// The first [`REFUSALS_LISTED_MAX`] refusals.
+    pub first: Vec<Refused>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub at_s: u64,
+    pub job_id: String,
+    pub env_id: String,
+    pub recipients: u64,
+    pub reason: String,
+}
+
+/// A configured pattern that could not be evaluated (fancy-regex's backtracking limit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatternFailure {
+    pub at_s: u64,
+    /// `queue DOMAIN/VMTA` or `routing`.
+    pub context: String,
+    /// `FILE:LINE` of the pattern.
+    pub position: String,
+    pub pattern: String,
+    pub subject: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -315,6 +357,10 @@ pub struct Summary {
     pub providers: BTreeMap<String, Counts>,
     pub queues: BTreeMap<String, QueueSummary>,
     pub source_ips: BTreeMap<String, Counts>,
+    /// Messages the engine refused at injection (never sent, never in `acct.csv`).
+    pub refused: Refusals,
+    /// Patterns that could not be evaluated: matches they decide are unknown.
+    pub pattern_failures: Vec<PatternFailure>,
 }
 
 /// One named line of a chart: (seconds since the start, value).
@@ -845,6 +891,8 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             providers,
             queues,
             source_ips: ips,
+            refused: data.refused.clone(),
+            pattern_failures: data.pattern_failures.clone(),
         },
         bucket_s,
         outcomes,
@@ -1081,6 +1129,8 @@ mod tests {
             retries: Vec::new(),
             queued: Vec::new(),
             connections: Vec::new(),
+            refused: Refusals::default(),
+            pattern_failures: Vec::new(),
         }
     }
 

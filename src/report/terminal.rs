@@ -88,6 +88,8 @@ mod tests {
             providers: Default::default(),
             queues: Default::default(),
             source_ips: Default::default(),
+            refused: Default::default(),
+            pattern_failures: Vec::new(),
         };
         let mut q = super::super::QueueSummary::default();
         q.counts.bounced = 3;

@@ -661,8 +661,8 @@ fn interval(text: &str) -> Result<u64, String> {
 }
 
 fn reply(text: &str) -> Result<Reply, String> {
-    crate::smtp::parse_reply_line(text).ok_or_else(|| {
-        format!("`{text}` is not an SMTP reply such as \"421 4.7.0 try again later\"")
+    crate::smtp::parse_reply_text(text).map_err(|e| {
+        format!("`{text}` is not an SMTP reply such as \"421 4.7.0 try again later\" ({e})")
     })
 }
 
