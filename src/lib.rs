@@ -10,6 +10,7 @@ pub mod isp;
 pub mod printable;
 pub mod rate;
 pub mod report;
+pub mod rundir;
 pub mod scenario;
 pub mod smtp;
 pub mod time;

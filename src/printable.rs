@@ -41,6 +41,9 @@ mod tests {
         assert_eq!(escape("plain\ttext é"), "plain\ttext é");
         assert!(matches!(escape("plain"), Cow::Borrowed(_)));
         assert_eq!(escape("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
-        assert_eq!(escape("line\r\nnext\u{7f}\u{9b}"), "line\\u{d}\\u{a}next\\u{7f}\\u{9b}");
+        assert_eq!(
+            escape("line\r\nnext\u{7f}\u{9b}"),
+            "line\\u{d}\\u{a}next\\u{7f}\\u{9b}"
+        );
     }
 }

@@ -17,7 +17,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Severity::Error => "error",
             Severity::Warning => "warning",
@@ -86,12 +86,7 @@ impl Diagnostic {
                 quote(&mut out, sources, span);
             }
             None => {
-                let _ = writeln!(
-                    out,
-                    "{}: {}",
-                    self.severity.label(),
-                    escape(&self.message)
-                );
+                let _ = writeln!(out, "{}: {}", self.severity.label(), escape(&self.message));
             }
         }
         for (span, note) in &self.notes {

@@ -1177,9 +1177,11 @@ const BACKTRACK_PROBE_BYTES: usize = 4096;
 /// reply-like text. Patterns without those features run on the linear-time engine and are not
 /// tried (they cannot fail).
 fn backtracking_failure(source: &str, regex: &fancy_regex::Regex) -> Option<String> {
-    let fancy = ["(?=", "(?!", "(?<=", "(?<!", "(?>", "\\k<", "++", "*+", "?+", "}+"]
-        .iter()
-        .any(|marker| source.contains(marker))
+    let fancy = [
+        "(?=", "(?!", "(?<=", "(?<!", "(?>", "\\k<", "++", "*+", "?+", "}+",
+    ]
+    .iter()
+    .any(|marker| source.contains(marker))
         || source
             .as_bytes()
             .windows(2)

@@ -235,8 +235,13 @@ impl Classifier {
         let line = reply.one_line();
         let mut failures = Vec::new();
         let matched = self.rules.iter().find(|rule| {
-            pattern_matches(&rule.pattern, self.origin, rule.span, &status, &mut failures)
-                || pattern_matches(&rule.pattern, self.origin, rule.span, &line, &mut failures)
+            pattern_matches(
+                &rule.pattern,
+                self.origin,
+                rule.span,
+                &status,
+                &mut failures,
+            ) || pattern_matches(&rule.pattern, self.origin, rule.span, &line, &mut failures)
         });
         match matched {
             Some(rule) => Classification {
@@ -280,7 +285,13 @@ pub fn matching_rule<'a>(
 ) -> Option<&'a ReplyRule> {
     let line = reply.one_line();
     list.rules.iter().find(|rule| {
-        pattern_matches(&rule.pattern, RuleOrigin::Config, rule.span, &line, failures)
+        pattern_matches(
+            &rule.pattern,
+            RuleOrigin::Config,
+            rule.span,
+            &line,
+            failures,
+        )
     })
 }
 

@@ -55,13 +55,63 @@ pub struct ConnectionId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct QueueId(u32);
 
+/// A message's bytes as injected (line ends LF or CRLF): a part of its own — the whole
+/// message, or its header block — and a part it may share with other messages (a stream's
+/// body), so a million queued copies of one newsletter hold its body once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageData {
+    own: Box<[u8]>,
+    shared: Arc<[u8]>,
+}
+
+impl MessageData {
+    /// `head` (the header block, ending in its blank line) followed by a shared `body`.
+    pub fn with_shared_body(head: Vec<u8>, body: Arc<[u8]>) -> MessageData {
+        MessageData {
+            own: head.into_boxed_slice(),
+            shared: body,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.own.len() + self.shared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The part that holds the headers.
+    pub fn head(&self) -> &[u8] {
+        &self.own
+    }
+
+    /// The whole message in one buffer (for sending: made per attempt, then dropped).
+    pub fn to_vec(&self) -> Vec<u8> {
+        [&self.own[..], &self.shared[..]].concat()
+    }
+
+    fn is_eight_bit(&self) -> bool {
+        smtp::is_eight_bit(&self.own) || smtp::is_eight_bit(&self.shared)
+    }
+}
+
+impl From<Vec<u8>> for MessageData {
+    fn from(bytes: Vec<u8>) -> MessageData {
+        MessageData {
+            own: bytes.into_boxed_slice(),
+            shared: Arc::from(Vec::new()),
+        }
+    }
+}
+
 /// A message handed to the engine.
 #[derive(Clone, Debug)]
 pub struct Injection {
     pub mail_from: String,
     pub recipients: Vec<String>,
     /// The message, headers and body, as injected (line ends LF or CRLF).
-    pub data: Vec<u8>,
+    pub data: MessageData,
     /// The virtual MTA or pool the injecting stream names, if any.
     pub virtual_mta: Option<String>,
     /// The injecting client's address (`<source>` rules apply); `None` for the API.
@@ -209,12 +259,13 @@ pub struct QueueSnapshot {
     pub settings: QueueSettings,
 }
 
+/// A queued message. Only the message as injected is kept; the bytes sent (dot-stuffed, and
+/// signed when the queue signs) are made for each attempt, so a queued message costs its own
+/// bytes once, not once per form.
 struct Message {
     mail_from: String,
     recipients: Vec<String>,
-    data: Arc<Vec<u8>>,
-    /// `data` dot-stuffed, for queues that do not sign.
-    stuffed: Arc<Vec<u8>>,
+    data: MessageData,
     size: u64,
     eight_bit: bool,
     queued_at: Time,
@@ -226,9 +277,10 @@ struct Message {
     open: usize,
     from_domain: String,
     has_x_dkim_options: bool,
-    /// The signed, dot-stuffed copies made for the queues that sign (signing is per queue:
-    /// its settings choose the canonicalization and headers).
-    signed: Vec<(QueueId, Arc<Vec<u8>>)>,
+    /// The DKIM-Signature header made for each queue that signs (signing is per queue: its
+    /// settings choose the canonicalization and headers), kept so every retry sends the
+    /// signature of the first attempt.
+    signed: Vec<(QueueId, Box<str>)>,
 }
 
 /// Recipients of one message waiting in one queue.
@@ -528,7 +580,7 @@ impl Engine {
             }
         }
         let (x_virtual_mta, has_x_dkim_options, from_domain) = {
-            let parsed = mail_parser::MessageParser::default().parse_headers(&injection.data);
+            let parsed = mail_parser::MessageParser::default().parse_headers(injection.data.head());
             let header = |name: &str| {
                 parsed
                     .as_ref()
@@ -576,17 +628,15 @@ impl Engine {
             let queue = self.queue_for(&domain, &vmta, &pool)?;
             per_queue.entry(queue).or_default().push(index as u32);
         }
-        let data = Arc::new(injection.data);
-        let stuffed = Arc::new(smtp::dot_stuff(&data));
+        let data = injection.data;
         let message = Message {
             mail_from: injection.mail_from,
             size: data.len() as u64,
-            eight_bit: smtp::is_eight_bit(&data),
+            eight_bit: data.is_eight_bit(),
             open: injection.recipients.len(),
             recipients: injection.recipients,
             has_x_dkim_options,
             data,
-            stuffed,
             queued_at: now,
             job_id: injection.job_id,
             env_id: injection.env_id,
@@ -1441,12 +1491,15 @@ impl Engine {
         true
     }
 
-    /// The message as sent by this queue: DKIM-signed when the queue signs, dot-stuffed.
+    /// The message as sent by this queue: DKIM-signed when the queue signs, dot-stuffed. Made
+    /// for each attempt from the kept message and, after the first, its kept signature.
     fn message_data(&mut self, now: Time, q: QueueId, msg: MessageId) -> Arc<Vec<u8>> {
         let queue = &self.queues[q.0 as usize];
         let message = &self.messages[&msg];
-        if let Some((_, signed)) = message.signed.iter().find(|(by, _)| *by == q) {
-            return Arc::clone(signed);
+        if let Some((_, header)) = message.signed.iter().find(|(by, _)| *by == q) {
+            let mut signed = header.as_bytes().to_vec();
+            signed.extend_from_slice(&crate::auth::to_crlf(&message.data.to_vec()));
+            return Arc::new(smtp::dot_stuff(&signed));
         }
         let sign = match queue.settings.dkim_sign {
             DkimSign::Yes => true,
@@ -1457,7 +1510,7 @@ impl Engine {
             .then(|| self.signer.for_domain(&message.from_domain))
             .flatten();
         let Some(signer) = signer else {
-            return Arc::clone(&message.stuffed);
+            return Arc::new(smtp::dot_stuff(&message.data.to_vec()));
         };
         let mut options = SignOptions::from_settings(
             &queue.settings.dkim_headers_canon,
@@ -1465,19 +1518,18 @@ impl Engine {
             queue.settings.dkim_headers.as_deref(),
         );
         options.identity = queue.settings.dkim_identity.clone();
-        let crlf = crate::auth::to_crlf(&message.data);
-        let stuffed = match signer.sign(&crlf, now.unix_secs(), &options) {
+        let crlf = crate::auth::to_crlf(&message.data.to_vec());
+        match signer.sign(&crlf, now.unix_secs(), &options) {
             Ok(header) => {
-                let mut signed = header.into_bytes();
+                let mut signed = header.as_bytes().to_vec();
                 signed.extend_from_slice(&crlf);
+                if let Some(message) = self.messages.get_mut(&msg) {
+                    message.signed.push((q, header.into_boxed_str()));
+                }
                 Arc::new(smtp::dot_stuff(&signed))
             }
-            Err(_) => Arc::clone(&message.stuffed),
-        };
-        if let Some(message) = self.messages.get_mut(&msg) {
-            message.signed.push((q, Arc::clone(&stuffed)));
+            Err(_) => Arc::new(smtp::dot_stuff(&crlf)),
         }
-        stuffed
     }
 
     /// Keeps a ready connection open for new mail, up to `connection-idle-timeout`.
@@ -1709,7 +1761,7 @@ impl Engine {
             None => false,
         };
         if done {
-            // The message's signed copies go with it.
+            // The message's signatures go with it.
             self.messages.remove(&entry.msg);
         }
     }
@@ -2031,9 +2083,9 @@ impl Engine {
             if !self.failed_patterns.insert((failure.origin, failure.span)) {
                 continue;
             }
-            let position = self
-                .classifier
-                .rule_position(&self.config, failure.origin, failure.span);
+            let position =
+                self.classifier
+                    .rule_position(&self.config, failure.origin, failure.span);
             let context = match q {
                 Some(q) => format!("queue {}", self.queues[q.0 as usize].name),
                 None => "routing".to_string(),

@@ -175,6 +175,111 @@ pub struct Connection {
     pub closed_s: Option<u64>,
 }
 
+/// Most queues times minutes a report looks at: each queue's binding limit is found minute
+/// by minute.
+pub const QUEUE_MINUTES_MAX: u64 = 200_000_000;
+
+impl RunData {
+    /// Checks that `run.json` describes a run pmta-sim could have made: its version, a
+    /// duration a scenario may have, times before the year 10000, rates with a count and a
+    /// window, finite scores, and a size a report can be built for. A file that fails is
+    /// refused with the reason (never a panic or an allocation abort).
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::scenario::{DRAIN_S, DURATION_MAX_S, TIME_MAX_S};
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(format!(
+                "schema version {}; this pmta-sim reads version {SCHEMA_VERSION}",
+                self.schema_version
+            ));
+        }
+        if !(1..=DURATION_MAX_S).contains(&self.duration_s) {
+            return Err(format!(
+                "duration_s {} is not a run's length (1 to {DURATION_MAX_S})",
+                self.duration_s
+            ));
+        }
+        if self.start_s.saturating_add(self.duration_s + DRAIN_S) > TIME_MAX_S {
+            return Err(format!(
+                "start_s {} puts the run after the year 9999",
+                self.start_s
+            ));
+        }
+        if self.providers.len() > crate::scenario::ISPS_MAX {
+            return Err(format!(
+                "{} providers, over the limit of {}",
+                self.providers.len(),
+                crate::scenario::ISPS_MAX
+            ));
+        }
+        // Provider names become chart file names.
+        if let Some(p) = self
+            .providers
+            .iter()
+            .find(|p| !crate::scenario::is_safe_name(&p.name))
+        {
+            return Err(format!(
+                "provider name `{}` cannot name a chart file",
+                crate::printable::escape(&p.name)
+            ));
+        }
+        let times = self
+            .providers
+            .iter()
+            .flat_map(|p| {
+                p.throttles
+                    .iter()
+                    .flat_map(|t| [t.at_s, t.until_s])
+                    .chain(p.standings.iter().map(|s| s.at_s))
+            })
+            .chain(self.mode_changes.iter().map(|c| c.at_s))
+            .chain(self.retries.iter().flat_map(|r| [r.at_s, r.until_s]))
+            .chain(self.queued.iter().map(|q| q.at_s))
+            .chain(
+                self.connections
+                    .iter()
+                    .flat_map(|c| std::iter::once(c.opened_s).chain(c.closed_s)),
+            );
+        for t in times {
+            if t > TIME_MAX_S {
+                return Err(format!("time {t} is after the year 9999"));
+            }
+        }
+        for q in &self.queues {
+            for rate in [q.max_msg_rate, q.backoff_max_msg_rate]
+                .into_iter()
+                .flatten()
+            {
+                if rate.count == 0 || !(1..=DURATION_MAX_S).contains(&rate.per_s) {
+                    return Err(format!(
+                        "queue `{}`: rate {}/{}s is not a rate limit",
+                        q.name, rate.count, rate.per_s
+                    ));
+                }
+            }
+        }
+        if let Some(s) = self
+            .providers
+            .iter()
+            .flat_map(|p| &p.standings)
+            .find(|s| !s.score.is_finite())
+        {
+            return Err(format!(
+                "standing of `{}` has score {}",
+                s.identity, s.score
+            ));
+        }
+        let queue_minutes = (self.queues.len() as u64).saturating_mul(self.duration_s / 60 + 1);
+        if queue_minutes > QUEUE_MINUTES_MAX {
+            return Err(format!(
+                "{} queues over {} minutes is more than a report is built for",
+                self.queues.len(),
+                self.duration_s / 60 + 1
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a report reads of one accounting record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
@@ -588,11 +693,12 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
         )
     };
 
-    // Deliveries per minute, for peaks.
-    let minutes = data.duration_s.div_ceil(60) as usize + 1;
-    let mut per_minute: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Deliveries per minute, for peaks: only the minutes with deliveries are kept, so the
+    // memory follows the deliveries, not the run's length.
+    let minutes = data.duration_s.div_ceil(60) + 1;
+    let mut per_minute: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.kind == "d") {
-        let m = (row.logged_s.saturating_sub(start) / 60) as usize;
+        let m = row.logged_s.saturating_sub(start) / 60;
         if m >= minutes {
             continue;
         }
@@ -602,20 +708,22 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             format!("q:{}", row.queue),
             format!("i:{}", row.source_ip),
         ] {
-            per_minute.entry(key).or_insert_with(|| vec![0; minutes])[m] += 1;
+            *per_minute.entry(key).or_default().entry(m).or_default() += 1;
         }
     }
     let peaks = |key: &str| -> (u64, u64) {
         let Some(counts) = per_minute.get(key) else {
             return (0, 0);
         };
-        let minute = counts.iter().copied().max().unwrap_or(0);
-        let mut hour = 0;
-        let mut sum = 0;
-        for (i, n) in counts.iter().enumerate() {
+        let minute = counts.values().copied().max().unwrap_or(0);
+        // Any 60 consecutive minutes: a window over the minutes that have deliveries.
+        let counted: Vec<(u64, u64)> = counts.iter().map(|(m, n)| (*m, *n)).collect();
+        let (mut hour, mut sum, mut first) = (0, 0, 0);
+        for &(m, n) in &counted {
             sum += n;
-            if i >= 60 {
-                sum -= counts[i - 60];
+            while counted[first].0 + 60 <= m {
+                sum -= counted[first].1;
+                first += 1;
             }
             hour = hour.max(sum);
         }

@@ -188,8 +188,9 @@ fn reply_from_lines(raw: &[u8]) -> Result<Reply, ReplyError> {
             .then(|| digits.parse().ok())
             .flatten()
     };
-    let code = code_of(first)
-        .ok_or_else(|| ReplyError::Malformed(format!("`{first}` does not start with a reply code")))?;
+    let code = code_of(first).ok_or_else(|| {
+        ReplyError::Malformed(format!("`{first}` does not start with a reply code"))
+    })?;
     if !(200..600).contains(&code) {
         return Err(ReplyError::Malformed(format!(
             "{code} is not a reply code (2xx, 3xx, 4xx or 5xx)"
@@ -461,14 +462,19 @@ mod tests {
     #[test]
     fn a_reply_with_mismatched_codes_is_malformed() {
         let mut parser = ReplyParser::default();
-        parser.feed(b"550-5.1.1 first\r\n451 5.1.1 second\r\n").unwrap();
+        parser
+            .feed(b"550-5.1.1 first\r\n451 5.1.1 second\r\n")
+            .unwrap();
         let err = parser.next_reply().unwrap_err();
         assert!(
             matches!(&err, ReplyError::Malformed(m) if m.contains("line 2 of a 550 reply starts `451`")),
             "{err}"
         );
         assert!(parse_reply_text("550-5.1.1 a\n451 5.1.1 b").is_err());
-        assert!(parse_reply_text("550-a\n550-b").is_err(), "the last line ends the reply");
+        assert!(
+            parse_reply_text("550-a\n550-b").is_err(),
+            "the last line ends the reply"
+        );
         assert!(parse_reply_text("999 nope").is_err());
     }
 
