@@ -962,7 +962,7 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
     let checked = match config::load(path, &RealFs, options) {
         Ok(checked) => checked,
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", printable::escape(&err.to_string()));
             return EXIT_UNREADABLE;
         }
     };
@@ -973,7 +973,7 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
         let _ = writeln!(
             stderr,
             "{}: {errors} error{}, {warnings} warning{}",
-            path.display(),
+            printable::path(path),
             plural(errors),
             plural(warnings)
         );
@@ -984,13 +984,13 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
     let stdout = match explain {
         Some(queue) => match queue::explain(&checked.config, queue) {
             Ok(view) if json => explain_json(&checked, &view),
-            Ok(view) => explain_text(&checked, &view),
+            Ok(view) => escape_lines(&explain_text(&checked, &view)),
             Err(err) => {
-                eprintln!("error: {err}");
+                eprintln!("error: {}", printable::escape(&err.to_string()));
                 return EXIT_INVALID;
             }
         },
-        None => summary(&checked, path, warnings),
+        None => escape_lines(&summary(&checked, path, warnings)),
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(stdout.as_bytes());
@@ -1018,6 +1018,17 @@ fn render_diagnostics(checked: &Checked) -> String {
         let _ = writeln!(out, "… and {hidden} more");
     }
     out
+}
+
+/// Text made of lines, with the control characters of each line escaped (names and values
+/// come from the user's files).
+fn escape_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(body) => format!("{}\n", printable::escape(body)),
+            None => printable::escape(line).into_owned(),
+        })
+        .collect()
 }
 
 fn plural(n: usize) -> &'static str {
