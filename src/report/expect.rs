@@ -125,13 +125,12 @@ fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> Result<
         {
             *pending.entry((r.queue.clone(), r.queued_s)).or_default() -= 1;
         }
-        let ages: Vec<u64> = pending
+        let ages: Vec<(u64, u64)> = pending
             .iter()
-            .flat_map(|((_, at), n)| {
-                std::iter::repeat_n(end.saturating_sub(*at), (*n).max(0) as usize)
-            })
+            .filter(|(_, n)| **n > 0)
+            .map(|((_, at), n)| (end.saturating_sub(*at), *n as u64))
             .collect();
-        Percentiles::of(ages)
+        Percentiles::of_counts(ages)
     };
     Ok(match metric {
         Metric::Delivered => count(&["d"]),

@@ -178,6 +178,10 @@ pub struct Connection {
 /// Most queues times minutes a report looks at: each queue's binding limit is found minute
 /// by minute.
 pub const QUEUE_MINUTES_MAX: u64 = 200_000_000;
+/// Most recipients a run can queue: the scenario's message limit times its recipients per
+/// message.
+pub const RECIPIENTS_MAX: u64 =
+    crate::scenario::MESSAGES_MAX * crate::scenario::RECIPIENTS_PER_MESSAGE_MAX as u64;
 
 impl RunData {
     /// Checks that `run.json` describes a run pmta-sim could have made: its version, a
@@ -266,6 +270,15 @@ impl RunData {
             return Err(format!(
                 "standing of `{}` has score {}",
                 s.identity, s.score
+            ));
+        }
+        let recipients = self
+            .queued
+            .iter()
+            .fold(0u64, |sum, q| sum.saturating_add(q.recipients));
+        if recipients > RECIPIENTS_MAX {
+            return Err(format!(
+                "{recipients} recipients queued, more than any run ({RECIPIENTS_MAX})"
             ));
         }
         let queue_minutes = (self.queues.len() as u64).saturating_mul(self.duration_s / 60 + 1);
@@ -388,6 +401,33 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// Percentiles of values given with their multiplicity, `(value, how many)`.
+    pub(crate) fn of_counts(mut counted: Vec<(u64, u64)>) -> Percentiles {
+        counted.retain(|(_, n)| *n > 0);
+        counted.sort_unstable();
+        let total: u64 = counted.iter().fold(0, |sum, (_, n)| sum.saturating_add(*n));
+        if total == 0 {
+            return Percentiles::default();
+        }
+        // The value at 0-based rank `r`, as `of` picks it from the expanded list.
+        let at = |q: u64| {
+            let rank = ((total - 1) as u128 * q as u128).div_ceil(100) as u64;
+            let mut seen = 0u64;
+            for (value, n) in &counted {
+                seen = seen.saturating_add(*n);
+                if rank < seen {
+                    return *value;
+                }
+            }
+            counted.last().map_or(0, |(v, _)| *v)
+        };
+        Percentiles {
+            p50: at(50),
+            p95: at(95),
+            max: counted.last().map_or(0, |(v, _)| *v),
+        }
+    }
+
     pub(crate) fn of(mut values: Vec<u64>) -> Percentiles {
         if values.is_empty() {
             return Percentiles::default();
@@ -651,19 +691,22 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             .entry(row.queued_s)
             .or_default() -= 1;
     }
-    let mut ages: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Each age with how many recipients have it: the memory follows the distinct times, not
+    // the recipients.
+    let mut ages: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for (queue, by_time) in &pending {
         let provider = provider_of_domain(&queue_domain(queue));
         for (at, n) in by_time {
-            for _ in 0..(*n).max(0) {
-                let age = end.saturating_sub(*at);
-                for key in [
-                    "run".to_string(),
-                    format!("p:{provider}"),
-                    format!("q:{queue}"),
-                ] {
-                    ages.entry(key).or_default().push(age);
-                }
+            if *n <= 0 {
+                continue;
+            }
+            let age = end.saturating_sub(*at);
+            for key in [
+                "run".to_string(),
+                format!("p:{provider}"),
+                format!("q:{queue}"),
+            ] {
+                ages.entry(key).or_default().push((age, *n as u64));
             }
         }
     }
@@ -732,7 +775,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
     let finish = |key: &str, counts: &mut Counts, with_queue_data: bool| {
         counts.delivery_latency_s =
             Percentiles::of(latencies.get(key).cloned().unwrap_or_default());
-        counts.queue_age_s = Percentiles::of(ages.get(key).cloned().unwrap_or_default());
+        counts.queue_age_s = Percentiles::of_counts(ages.get(key).cloned().unwrap_or_default());
         let (minute, hour) = peaks(key);
         counts.peak_delivered_per_minute = minute;
         counts.peak_delivered_per_hour = hour;
@@ -1200,6 +1243,32 @@ pub fn summary_json(summary: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_of_counted_values_match_the_expanded_list() {
+        let cases: [&[(u64, u64)]; 4] = [
+            &[(5, 2), (1, 1), (9, 3)],
+            &[(7, 1)],
+            &[(3, 40), (100, 1), (2, 0)],
+            &[(1, 19), (2, 1), (3, 1)],
+        ];
+        for counted in cases {
+            let expanded: Vec<u64> = counted
+                .iter()
+                .flat_map(|(v, n)| std::iter::repeat_n(*v, *n as usize))
+                .collect();
+            assert_eq!(
+                Percentiles::of_counts(counted.to_vec()),
+                Percentiles::of(expanded),
+                "{counted:?}"
+            );
+        }
+        assert_eq!(
+            Percentiles::of_counts(vec![(4, u64::MAX)]).max,
+            4,
+            "a count too large to expand"
+        );
+    }
 
     fn data(duration_s: u64) -> RunData {
         RunData {

@@ -27,7 +27,7 @@ use crate::time::Time;
 pub use check::check_against;
 pub use expect::{Expectation, Filter, Metric};
 pub use model::parse_model;
-pub use workload::{Generated, Workload};
+pub use workload::{Generated, RECIPIENTS_PER_MESSAGE_MAX, Workload};
 
 /// The scenario format version this code reads.
 pub const FORMAT_VERSION: u32 = 1;
