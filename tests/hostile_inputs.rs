@@ -3,28 +3,12 @@
 //! status the README documents and the message that names the problem. Nothing here may
 //! panic, hang, or be accepted in silence.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn pmta_sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the binary runs")
-}
-
-/// A fresh directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pmta-sim-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::cli::{SMALL_SCENARIO, pmta_sim, scratch};
 
 fn fifo(path: &Path) {
     let status = Command::new("mkfifo")
@@ -75,35 +59,10 @@ fn check_table(cases: &[Case]) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A small valid scenario; each hostile case changes one thing in it.
-const BASE: &str = r#"name = "h"
-seed = 1
-duration = "2m"
-start_time = "2026-09-21T12:00:00Z"
-tick_ms = 10
-config_inline = """
-<virtual-mta v1>
-    smtp-source-host 192.0.2.10 mta1.example.com
-</virtual-mta>
-<virtual-mta-pool p>
-    virtual-mta v1
-</virtual-mta-pool>
-"""
-
-[isps.a]
-domains = ["a.example"]
-
-[[workload]]
-vmta = "p"
-mail_from = "n@s.example"
-messages = 5
-over = "30s"
-domains = { "a.example" = 1.0 }
-
-[[expect]]
-metric = "delivered"
-min = 1
-"#;
+/// A small valid scenario with one expectation; each hostile case changes one thing in it.
+static BASE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    SMALL_SCENARIO.to_string() + "\n[[expect]]\nmetric = \"delivered\"\nmin = 1\n"
+});
 
 /// Writes `BASE` with `from` replaced by `to` as `DIR/scenarios/NAME.toml`.
 fn scenario(dir: &Path, name: &str, from: &str, to: &str) -> String {

@@ -2,62 +2,20 @@
 //! interrupted run never leaves a half-written directory, scenarios that share a file name
 //! never share a run directory, and a run too large for memory is refused before it starts.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use pmta_sim::config::{self, MemFs, Options};
 use pmta_sim::driver::network;
 use pmta_sim::scenario::Scenario;
 
-fn pmta_sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
+use common::cli::{SMALL_SCENARIO as SMALL, pmta_sim, scratch};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("pmta-sim-integrity-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-const SMALL: &str = r#"name = "h"
-seed = 1
-duration = "2m"
-start_time = "2026-09-21T12:00:00Z"
-tick_ms = 10
-config_inline = """
-<virtual-mta v1>
-    smtp-source-host 192.0.2.10 mta1.example.com
-</virtual-mta>
-"""
-
-[isps.a]
-domains = ["a.example"]
-
-[[workload]]
-vmta = "v1"
-mail_from = "n@s.example"
-messages = 5
-over = "30s"
-domains = { "a.example" = 1.0 }
-"#;
-
-fn inline_config(scenario: &Scenario) -> config::Config {
-    let pmta_sim::scenario::ConfigSource::Inline(text) = &scenario.config else {
-        panic!("inline");
-    };
-    let checked = config::load(
-        Path::new("/inline.conf"),
-        &MemFs::new().with("/inline.conf", text.as_bytes()),
-        Options::default(),
-    )
-    .unwrap();
+/// The scenario's inline configuration, as `run` reads it (`NAME.inline.conf`).
+fn inline_config(scenario: &Scenario, file: &str) -> pmta_sim::config::Config {
+    let checked = pmta_sim::driver::load_config(scenario, Path::new(file)).unwrap();
     assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
     checked.config
 }
@@ -67,9 +25,9 @@ fn inline_config(scenario: &Scenario) -> config::Config {
 /// reason, and reaches the summary: never dropped in silence.
 #[test]
 fn refused_mail_is_counted_listed_and_summarized() {
-    let text = SMALL.replace("vmta = \"v1\"", "vmta = \"v9\"");
+    let text = SMALL.replace("vmta = \"p\"", "vmta = \"v9\"");
     let scenario = Scenario::parse(Path::new("refused.toml"), &text).unwrap();
-    let out = network::run(&scenario, inline_config(&scenario)).unwrap();
+    let out = network::run(&scenario, inline_config(&scenario, "refused.toml")).unwrap();
     assert_eq!(out.refused.messages, 5);
     assert_eq!(out.refused.recipients, 5);
     assert_eq!(out.refused.by_reason.get("unknown-virtual-mta"), Some(&5));
@@ -95,14 +53,14 @@ fn a_pattern_the_engine_cannot_decide_is_reported() {
     let text = SMALL
         .replace(
             "</virtual-mta>\n",
-            "</virtual-mta>\n<smtp-pattern-list p>\n    reply /(a+)+\\\\1$/ mode=backoff\n</smtp-pattern-list>\n<domain a.example>\n    smtp-pattern-list p\n</domain>\n",
+            "</virtual-mta>\n<smtp-pattern-list throttles>\n    reply /(a+)+\\\\1$/ mode=backoff\n</smtp-pattern-list>\n<domain a.example>\n    smtp-pattern-list throttles\n</domain>\n",
         )
         .replace(
             "domains = [\"a.example\"]",
             &format!("domains = [\"a.example\"]\nfixed_reply = {{ phase = \"rcpt\", reply = \"{reply}\" }}"),
         );
     let scenario = Scenario::parse(Path::new("pattern.toml"), &text).unwrap();
-    let out = network::run(&scenario, inline_config(&scenario)).unwrap();
+    let out = network::run(&scenario, inline_config(&scenario, "pattern.toml")).unwrap();
     let data = out.run_data(&scenario, String::new());
     assert_eq!(
         data.pattern_failures.len(),
@@ -111,7 +69,7 @@ fn a_pattern_the_engine_cannot_decide_is_reported() {
         data.pattern_failures
     );
     let failure = &data.pattern_failures[0];
-    assert_eq!(failure.position, "/inline.conf:5");
+    assert_eq!(failure.position, "pattern.inline.conf:5");
     assert_eq!(failure.pattern, "(a+)+\\1$");
     assert_eq!(failure.context, "queue a.example/v1");
     assert!(failure.error.contains("backtracking"), "{}", failure.error);
@@ -158,36 +116,22 @@ fn an_interrupted_run_leaves_the_previous_run_or_none() {
     let t = target.to_string_lossy().to_string();
     let reference = dir.join("reference");
     let previous = dir.join("previous");
-    assert_eq!(
-        pmta_sim(&[
+    // The previous run (seed 1) and the complete new one (seed 2), timed.
+    let mut full = std::time::Duration::ZERO;
+    for (seed, out) in [("1", &previous), ("2", &reference)] {
+        let started = Instant::now();
+        let run = pmta_sim(&[
             "run",
             &s,
             "--quiet",
             "--seed",
-            "1",
+            seed,
             "--out",
-            &previous.to_string_lossy()
-        ])
-        .status
-        .code(),
-        Some(0)
-    );
-    let started = Instant::now();
-    assert_eq!(
-        pmta_sim(&[
-            "run",
-            &s,
-            "--quiet",
-            "--seed",
-            "2",
-            "--out",
-            &reference.to_string_lossy()
-        ])
-        .status
-        .code(),
-        Some(0)
-    );
-    let full = started.elapsed();
+            &out.to_string_lossy(),
+        ]);
+        assert_eq!(run.status.code(), Some(0));
+        full = started.elapsed();
+    }
     let old = files_of(&previous);
     let new = files_of(&reference);
     assert_eq!(old.len(), 4);

@@ -1027,38 +1027,29 @@ impl Scenario {
                     ),
                 ));
             }
-            for domain in &domains {
-                if !value::is_host_name(domain) {
-                    return Err(r.span(
-                        spanned,
-                        format!("ISP `{name}`: `{domain}` is not a domain name"),
-                    ));
-                }
-                if let Some(other) = isps.iter().find(|i| i.domains.contains(domain)) {
-                    return Err(r.span(
-                        spanned,
-                        format!(
-                            "ISP `{name}` and ISP `{}` both answer `{domain}`: a domain has one provider",
-                            other.name
-                        ),
-                    ));
-                }
-            }
-            for host in &mx {
-                if !value::is_host_name(host) {
-                    return Err(r.span(
-                        spanned,
-                        format!("ISP `{name}`: MX `{host}` is not a host name"),
-                    ));
-                }
-                if let Some(other) = isps.iter().find(|i| i.mx.contains(host)) {
-                    return Err(r.span(
-                        spanned,
-                        format!(
-                            "ISP `{name}` and ISP `{}` both list MX `{host}`",
-                            other.name
-                        ),
-                    ));
+            // Each domain and MX host is a host name, and belongs to one provider.
+            type Hosts = fn(&IspSpec) -> &[String];
+            let names: [(&str, &[String], &str, Hosts); 2] = [
+                ("domain", &domains, "answer", |i| &i.domains),
+                ("MX", &mx, "list", |i| &i.mx),
+            ];
+            for (what, hosts, verb, of) in names {
+                for host in hosts {
+                    if !value::is_host_name(host) {
+                        return Err(r.span(
+                            spanned,
+                            format!("ISP `{name}`: {what} `{host}` is not a host name"),
+                        ));
+                    }
+                    if let Some(other) = isps.iter().find(|i| of(i).contains(host)) {
+                        return Err(r.span(
+                            spanned,
+                            format!(
+                                "ISP `{name}` and ISP `{}` both {verb} `{host}`: a {what} has one provider",
+                                other.name
+                            ),
+                        ));
+                    }
                 }
             }
             // The scenario's own settings override the model's; the rest is the model's.

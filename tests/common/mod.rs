@@ -74,5 +74,6 @@ pub fn assert_clean(checked: &Checked) {
 }
 
 pub mod checkers;
+pub mod cli;
 pub mod harness;
 pub mod runs;
