@@ -86,9 +86,14 @@ impl MessageData {
         &self.own
     }
 
-    /// The whole message in one buffer (for sending: made per attempt, then dropped).
+    /// The whole message in one buffer (for signing: made per attempt, then dropped).
     pub fn to_vec(&self) -> Vec<u8> {
         [&self.own[..], &self.shared[..]].concat()
+    }
+
+    /// The message as sent after DATA (see [`smtp::dot_stuff`]).
+    fn dot_stuffed(&self) -> Vec<u8> {
+        smtp::dot_stuff_parts(&[&self.own, &self.shared])
     }
 
     fn is_eight_bit(&self) -> bool {
@@ -1510,7 +1515,7 @@ impl Engine {
             .then(|| self.signer.for_domain(&message.from_domain))
             .flatten();
         let Some(signer) = signer else {
-            return Arc::new(smtp::dot_stuff(&message.data.to_vec()));
+            return Arc::new(message.data.dot_stuffed());
         };
         let mut options = SignOptions::from_settings(
             &queue.settings.dkim_headers_canon,

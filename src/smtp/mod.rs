@@ -349,10 +349,17 @@ impl Command<'_> {
 /// Message data as sent after DATA: line ends normalized to CRLF, lines starting with `.`
 /// doubled (RFC 5321 §4.5.2), terminated by `.\r\n`.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    dot_stuff_parts(&[data])
+}
+
+/// [`dot_stuff`] of the parts one after the other, as if they were one buffer (a message's
+/// own header block and the body it shares), without joining them first.
+pub fn dot_stuff_parts(parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(len + len / 64 + 5);
     let mut at_line_start = true;
     let mut previous = 0u8;
-    for &byte in data {
+    for &byte in parts.iter().flat_map(|p| p.iter()) {
         if at_line_start && byte == b'.' {
             out.push(b'.');
         }
@@ -501,6 +508,16 @@ mod tests {
         );
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n".to_vec());
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n".to_vec());
+        // Parts stuff as one buffer, whatever the boundary splits.
+        let whole = b"a\n.b\r\n..c\n";
+        for split in 0..whole.len() {
+            let (x, y) = whole.split_at(split);
+            assert_eq!(
+                dot_stuff_parts(&[x, y]),
+                dot_stuff(whole),
+                "split at {split}"
+            );
+        }
     }
 
     #[test]
