@@ -34,7 +34,7 @@ fn run() -> (u64, usize) {
                 Injection {
                     mail_from: "a@example.com".into(),
                     recipients: vec![format!("u{i}@{domain}")],
-                    data: data.clone(),
+                    data: data.clone().into(),
                     virtual_mta: Some("pool".into()),
                     source_ip: None,
                     job_id: String::new(),

@@ -21,8 +21,9 @@ use crate::config::{self, Checked, Options, RealFs, queue};
 use crate::driver;
 use crate::engine::accounting::CsvWriter;
 use crate::engine::classify::{self, Classifier};
+use crate::printable;
 use crate::report;
-use crate::scenario::ConfigSource;
+use crate::rundir;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +75,10 @@ enum Command {
         /// expectation's pass rate.
         #[arg(long, value_name = "A..B", value_parser = parse_seeds, conflicts_with = "seed")]
         seeds: Option<(u64, u64)>,
+        /// Refuse a run estimated to need more memory than this (default: the memory
+        /// available now).
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+        memory_limit: Option<u64>,
     },
     /// Run every scenario of the given folders and files (default: scenarios/) in parallel and
     /// check their expectations.
@@ -86,6 +91,9 @@ enum Command {
         /// Write every expectation's result as JUnit XML.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Memory all runs together may use (default: the memory available now).
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+        memory_limit: Option<u64>,
     },
     /// Compare two run directories: metric deltas per provider and queue, and the first line
     /// where their accounting files differ.
@@ -147,6 +155,7 @@ pub fn main() -> ExitCode {
             json,
             junit,
             seeds,
+            memory_limit,
         } => {
             let show = if quiet {
                 Show::Quiet
@@ -155,15 +164,20 @@ pub fn main() -> ExitCode {
             } else {
                 Show::Table
             };
-            ExitCode::from(run(&scenario, seed, seeds, out, show, junit))
+            ExitCode::from(run(&scenario, seed, seeds, out, show, junit, memory_limit))
         }
-        Command::Test { paths, out, junit } => {
+        Command::Test {
+            paths,
+            out,
+            junit,
+            memory_limit,
+        } => {
             let paths = if paths.is_empty() {
                 vec![PathBuf::from("scenarios")]
             } else {
                 paths
             };
-            ExitCode::from(test(&paths, out, junit))
+            ExitCode::from(test(&paths, out, junit, memory_limit))
         }
         Command::Diff { a, b } => ExitCode::from(diff(&a, &b)),
         Command::Report { dir } => ExitCode::from(rebuild_report(&dir)),
@@ -177,7 +191,7 @@ enum Show {
     Table,
     /// summary.json on stdout.
     Json,
-    /// Nothing but errors.
+    /// Nothing but errors (and what a run refused: that is never silent).
     Quiet,
 }
 
@@ -191,55 +205,122 @@ struct Finished {
 /// A run's result: `Err` holds the exit status and the message for stderr.
 type RunResult = Result<Finished, (u8, String)>;
 
-/// `run` for one scenario and seed: runs, writes the run directory, builds the report and
-/// checks the expectations. `Err` holds the exit status and the message for stderr.
+/// Largest `acct.csv` and `run.json` read back (a report is built in memory).
+pub const ACCT_FILE_MAX_BYTES: u64 = 4 << 30;
+pub const RUN_JSON_MAX_BYTES: u64 = 1 << 30;
+/// Largest `summary.json` compared by `diff`.
+pub const SUMMARY_FILE_MAX_BYTES: u64 = 64 << 20;
+
+/// The memory a run may use: `--memory-limit`, else what the machine has available now
+/// (`MemAvailable`), else no limit where the machine does not say.
+fn memory_limit(given: Option<u64>) -> u64 {
+    if let Some(bytes) = given {
+        return bytes;
+    }
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib * 1024)
+}
+
+/// `--memory-limit 2G`.
+fn parse_memory(text: &str) -> Result<u64, String> {
+    match config::value::parse_size(text) {
+        Ok(size) if size.bytes > 0 => Ok(size.bytes),
+        _ => Err(format!("`{text}` is not a size such as 2G or 512M")),
+    }
+}
+
+/// `run` for one scenario and seed: loads and checks, refuses what cannot fit, runs, writes
+/// the run directory whole, builds the report and checks the expectations.
 fn run_one(
     path: &std::path::Path,
     seed: Option<u64>,
     out: Option<PathBuf>,
     show: Show,
+    memory_bytes: u64,
 ) -> RunResult {
     let unreadable = |m: String| (EXIT_UNREADABLE, m);
-    let mut scenario = driver::load_scenario(path).map_err(|e| unreadable(e.to_string()))?;
+    let loaded = driver::load(path)
+        .map_err(|e| unreadable(printable::escape(&e.to_string()).into_owned()))?;
+    let driver::Loaded {
+        mut scenario,
+        checked,
+        problems,
+    } = loaded;
     if let Some(seed) = seed {
         scenario.seed = seed;
     }
-    let checked = match &scenario.config {
-        ConfigSource::Path(config_path) => config::load(config_path, &RealFs, Options::default()),
-        ConfigSource::Inline(text) => {
-            let inline = path.with_extension("inline.conf");
-            config::load(
-                &inline,
-                &config::MemFs::new().with(&inline, text.as_bytes()),
-                Options::default(),
-            )
-        }
-    };
-    let checked = checked.map_err(|e| unreadable(format!("error: {e}")))?;
-    let rendered: String = checked
-        .diagnostics
-        .iter()
-        .map(|d| d.render(&checked.config.sources))
-        .collect();
+    let rendered = render_diagnostics(&checked);
     if checked.error_count() > 0 {
         // Printed once, by the caller, with the verdict.
         return Err(unreadable(format!(
             "{rendered}error: the scenario's configuration is invalid"
         )));
     }
+    let (errors, warnings): (Vec<_>, Vec<_>) = problems.iter().partition(|p| p.is_error());
     if show != Show::Quiet {
-        eprint!("{rendered}");
+        eprint!("{rendered}{}", render_problems(&warnings));
     }
-    let config_sha256 = driver::config_sha256(&checked.config.sources);
-    let mut bar = driver::progress::Bar::new(show != Show::Table);
-    let ran = driver::network::run_with_progress(&scenario, checked.config, &mut |p| bar.update(p));
-    bar.finish();
-    let output = ran.map_err(|e| unreadable(format!("error: {e}")))?;
+    if !errors.is_empty() {
+        return Err(unreadable(format!(
+            "{}error: {} does not fit its configuration ({} error{})",
+            render_problems(&errors),
+            printable::path(path),
+            errors.len(),
+            plural(errors.len())
+        )));
+    }
+    // The output is checked, and the cost estimated, before anything runs.
     let dir = out.unwrap_or_else(|| {
         PathBuf::from("reports").join(format!("{}-{}", scenario.name, scenario.seed))
     });
-    let written = std::fs::create_dir_all(&dir).and_then(|()| {
-        let file = std::fs::File::create(dir.join("acct.csv"))?;
+    let staging = rundir::Staging::begin(&dir).map_err(|e| unreadable(format!("error: {e}")))?;
+    let source_ips = checked
+        .config
+        .virtual_mtas
+        .values()
+        .flat_map(|v| v.source_hosts().into_iter().map(|h| h.ip))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let estimate = driver::estimate::Estimate::of(&scenario, source_ips);
+    if estimate.memory_bytes > memory_bytes {
+        return Err(unreadable(format!(
+            "error: {} needs about {} of memory ({} messages, {} recipients), more than the {} this run may use\n  = help: send fewer messages (`messages`), end sooner (`duration`), or raise --memory-limit",
+            printable::path(path),
+            driver::estimate::bytes_text(estimate.memory_bytes),
+            estimate.messages,
+            estimate.recipients,
+            driver::estimate::bytes_text(memory_bytes)
+        )));
+    }
+    if estimate.is_long() && show != Show::Quiet {
+        eprintln!(
+            "warning: {} will take about {:.0} minutes ({} steps of {} ms for {} hosts, {} recipients)\n  = help: a larger tick_ms takes fewer steps",
+            printable::path(path),
+            (estimate.wall_s / 60.0).ceil(),
+            estimate.steps,
+            scenario.tick_ms,
+            estimate.hosts,
+            estimate.recipients
+        );
+    }
+    let config_sha256 = driver::config_sha256(&checked.config.sources);
+    let mut bar = driver::progress::Bar::new(show != Show::Table);
+    let ran = driver::network::run_with_progress(
+        &scenario,
+        checked.config,
+        driver::network::RunOptions::default(),
+        &mut |p| bar.update(p),
+    );
+    bar.finish();
+    let output = ran.map_err(|e| unreadable(format!("error: {e}")))?;
+    let staged = staging.dir().to_path_buf();
+    let written = std::fs::File::create(staged.join("acct.csv")).and_then(|file| {
         let mut writer = CsvWriter::new(std::io::BufWriter::new(file))?;
         for record in &output.records {
             writer.write(record)?;
@@ -253,21 +334,29 @@ fn run_one(
     written.map_err(|e| {
         unreadable(format!(
             "error: cannot write `{}`: {e}",
-            dir.join("acct.csv").display()
+            printable::path(&staged.join("acct.csv"))
         ))
     })?;
     let data = output.run_data(&scenario, config_sha256);
+    // The records are on disk: their memory is not needed while the report is built.
+    drop(output);
     let json_text = serde_json::to_string(&data).expect("run data always serializes");
-    std::fs::write(dir.join("run.json"), json_text + "\n").map_err(|e| {
+    std::fs::write(staged.join("run.json"), json_text + "\n").map_err(|e| {
         unreadable(format!(
             "error: cannot write `{}`: {e}",
-            dir.join("run.json").display()
+            printable::path(&staged.join("run.json"))
         ))
     })?;
     // The report is built from the files just written, exactly as `pmta-sim report` does.
     let (summary, data, rows) =
-        write_report(&dir).map_err(|e| unreadable(format!("error: {e}")))?;
+        write_report(&staged).map_err(|e| unreadable(format!("error: {e}")))?;
     let outcomes = report::expect::evaluate(&scenario.expect, &data, &rows);
+    drop(rows);
+    staging
+        .commit()
+        .map_err(|e| unreadable(format!("error: {e}")))?;
+    // What the run could not do is printed whatever else is: never silent.
+    eprint!("{}", run_warnings(path, &summary));
     match show {
         Show::Json => print!("{}", report::summary_json(&summary)),
         Show::Table => {
@@ -276,16 +365,19 @@ fn run_one(
             if !outcomes.is_empty() {
                 print!("{}", report::expect::table(&scenario.name, &outcomes));
             }
-            println!("report: {}", dir.join("report.html").display());
+            println!("report: {}", printable::path(&dir.join("report.html")));
         }
         Show::Quiet => {
             for o in outcomes.iter().filter(|o| !o.passed) {
                 eprintln!(
-                    "{}: line {}: expectation failed: {} (measured {})",
-                    path.display(),
+                    "{}: line {}: expectation failed: {} ({})",
+                    printable::path(path),
                     o.line,
-                    o.text,
-                    o.measured
+                    printable::escape(&o.text),
+                    o.error.as_ref().map_or_else(
+                        || format!("measured {}", o.measured),
+                        |e| printable::escape(e).into_owned()
+                    )
                 );
             }
         }
@@ -297,12 +389,82 @@ fn run_one(
     })
 }
 
+/// A scenario's problems, at most [`DIAGNOSTICS_SHOWN_MAX`], then "… and N more".
+fn render_problems(problems: &[&crate::scenario::ScenarioError]) -> String {
+    let mut out: String = problems
+        .iter()
+        .take(DIAGNOSTICS_SHOWN_MAX)
+        .map(|p| format!("{}\n", printable::escape(&p.to_string())))
+        .collect();
+    if problems.len() > DIAGNOSTICS_SHOWN_MAX {
+        let _ = writeln!(out, "… and {} more", problems.len() - DIAGNOSTICS_SHOWN_MAX);
+    }
+    out
+}
+
+/// What a run refused, could not evaluate or did not send, as warnings.
+fn run_warnings(path: &std::path::Path, summary: &report::Summary) -> String {
+    let mut out = String::new();
+    let shown = printable::path(path);
+    let refused = &summary.refused;
+    if refused.messages > 0 {
+        let reasons: Vec<String> = refused
+            .by_reason
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "warning: {shown}: the engine refused {} message{} ({} recipients) at injection: {}",
+            refused.messages,
+            plural(refused.messages as usize),
+            refused.recipients,
+            reasons.join(", ")
+        );
+        if let Some(first) = refused.first.first() {
+            let _ = writeln!(
+                out,
+                "  = note: the first, message {} of {}: {} (all are listed in run.json and counted in summary.json)",
+                printable::escape(&first.env_id),
+                printable::escape(&first.job_id),
+                printable::escape(&first.reason)
+            );
+        }
+    }
+    for failure in &summary.pattern_failures {
+        let _ = writeln!(
+            out,
+            "warning: {}: pattern /{}/ could not be evaluated on `{}` ({}, {}): matches it decides are unknown",
+            printable::escape(&failure.position),
+            printable::escape(&failure.pattern),
+            printable::escape(&failure.subject),
+            printable::escape(&failure.context),
+            failure.error
+        );
+    }
+    let run = &summary.run;
+    let records = run.delivered + run.bounced + run.transient_by_class.values().sum::<u64>();
+    if run.injected == Some(0) {
+        let _ = writeln!(
+            out,
+            "warning: {shown}: nothing was sent: no message was injected before the run ended"
+        );
+    } else if records == 0 {
+        let _ = writeln!(
+            out,
+            "warning: {shown}: nothing was sent: the {} injected recipients are all still queued (see what held each queue back)",
+            run.injected.unwrap_or(0)
+        );
+    }
+    out
+}
+
 fn write_junit(
     file: &std::path::Path,
     suites: &[(String, Vec<report::expect::Outcome>)],
 ) -> Result<(), String> {
-    std::fs::write(file, report::expect::junit(suites))
-        .map_err(|e| format!("error: cannot write `{}`: {e}", file.display()))
+    rundir::replace_file(file, report::expect::junit(suites).as_bytes())
+        .map_err(|e| format!("error: {e}"))
 }
 
 /// `pmta-sim run`.
@@ -313,9 +475,11 @@ fn run(
     out: Option<PathBuf>,
     show: Show,
     junit: Option<PathBuf>,
+    memory: Option<u64>,
 ) -> u8 {
+    let memory_bytes = memory_limit(memory);
     let Some((first, last)) = seeds else {
-        return match run_one(path, seed, out, show) {
+        return match run_one(path, seed, out, show, memory_bytes) {
             Ok(finished) => {
                 let suites = [(finished.scenario.clone(), finished.outcomes.clone())];
                 if let Some(file) = junit
@@ -345,7 +509,7 @@ fn run(
             .file_stem()
             .map_or("run".into(), |s| s.to_string_lossy().to_string());
         let dir = base.join(format!("{name}-{seed}"));
-        match run_one(path, Some(seed), Some(dir), Show::Quiet) {
+        match run_one(path, Some(seed), Some(dir), Show::Quiet, memory_bytes) {
             Ok(finished) => {
                 for (i, o) in finished.outcomes.iter().enumerate() {
                     if rates.len() <= i {
@@ -372,7 +536,7 @@ fn run(
     if show != Show::Quiet {
         println!(
             "{} over seeds {first}..{last} ({runs} runs)",
-            path.display()
+            printable::path(path)
         );
         for (line, text, passed, failing) in &rates {
             let seeds_text = if failing.is_empty() {
@@ -388,8 +552,9 @@ fn run(
                 )
             };
             println!(
-                "  {:>3}%  line {line:<4} {text}  ({passed}/{runs}){seeds_text}",
-                passed * 100 / runs
+                "  {:>3}%  line {line:<4} {}  ({passed}/{runs}){seeds_text}",
+                passed * 100 / runs,
+                printable::escape(text)
             );
         }
     }
@@ -406,31 +571,85 @@ fn run(
     }
 }
 
-/// `pmta-sim test`: every scenario of the folders and files given, in parallel.
-fn test(paths: &[PathBuf], out: Option<PathBuf>, junit: Option<PathBuf>) -> u8 {
+/// The scenario files `test` runs: the `*.toml` of each folder (sorted) and each file given.
+fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = match std::fs::read_dir(path) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                    .collect(),
-                Err(e) => {
-                    eprintln!("error: cannot read `{}`: {e}", path.display());
-                    return EXIT_UNREADABLE;
-                }
-            };
+        let shown = printable::path(path);
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("error: cannot read `{shown}`: {e}"))?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("error: cannot read `{shown}`: {e}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
             found.sort();
             files.extend(found);
         } else {
             files.push(path.clone());
         }
     }
+    if files.is_empty() {
+        return Err(format!(
+            "error: no scenario to run: no *.toml file in {}",
+            paths
+                .iter()
+                .map(|p| format!("`{}`", printable::path(p)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(files)
+}
+
+/// The run directory of each scenario file: its stem, or, when two files share a stem, the
+/// stem and a hash of its path, so no two runs ever write (or read back) the same directory.
+fn run_directories(base: &std::path::Path, files: &[PathBuf]) -> Vec<PathBuf> {
+    let stem = |f: &PathBuf| {
+        f.file_stem()
+            .map_or("run".into(), |s| s.to_string_lossy().to_string())
+    };
+    files
+        .iter()
+        .map(|file| {
+            let name = stem(file);
+            let shared = files.iter().filter(|f| stem(f) == name).count() > 1;
+            if !shared {
+                return base.join(name);
+            }
+            let digest =
+                ring::digest::digest(&ring::digest::SHA256, file.to_string_lossy().as_bytes());
+            let short: String = digest.as_ref()[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            base.join(format!("{name}-{short}"))
+        })
+        .collect()
+}
+
+/// `pmta-sim test`: every scenario of the folders and files given, in parallel.
+fn test(
+    paths: &[PathBuf],
+    out: Option<PathBuf>,
+    junit: Option<PathBuf>,
+    memory: Option<u64>,
+) -> u8 {
+    let files = match scenario_files(paths) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_UNREADABLE;
+        }
+    };
     let base = out.unwrap_or_else(|| PathBuf::from("reports"));
+    let dirs = run_directories(&base, &files);
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len().max(1));
+    // Runs share the machine's memory.
+    let memory_bytes = memory_limit(memory) / workers as u64;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: std::sync::Mutex<Vec<Option<RunResult>>> =
         std::sync::Mutex::new((0..files.len()).map(|_| None).collect());
@@ -442,10 +661,8 @@ fn test(paths: &[PathBuf], out: Option<PathBuf>, junit: Option<PathBuf>) -> u8 {
                     let Some(file) = files.get(i) else {
                         break;
                     };
-                    let stem = file
-                        .file_stem()
-                        .map_or("run".into(), |s| s.to_string_lossy().to_string());
-                    let result = run_one(file, None, Some(base.join(stem)), Show::Quiet);
+                    let result =
+                        run_one(file, None, Some(dirs[i].clone()), Show::Quiet, memory_bytes);
                     results.lock().expect("no worker panics while holding it")[i] = Some(result);
                 }
             });
@@ -454,15 +671,16 @@ fn test(paths: &[PathBuf], out: Option<PathBuf>, junit: Option<PathBuf>) -> u8 {
     let results = results.into_inner().expect("workers are done");
     let mut suites = Vec::new();
     let (mut failed, mut broken) = (0, 0);
-    for (file, result) in files.iter().zip(results) {
+    for ((file, dir), result) in files.iter().zip(&dirs).zip(results) {
         match result.expect("every file ran") {
             Ok(finished) => {
                 let bad = finished.outcomes.iter().filter(|o| !o.passed).count();
                 println!(
-                    "{}  {}  {} expectations, {bad} failed",
+                    "{}  {}  {} expectations, {bad} failed  ({})",
                     if bad == 0 { "pass" } else { "FAIL" },
-                    file.display(),
-                    finished.outcomes.len()
+                    printable::path(file),
+                    finished.outcomes.len(),
+                    printable::path(dir)
                 );
                 if bad > 0 {
                     failed += 1;
@@ -470,7 +688,7 @@ fn test(paths: &[PathBuf], out: Option<PathBuf>, junit: Option<PathBuf>) -> u8 {
                 suites.push((finished.scenario, finished.outcomes));
             }
             Err((_, message)) => {
-                println!("ERROR {}", file.display());
+                println!("ERROR {}", printable::path(file));
                 eprintln!("{message}");
                 broken += 1;
             }
@@ -513,29 +731,60 @@ fn parse_seeds(text: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// Reads a run directory's file as text, a regular file of at most `max_bytes`.
+fn read_run_file(dir: &std::path::Path, name: &str, max_bytes: u64) -> Result<String, String> {
+    let path = dir.join(name);
+    let shown = printable::path(&path);
+    let bytes = config::source::read_regular(&path, max_bytes)
+        .map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| format!("`{shown}` is not UTF-8 text"))
+}
+
+/// A run directory's `summary.json`, checked for the shape `pmta-sim` writes.
+fn read_summary(dir: &std::path::Path) -> Result<serde_json::Value, String> {
+    let shown = printable::path(&dir.join("summary.json"));
+    let text = read_run_file(dir, "summary.json", SUMMARY_FILE_MAX_BYTES)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("`{shown}`: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err(format!("`{shown}` is not a summary (not a JSON object)"));
+    };
+    match object
+        .get("schema_version")
+        .and_then(serde_json::Value::as_u64)
+    {
+        Some(v) if v == u64::from(report::SCHEMA_VERSION) => {}
+        other => {
+            return Err(format!(
+                "`{shown}` has schema version {}; this pmta-sim reads version {}",
+                other.map_or("(none)".to_string(), |v| v.to_string()),
+                report::SCHEMA_VERSION
+            ));
+        }
+    }
+    for key in ["run", "providers", "queues", "source_ips"] {
+        if !object.get(key).is_some_and(serde_json::Value::is_object) {
+            return Err(format!("`{shown}` has no `{key}` object: not a summary"));
+        }
+    }
+    Ok(value)
+}
+
 /// `pmta-sim diff A B`: 0 when the runs are the same, 1 when they differ, 2 when a run
 /// directory cannot be read.
 fn diff(a: &std::path::Path, b: &std::path::Path) -> u8 {
-    let read = |dir: &std::path::Path, name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .map_err(|e| format!("error: cannot read `{}`: {e}", dir.join(name).display()))
-    };
     let loaded = (|| -> Result<_, String> {
-        let summary = |dir: &std::path::Path| -> Result<serde_json::Value, String> {
-            serde_json::from_str(&read(dir, "summary.json")?)
-                .map_err(|e| format!("error: `{}`: {e}", dir.join("summary.json").display()))
-        };
         Ok((
-            summary(a)?,
-            summary(b)?,
-            read(a, "acct.csv")?,
-            read(b, "acct.csv")?,
+            read_summary(a)?,
+            read_summary(b)?,
+            read_run_file(a, "acct.csv", ACCT_FILE_MAX_BYTES)?,
+            read_run_file(b, "acct.csv", ACCT_FILE_MAX_BYTES)?,
         ))
     })();
     let (sa, sb, acct_a, acct_b) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("error: {e}");
             return EXIT_UNREADABLE;
         }
     };
@@ -556,7 +805,7 @@ fn diff(a: &std::path::Path, b: &std::path::Path) -> u8 {
 fn rebuild_report(dir: &std::path::Path) -> u8 {
     match write_report(dir) {
         Ok(_) => {
-            println!("report: {}", dir.join("report.html").display());
+            println!("report: {}", printable::path(&dir.join("report.html")));
             EXIT_VALID
         }
         Err(err) => {
@@ -567,52 +816,38 @@ fn rebuild_report(dir: &std::path::Path) -> u8 {
 }
 
 /// Reads `acct.csv` and `run.json` in `dir`, writes `summary.json`, `report.html` and the
-/// charts (`charts/*.svg`, `charts/*.png`), and returns the summary.
+/// charts (`charts/*.svg`, `charts/*.png`), each replacing its previous version whole, and
+/// returns the summary.
 fn write_report(
     dir: &std::path::Path,
 ) -> Result<(report::Summary, report::RunData, Vec<report::Row>), String> {
-    let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name))
-            .map_err(|e| format!("cannot read `{}`: {e}", dir.join(name).display()))
-    };
-    let acct_path = dir.join("acct.csv").display().to_string();
-    let rows = report::read_acct(&acct_path, &read("acct.csv")?).map_err(|e| e.to_string())?;
-    let data: report::RunData = serde_json::from_str(&read("run.json")?).map_err(|e| {
-        format!(
-            "`{}`:{}:{}: {e}",
-            dir.join("run.json").display(),
-            e.line(),
-            e.column()
-        )
-    })?;
-    if data.schema_version != report::SCHEMA_VERSION {
-        return Err(format!(
-            "`{}` has schema version {}; this pmta-sim reads version {}",
-            dir.join("run.json").display(),
-            data.schema_version,
-            report::SCHEMA_VERSION
-        ));
-    }
+    let acct_path = printable::path(&dir.join("acct.csv"));
+    let run_json = printable::path(&dir.join("run.json"));
+    let acct = read_run_file(dir, "acct.csv", ACCT_FILE_MAX_BYTES)?;
+    let rows = report::read_acct(&acct_path, &acct).map_err(|e| e.to_string())?;
+    drop(acct);
+    let data: report::RunData =
+        serde_json::from_str(&read_run_file(dir, "run.json", RUN_JSON_MAX_BYTES)?)
+            .map_err(|e| format!("`{run_json}`:{}:{}: {e}", e.line(), e.column()))?;
+    data.validate()
+        .map_err(|e| format!("`{run_json}` is not a pmta-sim run: {e}"))?;
     let built = report::build(&data, &rows);
     let charts = report::charts::render(&built);
-    let write = |name: &std::path::Path, bytes: &[u8]| {
-        std::fs::write(name, bytes).map_err(|e| format!("cannot write `{}`: {e}", name.display()))
-    };
     let chart_dir = dir.join("charts");
     std::fs::create_dir_all(&chart_dir)
-        .map_err(|e| format!("cannot create `{}`: {e}", chart_dir.display()))?;
+        .map_err(|e| format!("cannot create `{}`: {e}", printable::path(&chart_dir)))?;
     for chart in &charts {
-        write(
+        rundir::replace_file(
             &chart_dir.join(format!("{}.svg", chart.name)),
             chart.svg.as_bytes(),
         )?;
-        write(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
+        rundir::replace_file(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
     }
-    write(
+    rundir::replace_file(
         &dir.join("summary.json"),
         report::summary_json(&built.summary).as_bytes(),
     )?;
-    write(
+    rundir::replace_file(
         &dir.join("report.html"),
         report::html::page(&built, &charts).as_bytes(),
     )?;
@@ -620,22 +855,26 @@ fn write_report(
 }
 
 fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool) -> u8 {
-    let Some(reply) = crate::smtp::parse_reply_line(reply_text) else {
-        eprintln!("error: `{reply_text}` is not an SMTP reply");
-        eprintln!("  = help: write the code first, as in \"550 5.1.1 user unknown\"");
-        return EXIT_UNREADABLE;
+    let reply = match crate::smtp::parse_reply_text(reply_text) {
+        Ok(reply) => reply,
+        Err(err) => {
+            eprintln!(
+                "error: `{}` is not an SMTP reply: {err}",
+                printable::escape(reply_text)
+            );
+            eprintln!("  = help: write the code first, as in \"550 5.1.1 user unknown\"");
+            return EXIT_UNREADABLE;
+        }
     };
     let checked = match config_path {
         Some(path) => match config::load(path, &RealFs, Options::default()) {
             Ok(checked) if checked.error_count() == 0 => checked,
             Ok(checked) => {
-                for diagnostic in &checked.diagnostics {
-                    eprint!("{}", diagnostic.render(&checked.config.sources));
-                }
+                eprint!("{}", render_diagnostics(&checked));
                 return EXIT_INVALID;
             }
             Err(err) => {
-                eprintln!("error: {err}");
+                eprintln!("error: {}", printable::escape(&err.to_string()));
                 return EXIT_UNREADABLE;
             }
         },
@@ -650,8 +889,9 @@ fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool)
     let category_from = classification
         .category_rule
         .map(|(origin, span)| classifier.rule_position(config, origin, span));
+    let mut failures = classification.failures.clone();
     let action = config.smtp_pattern_lists.values().find_map(|list| {
-        classify::matching_rule(list, &reply).map(|rule| {
+        classify::matching_rule(list, &reply, &mut failures).map(|rule| {
             let actions: Vec<String> = rule.actions.iter().map(classify::action_text).collect();
             (
                 list.name.clone(),
@@ -676,19 +916,20 @@ fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool)
         format!("{object}\n")
     } else {
         let mut out = String::new();
-        let _ = writeln!(out, "reply:       {}", reply.one_line());
+        let _ = writeln!(out, "reply:       {}", printable::escape(&reply.one_line()));
         let _ = writeln!(out, "disposition: {}", classification.disposition.name());
         let _ = writeln!(
             out,
             "category:    {} ({})",
             classification.category,
-            category_from.as_deref().unwrap_or("no rule matched")
+            printable::escape(category_from.as_deref().unwrap_or("no rule matched"))
         );
         match &action {
             Some((list, actions, line)) => {
                 let _ = writeln!(
                     out,
-                    "action:      {actions} (smtp-pattern-list {list}, {line})"
+                    "action:      {actions} (smtp-pattern-list {list}, {})",
+                    printable::escape(line)
                 );
             }
             None => {
@@ -698,28 +939,41 @@ fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool)
         out
     };
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
-    EXIT_VALID
+    if failures.is_empty() {
+        return EXIT_VALID;
+    }
+    // A pattern that could not be evaluated leaves the verdict unknown: an error, not a
+    // quiet "no match".
+    for failure in &failures {
+        eprintln!(
+            "error: {}: pattern /{}/ could not be evaluated on this reply ({}); whether it matches is unknown",
+            printable::escape(&classifier.rule_position(config, failure.origin, failure.span)),
+            printable::escape(&failure.pattern),
+            failure.error
+        );
+    }
+    eprintln!(
+        "  = help: simplify the pattern (backreferences and lookarounds run on a backtracking engine with a step limit)"
+    );
+    EXIT_INVALID
 }
 
 fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Options) -> u8 {
     let checked = match config::load(path, &RealFs, options) {
         Ok(checked) => checked,
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", printable::escape(&err.to_string()));
             return EXIT_UNREADABLE;
         }
     };
-    let mut stderr = String::new();
-    for diagnostic in &checked.diagnostics {
-        stderr.push_str(&diagnostic.render(&checked.config.sources));
-    }
+    let mut stderr = render_diagnostics(&checked);
     let errors = checked.error_count();
     let warnings = checked.diagnostics.len() - errors;
     if errors > 0 {
         let _ = writeln!(
             stderr,
             "{}: {errors} error{}, {warnings} warning{}",
-            path.display(),
+            printable::path(path),
             plural(errors),
             plural(warnings)
         );
@@ -730,17 +984,51 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
     let stdout = match explain {
         Some(queue) => match queue::explain(&checked.config, queue) {
             Ok(view) if json => explain_json(&checked, &view),
-            Ok(view) => explain_text(&checked, &view),
+            Ok(view) => escape_lines(&explain_text(&checked, &view)),
             Err(err) => {
-                eprintln!("error: {err}");
+                eprintln!("error: {}", printable::escape(&err.to_string()));
                 return EXIT_INVALID;
             }
         },
-        None => summary(&checked, path, warnings),
+        None => escape_lines(&summary(&checked, path, warnings)),
     };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(stdout.as_bytes());
     EXIT_VALID
+}
+
+/// Most diagnostics printed; the rest are counted, so a broken 10,000-line config does not
+/// flood the terminal.
+pub const DIAGNOSTICS_SHOWN_MAX: usize = 100;
+
+/// The diagnostics of a configuration, at most [`DIAGNOSTICS_SHOWN_MAX`] of them, then "… and
+/// N more".
+fn render_diagnostics(checked: &Checked) -> String {
+    let mut out: String = checked
+        .diagnostics
+        .iter()
+        .take(DIAGNOSTICS_SHOWN_MAX)
+        .map(|d| d.render(&checked.config.sources))
+        .collect();
+    let hidden = checked
+        .diagnostics
+        .len()
+        .saturating_sub(DIAGNOSTICS_SHOWN_MAX);
+    if hidden > 0 {
+        let _ = writeln!(out, "… and {hidden} more");
+    }
+    out
+}
+
+/// Text made of lines, with the control characters of each line escaped (names and values
+/// come from the user's files).
+fn escape_lines(text: &str) -> String {
+    text.split_inclusive('\n')
+        .map(|line| match line.strip_suffix('\n') {
+            Some(body) => format!("{}\n", printable::escape(body)),
+            None => printable::escape(line).into_owned(),
+        })
+        .collect()
 }
 
 fn plural(n: usize) -> &'static str {

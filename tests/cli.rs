@@ -286,3 +286,45 @@ fn run_rejects_a_bad_scenario_with_its_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The first run a new user makes shows what the product is for: a cold IP meets Gmail's
+/// `421 4.7.28`; the queue that retries every two minutes is stuck at Gmail's cold-IP hourly
+/// capacity, the one that backs off delivers most of its mail; and the terminal says where
+/// each queue was held back.
+#[test]
+fn the_quickstart_shows_the_headline() {
+    let dir = std::env::temp_dir().join(format!("pmta-sim-quickstart-{}", std::process::id()));
+    let result = run(&[
+        "run",
+        "scenarios/quickstart.toml",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    let stdout = text(&result.stdout);
+    let queue = |name: &str| -> Vec<u64> {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && !l.contains("held back"))
+            .unwrap_or_else(|| panic!("a row for {name} in:\n{stdout}"))
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    // injected, delivered, deferred, bounced, queued, ...
+    let hammer = queue("gmail.com/hammer");
+    let patient = queue("gmail.com/patient");
+    assert!(hammer[1] <= 25 && hammer[2] >= 100, "{stdout}");
+    assert!(patient[1] >= 2 * hammer[1] && patient[2] <= 10, "{stdout}");
+    assert!(
+        stdout.contains("gmail.com/patient: held back by backoff-max-msg-rate 10/h")
+            && stdout.contains("after 421 4.7.28"),
+        "{stdout}"
+    );
+    let acct = std::fs::read_to_string(dir.join("acct.csv")).unwrap();
+    assert!(acct.contains("smtp;421 4.7.28 Gmail has detected an unusual rate"));
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("gmail.com/patient"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,18 +23,18 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
-/// quickstart with extra `[[expect]]` tables appended.
-fn quickstart_with(dir: &Path, expectations: &str) -> PathBuf {
+/// two-providers with extra `[[expect]]` tables appended.
+fn two_providers_with(dir: &Path, expectations: &str) -> PathBuf {
     let base = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/quickstart.toml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/two-providers.toml"),
     )
     .unwrap();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/configs/quickstart.conf");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/configs/two-providers.conf");
     let text = base.replace(
-        "config = \"configs/quickstart.conf\"",
+        "config = \"configs/two-providers.conf\"",
         &format!("config = {:?}", config.to_str().unwrap()),
     );
-    assert_ne!(text, base, "quickstart names its config");
+    assert_ne!(text, base, "two-providers names its config");
     let path = dir.join("q.toml");
     std::fs::write(&path, format!("{text}\n{expectations}")).unwrap();
     path
@@ -75,7 +75,7 @@ fn every_shipped_scenario_passes_its_expectations() {
 #[test]
 fn a_failing_expectation_exits_1_and_is_named_in_the_table_and_junit() {
     let dir = temp("fail");
-    let path = quickstart_with(
+    let path = two_providers_with(
         &dir,
         "[[expect]]\nmetric = \"delivered\"\nprovider = \"gmail\"\nmax = 0\n",
     );
@@ -114,7 +114,7 @@ fn a_failing_expectation_exits_1_and_is_named_in_the_table_and_junit() {
 #[test]
 fn unknown_metrics_and_filters_are_load_errors_with_their_line() {
     let dir = temp("unknown");
-    let path = quickstart_with(&dir, "[[expect]]\nmetric = \"delivred\"\nmin = 1\n");
+    let path = two_providers_with(&dir, "[[expect]]\nmetric = \"delivred\"\nmin = 1\n");
     let out = pmta(&[
         "run",
         path.to_str().unwrap(),
@@ -133,7 +133,7 @@ fn unknown_metrics_and_filters_are_load_errors_with_their_line() {
         stderr.contains("`delivred` is not a metric; did you mean `delivered`?"),
         "{stderr}"
     );
-    let path = quickstart_with(
+    let path = two_providers_with(
         &dir,
         "[[expect]]\nmetric = \"delivered\"\nprovder = \"gmail\"\nmin = 1\n",
     );
@@ -157,7 +157,7 @@ fn unknown_metrics_and_filters_are_load_errors_with_their_line() {
 fn seeds_report_each_expectations_pass_rate() {
     let dir = temp("seeds");
     // The number of unknown users bounced depends on the seed's draws.
-    let path = quickstart_with(&dir, "[[expect]]\nmetric = \"bounced\"\nmax = 3\n");
+    let path = two_providers_with(&dir, "[[expect]]\nmetric = \"bounced\"\nmax = 3\n");
     let out = pmta(&[
         "run",
         path.to_str().unwrap(),
@@ -203,7 +203,7 @@ fn diff_finds_a_planted_change() {
     for name in ["a", "b"] {
         let out = pmta(&[
             "run",
-            "scenarios/quickstart.toml",
+            "scenarios/two-providers.toml",
             "--quiet",
             "--out",
             dir.join(name).to_str().unwrap(),

@@ -100,7 +100,7 @@ fn a_restart_requeues_exactly_the_unsettled_recipients_with_their_queue_time() {
     assert_eq!(recovered.injection.recipients, ["a@x.test", "c@z.test"]);
     assert_eq!(recovered.recipient_indices, [0, 2]);
     assert_eq!(recovered.injection.queued_at, Some(Time::from_secs(1_000)));
-    assert_eq!(recovered.injection.data, b"Subject: one\r\n\r\nbody\r\n");
+    assert_eq!(recovered.injection.data.to_vec(), b"Subject: one\r\n\r\nbody\r\n");
     assert_eq!(recovered.injection.virtual_mta.as_deref(), Some("vmta1"));
     assert_eq!(recovered.injection.job_id, "job7");
     assert_eq!(
@@ -344,7 +344,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         .messages
         .iter()
         .map(|m| {
-            let text = String::from_utf8_lossy(&m.injection.data);
+            let text = String::from_utf8_lossy(&m.injection.data.to_vec()).into_owned();
             let line = text
                 .lines()
                 .find(|l| l.starts_with("X-Token: "))

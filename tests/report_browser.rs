@@ -76,9 +76,11 @@ fn the_report_loads_without_console_errors_and_its_charts_render() {
     assert!(console.iter().any(|l| l.contains("planted")), "{console:?}");
     assert!(ink(&blank).0 < 0.001, "an empty page is blank");
 
+    // The run gets a directory of its own: `run` replaces only a directory of run files.
+    let run_dir = dir.join("run");
     let run = Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
         .args(["run", "scenarios/gmail-patient.toml", "--quiet", "--out"])
-        .arg(&dir)
+        .arg(&run_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -87,7 +89,7 @@ fn the_report_loads_without_console_errors_and_its_charts_render() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
     for external in ["<script", "http://", "https://", "<link", "@import", "url("] {
         let outside_svg = html.replace("http://www.w3.org/2000/svg", "");
         assert!(
@@ -96,7 +98,7 @@ fn the_report_loads_without_console_errors_and_its_charts_render() {
         );
     }
     let (console, shot) = load(
-        &dir.join("report.html"),
+        &run_dir.join("report.html"),
         &dir.join("report.png"),
         &dir.join("profile"),
     );

@@ -32,8 +32,8 @@ fn every_scenario_file_parses() {
 }
 
 #[test]
-fn quickstart_delivers_everything_it_can() {
-    let s = load("quickstart");
+fn two_providers_delivers_everything_it_can() {
+    let s = load("two-providers");
     let out = run(&s);
     let delivered = out
         .records

@@ -1,9 +1,10 @@
 //! Repository rules that the compiler cannot check.
 //!
-//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`,
-//!   `inbound`, and the shared `time.rs` and `rate.rs`) import no async
-//!   runtime or simulator, read no clock and draw no unseeded randomness, and use no
-//!   `HashMap`/`HashSet` (iteration order must be deterministic).
+//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`, `inbound`, and the
+//!   shared `time.rs`, `rate.rs` and `printable.rs`) import no async runtime or simulator,
+//!   read no clock and draw no unseeded randomness, and use no `HashMap`/`HashSet`
+//!   (iteration order must be deterministic).
+//! - The repository's top level holds only known entries.
 //! - Every source file opens with a `//!` comment saying what it owns.
 //! - ARCHITECTURE.md names every room and file under `src/`.
 
@@ -11,7 +12,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 const PURE_ROOMS: &[&str] = &[
-    "engine", "isp", "smtp", "config", "scenario", "report", "auth", "inbound",
+    "engine",
+    "isp",
+    "smtp",
+    "config",
+    "scenario",
+    "report",
+    "auth",
+    "inbound",
+    "time.rs",
+    "rate.rs",
+    "printable.rs",
 ];
 const FORBIDDEN: &[&str] = &[
     "tokio",
@@ -71,6 +82,60 @@ fn pure_rooms_stay_pure() {
         violations.is_empty(),
         "pure rooms must not use:\n{}",
         violations.join("\n")
+    );
+}
+
+#[test]
+fn every_pure_room_exists() {
+    // A renamed room must not silently drop out of the purity check.
+    for room in PURE_ROOMS {
+        let path = root().join("src").join(room);
+        assert!(
+            path.exists(),
+            "{} is listed as pure but missing",
+            path.display()
+        );
+    }
+}
+
+/// What may sit at the top of the repository. Anything else (a stray shell redirect once
+/// committed files named `0`, `{` and `true,`) is a mistake.
+const TOP_LEVEL: &[&str] = &[
+    ".ci",
+    ".git",
+    ".gitignore",
+    "ARCHITECTURE.md",
+    "Cargo.lock",
+    "Cargo.toml",
+    "README.md",
+    "assets",
+    "benches",
+    "docs",
+    "isp-models",
+    "reports",
+    "scenarios",
+    "scripts",
+    "src",
+    "target",
+    "tests",
+];
+
+#[test]
+fn the_top_level_holds_only_known_entries() {
+    let mut unknown: Vec<String> = fs::read_dir(root())
+        .expect("the root is readable")
+        .map(|e| {
+            e.expect("readable entry")
+                .file_name()
+                .to_string_lossy()
+                .to_string()
+        })
+        .filter(|name| !TOP_LEVEL.contains(&name.as_str()))
+        .collect();
+    unknown.sort();
+    assert!(
+        unknown.is_empty(),
+        "unexpected entries at the repository root: {unknown:?} (add real ones to TOP_LEVEL)"
     );
 }
 

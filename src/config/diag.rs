@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 
 use super::source::{SourceMap, Span};
+use crate::printable::escape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -16,7 +17,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Severity::Error => "error",
             Severity::Warning => "warning",
@@ -78,43 +79,49 @@ impl Diagnostic {
                 let _ = writeln!(
                     out,
                     "{}: {}: {}",
-                    sources.position(span),
+                    escape(&sources.position(span).to_string()),
                     self.severity.label(),
-                    self.message
+                    escape(&self.message)
                 );
                 quote(&mut out, sources, span);
             }
             None => {
-                let _ = writeln!(out, "{}: {}", self.severity.label(), self.message);
+                let _ = writeln!(out, "{}: {}", self.severity.label(), escape(&self.message));
             }
         }
         for (span, note) in &self.notes {
-            let _ = writeln!(out, "{}: note: {}", sources.position(*span), note);
+            let _ = writeln!(
+                out,
+                "{}: note: {}",
+                escape(&sources.position(*span).to_string()),
+                escape(note)
+            );
             quote(&mut out, sources, *span);
         }
         if let Some(help) = &self.help {
-            let _ = writeln!(out, "  = help: {help}");
+            let _ = writeln!(out, "  = help: {}", escape(help));
         }
         out
     }
 }
 
-/// Writes the first line of `span` with a caret row under the spanned characters.
+/// Writes the first line of `span` with a caret row under the spanned characters. Control
+/// characters in the line are shown escaped, and the caret follows the escaped text.
 fn quote(out: &mut String, sources: &SourceMap, span: Span) {
     let file = sources.file(span.file);
     let position = sources.position(span);
-    let line_text = file.line_text(position.line);
-    let start_col = position.column;
-    let spanned = sources.text(span);
+    let line_text = file.line_text(position.line).replace('\t', " ");
+    let before: String = line_text.chars().take(position.column - 1).collect();
+    let spanned = sources.text(span).replace('\t', " ");
     let first_line = spanned.split(['\r', '\n']).next().unwrap_or("");
-    let width = first_line.chars().count().max(1);
+    let width = escape(first_line).chars().count().max(1);
     let gutter = position.line.to_string();
     let pad = " ".repeat(gutter.len());
-    let _ = writeln!(out, " {gutter} | {}", line_text.replace('\t', " "));
+    let _ = writeln!(out, " {gutter} | {}", escape(&line_text));
     let _ = writeln!(
         out,
         " {pad} | {}{}",
-        " ".repeat(start_col - 1),
+        " ".repeat(escape(&before).chars().count()),
         "^".repeat(width)
     );
 }

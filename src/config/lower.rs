@@ -74,6 +74,11 @@ impl Lowerer<'_> {
         self.diagnostics.last_mut().expect("just pushed")
     }
 
+    fn warning(&mut self, span: Span, message: impl Into<String>) -> &mut Diagnostic {
+        self.diagnostics.push(Diagnostic::warning(span, message));
+        self.diagnostics.last_mut().expect("just pushed")
+    }
+
     fn no_effect(&mut self, what: String, span: Span) {
         self.config.no_effect.push(NoEffect { what, span });
     }
@@ -747,10 +752,19 @@ impl Lowerer<'_> {
             .delegate_size_limit(1 << 20)
             .build()
         {
-            Ok(regex) => Some(Pattern {
-                source: token.text.clone(),
-                regex,
-            }),
+            Ok(regex) => {
+                if let Some(err) = backtracking_failure(&token.text, &regex) {
+                    self.warning(
+                        token.span,
+                        format!("this pattern stops at the regex engine's backtracking limit on a reply of {BACKTRACK_PROBE_BYTES} bytes ({err}): whether it matches such a reply is unknown"),
+                    )
+                    .help = Some("simplify it: backreferences, lookarounds and atomic groups run on a backtracking engine with a step limit".into());
+                }
+                Some(Pattern {
+                    source: token.text.clone(),
+                    regex,
+                })
+            }
             Err(err) => {
                 self.error(token.span, format!("invalid regular expression: {err}"));
                 None
@@ -1155,4 +1169,36 @@ fn parse_domain_key(text: &str) -> Result<DomainKey, ValueError> {
             suggestion: None,
         }),
     }
+}
+
+/// Length of the replies a pattern is tried on when it loads (a long reply, as providers send).
+const BACKTRACK_PROBE_BYTES: usize = 4096;
+
+/// Whether a pattern that needs fancy-regex's backtracking engine (backreferences,
+/// lookarounds, atomic groups, possessive quantifiers) stops at its step limit on a long
+/// reply-like text. Patterns without those features run on the linear-time engine and are not
+/// tried (they cannot fail).
+fn backtracking_failure(source: &str, regex: &fancy_regex::Regex) -> Option<String> {
+    let fancy = [
+        "(?=", "(?!", "(?<=", "(?<!", "(?>", "\\k<", "++", "*+", "?+", "}+",
+    ]
+    .iter()
+    .any(|marker| source.contains(marker))
+        || source
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'\\' && w[1].is_ascii_digit() && w[1] != b'0');
+    if !fancy {
+        return None;
+    }
+    let words = "550 5.7.1 ".to_string() + &"blocked by policy ".repeat(BACKTRACK_PROBE_BYTES / 18);
+    let mut probes: Vec<String> = ["a", "0", " ", ".", "x"]
+        .iter()
+        .map(|c| c.repeat(BACKTRACK_PROBE_BYTES))
+        .collect();
+    probes.extend(probes.clone().into_iter().map(|p| p + "!"));
+    probes.push(words);
+    probes
+        .iter()
+        .find_map(|probe| regex.is_match(probe).err().map(|e| e.to_string()))
 }

@@ -198,20 +198,44 @@ pub trait FileSystem {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RealFs;
 
+/// Reads a whole file that must be a regular file of at most `max_bytes`. Anything else (a
+/// directory, a FIFO, `/dev/zero`, a socket) is refused before it is opened, so a wrong path
+/// can neither block nor fill memory; the size is checked while reading, not only from the
+/// metadata, since a file may grow (or a special file report 0) after it is looked at.
+pub fn read_regular(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let metadata = std::fs::metadata(path)?;
+    if metadata.is_dir() {
+        return Err(io::Error::other("is a directory"));
+    }
+    if !metadata.is_file() {
+        return Err(io::Error::other(
+            "is not a regular file (a pipe, socket or device); pmta-sim reads only files",
+        ));
+    }
+    let too_large = |size: u64| {
+        io::Error::other(format!(
+            "file is {size} bytes or more, larger than the {max_bytes} byte limit"
+        ))
+    };
+    if metadata.len() > max_bytes {
+        return Err(too_large(metadata.len()));
+    }
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("is not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 impl FileSystem for RealFs {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let metadata = std::fs::metadata(path)?;
-        if metadata.is_dir() {
-            return Err(io::Error::other("is a directory"));
-        }
-        if metadata.len() > FILE_SIZE_MAX_BYTES as u64 {
-            return Err(io::Error::other(format!(
-                "file is {} bytes, larger than the {} byte limit for configuration files",
-                metadata.len(),
-                FILE_SIZE_MAX_BYTES
-            )));
-        }
-        std::fs::read(path)
+        read_regular(path, FILE_SIZE_MAX_BYTES as u64)
     }
 
     fn glob(&self, pattern: &Path) -> Result<Vec<PathBuf>, String> {

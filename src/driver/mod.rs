@@ -6,6 +6,7 @@
 //! simulated time with seeded latency and scheduled faults. This room may import tokio and
 //! turmoil; every `select!` in it is `biased;`, and it reads time only from the simulation.
 
+pub mod estimate;
 pub mod live;
 pub mod mailauth;
 pub mod network;
@@ -13,7 +14,7 @@ pub mod progress;
 
 use std::path::{Path, PathBuf};
 
-use crate::scenario::{IspSpec, Scenario, ScenarioError, parse_model};
+use crate::scenario::{ConfigSource, IspSpec, Scenario, ScenarioError, parse_model};
 
 use std::net::IpAddr;
 
@@ -47,7 +48,7 @@ pub struct RunOutput {
     /// Recipients still queued when the run ended.
     pub pending: usize,
     /// Messages the engine refused at injection, with the reason.
-    pub refused: Vec<String>,
+    pub refused: report::Refusals,
     /// Every connection the engine opened, in order.
     pub connections: Vec<ConnectionTrace>,
 }
@@ -66,15 +67,34 @@ pub fn models_dir(scenario: &Path) -> PathBuf {
     }
 }
 
+/// Largest scenario file read.
+pub const SCENARIO_FILE_MAX_BYTES: u64 = 16 << 20;
+/// Largest provider model file read.
+pub const MODEL_FILE_MAX_BYTES: u64 = 1 << 20;
+
+/// Reads a text file that must be a regular file of at most `max_bytes`, as UTF-8.
+fn read_text(path: &Path, max_bytes: u64) -> Result<String, ScenarioError> {
+    let bytes = crate::config::source::read_regular(path, max_bytes)
+        .map_err(|e| ScenarioError::in_file(path, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        ScenarioError::in_file(
+            path,
+            format!(
+                "is not UTF-8 text (byte {} is not)",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
 /// Reads a scenario file and the provider models it names.
 pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
-    let unreadable = |file: &Path, err: std::io::Error| ScenarioError {
-        file: file.display().to_string(),
-        line: 1,
-        column: 1,
-        message: format!("cannot read: {err}"),
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?;
+    read_scenario(path).map(|(scenario, _)| scenario)
+}
+
+/// [`load_scenario`], with the scenario's text.
+fn read_scenario(path: &Path) -> Result<(Scenario, String), ScenarioError> {
+    let text = read_text(path, SCENARIO_FILE_MAX_BYTES)?;
     let dir = models_dir(path);
     let load = |name: &str| -> Result<IspSpec, ScenarioError> {
         if name.is_empty()
@@ -82,18 +102,76 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(ScenarioError {
-                file: path.display().to_string(),
-                line: 1,
-                column: 1,
-                message: format!("`{name}` is not a model name (letters, digits, - and _)"),
-            });
+            return Err(ScenarioError::in_file(
+                path,
+                format!("`{name}` is not a model name (letters, digits, - and _)"),
+            ));
         }
         let file = dir.join(format!("{name}.toml"));
-        let text = std::fs::read_to_string(&file).map_err(|e| unreadable(&file, e))?;
+        let text = read_text(&file, MODEL_FILE_MAX_BYTES)?;
         parse_model(&file, &text)
     };
-    Scenario::parse_with(path, &text, &load)
+    let scenario = Scenario::parse_with(path, &text, &load)?;
+    Ok((scenario, text))
+}
+
+/// Reads a scenario's PowerMTA configuration (its file, or its inline text, which is named
+/// `SCENARIO.inline.conf` in messages).
+pub fn load_config(
+    scenario: &Scenario,
+    scenario_path: &Path,
+) -> Result<crate::config::Checked, crate::config::Unreadable> {
+    use crate::config::{self, MemFs, Options, RealFs};
+    match &scenario.config {
+        ConfigSource::Path(path) => config::load(path, &RealFs, Options::default()),
+        ConfigSource::Inline(text) => {
+            let inline = scenario_path.with_extension("inline.conf");
+            config::load(
+                &inline,
+                &MemFs::new().with(&inline, text.as_bytes()),
+                Options::default(),
+            )
+        }
+    }
+}
+
+/// A scenario and its configuration, read and checked against each other.
+#[derive(Debug)]
+pub struct Loaded {
+    pub scenario: Scenario,
+    pub checked: crate::config::Checked,
+    /// The scenario's warnings, then (when the configuration has no error of its own) every
+    /// place where the scenario names something the configuration does not have.
+    pub problems: Vec<ScenarioError>,
+}
+
+/// Why a scenario could not be loaded at all.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Scenario(#[from] ScenarioError),
+    #[error("error: {0}")]
+    Config(#[from] crate::config::Unreadable),
+}
+
+/// Reads a scenario, its models and its configuration, and checks them against each other.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let (scenario, text) = read_scenario(path)?;
+    let checked = load_config(&scenario, path)?;
+    let mut problems = scenario.warnings.clone();
+    if checked.error_count() == 0 {
+        problems.extend(crate::scenario::check_against(
+            path,
+            &text,
+            &scenario,
+            &checked.config,
+        ));
+    }
+    Ok(Loaded {
+        scenario,
+        checked,
+        problems,
+    })
 }
 
 /// SHA-256 over the configuration's files (name and text, in load order), hex.
@@ -141,6 +219,8 @@ impl RunOutput {
             retries: Vec::new(),
             queued: Vec::new(),
             connections: Vec::new(),
+            refused: self.refused.clone(),
+            pattern_failures: Vec::new(),
         };
         for (name, log) in &self.receivers {
             let domains = scenario
@@ -217,6 +297,21 @@ impl RunOutput {
                     at_s: secs(*at),
                     queue: queue.clone(),
                     recipients: *recipients,
+                }),
+                EngineEvent::PatternFailed {
+                    at,
+                    context,
+                    position,
+                    pattern,
+                    subject,
+                    error,
+                } => data.pattern_failures.push(report::PatternFailure {
+                    at_s: secs(*at),
+                    context: context.clone(),
+                    position: position.clone(),
+                    pattern: pattern.clone(),
+                    subject: subject.clone(),
+                    error: error.clone(),
                 }),
                 EngineEvent::SourceIpDisabled { .. } => {}
             }

@@ -69,9 +69,19 @@ fn sim_now(start: Time) -> Time {
     start.plus_ms(elapsed.as_millis() as u64)
 }
 
-/// Runs `scenario` with `config` to its end.
+/// Runs `scenario` with `config` to its end, keeping the trace tests check (every injected
+/// recipient, every RCPT time).
 pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
-    run_with_progress(scenario, config, &mut |_| {})
+    run_with_progress(scenario, config, RunOptions { trace: true }, &mut |_| {})
+}
+
+/// How a run is recorded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Keep every injected recipient (`RunOutput::injected`) and the time of every RCPT
+    /// (`ConnectionTrace::rcpt_times`): what whole-run checks need, and memory per message a
+    /// user's run does without.
+    pub trace: bool,
 }
 
 /// How far a run is, for a progress display.
@@ -90,6 +100,7 @@ const PROGRESS_EVERY_STEPS: u64 = 2_000;
 pub fn run_with_progress(
     scenario: &Scenario,
     config: Config,
+    options: RunOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RunOutput, RunError> {
     let mut source_ips: Vec<IpAddr> = config
@@ -244,8 +255,10 @@ pub fn run_with_progress(
         records: Vec::new(),
         events: Vec::new(),
         injected: Vec::new(),
-        refused: Vec::new(),
+        refused: crate::report::Refusals::default(),
         traces: BTreeMap::new(),
+        trace: options.trace,
+        last_queued: BTreeMap::new(),
     };
     sim.client("engine", async move {
         let state = loop_state.run(events_rx).await;
@@ -494,8 +507,14 @@ struct EngineLoop {
     records: Vec<crate::engine::accounting::AcctRecord>,
     events: Vec<crate::engine::EngineEvent>,
     injected: Vec<(String, String)>,
-    refused: Vec<String>,
+    refused: crate::report::Refusals,
     traces: BTreeMap<ConnectionId, ConnectionTrace>,
+    /// See [`RunOptions::trace`].
+    trace: bool,
+    /// Per queue, the index in `events` of its last `Queued` event: entries in the same second
+    /// are folded into it (the report counts them per second), so the events kept grow with
+    /// the run's seconds, not its messages.
+    last_queued: BTreeMap<String, usize>,
 }
 
 impl EngineLoop {
@@ -511,12 +530,33 @@ impl EngineLoop {
             let now = sim_now(self.start);
             for (_, injection) in self.generated.take_due(now) {
                 let job = injection.job_id.clone();
-                let rcpts = injection.recipients.clone();
+                let env_id = injection.env_id.clone();
+                let rcpts = if self.trace {
+                    injection.recipients.clone()
+                } else {
+                    Vec::new()
+                };
+                let rcpt_count = injection.recipients.len() as u64;
                 match self.engine.inject(now, injection) {
                     Ok(_) => self
                         .injected
                         .extend(rcpts.into_iter().map(|r| (job.clone(), r))),
-                    Err(err) => self.refused.push(err.to_string()),
+                    Err(err) => {
+                        // Refused mail is never silent: counted, listed, and in the summary.
+                        let refused = &mut self.refused;
+                        refused.messages += 1;
+                        refused.recipients += rcpt_count;
+                        *refused.by_reason.entry(err.kind().to_string()).or_insert(0) += 1;
+                        if refused.first.len() < crate::report::REFUSALS_LISTED_MAX {
+                            refused.first.push(crate::report::Refused {
+                                at_s: now.unix_secs(),
+                                job_id: job,
+                                env_id,
+                                recipients: rcpt_count,
+                                reason: err.to_string(),
+                            });
+                        }
+                    }
                 }
             }
             self.drain(now);
@@ -626,7 +666,11 @@ impl EngineLoop {
                     ]
                     .iter()
                     .any(|verb| bytes.starts_with(verb));
-                    if let Some(trace) = self.traces.get_mut(&conn).filter(|_| is_commands) {
+                    if let Some(trace) = self
+                        .traces
+                        .get_mut(&conn)
+                        .filter(|_| is_commands && self.trace)
+                    {
                         for line in bytes.split(|b| *b == b'\n') {
                             if line.starts_with(b"RCPT TO:") {
                                 trace.rcpt_times.push(now);
@@ -645,6 +689,25 @@ impl EngineLoop {
             self.records.push(record);
         }
         while let Some(event) = self.engine.poll_event() {
+            if let crate::engine::EngineEvent::Queued {
+                at,
+                queue,
+                recipients,
+            } = &event
+                && let Some(&index) = self.last_queued.get(queue)
+                && let crate::engine::EngineEvent::Queued {
+                    at: last_at,
+                    recipients: total,
+                    ..
+                } = &mut self.events[index]
+                && last_at.unix_secs() == at.unix_secs()
+            {
+                *total += recipients;
+                continue;
+            }
+            if let crate::engine::EngineEvent::Queued { queue, .. } = &event {
+                self.last_queued.insert(queue.clone(), self.events.len());
+            }
             self.events.push(event);
         }
     }

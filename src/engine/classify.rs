@@ -1,27 +1,45 @@
 //! Reply classification: what an SMTP reply means for the recipients it answers.
 //!
 //! Owns three judgements: the disposition (2xx delivered, 4xx transient, 5xx permanent),
-//! the bounce category from `<bounce-category-patterns>` (PowerMTA's stock list when the
-//! configuration has none; the first matching rule wins, and a rule matches the reply's
-//! enhanced status or its text), and the `<smtp-pattern-list>` rule that fires, if any.
+//! the bounce category from `<bounce-category-patterns>` (the default list — PowerMTA's stock
+//! list with the providers' documented replies before it and RFC 3463 codes after it — when
+//! the configuration has none; the first matching rule wins, and a rule matches the reply's
+//! enhanced status or its text), and the `<smtp-pattern-list>` rule that fires, if any. A
+//! pattern the regex engine cannot decide is a reported failure, never a quiet "no match".
 //! Pure: it sees reply text, not connections or queues.
 
 use std::path::Path;
 
 use crate::config::model::{
-    BounceRule, Config, PatternAction, QueueMode, ReplyRule, SmtpPatternList,
+    BounceRule, Config, Pattern, PatternAction, QueueMode, ReplyRule, SmtpPatternList,
 };
 use crate::config::source::{SourceMap, Span};
 use crate::config::{self, MemFs, Options};
 use crate::smtp::Reply;
 
-/// Where the stock list appears in `FILE:LINE` output.
-pub const STOCK_FILE: &str = "<stock bounce-category-patterns>";
+/// Where the default list appears in `FILE:LINE` output.
+pub const DEFAULT_FILE: &str = "<default bounce-category-patterns>";
 
-/// PowerMTA's stock `<bounce-category-patterns>` (from the example configuration Port25
-/// shipped, as reproduced in public configuration generators): text rules first, then the
-/// enhanced-status tail, then the catch-all.
-pub const STOCK_BOUNCE_CATEGORIES: &str = r"<bounce-category-patterns>
+/// The bounce categories used when a configuration has no `<bounce-category-patterns>`:
+/// PowerMTA's stock list (from the example configuration Port25 shipped, as reproduced in
+/// public configuration generators) between two pmta-sim additions. First, the mailbox
+/// providers' documented replies that the stock words misfile (Gmail's authentication blocks
+/// say "to protect our users from spam", its per-recipient receiving rate is a 4.2.1, Yahoo's
+/// complaint deferrals name no stock word); the replies and their meaning are from the
+/// research notes on provider behaviour, §5.1 and §5.3. Last, before the catch-all, the RFC
+/// 3463 enhanced status code (class.subject.detail) decides when no text rule matched.
+pub const DEFAULT_BOUNCE_CATEGORIES: &str = r"<bounce-category-patterns>
+    # pmta-sim: the providers' documented replies.
+    /receiving (e?mail )?(at a rate|too quickly)/ quota-issues
+    /same Message-ID/ policy-related
+    /\b(SPF|DKIM|DMARC)\b|unauthenticated|authenticat(e|ed|ion)\b|\bPTR\b|reverse DNS/ policy-related
+    /\bTLS\b/ policy-related
+    /RFC ?5322|RFC ?2822|From: header|Message-ID header/ content-related
+    /\[(TSS?|PH|HCM|BL)\d+\]|AUP#CDRBL|user complaints|complaints concerning|\breputation\b|block ?list/ spam-related
+    /greylist|throttl|frequency limited|excessive volume|try again later|too many (connections|sessions)|max(imum)? (number of )?messages? per connection/ other
+    /Recipient address rejected: Access denied/ bad-mailbox
+    /domain is not reachable/ bad-domain
+    # PowerMTA's stock list: text rules, then the enhanced-status tail.
     /spam/ spam-related
     /junk mail/ spam-related
     /blacklist/ spam-related
@@ -73,6 +91,17 @@ pub const STOCK_BOUNCE_CATEGORIES: &str = r"<bounce-category-patterns>
     /^[45]\.4\.6/ routing-errors
     /^[45]\.4\.7/ message-expired
     /^[45]\.7\.1/ policy-related
+    # pmta-sim: RFC 3463 subjects when no text rule matched.
+    /^[45]\.1\.[78]$/ invalid-sender
+    /^[45]\.1\.\d+$/ bad-mailbox
+    /^[45]\.2\.1$/ inactive-mailbox
+    /^[45]\.2\.2$/ quota-issues
+    /^[45]\.2\.3$/ content-related
+    /^[45]\.3\.4$/ content-related
+    /^[45]\.4\.3$/ routing-errors
+    /^[45]\.5\.([0-24-9]|\d\d+)$/ protocol-errors
+    /^[45]\.6\.\d+$/ content-related
+    /^[45]\.7\.\d+$/ policy-related
     // other # catch-all
 </bounce-category-patterns>
 ";
@@ -103,10 +132,45 @@ impl Disposition {
 }
 
 /// Which list a matched rule came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RuleOrigin {
     Config,
-    Stock,
+    /// [`DEFAULT_BOUNCE_CATEGORIES`].
+    Default,
+}
+
+/// A pattern that could not be evaluated on a reply: fancy-regex stopped at its backtracking
+/// limit. Whether it would have matched is unknown, so it is reported, never taken as "no
+/// match" in silence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatternFailure {
+    /// The pattern as written, without slashes.
+    pub pattern: String,
+    pub origin: RuleOrigin,
+    pub span: Span,
+    pub error: String,
+}
+
+/// Whether `pattern` matches `text`; a failure to decide is recorded in `failures`.
+pub fn pattern_matches(
+    pattern: &Pattern,
+    origin: RuleOrigin,
+    span: Span,
+    text: &str,
+    failures: &mut Vec<PatternFailure>,
+) -> bool {
+    match pattern.regex.is_match(text) {
+        Ok(matched) => matched,
+        Err(err) => {
+            failures.push(PatternFailure {
+                pattern: pattern.source.clone(),
+                origin,
+                span,
+                error: err.to_string(),
+            });
+            false
+        }
+    }
 }
 
 /// A classified reply.
@@ -116,15 +180,18 @@ pub struct Classification {
     pub category: String,
     /// The bounce-category rule that gave the category.
     pub category_rule: Option<(RuleOrigin, Span)>,
+    /// Rules that could not be evaluated on this reply (the category is then from a later
+    /// rule, which may not be the one PowerMTA would pick).
+    pub failures: Vec<PatternFailure>,
 }
 
-/// Classifies replies with a configuration's bounce rules, or the stock list.
+/// Classifies replies with a configuration's bounce rules, or the default list.
 #[derive(Clone, Debug)]
 pub struct Classifier {
     rules: Vec<BounceRule>,
     origin: RuleOrigin,
-    /// The stock list's own source map, for `FILE:LINE` of its rules.
-    stock_sources: Option<std::sync::Arc<SourceMap>>,
+    /// The default list's own source map, for `FILE:LINE` of its rules.
+    default_sources: Option<std::sync::Arc<SourceMap>>,
 }
 
 impl Classifier {
@@ -133,14 +200,14 @@ impl Classifier {
             return Classifier {
                 rules: config.bounce_rules.clone(),
                 origin: RuleOrigin::Config,
-                stock_sources: None,
+                default_sources: None,
             };
         }
-        let stock = stock_config();
+        let default = default_config();
         Classifier {
-            rules: stock.bounce_rules,
-            origin: RuleOrigin::Stock,
-            stock_sources: Some(std::sync::Arc::new(stock.sources)),
+            rules: default.bounce_rules,
+            origin: RuleOrigin::Default,
+            default_sources: Some(std::sync::Arc::new(default.sources)),
         }
     }
 
@@ -161,51 +228,71 @@ impl Classifier {
                 disposition,
                 category: "bad-mailbox".to_string(),
                 category_rule: None,
+                failures: Vec::new(),
             };
         }
         let status = reply.status();
         let line = reply.one_line();
+        let mut failures = Vec::new();
         let matched = self.rules.iter().find(|rule| {
-            rule.pattern.regex.is_match(&status).unwrap_or(false)
-                || rule.pattern.regex.is_match(&line).unwrap_or(false)
+            pattern_matches(
+                &rule.pattern,
+                self.origin,
+                rule.span,
+                &status,
+                &mut failures,
+            ) || pattern_matches(&rule.pattern, self.origin, rule.span, &line, &mut failures)
         });
         match matched {
             Some(rule) => Classification {
                 disposition,
                 category: rule.category.clone(),
                 category_rule: Some((self.origin, rule.span)),
+                failures,
             },
             None => Classification {
                 disposition,
                 category: "other".to_string(),
                 category_rule: None,
+                failures,
             },
         }
     }
 
-    /// `FILE:LINE` of a rule this classifier matched.
+    /// `FILE:LINE` of a rule this classifier (or a configuration's pattern list) holds.
     pub fn rule_position(&self, config: &Config, origin: RuleOrigin, span: Span) -> String {
-        match (origin, &self.stock_sources) {
-            (RuleOrigin::Stock, Some(sources)) => sources.position(span).file_line(),
+        match (origin, &self.default_sources) {
+            (RuleOrigin::Default, Some(sources)) => sources.position(span).file_line(),
             _ => config.sources.position(span).file_line(),
         }
     }
 }
 
-fn stock_config() -> Config {
-    let fs = MemFs::new().with(STOCK_FILE, STOCK_BOUNCE_CATEGORIES);
-    let checked = config::load(Path::new(STOCK_FILE), &fs, Options::default())
-        .expect("the stock list is in memory");
-    assert_eq!(checked.error_count(), 0, "the stock bounce list parses");
+fn default_config() -> Config {
+    let fs = MemFs::new().with(DEFAULT_FILE, DEFAULT_BOUNCE_CATEGORIES);
+    let checked = config::load(Path::new(DEFAULT_FILE), &fs, Options::default())
+        .expect("the default list is in memory");
+    assert_eq!(checked.error_count(), 0, "the default bounce list parses");
     checked.config
 }
 
-/// The first rule of `list` whose pattern matches the reply, as PowerMTA tests them.
-pub fn matching_rule<'a>(list: &'a SmtpPatternList, reply: &Reply) -> Option<&'a ReplyRule> {
+/// The first rule of `list` whose pattern matches the reply, as PowerMTA tests them; rules
+/// that could not be evaluated are recorded in `failures`.
+pub fn matching_rule<'a>(
+    list: &'a SmtpPatternList,
+    reply: &Reply,
+    failures: &mut Vec<PatternFailure>,
+) -> Option<&'a ReplyRule> {
     let line = reply.one_line();
-    list.rules
-        .iter()
-        .find(|rule| rule.pattern.regex.is_match(&line).unwrap_or(false))
+    list.rules.iter().find(|rule| {
+        pattern_matches(
+            &rule.pattern,
+            RuleOrigin::Config,
+            rule.span,
+            &line,
+            failures,
+        )
+    })
 }
 
 /// An action as written in the config: `mode=backoff`, `reenable-after=4h`.
@@ -230,7 +317,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stock_list_parses_and_classifies() {
+    fn default_list_parses_and_classifies() {
         let classifier = Classifier::new(&Config::default());
         let cases = [
             ("250 2.0.0 OK", Disposition::Delivered, "success"),

@@ -28,6 +28,7 @@ use self::settings::{DeliveryType, DkimSign, NoMxPolicy, QueueSettings};
 use crate::auth::{SignOptions, Signer};
 use crate::config::model::{Config, PatternAction, QueueMode, Value};
 use crate::config::queue;
+use crate::config::source::Span;
 use crate::config::value::{Cidr, Rate};
 use crate::rate::Window;
 use crate::smtp::{self, Reply};
@@ -54,13 +55,68 @@ pub struct ConnectionId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct QueueId(u32);
 
+/// A message's bytes as injected (line ends LF or CRLF): a part of its own — the whole
+/// message, or its header block — and a part it may share with other messages (a stream's
+/// body), so a million queued copies of one newsletter hold its body once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageData {
+    own: Box<[u8]>,
+    shared: Arc<[u8]>,
+}
+
+impl MessageData {
+    /// `head` (the header block, ending in its blank line) followed by a shared `body`.
+    pub fn with_shared_body(head: Vec<u8>, body: Arc<[u8]>) -> MessageData {
+        MessageData {
+            own: head.into_boxed_slice(),
+            shared: body,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.own.len() + self.shared.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The part that holds the headers.
+    pub fn head(&self) -> &[u8] {
+        &self.own
+    }
+
+    /// The whole message in one buffer (for signing: made per attempt, then dropped).
+    pub fn to_vec(&self) -> Vec<u8> {
+        [&self.own[..], &self.shared[..]].concat()
+    }
+
+    /// The message as sent after DATA (see [`smtp::dot_stuff`]).
+    fn dot_stuffed(&self) -> Vec<u8> {
+        smtp::dot_stuff_parts(&[&self.own, &self.shared])
+    }
+
+    fn is_eight_bit(&self) -> bool {
+        smtp::is_eight_bit(&self.own) || smtp::is_eight_bit(&self.shared)
+    }
+}
+
+impl From<Vec<u8>> for MessageData {
+    fn from(bytes: Vec<u8>) -> MessageData {
+        MessageData {
+            own: bytes.into_boxed_slice(),
+            shared: Arc::from(Vec::new()),
+        }
+    }
+}
+
 /// A message handed to the engine.
 #[derive(Clone, Debug)]
 pub struct Injection {
     pub mail_from: String,
     pub recipients: Vec<String>,
     /// The message, headers and body, as injected (line ends LF or CRLF).
-    pub data: Vec<u8>,
+    pub data: MessageData,
     /// The virtual MTA or pool the injecting stream names, if any.
     pub virtual_mta: Option<String>,
     /// The injecting client's address (`<source>` rules apply); `None` for the API.
@@ -91,6 +147,22 @@ pub enum InjectError {
     Full,
     #[error("{0}")]
     Queue(String),
+}
+
+impl InjectError {
+    /// The reason as one word, for counting refusals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InjectError::NoRecipients => "no-recipients",
+            InjectError::TooManyRecipients(_) => "too-many-recipients",
+            InjectError::TooLarge(_) => "too-large",
+            InjectError::BadAddress(_) => "bad-address",
+            InjectError::NoVirtualMta => "no-virtual-mta",
+            InjectError::UnknownVirtualMta(_) => "unknown-virtual-mta",
+            InjectError::Full => "engine-full",
+            InjectError::Queue(_) => "queue",
+        }
+    }
 }
 
 /// What a driver must do for the engine.
@@ -171,6 +243,19 @@ pub enum EngineEvent {
         queue: String,
         recipients: u64,
     },
+    /// A configured pattern could not be evaluated (the regex engine's backtracking limit):
+    /// reported the first time each pattern fails, so no failure passes as "no match".
+    PatternFailed {
+        at: Time,
+        /// Where it was used: `queue DOMAIN/VMTA` or `routing`.
+        context: String,
+        /// `FILE:LINE` of the pattern.
+        position: String,
+        pattern: String,
+        /// What it was matched against.
+        subject: String,
+        error: String,
+    },
 }
 
 /// A queue's state, for inspection.
@@ -184,12 +269,13 @@ pub struct QueueSnapshot {
     pub settings: QueueSettings,
 }
 
+/// A queued message. Only the message as injected is kept; the bytes sent (dot-stuffed, and
+/// signed when the queue signs) are made for each attempt, so a queued message costs its own
+/// bytes once, not once per form.
 struct Message {
     mail_from: String,
     recipients: Vec<String>,
-    data: Arc<Vec<u8>>,
-    /// `data` dot-stuffed, for queues that do not sign.
-    stuffed: Arc<Vec<u8>>,
+    data: MessageData,
     size: u64,
     eight_bit: bool,
     queued_at: Time,
@@ -201,9 +287,10 @@ struct Message {
     open: usize,
     from_domain: String,
     has_x_dkim_options: bool,
-    /// The signed, dot-stuffed copies made for the queues that sign (signing is per queue:
-    /// its settings choose the canonicalization and headers).
-    signed: Vec<(QueueId, Arc<Vec<u8>>)>,
+    /// The DKIM-Signature header made for each queue that signs (signing is per queue: its
+    /// settings choose the canonicalization and headers), kept so every retry sends the
+    /// signature of the first attempt.
+    signed: Vec<(QueueId, Box<str>)>,
 }
 
 /// Recipients of one message waiting in one queue.
@@ -389,6 +476,8 @@ pub struct Engine {
     mx_requested: BTreeSet<String>,
     decisions: u64,
     last_now: Time,
+    /// Patterns already reported as failing (each is reported once).
+    failed_patterns: BTreeSet<(classify::RuleOrigin, Span)>,
 }
 
 impl Engine {
@@ -421,6 +510,7 @@ impl Engine {
             mx_requested: BTreeSet::new(),
             decisions: 0,
             last_now: Time::default(),
+            failed_patterns: BTreeSet::new(),
         })
     }
 
@@ -500,7 +590,7 @@ impl Engine {
             }
         }
         let (x_virtual_mta, has_x_dkim_options, from_domain) = {
-            let parsed = mail_parser::MessageParser::default().parse_headers(&injection.data);
+            let parsed = mail_parser::MessageParser::default().parse_headers(injection.data.head());
             let header = |name: &str| {
                 parsed
                     .as_ref()
@@ -528,7 +618,15 @@ impl Engine {
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default()
         });
-        let (vmta, pool) = self.route(&injection, x_virtual_mta)?;
+        let mut failures = Vec::new();
+        let routed = self.route(&injection, x_virtual_mta, &mut failures);
+        self.report_failures(
+            now,
+            None,
+            || format!("the envelope of message {}", injection.env_id),
+            failures,
+        );
+        let (vmta, pool) = routed?;
         let id = MessageId(self.next_message);
         self.next_message += 1;
         let mut per_queue: IndexMap<QueueId, Vec<u32>> = IndexMap::new();
@@ -540,17 +638,15 @@ impl Engine {
             let queue = self.queue_for(&domain, &vmta, &pool)?;
             per_queue.entry(queue).or_default().push(index as u32);
         }
-        let data = Arc::new(injection.data);
-        let stuffed = Arc::new(smtp::dot_stuff(&data));
+        let data = injection.data;
         let message = Message {
             mail_from: injection.mail_from,
             size: data.len() as u64,
-            eight_bit: smtp::is_eight_bit(&data),
+            eight_bit: data.is_eight_bit(),
             open: injection.recipients.len(),
             recipients: injection.recipients,
             has_x_dkim_options,
             data,
-            stuffed,
             queued_at: injection.queued_at.map_or(now, |t| t.min(now)),
             job_id: injection.job_id,
             env_id: injection.env_id,
@@ -590,6 +686,7 @@ impl Engine {
         &mut self,
         injection: &Injection,
         x_virtual_mta: Option<String>,
+        failures: &mut Vec<classify::PatternFailure>,
     ) -> Result<(String, String), InjectError> {
         let source = injection.source_ip.and_then(|ip| {
             self.config.source_blocks.iter().find(|s| {
@@ -620,15 +717,17 @@ impl Engine {
         {
             name = list.rules.iter().find_map(|rule| {
                 let subject = match rule.field {
-                    crate::config::model::EnvelopeField::MailFrom => {
-                        std::slice::from_ref(&injection.mail_from)
-                    }
-                    crate::config::model::EnvelopeField::RcptTo => &injection.recipients[..1],
+                    crate::config::model::EnvelopeField::MailFrom => &injection.mail_from,
+                    crate::config::model::EnvelopeField::RcptTo => &injection.recipients[0],
                 };
-                subject
-                    .iter()
-                    .any(|s| rule.pattern.regex.is_match(s).unwrap_or(false))
-                    .then(|| rule.virtual_mta.value.clone())
+                classify::pattern_matches(
+                    &rule.pattern,
+                    classify::RuleOrigin::Config,
+                    rule.span,
+                    subject,
+                    failures,
+                )
+                .then(|| rule.virtual_mta.value.clone())
             });
         }
         let name = name
@@ -1402,12 +1501,15 @@ impl Engine {
         true
     }
 
-    /// The message as sent by this queue: DKIM-signed when the queue signs, dot-stuffed.
+    /// The message as sent by this queue: DKIM-signed when the queue signs, dot-stuffed. Made
+    /// for each attempt from the kept message and, after the first, its kept signature.
     fn message_data(&mut self, now: Time, q: QueueId, msg: MessageId) -> Arc<Vec<u8>> {
         let queue = &self.queues[q.0 as usize];
         let message = &self.messages[&msg];
-        if let Some((_, signed)) = message.signed.iter().find(|(by, _)| *by == q) {
-            return Arc::clone(signed);
+        if let Some((_, header)) = message.signed.iter().find(|(by, _)| *by == q) {
+            let mut signed = header.as_bytes().to_vec();
+            signed.extend_from_slice(&crate::auth::to_crlf(&message.data.to_vec()));
+            return Arc::new(smtp::dot_stuff(&signed));
         }
         let sign = match queue.settings.dkim_sign {
             DkimSign::Yes => true,
@@ -1418,7 +1520,7 @@ impl Engine {
             .then(|| self.signer.for_domain(&message.from_domain))
             .flatten();
         let Some(signer) = signer else {
-            return Arc::clone(&message.stuffed);
+            return Arc::new(message.data.dot_stuffed());
         };
         let mut options = SignOptions::from_settings(
             &queue.settings.dkim_headers_canon,
@@ -1426,19 +1528,18 @@ impl Engine {
             queue.settings.dkim_headers.as_deref(),
         );
         options.identity = queue.settings.dkim_identity.clone();
-        let crlf = crate::auth::to_crlf(&message.data);
-        let stuffed = match signer.sign(&crlf, now.unix_secs(), &options) {
+        let crlf = crate::auth::to_crlf(&message.data.to_vec());
+        match signer.sign(&crlf, now.unix_secs(), &options) {
             Ok(header) => {
-                let mut signed = header.into_bytes();
+                let mut signed = header.as_bytes().to_vec();
                 signed.extend_from_slice(&crlf);
+                if let Some(message) = self.messages.get_mut(&msg) {
+                    message.signed.push((q, header.into_boxed_str()));
+                }
                 Arc::new(smtp::dot_stuff(&signed))
             }
-            Err(_) => Arc::clone(&message.stuffed),
-        };
-        if let Some(message) = self.messages.get_mut(&msg) {
-            message.signed.push((q, Arc::clone(&stuffed)));
+            Err(_) => Arc::new(smtp::dot_stuff(&crlf)),
         }
-        stuffed
     }
 
     /// Keeps a ready connection open for new mail, up to `connection-idle-timeout`.
@@ -1670,7 +1771,7 @@ impl Engine {
             None => false,
         };
         if done {
-            // The message's signed copies go with it.
+            // The message's signatures go with it.
             self.messages.remove(&entry.msg);
         }
     }
@@ -1684,11 +1785,14 @@ impl Engine {
         let Some(list) = self.config.smtp_pattern_lists.get(&list_name) else {
             return true;
         };
-        let Some(rule) = classify::matching_rule(list, reply) else {
+        let mut failures = Vec::new();
+        let matched = classify::matching_rule(list, reply, &mut failures)
+            .map(|rule| (rule.actions.clone(), rule.pattern.source.clone()));
+        self.report_failures(now, Some(q), || reply.one_line(), failures);
+        let Some((actions, source)) = matched else {
             return true;
         };
-        let actions = rule.actions.clone();
-        let reason = format!("/{}/ matched `{}`", rule.pattern.source, reply.one_line());
+        let reason = format!("/{source}/ matched `{}`", reply.one_line());
         let pattern_leave = actions.iter().find_map(|a| match a {
             PatternAction::BackoffToNormalAfter(i) => Some(i.map(|i| i.seconds)),
             _ => None,
@@ -1977,6 +2081,36 @@ impl Engine {
         }
     }
 
+    /// Reports patterns that could not be evaluated, each the first time it fails.
+    fn report_failures(
+        &mut self,
+        now: Time,
+        q: Option<QueueId>,
+        subject: impl Fn() -> String,
+        failures: Vec<classify::PatternFailure>,
+    ) {
+        for failure in failures {
+            if !self.failed_patterns.insert((failure.origin, failure.span)) {
+                continue;
+            }
+            let position =
+                self.classifier
+                    .rule_position(&self.config, failure.origin, failure.span);
+            let context = match q {
+                Some(q) => format!("queue {}", self.queues[q.0 as usize].name),
+                None => "routing".to_string(),
+            };
+            self.events.push_back(EngineEvent::PatternFailed {
+                at: now,
+                context,
+                position,
+                pattern: failure.pattern,
+                subject: subject(),
+                error: failure.error,
+            });
+        }
+    }
+
     // --- accounting --------------------------------------------------------------------------
 
     #[allow(clippy::too_many_arguments)]
@@ -1990,26 +2124,27 @@ impl Engine {
         conn: Option<ConnectionId>,
         kind: RecordType,
     ) {
-        let queue = &self.queues[q.0 as usize];
-        let Some(message) = self.messages.get(&msg) else {
-            return;
-        };
-        if queue
-            .settings
-            .disable_acct_records
-            .iter()
-            .any(|t| t == kind.code())
+        let settings = &self.queues[q.0 as usize].settings;
+        if !self.messages.contains_key(&msg)
+            || settings
+                .disable_acct_records
+                .iter()
+                .any(|t| t == kind.code())
         {
             return;
         }
         let category = match kind {
             RecordType::Delivered => String::new(),
             _ => {
-                self.classifier
-                    .classify_for_queue(reply, queue.settings.smtp_553_means_invalid_mailbox)
-                    .category
+                let classified = self
+                    .classifier
+                    .classify_for_queue(reply, settings.smtp_553_means_invalid_mailbox);
+                self.report_failures(now, Some(q), || reply.one_line(), classified.failures);
+                classified.category
             }
         };
+        let queue = &self.queues[q.0 as usize];
+        let message = &self.messages[&msg];
         let (source_ip, destination_ip, dsn_mta, esmtp) =
             match conn.and_then(|c| self.connections.get(&c)) {
                 Some(c) => {
@@ -2096,7 +2231,9 @@ impl Engine {
     }
 
     fn queue_record_for(&mut self, now: Time, q: QueueId, source_ip: IpAddr, reply: &Reply) {
-        let category = self.classifier.classify(reply).category;
+        let classified = self.classifier.classify(reply);
+        self.report_failures(now, Some(q), || reply.one_line(), classified.failures);
+        let category = classified.category;
         let before = self.records.len();
         self.queue_record(
             now,

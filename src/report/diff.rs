@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::printable::escape;
+
 /// Most deltas listed.
 pub const DELTAS_MAX: usize = 500;
 
@@ -120,7 +122,12 @@ pub fn render(
     divergence: Option<&(usize, String, String)>,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "A: {}\nB: {}", a.display(), b.display());
+    let _ = writeln!(
+        out,
+        "A: {}\nB: {}",
+        crate::printable::path(a),
+        crate::printable::path(b)
+    );
     if deltas.is_empty() {
         out.push_str("summary.json: the same figures\n");
     } else {
@@ -133,7 +140,7 @@ pub fn render(
             let _ = writeln!(
                 out,
                 "  {:<60} {:>10} → {:<10} {change}",
-                d.path,
+                escape(&d.path),
                 show(d.a),
                 show(d.b)
             );
@@ -144,7 +151,9 @@ pub fn render(
         Some((line, x, y)) => {
             let _ = writeln!(
                 out,
-                "acct.csv: first difference at line {line}\n  A: {x}\n  B: {y}"
+                "acct.csv: first difference at line {line}\n  A: {}\n  B: {}",
+                escape(x),
+                escape(y)
             );
         }
     }

@@ -16,6 +16,8 @@ pub struct Outcome {
     pub text: String,
     pub measured: f64,
     pub passed: bool,
+    /// Why the value could not be measured (then the expectation fails).
+    pub error: Option<String>,
 }
 
 /// Whether a queue (`domain/vmta`) is within the filter's provider, domain, queue and vmta.
@@ -57,19 +59,28 @@ fn row_matches(data: &RunData, f: &Filter, row: &Row) -> bool {
 pub fn evaluate(expectations: &[Expectation], data: &RunData, rows: &[Row]) -> Vec<Outcome> {
     expectations
         .iter()
-        .map(|e| {
-            let measured = measure(&e.metric, &e.filter, data, rows);
-            Outcome {
+        .map(|e| match measure(&e.metric, &e.filter, data, rows) {
+            Ok(measured) => Outcome {
                 line: e.line,
                 text: e.text.clone(),
                 measured,
                 passed: e.holds(measured),
-            }
+                error: None,
+            },
+            Err(error) => Outcome {
+                line: e.line,
+                text: e.text.clone(),
+                measured: f64::NAN,
+                passed: false,
+                error: Some(error),
+            },
         })
         .collect()
 }
 
-fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> f64 {
+/// The metric's value; `Err` when it cannot be known (a pattern the regex engine could not
+/// evaluate on some record).
+fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> Result<f64, String> {
     let end = data.start_s + data.duration_s;
     let matching: Vec<&Row> = rows.iter().filter(|r| row_matches(data, f, r)).collect();
     let count = |kinds: &[&str]| {
@@ -114,15 +125,14 @@ fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> f64 {
         {
             *pending.entry((r.queue.clone(), r.queued_s)).or_default() -= 1;
         }
-        let ages: Vec<u64> = pending
+        let ages: Vec<(u64, u64)> = pending
             .iter()
-            .flat_map(|((_, at), n)| {
-                std::iter::repeat_n(end.saturating_sub(*at), (*n).max(0) as usize)
-            })
+            .filter(|(_, n)| **n > 0)
+            .map(|((_, at), n)| (end.saturating_sub(*at), *n as u64))
             .collect();
-        Percentiles::of(ages)
+        Percentiles::of_counts(ages)
     };
-    match metric {
+    Ok(match metric {
         Metric::Delivered => count(&["d"]),
         Metric::Deferred => count(&["t", "tq"]),
         Metric::Bounced => count(&["b"]),
@@ -137,10 +147,24 @@ fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> f64 {
         Metric::RepliesMatching(pattern) => {
             let regex =
                 fancy_regex::Regex::new(pattern).expect("validated when the scenario loaded");
-            matching
-                .iter()
-                .filter(|r| regex.is_match(&r.diag).unwrap_or(false))
-                .count() as f64
+            let (mut count, mut failed) = (0u64, 0u64);
+            let mut first_error = None;
+            for r in &matching {
+                match regex.is_match(&r.diag) {
+                    Ok(true) => count += 1,
+                    Ok(false) => {}
+                    Err(err) => {
+                        failed += 1;
+                        first_error.get_or_insert(err.to_string());
+                    }
+                }
+            }
+            if let Some(err) = first_error {
+                return Err(format!(
+                    "pattern /{pattern}/ could not be evaluated on {failed} records ({err})"
+                ));
+            }
+            count as f64
         }
         Metric::BackoffEntries => data
             .mode_changes
@@ -194,7 +218,7 @@ fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> f64 {
             .filter(|q| queue_matches(data, f, &q.name))
             .map(|q| q.queued_at_end)
             .sum::<u64>() as f64,
-    }
+    })
 }
 
 /// The results table: one line per expectation with its measured value.
@@ -206,12 +230,16 @@ pub fn table(scenario: &str, outcomes: &[Outcome]) -> String {
         outcomes.len() - failed
     ));
     for o in outcomes {
+        let measured = match &o.error {
+            Some(error) => format!("error: {error}"),
+            None => format!("measured {}", format_value(o.measured)),
+        };
         out.push_str(&format!(
-            "  {}  line {:<4} {:<60} measured {}\n",
+            "  {}  line {:<4} {:<60} {}\n",
             if o.passed { "pass" } else { "FAIL" },
             o.line,
-            o.text,
-            format_value(o.measured)
+            crate::printable::escape(&o.text),
+            crate::printable::escape(&measured)
         ));
     }
     out
@@ -258,11 +286,15 @@ pub fn junit(suites: &[(String, Vec<Outcome>)]) -> String {
             if o.passed {
                 out.push_str("/>\n");
             } else {
+                let measured = match &o.error {
+                    Some(error) => format!("error: {error}"),
+                    None => format!("measured {}", format_value(o.measured)),
+                };
                 out.push_str(&format!(
-                    ">\n      <failure message=\"measured {}\">{} (measured {})</failure>\n    </testcase>\n",
-                    format_value(o.measured),
+                    ">\n      <failure message=\"{}\">{} ({})</failure>\n    </testcase>\n",
+                    escape(&measured),
                     escape(&o.text),
-                    format_value(o.measured)
+                    escape(&measured)
                 ));
             }
         }

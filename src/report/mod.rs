@@ -60,6 +60,48 @@ pub struct RunData {
     pub retries: Vec<RetryWait>,
     pub queued: Vec<Queued>,
     pub connections: Vec<Connection>,
+    /// Messages the engine refused at injection.
+    #[serde(default)]
+    pub refused: Refusals,
+    /// Patterns the regex engine could not evaluate during the run (each once).
+    #[serde(default)]
+    pub pattern_failures: Vec<PatternFailure>,
+}
+
+/// Most refused messages listed one by one (the rest are counted).
+pub const REFUSALS_LISTED_MAX: usize = 100;
+
+/// Messages the engine refused at injection: counted by reason, the first few listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusals {
+    pub messages: u64,
+    pub recipients: u64,
+    /// Reason (`unknown-virtual-mta`, `bad-address`, …) → messages.
+    pub by_reason: BTreeMap<String, u64>,
+    /// The first [`REFUSALS_LISTED_MAX`] refusals.
+    pub first: Vec<Refused>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub at_s: u64,
+    pub job_id: String,
+    pub env_id: String,
+    pub recipients: u64,
+    pub reason: String,
+}
+
+/// A configured pattern that could not be evaluated (fancy-regex's backtracking limit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatternFailure {
+    pub at_s: u64,
+    /// `queue DOMAIN/VMTA` or `routing`.
+    pub context: String,
+    /// `FILE:LINE` of the pattern.
+    pub position: String,
+    pub pattern: String,
+    pub subject: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,6 +173,124 @@ pub struct Connection {
     pub source_ip: String,
     pub opened_s: u64,
     pub closed_s: Option<u64>,
+}
+
+/// Most queues times minutes a report looks at: each queue's binding limit is found minute
+/// by minute.
+pub const QUEUE_MINUTES_MAX: u64 = 200_000_000;
+/// Most recipients a run can queue: the scenario's message limit times its recipients per
+/// message.
+pub const RECIPIENTS_MAX: u64 =
+    crate::scenario::MESSAGES_MAX * crate::scenario::RECIPIENTS_PER_MESSAGE_MAX as u64;
+
+impl RunData {
+    /// Checks that `run.json` describes a run pmta-sim could have made: its version, a
+    /// duration a scenario may have, times before the year 10000, rates with a count and a
+    /// window, finite scores, and a size a report can be built for. A file that fails is
+    /// refused with the reason (never a panic or an allocation abort).
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::scenario::{DRAIN_S, DURATION_MAX_S, TIME_MAX_S};
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(format!(
+                "schema version {}; this pmta-sim reads version {SCHEMA_VERSION}",
+                self.schema_version
+            ));
+        }
+        if !(1..=DURATION_MAX_S).contains(&self.duration_s) {
+            return Err(format!(
+                "duration_s {} is not a run's length (1 to {DURATION_MAX_S})",
+                self.duration_s
+            ));
+        }
+        if self.start_s.saturating_add(self.duration_s + DRAIN_S) > TIME_MAX_S {
+            return Err(format!(
+                "start_s {} puts the run after the year 9999",
+                self.start_s
+            ));
+        }
+        if self.providers.len() > crate::scenario::ISPS_MAX {
+            return Err(format!(
+                "{} providers, over the limit of {}",
+                self.providers.len(),
+                crate::scenario::ISPS_MAX
+            ));
+        }
+        // Provider names become chart file names.
+        if let Some(p) = self
+            .providers
+            .iter()
+            .find(|p| !crate::scenario::is_safe_name(&p.name))
+        {
+            return Err(format!(
+                "provider name `{}` cannot name a chart file",
+                crate::printable::escape(&p.name)
+            ));
+        }
+        let times = self
+            .providers
+            .iter()
+            .flat_map(|p| {
+                p.throttles
+                    .iter()
+                    .flat_map(|t| [t.at_s, t.until_s])
+                    .chain(p.standings.iter().map(|s| s.at_s))
+            })
+            .chain(self.mode_changes.iter().map(|c| c.at_s))
+            .chain(self.retries.iter().flat_map(|r| [r.at_s, r.until_s]))
+            .chain(self.queued.iter().map(|q| q.at_s))
+            .chain(
+                self.connections
+                    .iter()
+                    .flat_map(|c| std::iter::once(c.opened_s).chain(c.closed_s)),
+            );
+        for t in times {
+            if t > TIME_MAX_S {
+                return Err(format!("time {t} is after the year 9999"));
+            }
+        }
+        for q in &self.queues {
+            for rate in [q.max_msg_rate, q.backoff_max_msg_rate]
+                .into_iter()
+                .flatten()
+            {
+                if rate.count == 0 || !(1..=DURATION_MAX_S).contains(&rate.per_s) {
+                    return Err(format!(
+                        "queue `{}`: rate {}/{}s is not a rate limit",
+                        q.name, rate.count, rate.per_s
+                    ));
+                }
+            }
+        }
+        if let Some(s) = self
+            .providers
+            .iter()
+            .flat_map(|p| &p.standings)
+            .find(|s| !s.score.is_finite())
+        {
+            return Err(format!(
+                "standing of `{}` has score {}",
+                s.identity, s.score
+            ));
+        }
+        let recipients = self
+            .queued
+            .iter()
+            .fold(0u64, |sum, q| sum.saturating_add(q.recipients));
+        if recipients > RECIPIENTS_MAX {
+            return Err(format!(
+                "{recipients} recipients queued, more than any run ({RECIPIENTS_MAX})"
+            ));
+        }
+        let queue_minutes = (self.queues.len() as u64).saturating_mul(self.duration_s / 60 + 1);
+        if queue_minutes > QUEUE_MINUTES_MAX {
+            return Err(format!(
+                "{} queues over {} minutes is more than a report is built for",
+                self.queues.len(),
+                self.duration_s / 60 + 1
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a report reads of one accounting record.
@@ -241,6 +401,33 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
+    /// Percentiles of values given with their multiplicity, `(value, how many)`.
+    pub(crate) fn of_counts(mut counted: Vec<(u64, u64)>) -> Percentiles {
+        counted.retain(|(_, n)| *n > 0);
+        counted.sort_unstable();
+        let total: u64 = counted.iter().fold(0, |sum, (_, n)| sum.saturating_add(*n));
+        if total == 0 {
+            return Percentiles::default();
+        }
+        // The value at 0-based rank `r`, as `of` picks it from the expanded list.
+        let at = |q: u64| {
+            let rank = ((total - 1) as u128 * q as u128).div_ceil(100) as u64;
+            let mut seen = 0u64;
+            for (value, n) in &counted {
+                seen = seen.saturating_add(*n);
+                if rank < seen {
+                    return *value;
+                }
+            }
+            counted.last().map_or(0, |(v, _)| *v)
+        };
+        Percentiles {
+            p50: at(50),
+            p95: at(95),
+            max: counted.last().map_or(0, |(v, _)| *v),
+        }
+    }
+
     pub(crate) fn of(mut values: Vec<u64>) -> Percentiles {
         if values.is_empty() {
             return Percentiles::default();
@@ -315,6 +502,10 @@ pub struct Summary {
     pub providers: BTreeMap<String, Counts>,
     pub queues: BTreeMap<String, QueueSummary>,
     pub source_ips: BTreeMap<String, Counts>,
+    /// Messages the engine refused at injection (never sent, never in `acct.csv`).
+    pub refused: Refusals,
+    /// Patterns that could not be evaluated: matches they decide are unknown.
+    pub pattern_failures: Vec<PatternFailure>,
 }
 
 /// One named line of a chart: (seconds since the start, value).
@@ -500,19 +691,22 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             .entry(row.queued_s)
             .or_default() -= 1;
     }
-    let mut ages: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Each age with how many recipients have it: the memory follows the distinct times, not
+    // the recipients.
+    let mut ages: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for (queue, by_time) in &pending {
         let provider = provider_of_domain(&queue_domain(queue));
         for (at, n) in by_time {
-            for _ in 0..(*n).max(0) {
-                let age = end.saturating_sub(*at);
-                for key in [
-                    "run".to_string(),
-                    format!("p:{provider}"),
-                    format!("q:{queue}"),
-                ] {
-                    ages.entry(key).or_default().push(age);
-                }
+            if *n <= 0 {
+                continue;
+            }
+            let age = end.saturating_sub(*at);
+            for key in [
+                "run".to_string(),
+                format!("p:{provider}"),
+                format!("q:{queue}"),
+            ] {
+                ages.entry(key).or_default().push((age, *n as u64));
             }
         }
     }
@@ -542,11 +736,12 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
         )
     };
 
-    // Deliveries per minute, for peaks.
-    let minutes = data.duration_s.div_ceil(60) as usize + 1;
-    let mut per_minute: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // Deliveries per minute, for peaks: only the minutes with deliveries are kept, so the
+    // memory follows the deliveries, not the run's length.
+    let minutes = data.duration_s.div_ceil(60) + 1;
+    let mut per_minute: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.kind == "d") {
-        let m = (row.logged_s.saturating_sub(start) / 60) as usize;
+        let m = row.logged_s.saturating_sub(start) / 60;
         if m >= minutes {
             continue;
         }
@@ -556,20 +751,22 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             format!("q:{}", row.queue),
             format!("i:{}", row.source_ip),
         ] {
-            per_minute.entry(key).or_insert_with(|| vec![0; minutes])[m] += 1;
+            *per_minute.entry(key).or_default().entry(m).or_default() += 1;
         }
     }
     let peaks = |key: &str| -> (u64, u64) {
         let Some(counts) = per_minute.get(key) else {
             return (0, 0);
         };
-        let minute = counts.iter().copied().max().unwrap_or(0);
-        let mut hour = 0;
-        let mut sum = 0;
-        for (i, n) in counts.iter().enumerate() {
+        let minute = counts.values().copied().max().unwrap_or(0);
+        // Any 60 consecutive minutes: a window over the minutes that have deliveries.
+        let counted: Vec<(u64, u64)> = counts.iter().map(|(m, n)| (*m, *n)).collect();
+        let (mut hour, mut sum, mut first) = (0, 0, 0);
+        for &(m, n) in &counted {
             sum += n;
-            if i >= 60 {
-                sum -= counts[i - 60];
+            while counted[first].0 + 60 <= m {
+                sum -= counted[first].1;
+                first += 1;
             }
             hour = hour.max(sum);
         }
@@ -578,7 +775,7 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
     let finish = |key: &str, counts: &mut Counts, with_queue_data: bool| {
         counts.delivery_latency_s =
             Percentiles::of(latencies.get(key).cloned().unwrap_or_default());
-        counts.queue_age_s = Percentiles::of(ages.get(key).cloned().unwrap_or_default());
+        counts.queue_age_s = Percentiles::of_counts(ages.get(key).cloned().unwrap_or_default());
         let (minute, hour) = peaks(key);
         counts.peak_delivered_per_minute = minute;
         counts.peak_delivered_per_hour = hour;
@@ -845,6 +1042,8 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             providers,
             queues,
             source_ips: ips,
+            refused: data.refused.clone(),
+            pattern_failures: data.pattern_failures.clone(),
         },
         bucket_s,
         outcomes,
@@ -1045,6 +1244,32 @@ pub fn summary_json(summary: &Summary) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn percentiles_of_counted_values_match_the_expanded_list() {
+        let cases: [&[(u64, u64)]; 4] = [
+            &[(5, 2), (1, 1), (9, 3)],
+            &[(7, 1)],
+            &[(3, 40), (100, 1), (2, 0)],
+            &[(1, 19), (2, 1), (3, 1)],
+        ];
+        for counted in cases {
+            let expanded: Vec<u64> = counted
+                .iter()
+                .flat_map(|(v, n)| std::iter::repeat_n(*v, *n as usize))
+                .collect();
+            assert_eq!(
+                Percentiles::of_counts(counted.to_vec()),
+                Percentiles::of(expanded),
+                "{counted:?}"
+            );
+        }
+        assert_eq!(
+            Percentiles::of_counts(vec![(4, u64::MAX)]).max,
+            4,
+            "a count too large to expand"
+        );
+    }
+
     fn data(duration_s: u64) -> RunData {
         RunData {
             schema_version: SCHEMA_VERSION,
@@ -1081,6 +1306,8 @@ mod tests {
             retries: Vec::new(),
             queued: Vec::new(),
             connections: Vec::new(),
+            refused: Refusals::default(),
+            pattern_failures: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use super::{Counts, Summary};
+use crate::printable::escape;
 
 const BOLD: &str = "\x1b[1m";
 const RED: &str = "\x1b[31m";
@@ -20,6 +21,7 @@ fn line(out: &mut String, name: &str, c: &Counts, colour: bool) {
             text
         }
     };
+    let name = escape(name);
     let _ = writeln!(
         out,
         "  {name:<28} {:>9} {:>9} {} {} {:>7} {:>8} {:>9}",
@@ -51,7 +53,7 @@ pub fn table(summary: &Summary, colour: bool) -> String {
     let _ = writeln!(
         out,
         "{}: seed {}, {} simulated",
-        summary.scenario,
+        escape(&summary.scenario),
         summary.seed,
         super::clock(summary.duration_s)
     );
@@ -65,7 +67,8 @@ pub fn table(summary: &Summary, colour: bool) -> String {
         line(&mut out, name, &q.counts, colour);
     }
     for q in summary.queues.values() {
-        let _ = writeln!(out, "  {}", q.binding.explanation);
+        // The explanation quotes the provider's reply: escaped like any text from outside.
+        let _ = writeln!(out, "  {}", escape(&q.binding.explanation));
     }
     out
 }
@@ -88,6 +91,8 @@ mod tests {
             providers: Default::default(),
             queues: Default::default(),
             source_ips: Default::default(),
+            refused: Default::default(),
+            pattern_failures: Vec::new(),
         };
         let mut q = super::super::QueueSummary::default();
         q.counts.bounced = 3;

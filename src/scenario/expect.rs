@@ -17,31 +17,31 @@ pub const EXPECTATIONS_MAX: usize = 1000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawExpect {
-    metric: String,
+    pub(super) metric: String,
     #[serde(default)]
-    pattern: Option<String>,
+    pub(super) pattern: Option<String>,
     #[serde(default)]
-    per: Option<String>,
+    pub(super) per: Option<String>,
     #[serde(default)]
-    provider: Option<String>,
+    pub(super) provider: Option<String>,
     #[serde(default)]
-    domain: Option<String>,
+    pub(super) domain: Option<String>,
     #[serde(default)]
-    queue: Option<String>,
+    pub(super) queue: Option<Spanned<String>>,
     #[serde(default)]
-    vmta: Option<String>,
+    pub(super) vmta: Option<Spanned<String>>,
     #[serde(default)]
-    source_ip: Option<String>,
+    pub(super) source_ip: Option<Spanned<String>>,
     #[serde(default)]
-    category: Option<String>,
+    pub(super) category: Option<String>,
     #[serde(default)]
-    window: Option<[String; 2]>,
+    pub(super) window: Option<[String; 2]>,
     #[serde(default)]
-    min: Option<f64>,
+    pub(super) min: Option<f64>,
     #[serde(default)]
-    max: Option<f64>,
+    pub(super) max: Option<f64>,
     #[serde(default)]
-    equals: Option<f64>,
+    pub(super) equals: Option<f64>,
 }
 
 /// What an expectation measures.
@@ -133,11 +133,39 @@ impl Expectation {
     }
 }
 
+/// What an expectation may name: the scenario's ISPs and domains, and the run's length.
+pub(super) struct Known<'a> {
+    pub isps: &'a [String],
+    pub domains: &'a [String],
+    pub duration_s: u64,
+}
+
+impl Metric {
+    /// Metrics that are a share of something: between 0 and 1.
+    fn is_ratio(&self) -> bool {
+        matches!(
+            self,
+            Metric::DeliveredRatio | Metric::DeferredRatio | Metric::BouncedRatio
+        )
+    }
+}
+
+/// An error unless `name` is one of `known`, with the closest as a suggestion.
+fn one_of(what: &str, name: &str, known: &[String]) -> Result<(), String> {
+    if known.iter().any(|k| k == name) {
+        return Ok(());
+    }
+    let hint = did_you_mean(name, known.iter().map(String::as_str))
+        .map_or_else(String::new, |m| format!("; did you mean `{m}`?"));
+    Err(format!("{what} `{name}` is not in this scenario{hint}"))
+}
+
 pub(super) fn parse(
     r: &Reporter<'_>,
     raw: &[Spanned<RawExpect>],
-    isps: &[String],
+    known: &Known<'_>,
 ) -> Result<Vec<Expectation>, ScenarioError> {
+    let isps = known.isps;
     if raw.len() > EXPECTATIONS_MAX {
         return Err(r.at(
             0,
@@ -206,6 +234,78 @@ pub(super) fn parse(
         if e.min.is_none() && e.max.is_none() && e.equals.is_none() {
             return Err(err("an expectation needs `min`, `max` or `equals`".into()));
         }
+        // Comparisons that no run could satisfy are mistakes, not expectations.
+        for (key, value) in [("min", e.min), ("max", e.max), ("equals", e.equals)] {
+            if let Some(v) = value
+                && !v.is_finite()
+            {
+                return Err(err(format!("`{key}` is {v}: give a finite number")));
+            }
+        }
+        if let (Some(min), Some(max)) = (e.min, e.max)
+            && min > max
+        {
+            return Err(err(format!(
+                "min {min} is above max {max}: no value can hold"
+            )));
+        }
+        if let Some(eq) = e.equals
+            && (e.min.is_some_and(|m| eq < m) || e.max.is_some_and(|m| eq > m))
+        {
+            return Err(err(format!(
+                "equals {eq} is outside min/max: no value can hold"
+            )));
+        }
+        let (low, high) = if metric.is_ratio() {
+            (0.0, 1.0)
+        } else {
+            (0.0, f64::INFINITY)
+        };
+        let below = e.max.or(e.equals).is_some_and(|v| v < low);
+        let above = e.min.or(e.equals).is_some_and(|v| v > high);
+        if below || above {
+            return Err(err(format!(
+                "`{}` is between {low} and {high}: this expectation can never hold",
+                e.metric
+            )));
+        }
+        if let Some(domain) = &e.domain {
+            one_of("domain", &domain.to_ascii_lowercase(), known.domains).map_err(&err)?;
+        }
+        if let Some(queue) = e.queue.as_ref().map(Spanned::get_ref) {
+            let Some((domain, _)) = queue
+                .split_once('/')
+                .filter(|(d, v)| !d.is_empty() && !v.is_empty())
+            else {
+                return Err(err(format!(
+                    "queue `{queue}` is DOMAIN/VMTA, as in gmail.com/news-1"
+                )));
+            };
+            one_of(
+                "the domain of queue",
+                &domain.to_ascii_lowercase(),
+                known.domains,
+            )
+            .map_err(&err)?;
+        }
+        if let Some(ip) = e.source_ip.as_ref().map(Spanned::get_ref)
+            && ip.parse::<std::net::IpAddr>().is_err()
+        {
+            return Err(err(format!("source_ip `{ip}` is not an IP address")));
+        }
+        if let Some(category) = &e.category
+            && !crate::config::model::BOUNCE_CATEGORIES.contains(&category.as_str())
+        {
+            let hint = did_you_mean(
+                category,
+                crate::config::model::BOUNCE_CATEGORIES.iter().copied(),
+            )
+            .map_or_else(String::new, |m| format!("; did you mean `{m}`?"));
+            return Err(err(format!(
+                "`{category}` is not a bounce category{hint} (categories: {})",
+                crate::config::model::BOUNCE_CATEGORIES.join(", ")
+            )));
+        }
         if let Some(provider) = &e.provider
             && !isps.contains(provider)
         {
@@ -221,6 +321,12 @@ pub(super) fn parse(
                 if from >= to {
                     return Err(err(format!("window [{from}s, {to}s) is empty")));
                 }
+                if to > known.duration_s {
+                    return Err(err(format!(
+                        "window [{from}s, {to}s) ends after the run ({}s)",
+                        known.duration_s
+                    )));
+                }
                 Some((from, to))
             }
             None => None,
@@ -228,9 +334,9 @@ pub(super) fn parse(
         let filter = Filter {
             provider: e.provider.clone(),
             domain: e.domain.as_ref().map(|d| d.to_ascii_lowercase()),
-            queue: e.queue.clone(),
-            vmta: e.vmta.clone(),
-            source_ip: e.source_ip.clone(),
+            queue: e.queue.as_ref().map(|q| q.get_ref().clone()),
+            vmta: e.vmta.as_ref().map(|v| v.get_ref().clone()),
+            source_ip: e.source_ip.as_ref().map(|ip| ip.get_ref().clone()),
             category: e.category.clone(),
             window,
         };

@@ -6,6 +6,7 @@
 //! the scenario seed. Pure: it reads no files (the caller passes the text) and no clock; it
 //! must not know how the run is driven.
 
+mod check;
 pub mod expect;
 mod model;
 mod workload;
@@ -18,13 +19,15 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
+use crate::config::Severity;
 use crate::config::value::{self, Rate};
 use crate::smtp::Reply;
 use crate::time::Time;
 
+pub use check::check_against;
 pub use expect::{Expectation, Filter, Metric};
 pub use model::parse_model;
-pub use workload::{Generated, Workload};
+pub use workload::{Generated, RECIPIENTS_PER_MESSAGE_MAX, Workload};
 
 /// The scenario format version this code reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -36,14 +39,50 @@ pub const MX_PER_ISP_MAX: usize = 250;
 /// Most messages one scenario may inject.
 pub const MESSAGES_MAX: u64 = 50_000_000;
 
-#[derive(Debug, Error)]
-#[error("{file}:{line}:{column}: error: {message}")]
+/// A problem with a scenario or model file, at `FILE:LINE:COL`: an error stops the run, a
+/// warning is printed and the run goes on.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{file}:{line}:{column}: {}: {message}", severity.label())]
 pub struct ScenarioError {
     pub file: String,
     pub line: usize,
     pub column: usize,
     pub message: String,
+    pub severity: Severity,
 }
+
+impl ScenarioError {
+    /// An error about a whole file (it could not be read, say): at its first line.
+    pub fn in_file(file: &Path, message: impl Into<String>) -> ScenarioError {
+        ScenarioError {
+            file: file.display().to_string(),
+            line: 1,
+            column: 1,
+            message: message.into(),
+            severity: Severity::Error,
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// Whether `name` can name a file or directory on its own: letters, digits, `-`, `_` and `.`,
+/// not starting with a dot (so no `..`, no separator, nothing hidden), at most 100 bytes.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The last second a run may reach: 9999-12-31T23:59:59Z (acct.csv writes four-digit years).
+pub const TIME_MAX_S: u64 = 253_402_300_799;
+/// A run goes on this long after `duration` to let the simulator drain (see the driver).
+pub const DRAIN_S: u64 = 3600;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +100,7 @@ struct Raw {
     #[serde(default)]
     latency_ms: Option<Spanned<[u64; 2]>>,
     #[serde(default)]
-    tick_ms: Option<u64>,
+    tick_ms: Option<Spanned<u64>>,
     #[serde(default)]
     isps: IndexMap<String, Spanned<RawIsp>>,
     #[serde(default)]
@@ -189,7 +228,7 @@ struct RawFixedReply {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkload {
-    vmta: String,
+    vmta: Spanned<String>,
     mail_from: String,
     messages: u64,
     #[serde(default)]
@@ -226,7 +265,7 @@ struct RawFault {
     #[serde(default)]
     isp: Option<String>,
     #[serde(default)]
-    source_ip: Option<String>,
+    source_ip: Option<Spanned<String>>,
     #[serde(default)]
     mx: Option<String>,
     #[serde(default)]
@@ -629,6 +668,9 @@ pub struct Scenario {
     /// `[[expect]]`: checked when the run ends.
     pub expect: Vec<Expectation>,
     pub sender: SenderPosture,
+    /// What loads but looks wrong (a stream that starts after the run ends, a domain no
+    /// provider answers): printed before the run.
+    pub warnings: Vec<ScenarioError>,
 }
 
 struct Reporter<'a> {
@@ -646,6 +688,14 @@ impl Reporter<'_> {
             line,
             column,
             message: message.into(),
+            severity: Severity::Error,
+        }
+    }
+
+    fn warn<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> ScenarioError {
+        ScenarioError {
+            severity: Severity::Warning,
+            ..self.span(spanned, message)
         }
     }
 
@@ -661,8 +711,8 @@ fn interval(text: &str) -> Result<u64, String> {
 }
 
 fn reply(text: &str) -> Result<Reply, String> {
-    crate::smtp::parse_reply_line(text).ok_or_else(|| {
-        format!("`{text}` is not an SMTP reply such as \"421 4.7.0 try again later\"")
+    crate::smtp::parse_reply_text(text).map_err(|e| {
+        format!("`{text}` is not an SMTP reply such as \"421 4.7.0 try again later\" ({e})")
     })
 }
 
@@ -684,12 +734,20 @@ pub fn parse_utc(text: &str) -> Option<u64> {
         return None;
     };
     let (year, month, day) = (*year, *month, *day);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    // A leap second (`:60`) has no place in the accounting file's timestamps.
     if !(1970..=9999).contains(&year)
         || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || !(1..=days_in_month).contains(&day)
         || *h > 23
         || *m > 59
-        || *s > 60
+        || *s > 59
     {
         return None;
     }
@@ -709,12 +767,10 @@ impl Scenario {
     /// config path).
     pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         Scenario::parse_with(file, text, &|name| {
-            Err(ScenarioError {
-                file: file.display().to_string(),
-                line: 1,
-                column: 1,
-                message: format!("ISP model `{name}` needs the isp-models directory"),
-            })
+            Err(ScenarioError::in_file(
+                file,
+                format!("ISP model `{name}` needs the isp-models directory"),
+            ))
         })
     }
 
@@ -750,14 +806,32 @@ impl Scenario {
                 ),
             ));
         }
+        if !is_safe_name(raw.name.get_ref()) {
+            return Err(r.span(
+                &raw.name,
+                format!(
+                    "name `{}` names the run's directory: use letters, digits, `-`, `_` and `.` (not first), at most 100",
+                    raw.name.get_ref()
+                ),
+            ));
+        }
         let start = parse_utc(raw.start_time.get_ref())
             .map(Time::from_secs)
             .ok_or_else(|| {
                 r.span(
                     &raw.start_time,
-                    "start_time must be UTC, such as 2026-09-21T12:00:00Z",
+                    format!(
+                        "start_time `{}` is not a UTC time between 1970 and 9999, such as 2026-09-21T12:00:00Z",
+                        raw.start_time.get_ref()
+                    ),
                 )
             })?;
+        if start.unix_secs() + duration_s + DRAIN_S > TIME_MAX_S {
+            return Err(r.span(
+                &raw.duration,
+                "the run would end after the year 9999 (start_time + duration + the hour the simulator drains)",
+            ));
+        }
         let config = match (raw.config, raw.config_inline) {
             (Some(path), None) => {
                 let base = file.parent().unwrap_or(Path::new(""));
@@ -786,16 +860,35 @@ impl Scenario {
             }
             None => (1, 20),
         };
-        let tick_ms = raw.tick_ms.unwrap_or(1).clamp(1, 1000);
+        let tick_ms = match &raw.tick_ms {
+            Some(tick) if !(1..=1000).contains(tick.get_ref()) => {
+                return Err(r.span(
+                    tick,
+                    format!(
+                        "tick_ms is 1 to 1000 (the simulator's step), not {}",
+                        tick.get_ref()
+                    ),
+                ));
+            }
+            Some(tick) => *tick.get_ref(),
+            None => 1,
+        };
+        let mut warnings = Vec::new();
         if raw.isps.len() > ISPS_MAX {
             return Err(r.at(
                 0,
                 format!("{} ISPs, over the limit of {ISPS_MAX}", raw.isps.len()),
             ));
         }
-        let mut isps = Vec::new();
+        let mut isps: Vec<IspSpec> = Vec::new();
         for (name, spanned) in &raw.isps {
             let isp = spanned.get_ref();
+            if !is_safe_name(name) {
+                return Err(r.span(
+                    spanned,
+                    format!("ISP name `{name}` names chart files: use letters, digits, `-`, `_` and `.` (not first)"),
+                ));
+            }
             let mut base = match &isp.model {
                 Some(model) => models(model.get_ref())?,
                 None => IspSpec::generic(name),
@@ -805,11 +898,20 @@ impl Scenario {
                 return Err(r.span(spanned, format!("ISP `{name}` answers no `domains`")));
             }
             let rate_limit = match &isp.rate_limit {
-                Some(rl) => Some(RateLimit {
-                    per_ip: value::parse_rate(&rl.get_ref().per_ip)
-                        .map_err(|e| r.span(rl, e.to_string()))?,
-                    reply: reply(&rl.get_ref().reply).map_err(|e| r.span(rl, e))?,
-                }),
+                Some(rl) => {
+                    let per_ip = value::parse_rate(&rl.get_ref().per_ip)
+                        .map_err(|e| r.span(rl, e.to_string()))?;
+                    if matches!(per_ip, Rate::Limit { count: 0, .. }) {
+                        return Err(r.span(
+                            rl,
+                            "a rate_limit of 0 accepts nothing; leave rate_limit out for no limit",
+                        ));
+                    }
+                    Some(RateLimit {
+                        per_ip,
+                        reply: reply(&rl.get_ref().reply).map_err(|e| r.span(rl, e))?,
+                    })
+                }
                 None => None,
             };
             let greylist = match &isp.greylist {
@@ -822,6 +924,12 @@ impl Scenario {
                         whitelist_spacing_s: 3600,
                     });
                     grey.delay_s = interval(&g.get_ref().delay).map_err(|e| r.span(g, e))?;
+                    if grey.delay_s == 0 {
+                        return Err(r.span(
+                            g,
+                            "a greylist delay of 0s greylists nothing; leave greylist out",
+                        ));
+                    }
                     if grey.delay_s >= grey.retry_window_s {
                         return Err(r.span(
                             g,
@@ -858,6 +966,12 @@ impl Scenario {
                 && base.reputation.is_none()
             {
                 return Err(r.span(spanned, format!("history, reputation and clean_days need a model with [throttle] or [reputation]; ISP `{name}` has neither")));
+            }
+            if isp.capacity_per_ip_per_hour == Some(0) {
+                return Err(r.span(
+                    spanned,
+                    "`capacity_per_ip_per_hour` must be at least 1 (0 would let nothing through)",
+                ));
             }
             if isp.capacity_per_ip_per_hour.is_some() && base.throttle.is_none() {
                 return Err(r.span(spanned, format!("`capacity_per_ip_per_hour` needs a model with a [throttle]; ISP `{name}` has none")));
@@ -913,6 +1027,31 @@ impl Scenario {
                     ),
                 ));
             }
+            // Each domain and MX host is a host name, and belongs to one provider.
+            type Hosts = fn(&IspSpec) -> &[String];
+            let names: [(&str, &[String], &str, Hosts); 2] = [
+                ("domain", &domains, "answer", |i| &i.domains),
+                ("MX", &mx, "list", |i| &i.mx),
+            ];
+            for (what, hosts, verb, of) in names {
+                for host in hosts {
+                    if !value::is_host_name(host) {
+                        return Err(r.span(
+                            spanned,
+                            format!("ISP `{name}`: {what} `{host}` is not a host name"),
+                        ));
+                    }
+                    if let Some(other) = isps.iter().find(|i| of(i).contains(host)) {
+                        return Err(r.span(
+                            spanned,
+                            format!(
+                                "ISP `{name}` and ISP `{}` both {verb} `{host}`: a {what} has one provider",
+                                other.name
+                            ),
+                        ));
+                    }
+                }
+            }
             // The scenario's own settings override the model's; the rest is the model's.
             isps.push(IspSpec {
                 domains,
@@ -955,6 +1094,37 @@ impl Scenario {
             let w = spanned.get_ref();
             let workload = Workload::from_raw(index, w, &r, spanned)?;
             total = total.saturating_add(workload.messages);
+            // A stream that sends nothing because of the scenario's own settings says so.
+            let due = workload.due_by(duration_s);
+            if workload.messages == 0 {
+                warnings.push(r.warn(spanned, "this stream has `messages = 0`: it sends nothing"));
+            } else if workload.start_s >= duration_s {
+                warnings.push(r.warn(
+                    spanned,
+                    format!(
+                        "this stream starts at {}s, when the run ({duration_s}s) is over: it sends nothing",
+                        workload.start_s
+                    ),
+                ));
+            } else if due < workload.messages {
+                warnings.push(r.warn(
+                    spanned,
+                    format!(
+                        "only {due} of this stream's {} messages are due before the run ends at {duration_s}s; the rest are never sent",
+                        workload.messages
+                    ),
+                ));
+            }
+            for (domain, _) in &workload.domains {
+                if !isps.iter().any(|i| i.domains.contains(domain)) {
+                    warnings.push(r.warn(
+                        spanned,
+                        format!(
+                            "no ISP of this scenario answers `{domain}`: its mail finds no mail host and bounces"
+                        ),
+                    ));
+                }
+            }
             workloads.push(workload);
         }
         if total > MESSAGES_MAX {
@@ -1024,7 +1194,7 @@ impl Scenario {
                 "outage" => FaultKind::Outage { isp: known_isp(need(&f.isp, "isp")?)? },
                 "partition" => FaultKind::Partition {
                     isp: known_isp(need(&f.isp, "isp")?)?,
-                    source_ip: need(&f.source_ip, "source_ip")?.parse().map_err(|_| r.span(spanned, "source_ip is an IP address"))?,
+                    source_ip: need(&f.source_ip.as_ref().map(|ip| ip.get_ref().clone()), "source_ip")?.parse().map_err(|_| r.span(spanned, "source_ip is an IP address"))?,
                 },
                 "reply_override" => FaultKind::ReplyOverride {
                     isp: known_isp(need(&f.isp, "isp")?)?,
@@ -1034,8 +1204,40 @@ impl Scenario {
                 "mx_down" => FaultKind::MxDown { mx: need(&f.mx, "mx")? },
                 other => return Err(r.span(spanned, format!("unknown fault kind `{other}`; kinds are outage, partition, reply_override, mx_down"))),
             };
+            if for_s == 0 {
+                return Err(r.span(spanned, "a fault lasts longer than 0s (`for`)"));
+            }
+            if at_s >= duration_s {
+                return Err(r.span(
+                    spanned,
+                    format!("this fault starts at {at_s}s, when the run ({duration_s}s) is over"),
+                ));
+            }
+            if let FaultKind::MxDown { mx } = &kind
+                && !isps.iter().any(|i| i.mx.contains(mx))
+            {
+                let all: Vec<&str> = isps
+                    .iter()
+                    .flat_map(|i| i.mx.iter().map(String::as_str))
+                    .collect();
+                let hint = crate::config::diag::did_you_mean(mx, all.iter().copied())
+                    .map_or_else(String::new, |m| format!("; did you mean `{m}`?"));
+                return Err(r.span(
+                    spanned,
+                    format!("fault names MX `{mx}`, which no ISP of this scenario has{hint}"),
+                ));
+            }
             faults.push(Fault { kind, at_s, for_s });
         }
+        // The domains an expectation may filter on: those the streams send to and the ISPs
+        // answer.
+        let mut known_domains: Vec<String> = workloads
+            .iter()
+            .flat_map(|w| w.domains.iter().map(|(d, _)| d.clone()))
+            .chain(isps.iter().flat_map(|i| i.domains.iter().cloned()))
+            .collect();
+        known_domains.sort();
+        known_domains.dedup();
         Ok(Scenario {
             name: raw.name.into_inner(),
             seed: raw.seed,
@@ -1050,9 +1252,14 @@ impl Scenario {
             expect: expect::parse(
                 &r,
                 &raw.expect,
-                &raw.isps.keys().cloned().collect::<Vec<_>>(),
+                &expect::Known {
+                    isps: &raw.isps.keys().cloned().collect::<Vec<_>>(),
+                    domains: &known_domains,
+                    duration_s,
+                },
             )?,
             sender,
+            warnings,
         })
     }
 

@@ -249,6 +249,18 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
                 "per_domain_per_hour needs phase = \"data_end\" (the DKIM domain is known only once the message is in)",
             ));
         }
+        let capacities = [
+            Some(t.per_ip_per_hour),
+            t.per_netblock_per_hour,
+            t.per_domain_per_hour,
+            t.capacity_max_per_hour,
+        ];
+        if capacities.contains(&Some(0)) {
+            return Err(r.at(
+                at,
+                "hourly capacities are at least 1 (0 would let nothing through); leave a key out for no limit",
+            ));
+        }
         let penalty_min_s = interval(&t.penalty_min).map_err(err)?;
         let penalty_max_s = interval(&t.penalty_max).map_err(err)?;
         if penalty_min_s > penalty_max_s {
@@ -290,10 +302,10 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             whitelist_after: g.whitelist_after,
             whitelist_spacing_s: interval(&g.whitelist_spacing).map_err(err)?,
         };
-        if grey.delay_s >= grey.retry_window_s {
+        if grey.delay_s == 0 || grey.delay_s >= grey.retry_window_s {
             return Err(r.at(
                 at,
-                "the greylist delay must be shorter than its retry window",
+                "the greylist delay must be above 0s and shorter than its retry window",
             ));
         }
         spec.greylist = Some(grey);
@@ -374,6 +386,18 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             return Err(r.at(
                 at,
                 "start, daily_step, complaint_good, complaint_bad, unknown_bad and block_below are between 0 and 1 (start above 0)",
+            ));
+        }
+        let weights = [
+            rep.weight_complaints,
+            rep.weight_unknown,
+            rep.weight_engagement,
+            rep.no_unsubscribe_complaint_factor.unwrap_or(1.0),
+        ];
+        if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return Err(r.at(
+                at,
+                "weight_complaints, weight_unknown, weight_engagement and no_unsubscribe_complaint_factor are finite and not negative",
             ));
         }
         if rep.complaint_good >= rep.complaint_bad || rep.unknown_bad == 0.0 {

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::{RawWorkload, Reporter, ScenarioError, interval};
 use crate::config::value;
-use crate::engine::Injection;
+use crate::engine::{Injection, MessageData};
 use crate::time::Time;
 
 /// Largest generated message.
@@ -21,6 +21,8 @@ pub const MESSAGE_SIZE_MAX_BYTES: u64 = 10 * 1024 * 1024;
 pub const TAKE_BATCH_MAX: usize = 10_000;
 /// Most recipients per generated message.
 pub const RECIPIENTS_PER_MESSAGE_MAX: u32 = 1000;
+/// Longest address the engine accepts (`engine::Engine::inject` refuses longer ones).
+pub const ADDRESS_MAX_BYTES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
@@ -67,8 +69,13 @@ impl Workload {
             (Some(_), Some(_)) => return Err(err("give `over` or `rate`, not both".into())),
             (Some(over), None) => interval(over).map_err(err)? * 1000,
             (None, Some(rate)) => match value::parse_rate(rate).map_err(|e| err(e.to_string()))? {
+                value::Rate::Limit { count: 0, .. } => {
+                    return Err(err(format!(
+                        "a rate of `{rate}` sends nothing; give a count above 0 (or `over`)"
+                    )));
+                }
                 value::Rate::Limit { count, per_seconds } => {
-                    w.messages.saturating_mul(per_seconds * 1000) / count.max(1)
+                    w.messages.saturating_mul(per_seconds.saturating_mul(1000)) / count
                 }
                 value::Rate::Unlimited => 0,
             },
@@ -110,15 +117,31 @@ impl Workload {
                 "domains is a table of domain = weight, with positive weights".into(),
             ));
         }
-        if crate::config::value::parse_address(&w.mail_from).is_err() {
+        if value::parse_address(&w.mail_from).is_err() || w.mail_from.len() > ADDRESS_MAX_BYTES {
             return Err(err(format!(
-                "mail_from `{}` is not an address",
+                "mail_from `{}` is not an address (of at most {ADDRESS_MAX_BYTES} bytes)",
                 w.mail_from
             )));
         }
+        // The longest recipient this stream generates must be one the engine accepts.
+        let longest_local = format!(
+            "disabled{index}.{}.{}",
+            w.messages.saturating_sub(1),
+            recipients_per_message - 1
+        );
+        for domain in w.domains.keys() {
+            if !value::is_host_name(domain) {
+                return Err(err(format!("`{domain}` in domains is not a domain name")));
+            }
+            if longest_local.len() + 1 + domain.len() > ADDRESS_MAX_BYTES {
+                return Err(err(format!(
+                    "recipients at `{domain}` would be longer than {ADDRESS_MAX_BYTES} bytes"
+                )));
+            }
+        }
         Ok(Workload {
             index,
-            vmta: w.vmta.clone(),
+            vmta: w.vmta.get_ref().clone(),
             mail_from: w.mail_from.clone(),
             messages: w.messages,
             start_s,
@@ -143,7 +166,9 @@ impl Workload {
             },
             one_click_unsubscribe: w.one_click_unsubscribe.unwrap_or(false),
             header_from: match &w.header_from {
-                Some(from) if value::parse_address(from).is_err() => {
+                Some(from)
+                    if value::parse_address(from).is_err() || from.len() > ADDRESS_MAX_BYTES =>
+                {
                     return Err(err(format!("header_from `{from}` is not an address")));
                 }
                 other => other.clone(),
@@ -152,12 +177,37 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// How many of the stream's messages are due at or before `end_s` seconds after the start.
+    pub fn due_by(&self, end_s: u64) -> u64 {
+        if self.start_s > end_s {
+            return 0;
+        }
+        let window_ms = (end_s - self.start_s) as u128 * 1000;
+        if self.span_ms == 0 {
+            return self.messages;
+        }
+        // Message i is due at start + ⌊i × span / messages⌋ ms: it is due by the end when
+        // i × span < (window + 1) × messages.
+        let bound = (window_ms + 1) * self.messages as u128;
+        bound
+            .div_ceil(self.span_ms as u128)
+            .min(self.messages as u128) as u64
+    }
+}
+
 struct Stream {
     workload: Workload,
     next: u64,
     rng: ChaCha8Rng,
     total_weight: f64,
+    /// The body every message of the stream shares (one copy however many are queued).
+    body: std::sync::Arc<[u8]>,
 }
+
+/// The line a generated body repeats.
+const BODY_LINE: &[u8] =
+    b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
 
 impl Stream {
     fn due(&self, start: Time) -> Option<Time> {
@@ -179,13 +229,25 @@ impl Generated {
     pub fn new(workloads: &[Workload], seed: u64, start: Time) -> Generated {
         let streams = workloads
             .iter()
-            .map(|w| Stream {
-                rng: ChaCha8Rng::seed_from_u64(
-                    seed ^ (w.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                ),
-                total_weight: w.domains.iter().map(|(_, v)| v).sum(),
-                workload: w.clone(),
-                next: 0,
+            .map(|w| {
+                // Whole lines up to the stream's size, less the header block of its first
+                // message (later ones differ by a few digits).
+                let head = head(
+                    w,
+                    0,
+                    &[format!("u{}.0.0@{}", w.index, w.domains[0].0)],
+                    start,
+                );
+                let lines = (w.size_bytes as usize).saturating_sub(head.len()) / BODY_LINE.len();
+                Stream {
+                    rng: ChaCha8Rng::seed_from_u64(
+                        seed ^ (w.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ),
+                    total_weight: w.domains.iter().map(|(_, v)| v).sum(),
+                    workload: w.clone(),
+                    next: 0,
+                    body: BODY_LINE.repeat(lines).into(),
+                }
             })
             .collect();
         Generated { start, streams }
@@ -248,35 +310,10 @@ impl Generated {
             };
             recipients.push(format!("{local}{}.{n}.{r}@{domain}", w.index));
         }
-        let from_domain = w
-            .mail_from
-            .rsplit_once('@')
-            .map_or("example.com", |(_, d)| d);
-        let unsubscribe = if w.one_click_unsubscribe {
-            format!(
-                "List-Unsubscribe: <https://{from_domain}/unsubscribe/{}.{n}>, <mailto:unsubscribe@{from_domain}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-                w.index
-            )
-        } else {
-            String::new()
-        };
-        let from = match &w.header_from {
-            Some(brand) => format!("{brand}>\r\nSender: <{}", w.mail_from),
-            None => w.mail_from.clone(),
-        };
-        let mut data = format!(
-            "From: <{}>\r\nTo: <{}>\r\nSubject: pmta-sim stream {} message {n}\r\nMessage-ID: <{}.{n}@{from_domain}>\r\nDate: {}\r\n{unsubscribe}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-            from,
-            recipients[0],
-            w.index,
-            w.index,
-            at.acct_format()
-        )
-        .into_bytes();
-        let line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
-        while (data.len() as u64) + (line.len() as u64) <= w.size_bytes {
-            data.extend_from_slice(line);
-        }
+        let data = MessageData::with_shared_body(
+            head(w, n, &recipients, at),
+            std::sync::Arc::clone(&stream.body),
+        );
         Injection {
             mail_from: w.mail_from.clone(),
             recipients,
@@ -288,4 +325,33 @@ impl Generated {
             queued_at: None,
         }
     }
+}
+
+/// The header block of message `n` of a stream, ending in its blank line.
+fn head(w: &Workload, n: u64, recipients: &[String], at: Time) -> Vec<u8> {
+    let from_domain = w
+        .mail_from
+        .rsplit_once('@')
+        .map_or("example.com", |(_, d)| d);
+    let unsubscribe = if w.one_click_unsubscribe {
+        format!(
+            "List-Unsubscribe: <https://{from_domain}/unsubscribe/{}.{n}>, <mailto:unsubscribe@{from_domain}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            w.index
+        )
+    } else {
+        String::new()
+    };
+    let from = match &w.header_from {
+        Some(brand) => format!("{brand}>\r\nSender: <{}", w.mail_from),
+        None => w.mail_from.clone(),
+    };
+    format!(
+        "From: <{}>\r\nTo: <{}>\r\nSubject: pmta-sim stream {} message {n}\r\nMessage-ID: <{}.{n}@{from_domain}>\r\nDate: {}\r\n{unsubscribe}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+        from,
+        recipients[0],
+        w.index,
+        w.index,
+        at.acct_format()
+    )
+    .into_bytes()
 }

@@ -127,13 +127,14 @@ impl ReplyParser {
         let result = self.receiver.parse(&mut iter);
         let consumed = self.pending.len() - iter.len();
         match result {
-            Ok(response) => {
+            Ok(_) => {
                 self.receiver.reset();
                 let raw: Vec<u8> = self.pending.drain(..consumed).collect();
                 self.scanned = 0;
                 // smtp-proto frames the reply; its enhanced code is a u8 per part, and
-                // RFC 3463 allows three digits (4.7.650), so the lines are read again here.
-                Ok(Some(reply_from_lines(response.code, &raw)))
+                // RFC 3463 allows three digits (4.7.650), so the lines are read again here
+                // (which also checks what smtp-proto does not: one code on every line).
+                reply_from_lines(&raw).map(Some)
             }
             Err(smtp_proto::Error::NeedsMoreData { .. }) => Ok(None),
             Err(smtp_proto::Error::ResponseTooLong) => Err(ReplyError::TooLong),
@@ -170,21 +171,59 @@ impl ReplyParser {
     }
 }
 
-/// Builds a reply from its complete wire lines (`550-5.1.1 a\r\n550 5.1.1 b\r\n`).
-fn reply_from_lines(code: u16, raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw);
-    let lines: Vec<&str> = text
-        .split('\n')
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.is_empty())
-        .map(|l| l.get(4..).unwrap_or(""))
-        .collect();
-    let enhanced = lines
+/// Builds a reply from its complete wire lines (`550-5.1.1 a\r\n550 5.1.1 b\r\n`). Every line
+/// must carry the same code (RFC 5321 §4.2.1), every line but the last a `-` after it. A CR
+/// is never part of the text (RFC 5321 §2.3.8 allows it only before LF): stray ones are dropped.
+fn reply_from_lines(raw: &[u8]) -> Result<Reply, ReplyError> {
+    let text = String::from_utf8_lossy(raw).replace('\r', "");
+    let lines: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).collect();
+    let Some(first) = lines.first() else {
+        return Err(ReplyError::Malformed("an empty reply".into()));
+    };
+    let code_of = |line: &str| -> Option<u16> {
+        let digits = line.get(..3)?;
+        digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse().ok())
+            .flatten()
+    };
+    let code = code_of(first).ok_or_else(|| {
+        ReplyError::Malformed(format!("`{first}` does not start with a reply code"))
+    })?;
+    if !(200..600).contains(&code) {
+        return Err(ReplyError::Malformed(format!(
+            "{code} is not a reply code (2xx, 3xx, 4xx or 5xx)"
+        )));
+    }
+    let mut bodies = Vec::with_capacity(lines.len());
+    for (index, line) in lines.iter().enumerate() {
+        let last = index + 1 == lines.len();
+        if code_of(line) != Some(code) {
+            return Err(ReplyError::Malformed(format!(
+                "line {} of a {code} reply starts `{}`: every line of a reply carries the same code",
+                index + 1,
+                line.get(..3).unwrap_or(line)
+            )));
+        }
+        match line.as_bytes().get(3) {
+            None | Some(b' ') if last => {}
+            Some(b'-') if !last || lines.len() == 1 => {}
+            _ => {
+                return Err(ReplyError::Malformed(format!(
+                    "line {} of a {code} reply: `{code}-` continues a reply, `{code} ` ends it",
+                    index + 1
+                )));
+            }
+        }
+        bodies.push(line.get(4..).unwrap_or(""));
+    }
+    let enhanced = bodies
         .first()
         .and_then(|first| first.split(' ').next())
         .and_then(parse_status);
     let prefix = enhanced.map(|[a, b, c]| format!("{a}.{b}.{c}"));
-    let body: Vec<&str> = lines
+    let body: Vec<&str> = bodies
         .iter()
         .map(|l| match &prefix {
             Some(p) if *l == p.as_str() => "",
@@ -194,7 +233,7 @@ fn reply_from_lines(code: u16, raw: &[u8]) -> Reply {
             None => l,
         })
         .collect();
-    Reply::new(code, enhanced, body.join("\n"))
+    Ok(Reply::new(code, enhanced, body.join("\n")))
 }
 
 /// `4.7.650` → `[4, 7, 650]` (class 2, 4 or 5; subject and detail up to three digits).
@@ -310,10 +349,17 @@ impl Command<'_> {
 /// Message data as sent after DATA: line ends normalized to CRLF, lines starting with `.`
 /// doubled (RFC 5321 §4.5.2), terminated by `.\r\n`.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
+    dot_stuff_parts(&[data])
+}
+
+/// [`dot_stuff`] of the parts one after the other, as if they were one buffer (a message's
+/// own header block and the body it shares), without joining them first.
+pub fn dot_stuff_parts(parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(len + len / 64 + 5);
     let mut at_line_start = true;
     let mut previous = 0u8;
-    for &byte in data {
+    for &byte in parts.iter().flat_map(|p| p.iter()) {
         if at_line_start && byte == b'.' {
             out.push(b'.');
         }
@@ -331,24 +377,16 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Parses a reply written on one line: `550 5.1.1 text`, `550-5.1.1 text` or `550 text`.
-pub fn parse_reply_line(text: &str) -> Option<Reply> {
-    let text = text.trim();
-    let code: u16 = text.get(..3)?.parse().ok()?;
-    if !(200..600).contains(&code) {
-        return None;
+/// Most bytes of a reply given as text (a reply read from a file or typed by a user).
+pub const REPLY_TEXT_MAX_BYTES: usize = REPLY_BUFFER_MAX_BYTES;
+
+/// Parses a reply written as text: one line (`550 5.1.1 text`, `550-5.1.1 text`, `550 text`)
+/// or its wire lines (`550-5.7.26 a\r\n550 5.7.26 b`), with the checks of the wire parser.
+pub fn parse_reply_text(text: &str) -> Result<Reply, ReplyError> {
+    if text.len() > REPLY_TEXT_MAX_BYTES {
+        return Err(ReplyError::TooLong);
     }
-    let rest = match text.as_bytes().get(3) {
-        None => "",
-        Some(b' ' | b'-') => &text[4..],
-        Some(_) => return None,
-    };
-    let parse_enhanced = parse_status;
-    let (first, message) = rest.split_once(' ').unwrap_or((rest, ""));
-    Some(match parse_enhanced(first) {
-        Some(enhanced) => Reply::new(code, Some(enhanced), message),
-        None => Reply::new(code, None, rest),
-    })
+    reply_from_lines(text.trim().as_bytes())
 }
 
 /// Whether a message body needs 8BITMIME.
@@ -429,6 +467,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_with_mismatched_codes_is_malformed() {
+        let mut parser = ReplyParser::default();
+        parser
+            .feed(b"550-5.1.1 first\r\n451 5.1.1 second\r\n")
+            .unwrap();
+        let err = parser.next_reply().unwrap_err();
+        assert!(
+            matches!(&err, ReplyError::Malformed(m) if m.contains("line 2 of a 550 reply starts `451`")),
+            "{err}"
+        );
+        assert!(parse_reply_text("550-5.1.1 a\n451 5.1.1 b").is_err());
+        assert!(
+            parse_reply_text("550-a\n550-b").is_err(),
+            "the last line ends the reply"
+        );
+        assert!(parse_reply_text("999 nope").is_err());
+    }
+
+    #[test]
+    fn carriage_returns_are_not_part_of_the_text() {
+        let replies = parse_all(&[b"550 5.7.1 blocked\rby policy\r\n"]);
+        assert_eq!(replies[0].text, "blockedby policy");
+        let typed = parse_reply_text("550-5.7.26 first\r\n550 5.7.26 second\r\n").unwrap();
+        assert_eq!(
+            (typed.code, typed.enhanced, typed.text.as_str()),
+            (550, Some([5, 7, 26]), "first\nsecond")
+        );
+        assert_eq!(
+            parse_reply_text("421-4.7.0 one line").unwrap().text,
+            "one line"
+        );
+    }
+
+    #[test]
     fn dot_stuffing() {
         assert_eq!(
             dot_stuff(b"a\n.b\r\n..c"),
@@ -436,6 +508,16 @@ mod tests {
         );
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n".to_vec());
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n".to_vec());
+        // Parts stuff as one buffer, whatever the boundary splits.
+        let whole = b"a\n.b\r\n..c\n";
+        for split in 0..whole.len() {
+            let (x, y) = whole.split_at(split);
+            assert_eq!(
+                dot_stuff_parts(&[x, y]),
+                dot_stuff(whole),
+                "split at {split}"
+            );
+        }
     }
 
     #[test]

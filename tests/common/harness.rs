@@ -261,7 +261,7 @@ impl Harness {
                 Injection {
                     mail_from: "a@sender.example".into(),
                     recipients: rcpts.iter().map(|r| r.to_string()).collect(),
-                    data,
+                    data: data.into(),
                     virtual_mta: vmta.map(str::to_string),
                     source_ip: None,
                     job_id: job,

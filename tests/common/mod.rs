@@ -74,6 +74,7 @@ pub fn assert_clean(checked: &Checked) {
 }
 
 pub mod checkers;
+pub mod cli;
 pub mod harness;
 pub mod live;
 pub mod runs;

@@ -506,7 +506,7 @@ async fn store(
                 injection: Injection {
                     mail_from: envelope.mail_from,
                     recipients: envelope.recipients,
-                    data,
+                    data: data.into(),
                     virtual_mta: None,
                     source_ip: Some(peer),
                     job_id: String::new(),

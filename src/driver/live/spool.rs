@@ -301,7 +301,7 @@ impl Spool {
                     .iter()
                     .map(|&i| header.recipients[i as usize].clone())
                     .collect(),
-                data,
+                data: data.into(),
                 virtual_mta: header.virtual_mta,
                 source_ip: header.source_ip,
                 job_id: header.job_id,
