@@ -24,9 +24,11 @@ use self::classify::{Classifier, Disposition};
 use self::session::{
     Awaiting, ClientSession, FailureReason, Phase, SessionEvent, SessionOptions, Transaction,
 };
-use self::settings::{DeliveryType, DkimSign, NoMxPolicy, QueueSettings};
+use self::settings::{
+    DeliveryType, DkimSign, GlobalSettings, NoMxPolicy, QueueSettings, SourceSettings,
+};
 use crate::auth::{SignOptions, Signer};
-use crate::config::model::{Config, PatternAction, QueueMode, Value};
+use crate::config::model::{Config, PatternAction, QueueMode};
 use crate::config::queue;
 use crate::config::value::{Cidr, Rate};
 use crate::rate::Window;
@@ -380,7 +382,8 @@ pub struct Engine {
     actions: VecDeque<Action>,
     records: VecDeque<AcctRecord>,
     events: VecDeque<EngineEvent>,
-    total_max_smtp_out: Option<u64>,
+    /// The top-level directives the engine reads.
+    globals: GlobalSettings,
     mx_requested: BTreeSet<String>,
     decisions: u64,
     last_now: Time,
@@ -390,10 +393,7 @@ impl Engine {
     pub fn new(config: Config, options: EngineOptions) -> Result<Engine, crate::auth::DkimError> {
         let signer = Signer::from_config(&config, options.seed)?;
         let classifier = Classifier::new(&config);
-        let total_max_smtp_out = match config.globals.get("total-max-smtp-out").map(|s| &s.value) {
-            Some(Value::Count(n)) => Some(*n),
-            _ => None,
-        };
+        let globals = GlobalSettings::read(&config.globals, None);
         Ok(Engine {
             config,
             signer,
@@ -412,7 +412,7 @@ impl Engine {
             actions: VecDeque::new(),
             records: VecDeque::new(),
             events: VecDeque::new(),
-            total_max_smtp_out,
+            globals,
             mx_requested: BTreeSet::new(),
             decisions: 0,
             last_now: Time::default(),
@@ -586,32 +586,23 @@ impl Engine {
         injection: &Injection,
         x_virtual_mta: Option<String>,
     ) -> Result<(String, String), InjectError> {
-        let source = injection.source_ip.and_then(|ip| {
-            self.config.source_blocks.iter().find(|s| {
-                crate::config::value::parse_cidr(&s.selector).is_ok_and(|c: Cidr| c.contains(ip))
+        let source = injection
+            .source_ip
+            .and_then(|ip| {
+                self.config.source_blocks.iter().find(|s| {
+                    crate::config::value::parse_cidr(&s.selector)
+                        .is_ok_and(|c: Cidr| c.contains(ip))
+                })
             })
-        });
-        let source_flag = |name: &str| {
-            source.is_some_and(|s| {
-                matches!(
-                    s.settings.get(name).map(|v| &v.value),
-                    Some(Value::Bool(true))
-                )
-            })
-        };
-        let source_text = |name: &str| {
-            source.and_then(|s| match s.settings.get(name).map(|v| &v.value) {
-                Some(Value::Text(t)) => Some(t.clone()),
-                _ => None,
-            })
-        };
+            .map(|s| SourceSettings::read(&s.settings, None))
+            .unwrap_or_default();
         let mut name = None;
-        if source_flag("process-x-virtual-mta") || injection.source_ip.is_none() {
+        if source.process_x_virtual_mta || injection.source_ip.is_none() {
             name = x_virtual_mta;
         }
         if name.is_none()
-            && let Some(list) = source_text("pattern-list")
-            && let Some(list) = self.config.pattern_lists.get(&list)
+            && let Some(list) = &source.pattern_list
+            && let Some(list) = self.config.pattern_lists.get(list)
         {
             name = list.rules.iter().find_map(|rule| {
                 let subject = match rule.field {
@@ -628,18 +619,8 @@ impl Engine {
         }
         let name = name
             .or_else(|| injection.virtual_mta.clone())
-            .or_else(|| source_text("default-virtual-mta"))
-            .or_else(|| {
-                match self
-                    .config
-                    .globals
-                    .get("default-virtual-mta")
-                    .map(|s| &s.value)
-                {
-                    Some(Value::Text(t)) => Some(t.clone()),
-                    _ => None,
-                }
-            })
+            .or(source.default_virtual_mta)
+            .or_else(|| self.globals.default_virtual_mta.clone())
             .ok_or(InjectError::NoVirtualMta)?;
         if self.config.virtual_mtas.contains_key(&name) {
             return Ok((name, String::new()));
@@ -1132,6 +1113,7 @@ impl Engine {
                 return;
             }
             if self
+                .globals
                 .total_max_smtp_out
                 .is_some_and(|max| self.total_connections as u64 >= max)
                 || self.connections.len() >= CONNECTIONS_MAX
@@ -1243,12 +1225,7 @@ impl Engine {
             .iter()
             .find(|h| h.ip == source_ip)
             .map(|h| h.host.clone())
-            .or_else(
-                || match self.config.globals.get("host-name").map(|s| &s.value) {
-                    Some(Value::Text(t)) => Some(t.clone()),
-                    _ => None,
-                },
-            )
+            .or_else(|| self.globals.host_name.clone())
             .unwrap_or_else(|| "localhost".to_string())
     }
 
@@ -1876,6 +1853,7 @@ impl Engine {
             && queue.retry_until.is_none_or(|t| t <= now)
             && (queue.connections.len() as u64) < queue.max_smtp_out()
             && self
+                .globals
                 .total_max_smtp_out
                 .is_none_or(|max| (self.total_connections as u64) < max);
         if mx_unavailable && has_next && may_open {
@@ -1963,7 +1941,7 @@ impl Engine {
         }
         self.dirty.insert(c.queue);
         // A slot freed under total-max-smtp-out may let another queue open.
-        if self.total_max_smtp_out.is_some() {
+        if self.globals.total_max_smtp_out.is_some() {
             for (index, other) in self.queues.iter().enumerate() {
                 if !other.ready.is_empty() {
                     self.dirty.insert(QueueId(index as u32));
