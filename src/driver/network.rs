@@ -106,6 +106,7 @@ pub fn run_with_progress(
         config,
         EngineOptions {
             seed: scenario.seed,
+            backoff_clock: scenario.backoff_clock,
         },
     )?;
 

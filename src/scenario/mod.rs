@@ -19,6 +19,7 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::config::value::{self, Rate};
+use crate::engine::BackoffClock;
 use crate::smtp::Reply;
 use crate::time::Time;
 
@@ -74,6 +75,16 @@ struct Raw {
     sender: Option<Spanned<RawSender>>,
     #[serde(default)]
     dns_txt: Vec<RawTxt>,
+    #[serde(default)]
+    engine: Option<Spanned<RawEngine>>,
+}
+
+/// `[engine]`: choices PowerMTA's documentation leaves open, made per scenario.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    #[serde(default)]
+    backoff_clock: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -629,6 +640,8 @@ pub struct Scenario {
     /// `[[expect]]`: checked when the run ends.
     pub expect: Vec<Expectation>,
     pub sender: SenderPosture,
+    /// `[engine] backoff_clock`: what `backoff-to-normal-after` counts from.
+    pub backoff_clock: BackoffClock,
 }
 
 struct Reporter<'a> {
@@ -1036,7 +1049,22 @@ impl Scenario {
             };
             faults.push(Fault { kind, at_s, for_s });
         }
+        let backoff_clock = match raw
+            .engine
+            .as_ref()
+            .and_then(|e| e.get_ref().backoff_clock.as_deref().map(|clock| (e, clock)))
+        {
+            None | Some((_, "entry")) => BackoffClock::Entry,
+            Some((_, "last_match")) => BackoffClock::LastMatch,
+            Some((e, other)) => {
+                return Err(r.span(
+                    e,
+                    format!("backoff_clock is \"entry\" or \"last_match\", not `{other}`"),
+                ));
+            }
+        };
         Ok(Scenario {
+            backoff_clock,
             name: raw.name.into_inner(),
             seed: raw.seed,
             duration_s,
