@@ -598,6 +598,7 @@ impl EngineLoop {
                             opened: now,
                             closed: None,
                             rcpt_times: Vec::new(),
+                            messages: 0,
                         },
                     );
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -639,6 +640,8 @@ impl EngineLoop {
                         for line in bytes.split(|b| *b == b'\n') {
                             if line.starts_with(b"RCPT TO:") {
                                 trace.rcpt_times.push(now);
+                            } else if line.starts_with(b"MAIL FROM:") {
+                                trace.messages += 1;
                             }
                         }
                     }
