@@ -61,7 +61,16 @@ struct Reader<'a, 't> {
     trace: Option<&'t mut Vec<Read>>,
 }
 
-impl<'a> Reader<'a, '_> {
+impl<'a, 't> Reader<'a, 't> {
+    /// A reader over one block's (or the top level's) directives.
+    fn of(
+        block: Option<BlockKind>,
+        get: &'a dyn Fn(&str) -> Option<&'a Value>,
+        trace: Option<&'t mut Vec<Read>>,
+    ) -> Reader<'a, 't> {
+        Reader { block, get, trace }
+    }
+
     fn value(&mut self, name: &'static str) -> Option<&'a Value> {
         if let Some(trace) = self.trace.as_mut() {
             trace.push((self.block, name));
@@ -279,11 +288,7 @@ impl QueueSettings {
     /// Reads a queue's settings, noting every directive asked for in `trace`.
     pub fn read(view: &QueueView, trace: Option<&mut Vec<Read>>) -> QueueSettings {
         let get = |name: &str| view.settings.get(name).and_then(|e| e.value.as_ref());
-        let mut r = Reader {
-            block: Some(BlockKind::Domain),
-            get: &get,
-            trace,
-        };
+        let mut r = Reader::of(Some(BlockKind::Domain), &get, trace);
         let bounce_upon_no_mx = match r.value("bounce-upon-no-mx") {
             Some(Value::Bool(true)) => NoMxPolicy::Bounce,
             Some(Value::Interval(i)) => NoMxPolicy::BounceAfter { seconds: i.seconds },
@@ -394,11 +399,7 @@ pub struct GlobalSettings {
 impl GlobalSettings {
     pub fn read(globals: &Settings, trace: Option<&mut Vec<Read>>) -> GlobalSettings {
         let get = |name: &str| globals.get(name).map(|s| &s.value);
-        let mut r = Reader {
-            block: None,
-            get: &get,
-            trace,
-        };
+        let mut r = Reader::of(None, &get, trace);
         GlobalSettings {
             total_max_smtp_out: r.count("total-max-smtp-out"),
             host_name: r.text("host-name"),
@@ -420,11 +421,7 @@ pub struct SourceSettings {
 impl SourceSettings {
     pub fn read(settings: &Settings, trace: Option<&mut Vec<Read>>) -> SourceSettings {
         let get = |name: &str| settings.get(name).map(|s| &s.value);
-        let mut r = Reader {
-            block: Some(BlockKind::Source),
-            get: &get,
-            trace,
-        };
+        let mut r = Reader::of(Some(BlockKind::Source), &get, trace);
         SourceSettings {
             process_x_virtual_mta: r.flag("process-x-virtual-mta"),
             pattern_list: r.text("pattern-list"),

@@ -1408,7 +1408,9 @@ mod tests {
     #[test]
     fn complaints_are_reported_only_where_a_feedback_loop_exists_and_later() {
         use crate::scenario::{Enrolment, Feedback, Reports};
-        let complaints = |feedback: Feedback| -> Vec<Complaint> {
+        // A provider with `feedback` whose recipients complain about s@x.example's mail at
+        // `rate`, after `n` messages.
+        let after = |feedback: Feedback, rate: f64, n: usize| {
             let mut spec = spec();
             spec.greylist = None;
             spec.max_connections_per_ip = None;
@@ -1417,11 +1419,13 @@ mod tests {
             provider
                 .borrow_mut()
                 .complaint_rates
-                .insert("s@x.example".into(), 0.5);
+                .insert("s@x.example".into(), rate);
             let mut s = session(&provider, "192.0.2.7");
-            talk(&mut s, &messages(2000, "u"));
-            provider.borrow().log.complaints.clone()
+            talk(&mut s, &messages(n, "u"));
+            provider
         };
+        let complaints =
+            |feedback: Feedback| after(feedback, 0.5, 2000).borrow().log.complaints.clone();
         let reporting = |enrolment| Feedback {
             reports: Reports::PerComplaint(enrolment),
             ..Feedback::default()
@@ -1454,15 +1458,7 @@ mod tests {
         let within_a_day = delays_s.iter().filter(|d| **d <= 86_400).count();
         assert!(within_a_day * 100 >= delays_s.len() * 85, "{within_a_day}");
         // The daily tally a sender sees at Gmail counts every complaint.
-        let mut spec = spec();
-        spec.greylist = None;
-        let provider = Rc::new(RefCell::new(Provider::new(spec, 9)));
-        provider
-            .borrow_mut()
-            .complaint_rates
-            .insert("s@x.example".into(), 0.01);
-        let mut s = session(&provider, "192.0.2.7");
-        talk(&mut s, &messages(1000, "v"));
+        let provider = after(Feedback::default(), 0.01, 1000);
         let p = provider.borrow();
         let day = p.log.daily[&0];
         assert_eq!(day.delivered, 1000);

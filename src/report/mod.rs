@@ -1003,15 +1003,9 @@ fn provider_summary(data: &RunData, name: &str, counts: Counts) -> ProviderSumma
 fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> Binding {
     let start = data.start_s;
     let minutes = data.duration_s.div_ceil(60);
-    let attempts: Vec<u64> = {
-        let mut t: Vec<u64> = rows
-            .iter()
-            .filter(|r| matches!(r.kind.as_str(), "d" | "b" | "t") && !r.source_ip.is_empty())
-            .map(|r| r.logged_s)
-            .collect();
-        t.sort_unstable();
-        t
-    };
+    let attempts = sorted_times(rows.iter().copied(), |r| {
+        matches!(r.kind.as_str(), "d" | "b" | "t") && !r.source_ip.is_empty()
+    });
     let in_window = |t: u64, per_s: u64| -> u64 {
         let lo = attempts.partition_point(|a| *a + per_s <= t);
         let hi = attempts.partition_point(|a| *a <= t);
@@ -1053,21 +1047,10 @@ fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> 
         .map(|q| (q.at_s, q.recipients))
         .collect();
     entered.sort();
-    let mut finished: Vec<u64> = rows
-        .iter()
-        .filter(|r| matches!(r.kind.as_str(), "d" | "b"))
-        .map(|r| r.logged_s)
-        .collect();
-    finished.sort_unstable();
-    let deferrals: Vec<u64> = {
-        let mut t: Vec<u64> = rows
-            .iter()
-            .filter(|r| r.kind == "t")
-            .map(|r| r.logged_s)
-            .collect();
-        t.sort_unstable();
-        t
-    };
+    let finished = sorted_times(rows.iter().copied(), |r| {
+        matches!(r.kind.as_str(), "d" | "b")
+    });
+    let deferrals = sorted_times(rows.iter().copied(), |r| r.kind == "t");
     // Whether a recipient deferred in the last `retry-recipients-after` is still waiting.
     let deferred_waiting = |t: u64| {
         let lo = deferrals.partition_point(|d| d + queue.retry_recipients_after_s <= t);
@@ -1167,6 +1150,16 @@ fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> 
         shares,
         explanation,
     }
+}
+
+/// When the rows `keep` accepts were logged, in order.
+pub(crate) fn sorted_times<'r>(
+    rows: impl Iterator<Item = &'r Row>,
+    keep: impl Fn(&Row) -> bool,
+) -> Vec<u64> {
+    let mut times: Vec<u64> = rows.filter(|r| keep(r)).map(|r| r.logged_s).collect();
+    times.sort_unstable();
+    times
 }
 
 /// `10/m`, `60/h`, `5/30s`.
