@@ -4,10 +4,14 @@
 //! recipients per transaction, per-source-IP rate limits with a chosen reply, greylisting
 //! (triplet of /24, sender and recipient, with a delay), unknown users, a fixed reply at a
 //! chosen phase, and replies overridden by scheduled faults; and the provider models built on
-//! it: hourly throttles per source IP, /24 and DKIM domain whose capacity comes from
-//! reputation (`reputation`), blocks, penalty windows, the 2024+ authentication rules with
-//! temporary-then-permanent enforcement, mailbox states, complaints, and each provider's reply
-//! style. It also keeps the receiver's own log, so tests can check limits "from the wire".
+//! it: hourly throttles in messages per source IP, /24 and DKIM domain whose capacity comes
+//! from reputation (`reputation`), counting the messages a throttle before the end of DATA
+//! has let start; the spike rule against the same hour of the trailing 7 days; connection
+//! caps that grow with reputation; a TLS requirement; blocks, penalty windows, the 2024+
+//! authentication rules with temporary-then-permanent enforcement, mailbox states,
+//! complaints with the feedback loop's report time (if the provider has one) and the daily
+//! tally, and each provider's reply style. It also keeps the receiver's own log, so tests can
+//! check limits "from the wire".
 //! Pure: the driver sets `now` before each call and supplies the authenticator (mail-auth, in
 //! the driver room); it must never import the engine (a provider knows the sender only from
 //! the wire).
