@@ -1154,12 +1154,13 @@ fn summary(checked: &Checked, path: &std::path::Path, warnings: usize) -> String
             key.key.selector, key.key.domain
         );
     }
+    let no_effect = config.no_effect_in_simulation(&crate::engine::settings::simulated());
     let _ = writeln!(
         out,
         "accepted, no effect in simulation ({}):",
-        config.no_effect.len()
+        no_effect.len()
     );
-    for item in &config.no_effect {
+    for item in &no_effect {
         let _ = writeln!(
             out,
             "  {}  {}",

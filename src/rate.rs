@@ -3,21 +3,28 @@
 //!
 //! PowerMTA's `max-msg-rate 100/15m` means no 15-minute window ever holds more than 100
 //! attempted recipients, so the limiter keeps the times of recent events rather than a
-//! token bucket (which would allow a burst of 2N across a window boundary). Memory is
-//! bounded by the largest count it is asked to enforce, capped at [`WINDOW_EVENTS_MAX`].
+//! token bucket (which would allow a burst of 2N across a window boundary). Events are kept
+//! as runs: those of one millisecond share a run, and when a window would need more than
+//! [`WINDOW_RUNS_MAX`] runs, events within the horizon's share of a run's first event join
+//! it. A run leaves the window with its latest event, so a joined event leaves a little
+//! later than it happened, never earlier: every limit, whatever its count (`2000000/h`
+//! included), is enforced exactly or slightly under, never over, in bounded memory.
 
 use std::collections::VecDeque;
 
 use crate::config::value::Rate;
 use crate::time::Time;
 
-/// Most event times one window keeps. A limit above this is enforced as "unlimited" would
-/// be for memory's sake; configs with such limits are rare and `check` shows them.
-pub const WINDOW_EVENTS_MAX: usize = 1 << 20;
+/// Most (time, count) runs one window keeps.
+pub const WINDOW_RUNS_MAX: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct Window {
-    events: VecDeque<Time>,
+    /// Runs of events, oldest first: (time of the first event of the run, time of its
+    /// latest, events). A run counts as of its latest event.
+    runs: VecDeque<(Time, Time, u64)>,
+    /// Events in `runs`.
+    total: u64,
     /// The longest window any limit asks about, so old events can be dropped.
     horizon_ms: u64,
 }
@@ -26,19 +33,40 @@ impl Window {
     /// Remembers events for at least `horizon_ms`.
     pub fn new(horizon_ms: u64) -> Window {
         Window {
-            events: VecDeque::new(),
+            runs: VecDeque::new(),
+            total: 0,
             horizon_ms,
         }
     }
 
+    /// Events closer together than this join one run: 1 ms unless the horizon holds more
+    /// milliseconds than [`WINDOW_RUNS_MAX`] runs.
+    fn run_ms(&self) -> u64 {
+        (self.horizon_ms / (WINDOW_RUNS_MAX as u64 / 2)).max(1)
+    }
+
     fn prune(&mut self, now: Time) {
-        while let Some(front) = self.events.front() {
-            if now.since(*front) >= self.horizon_ms || self.events.len() > WINDOW_EVENTS_MAX {
-                self.events.pop_front();
+        while let Some((_, at, n)) = self.runs.front() {
+            if now.since(*at) >= self.horizon_ms {
+                self.total -= n;
+                self.runs.pop_front();
             } else {
                 break;
             }
         }
+    }
+
+    /// Events in the last `window_ms` before `now` (after pruning to the horizon).
+    fn in_window(&self, now: Time, window_ms: u64) -> u64 {
+        if window_ms >= self.horizon_ms {
+            return self.total;
+        }
+        self.runs
+            .iter()
+            .rev()
+            .take_while(|(_, at, _)| now.since(*at) < window_ms)
+            .map(|(_, _, n)| n)
+            .sum()
     }
 
     /// How many events `rate` still allows at `now` (`u64::MAX` when unlimited).
@@ -47,14 +75,7 @@ impl Window {
         match rate {
             Rate::Unlimited => u64::MAX,
             Rate::Limit { count, per_seconds } => {
-                let window_ms = per_seconds * 1000;
-                let in_window = self
-                    .events
-                    .iter()
-                    .rev()
-                    .take_while(|t| now.since(**t) < window_ms)
-                    .count() as u64;
-                count.saturating_sub(in_window)
+                count.saturating_sub(self.in_window(now, per_seconds * 1000))
             }
         }
     }
@@ -67,17 +88,37 @@ impl Window {
         let Rate::Limit { count, per_seconds } = rate else {
             return None;
         };
-        // The window holds `count` events; one frees when the oldest of them ages out.
-        let index = self.events.len().checked_sub(count as usize)?;
-        let oldest_counted = self.events.get(index)?;
-        Some(oldest_counted.plus_secs(per_seconds))
+        // Counting back from the newest run, the run that brings the total to `count`:
+        // once it ages out, fewer than `count` remain in the window.
+        let mut total = 0;
+        for (_, at, n) in self.runs.iter().rev() {
+            total += n;
+            if total >= count {
+                return Some(at.plus_secs(per_seconds));
+            }
+        }
+        None
     }
 
     pub fn record(&mut self, now: Time, events: u64) {
-        for _ in 0..events.min(WINDOW_EVENTS_MAX as u64) {
-            self.events.push_back(now);
+        if events == 0 {
+            return;
+        }
+        let run_ms = self.run_ms();
+        self.total += events;
+        match self.runs.back_mut() {
+            Some((first, last, n)) if now.since(*first) < run_ms => {
+                *last = now;
+                *n += events;
+            }
+            _ => self.runs.push_back((now, now, events)),
         }
         self.prune(now);
+    }
+
+    /// Runs kept (for memory checks).
+    pub fn runs(&self) -> usize {
+        self.runs.len()
     }
 }
 
@@ -118,5 +159,37 @@ mod tests {
             window.next_allowed(Rate::Unlimited, Time::from_secs(1)),
             None
         );
+    }
+
+    /// Issue 13 item 4: a rate above 1,048,576 per window is enforced, not silently
+    /// unlimited (reference §2.2: `max-msg-rate` counts attempted recipients per interval,
+    /// whatever N is).
+    #[test]
+    fn a_limit_above_a_million_per_window_is_enforced_in_bounded_memory() {
+        let rate = Rate::Limit {
+            count: 1_500_000,
+            per_seconds: 3600,
+        };
+        let mut window = Window::new(3_600_000);
+        let t0 = Time::from_secs(10_000);
+        // 1,800,000 attempts, one every 2 ms for an hour: the last 300,000 are refused.
+        let mut allowed = 0u64;
+        for step in 0..1_800_000u64 {
+            let now = t0.plus_ms(step * 2);
+            if window.allowance(rate, now) > 0 {
+                window.record(now, 1);
+                allowed += 1;
+            }
+        }
+        // Events sharing a run leave the window with its latest: a few fewer may be let
+        // through, never more.
+        assert!(
+            (1_499_990..=1_500_000).contains(&allowed),
+            "{allowed} allowed"
+        );
+        assert!(window.runs() <= WINDOW_RUNS_MAX, "{} runs", window.runs());
+        assert_eq!(window.allowance(rate, t0.plus_ms(3_599_999)), 0);
+        // Once the first hour has passed, room again.
+        assert!(window.allowance(rate, t0.plus_secs(3600 + 10)) > 0);
     }
 }

@@ -113,7 +113,7 @@ fn explain_prints_values_and_provenance() {
     );
     assert_eq!(
         line("max-msg-rate"),
-        "max-msg-rate 100/15m scenarios/configs/production/conf.d/20-domains.conf:18"
+        "max-msg-rate 100/15m scenarios/configs/production/conf.d/20-domains.conf:19"
     );
     assert_eq!(
         line("bounce-after"),

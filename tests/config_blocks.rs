@@ -364,3 +364,136 @@ fn non_utf8_and_overlong_input_is_reported_not_fatal() {
         ],
     );
 }
+
+/// A value of `kind` that checks clean (names refer to objects the test config defines).
+fn sample(spec: &pmta_sim::config::directives::DirectiveSpec) -> String {
+    use pmta_sim::config::directives::ValueKind as K;
+    match spec.kind {
+        K::Bool => "yes".into(),
+        K::Count | K::CountOrUnlimited | K::BoundedCount(_) => "5".into(),
+        K::Interval | K::IntervalOrNever | K::IntervalList => "10m".into(),
+        K::BoolOrInterval => "yes".into(),
+        K::Rate => "10/m".into(),
+        K::RateList => "1/d".into(),
+        K::DataRate => "10M/h".into(),
+        K::Size => "10M".into(),
+        K::Address | K::AddressList => "ops@example.com".into(),
+        K::Name => match spec.name {
+            "smtp-pattern-list" => "p".into(),
+            "queue-to" => "other.example".into(),
+            _ => "v1".into(),
+        },
+        K::Choice(words) => words[0].into(),
+        K::IpHost => "192.0.2.9 mta9.example.com".into(),
+        K::SourceIpCount => "192.0.2.0/24 5".into(),
+        K::SourceIpRate => "192.0.2.0/24 10/m".into(),
+        K::SourceIpDataRate => "192.0.2.0/24 10M/h".into(),
+        K::DomainKey => "s1,example.com,/etc/pmta/s1.pem".into(),
+        K::Listener => "127.0.0.1:2525".into(),
+        K::Text => match spec.name {
+            "disable-acct-records" => "t".into(),
+            "smtp-hosts" => "[192.0.2.200]:2525".into(),
+            _ => "x".into(),
+        },
+    }
+}
+
+/// Issue 13, item 1: `check` says "no effect in simulation" for exactly the directives the
+/// engine does not read. The list comes from the engine's settings reader itself
+/// (`engine::settings::simulated`), so what the engine acts on — `retry-after`,
+/// `backoff-retry-after`, `retry-recipients-after` and `dkim-identity` among them
+/// (reference §2.2) — is never reported as having no effect, and what it ignores is.
+#[test]
+fn check_marks_exactly_the_directives_the_engine_reads_as_simulated() {
+    use pmta_sim::config::directives::{BlockKind, DIRECTIVES, lookup};
+    use pmta_sim::engine::settings::{QueueSettings, simulated};
+    let reads = simulated();
+    // Every read names a directive that may be written where it is read.
+    for (block, name) in &reads {
+        let spec = lookup(name).unwrap_or_else(|| panic!("`{name}` is not a directive"));
+        match block {
+            None => assert!(spec.allowed_at_top(), "{name} at the top level"),
+            Some(kind) => assert!(spec.allowed_in(*kind), "{name} in <{}>", kind.tag()),
+        }
+    }
+    // A `<domain>` writing every domain directive there is.
+    let mut text = String::from(VMTA);
+    text.push_str("<smtp-pattern-list p>\n reply /421/ mode=backoff\n</smtp-pattern-list>\n");
+    text.push_str("<domain example.com>\n");
+    let domain_directives: Vec<&str> = DIRECTIVES
+        .iter()
+        .filter(|d| d.allowed_in(BlockKind::Domain))
+        .map(|d| d.name)
+        .collect();
+    for spec in DIRECTIVES
+        .iter()
+        .filter(|d| d.allowed_in(BlockKind::Domain))
+    {
+        text.push_str(&format!(" {} {}\n", spec.name, sample(spec)));
+    }
+    text.push_str("</domain>\n");
+    let checked = load_text(&text, &[]);
+    assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+    // What the engine reads of that queue is what `simulated` declares for `<domain>`.
+    let view = pmta_sim::config::queue::explain(&checked.config, "example.com/v1").unwrap();
+    let mut traced = Vec::new();
+    QueueSettings::read(&view, Some(&mut traced));
+    traced.sort();
+    traced.dedup();
+    let declared: Vec<_> = reads
+        .iter()
+        .copied()
+        .filter(|(b, n)| *b == Some(BlockKind::Domain) && *n != "domain-key" && *n != "queue-to")
+        .collect();
+    assert_eq!(traced, declared);
+    // `check`'s list: every domain directive the engine does not read, and no other.
+    let no_effect: Vec<String> = checked
+        .config
+        .no_effect_in_simulation(&reads)
+        .into_iter()
+        .map(|n| n.what)
+        .collect();
+    let expected: Vec<String> = domain_directives
+        .iter()
+        .filter(|n| !reads.contains(&(Some(BlockKind::Domain), **n)))
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(no_effect, expected);
+    for read in [
+        "retry-after",
+        "backoff-retry-after",
+        "retry-recipients-after",
+        "dkim-identity",
+        "smtp-421-means-mx-unavailable",
+    ] {
+        assert!(!no_effect.iter().any(|n| n == read), "{read}");
+    }
+    for ignored in [
+        "max-data-volume-rate",
+        "backoff-notify",
+        "max-cold-virtual-mta-msg",
+    ] {
+        assert!(no_effect.iter().any(|n| n == ignored), "{ignored}");
+    }
+    // The same directive is simulated in one place and not in another: `default-virtual-mta`
+    // routes mail at the top level and in `<source>`, not in `<smtp-user>`.
+    let checked = load_text(
+        &format!(
+            "{VMTA}default-virtual-mta v1\n<smtp-user u>\n password x\n default-virtual-mta v1\n</smtp-user>\n"
+        ),
+        &[],
+    );
+    let listed: Vec<(usize, String)> = checked
+        .config
+        .no_effect_in_simulation(&reads)
+        .into_iter()
+        .map(|n| (checked.config.sources.position(n.span).line, n.what))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (6, "password".to_string()),
+            (7, "default-virtual-mta".to_string())
+        ]
+    );
+}

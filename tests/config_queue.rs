@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_clean, load_text};
+use common::{assert_clean, assert_diagnostics, load_text};
 use pmta_sim::config::queue::{self, QueueError};
 use pmta_sim::config::{Checked, model::Value};
 
@@ -396,4 +396,51 @@ fn explain_json_follows_the_documented_shape() {
         s["backoff-to-normal-after"]["value"],
         serde_json::Value::Null
     );
+}
+
+/// Reference §2.2 and §2.3: `backoff-max-smtp-out` defaults to 20 whatever `max-smtp-out`
+/// says, and a `backoff-*` limit set above the normal one makes backoff faster than normal
+/// mode. `check` warns where a queue that can enter backoff has such a limit.
+#[test]
+fn check_warns_when_a_backoff_limit_is_looser_than_the_normal_one() {
+    let base = "<virtual-mta v1>\n smtp-source-host 192.0.2.1 a.example.com\n</virtual-mta>\n<smtp-pattern-list p>\n reply /421/ mode=backoff\n</smtp-pattern-list>\n";
+    let with = |domain: &str| {
+        load_text(
+            &format!("{base}<domain gmail.com>\n{domain}</domain>\n"),
+            &[],
+        )
+    };
+    // Line 8 is the first line inside the `<domain>`.
+    assert_diagnostics(
+        &with(" max-smtp-out 5\n smtp-pattern-list p\n"),
+        &[(
+            8,
+            "warning",
+            "`backoff-max-smtp-out 20` (PowerMTA's default) is looser than `max-smtp-out 5`",
+        )],
+    );
+    assert_clean(&with(
+        " max-smtp-out 5\n backoff-max-smtp-out 2\n smtp-pattern-list p\n",
+    ));
+    // A queue that can never be in backoff has nothing to warn about.
+    assert_clean(&with(" max-smtp-out 5\n"));
+    let rates = with(
+        " max-msg-rate 10/m\n backoff-max-msg-rate 20/m\n backoff-max-smtp-out 1\n smtp-pattern-list p\n",
+    );
+    assert_diagnostics(
+        &rates,
+        &[(
+            9,
+            "warning",
+            "`backoff-max-msg-rate 20/m` is looser than `max-msg-rate 10/m`",
+        )],
+    );
+    assert_eq!(
+        rates.diagnostics[0].notes.len(),
+        1,
+        "points at the normal limit"
+    );
+    assert_clean(&with(
+        " max-msg-rate 10/m\n backoff-max-msg-rate 100/h\n backoff-max-smtp-out 1\n smtp-pattern-list p\n",
+    ));
 }

@@ -260,6 +260,8 @@ fn retry_recipients_after_holds_a_deferred_recipient() {
     assert_eq!(h.times_of(RecordType::Delivered), [300.06 + 0.08]);
 }
 
+/// Reference §2.2, `bounce-after`: "Maximum time in queue, then a DSN bounce" — at that
+/// time, not at the next attempt after it.
 #[test]
 fn bounce_after_expires_old_recipients() {
     let mut h = harness("    retry-after 10m\n    bounce-after 30m");
@@ -270,9 +272,45 @@ fn bounce_after_expires_old_recipients() {
     check_all(&h);
     let b = h.records_of(RecordType::Bounced);
     assert_eq!(b.len(), 1);
-    assert_eq!(secs(b[0].time_logged), 1800.03);
+    assert_eq!(secs(b[0].time_logged), 1800.0);
     assert_eq!(b[0].bounce_category, "message-expired");
     assert_eq!(b[0].dsn_status, "5.4.7");
+}
+
+/// Reference §2.2, `bounce-after`, for every recipient wherever it waits: those waiting out
+/// `retry-recipients-after` (not at the front of the ready queue) expire on time too.
+#[test]
+fn bounce_after_expires_every_recipient_wherever_it_waits() {
+    let mut h = harness("    retry-recipients-after 1h\n    bounce-after 30m");
+    h.mx("example.com", "198.51.100.1", || {
+        Box::new(Script {
+            rcpt: Some(Box::new(|_: &str| {
+                Reply::new(451, Some([4, 3, 0]), "temporary local problem")
+            })),
+            ..Script::default()
+        })
+    });
+    inject_n(&mut h, 3);
+    h.run_for(600);
+    h.inject(Some("vmta1"), &["late@example.com"]);
+    h.run_for(7200);
+    check_all(&h);
+    let expired: Vec<(String, f64)> = h
+        .records_of(RecordType::Bounced)
+        .iter()
+        .map(|r| (r.rcpt.clone(), secs(r.time_logged)))
+        .collect();
+    assert_eq!(
+        expired,
+        [
+            ("u0@example.com".to_string(), 1800.0),
+            ("u1@example.com".to_string(), 1800.0),
+            ("u2@example.com".to_string(), 1800.0),
+            ("late@example.com".to_string(), 2400.0),
+        ]
+    );
+    // Each was tried once and then waited out of the ready queue until it expired.
+    assert_eq!(h.records_of(RecordType::Transient).len(), 4);
 }
 
 #[test]
@@ -362,31 +400,115 @@ fn connect_greeting_and_data_timeouts() {
     }
 }
 
+/// Two MX hosts for example.com: the first answers `first`'s way, the second accepts.
+fn two_mx(h: &mut Harness, first: Host) {
+    h.dns.insert(
+        "example.com".into(),
+        MxAnswer::Hosts(vec![
+            MxHost {
+                preference: 10,
+                name: "mx1.example.com".into(),
+                addresses: vec!["198.51.100.1".parse().unwrap()],
+                port: 25,
+            },
+            MxHost {
+                preference: 20,
+                name: "mx2.example.com".into(),
+                addresses: vec!["198.51.100.2".parse().unwrap()],
+                port: 25,
+            },
+        ]),
+    );
+    h.hosts.insert("198.51.100.1".parse().unwrap(), first);
+    h.hosts.insert(
+        "198.51.100.2".parse().unwrap(),
+        Host::Accept(Box::new(|| Box::new(Script::default()))),
+    );
+}
+
+fn connections_to(h: &Harness, ip: &str) -> Vec<f64> {
+    h.conns
+        .values()
+        .filter(|c| c.ip.to_string() == ip)
+        .map(|c| secs(c.opened))
+        .collect()
+}
+
+/// Reference §2.2, `smtp-421-means-mx-unavailable` (default `no`): "yes → drop the
+/// connection on 421 and try the next MX; no → RSET and reuse the connection". With `no`,
+/// a 421 at RCPT defers that recipient only: no queue-wide retry mode, an RSET on the
+/// connection, and the queue goes on opening connections to the same host — the hammering
+/// a real PowerMTA does without a backoff pattern. With `yes`, the host is marked
+/// unavailable and the recipient goes to the next MX at once.
 #[test]
-fn smtp_421_means_mx_unavailable_moves_to_the_next_mx() {
-    for (setting, second_mx_tried) in [("yes", true), ("no", false)] {
+fn a_421_inside_a_transaction_defers_or_fails_over_as_smtp_421_means_mx_unavailable_says() {
+    let throttling = || {
+        Host::Accept(Box::new(|| {
+            Box::new(Script {
+                rcpt: Some(Box::new(|_: &str| {
+                    Reply::new(421, Some([4, 7, 0]), "Try again later, closing connection.")
+                })),
+                ..Script::default()
+            })
+        }))
+    };
+    // `no` (the default): deferred, reset, and tried again every retry-recipients-after.
+    let mut h = harness("    retry-recipients-after 1m\n    retry-after 1h");
+    two_mx(&mut h, throttling());
+    inject_n(&mut h, 1);
+    h.run_for(600);
+    check_all(&h);
+    let to_first = connections_to(&h, "198.51.100.1");
+    assert_eq!(to_first.len(), 10, "{to_first:?}");
+    assert!(
+        to_first
+            .windows(2)
+            .all(|w| (w[1] - w[0] - 60.07).abs() < 0.05),
+        "{to_first:?}"
+    );
+    assert!(connections_to(&h, "198.51.100.2").is_empty());
+    assert!(
+        h.conns
+            .values()
+            .all(|c| c.commands.iter().any(|(_, l)| l == "RSET"))
+    );
+    assert_eq!(h.records_of(RecordType::Transient).len(), 10);
+    assert!(h.records_of(RecordType::TransientQueue).is_empty());
+    assert!(
+        h.events
+            .iter()
+            .all(|e| !matches!(e, EngineEvent::RetryScheduled { .. })),
+        "a 421 inside a transaction never puts the queue into retry mode"
+    );
+    assert!(h.records_of(RecordType::Delivered).is_empty());
+
+    // `yes`: the next MX takes the recipient at once, and the dead host is remembered.
+    let mut h = harness(
+        "    smtp-421-means-mx-unavailable yes\n    retry-recipients-after 1m\n    retry-after 1h",
+    );
+    two_mx(&mut h, throttling());
+    inject_n(&mut h, 1);
+    h.run_for(1800);
+    h.inject(Some("vmta1"), &["later@example.com"]);
+    h.run_for(60);
+    check_all(&h);
+    assert_eq!(connections_to(&h, "198.51.100.1"), [0.0]);
+    assert_eq!(connections_to(&h, "198.51.100.2"), [0.06, 1800.0]);
+    assert_eq!(h.times_of(RecordType::Delivered), [0.06 + 0.08, 1800.08]);
+    assert_eq!(h.records_of(RecordType::Transient).len(), 1);
+    assert_eq!(h.records_of(RecordType::TransientQueue).len(), 1);
+}
+
+/// A 421 greeting is a failed connection whatever `smtp-421-means-mx-unavailable` says
+/// (there is no connection to reset and reuse): the next MX is tried at once.
+#[test]
+fn a_421_greeting_moves_to_the_next_mx_under_either_setting() {
+    for setting in ["yes", "no"] {
         let mut h = harness(&format!(
             "    smtp-421-means-mx-unavailable {setting}\n    retry-after 1h"
         ));
-        h.dns.insert(
-            "example.com".into(),
-            MxAnswer::Hosts(vec![
-                MxHost {
-                    preference: 10,
-                    name: "mx1.example.com".into(),
-                    addresses: vec!["198.51.100.1".parse().unwrap()],
-                    port: 25,
-                },
-                MxHost {
-                    preference: 20,
-                    name: "mx2.example.com".into(),
-                    addresses: vec!["198.51.100.2".parse().unwrap()],
-                    port: 25,
-                },
-            ]),
-        );
-        h.hosts.insert(
-            "198.51.100.1".parse().unwrap(),
+        two_mx(
+            &mut h,
             Host::Accept(Box::new(|| {
                 Box::new(Script {
                     greeting: Some(Reply::new(
@@ -398,23 +520,32 @@ fn smtp_421_means_mx_unavailable_moves_to_the_next_mx() {
                 })
             })),
         );
-        h.hosts.insert(
-            "198.51.100.2".parse().unwrap(),
-            Host::Accept(Box::new(|| Box::new(Script::default()))),
-        );
         inject_n(&mut h, 1);
         h.run_for(60);
         check_all(&h);
-        let tried_second = h.conns.values().any(|c| c.ip.to_string() == "198.51.100.2");
-        assert_eq!(
-            tried_second, second_mx_tried,
-            "smtp-421-means-mx-unavailable {setting}"
-        );
-        assert_eq!(
-            h.records_of(RecordType::Delivered).len(),
-            usize::from(second_mx_tried)
-        );
+        assert_eq!(connections_to(&h, "198.51.100.2").len(), 1, "{setting}");
+        assert_eq!(h.records_of(RecordType::Delivered).len(), 1, "{setting}");
     }
+}
+
+/// A host that refused a connection is remembered as down for the queue's retry interval,
+/// as real MTAs keep a dead host rather than trying it first on every new connection: one
+/// failed attempt (and one `tq` record) per retry interval, not one per message.
+#[test]
+fn a_dead_mx_is_remembered_for_the_retry_interval() {
+    let mut h = harness("    retry-after 10m");
+    two_mx(&mut h, Host::Refuse);
+    inject_n(&mut h, 1);
+    h.run_for(300);
+    h.inject(Some("vmta1"), &["second@example.com"]);
+    h.run_for(360);
+    h.inject(Some("vmta1"), &["third@example.com"]);
+    h.run_for(60);
+    check_all(&h);
+    assert_eq!(connections_to(&h, "198.51.100.1"), [0.0, 660.0]);
+    assert_eq!(connections_to(&h, "198.51.100.2"), [0.01, 300.0, 660.01]);
+    assert_eq!(h.records_of(RecordType::TransientQueue).len(), 2);
+    assert_eq!(h.records_of(RecordType::Delivered).len(), 3);
 }
 
 #[test]
@@ -651,6 +782,23 @@ fn bounce_upon_5xx_greeting() {
         );
         assert_eq!(h.records_of(RecordType::TransientQueue).len(), 1 - bounced);
     }
+    // Reference §2.2: `bounce-upon-5xx-greeting` is about the greeting. A 5xx to EHLO (and
+    // to the HELO tried after it) is a failed attempt: retried, never bounced.
+    let mut h = harness("    bounce-upon-5xx-greeting yes\n    retry-after 1h");
+    h.mx("example.com", "198.51.100.1", || {
+        Box::new(Script {
+            ehlo: Some(Reply::new(554, Some([5, 7, 1]), "no service for you")),
+            ..Script::default()
+        })
+    });
+    inject_n(&mut h, 1);
+    h.run_for(60);
+    check_all(&h);
+    assert!(h.records_of(RecordType::Bounced).is_empty());
+    let tq = h.records_of(RecordType::TransientQueue);
+    assert_eq!(tq.len(), 1);
+    assert_eq!(tq[0].dsn_diag, "smtp;554 5.7.1 no service for you");
+    assert_eq!(h.engine.recipients_pending(), 1);
 }
 
 #[test]

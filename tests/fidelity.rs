@@ -7,7 +7,7 @@ mod common;
 use pmta_sim::engine::accounting::RecordType;
 use pmta_sim::scenario::SmtpPhase;
 
-use common::runs::{load, run};
+use common::runs::{load, load_edited, run, text};
 
 fn minutes(from: pmta_sim::time::Time, to: pmta_sim::time::Time) -> f64 {
     to.since(from) as f64 / 60_000.0
@@ -258,24 +258,19 @@ fn gmail_answers_each_mailbox_state_in_its_own_words() {
             assert_eq!(r.bounce_category, "quota-issues");
         }
     }
-    // Complaints never show over SMTP: they arrive as feedback-loop `f` records, each about a
-    // delivered message.
-    let complaints: Vec<_> = out
-        .records
-        .iter()
-        .filter(|r| r.record_type == RecordType::Feedback)
-        .collect();
-    assert!(!complaints.is_empty());
-    for f in &complaints {
-        assert!(
-            out.records
-                .iter()
-                .any(|d| d.record_type == RecordType::Delivered
-                    && d.rcpt == f.rcpt
-                    && d.time_logged <= f.time_logged)
-        );
-        assert_eq!(f.fields()[0], "f");
-    }
+    // Complaints never show over SMTP, and Gmail has no per-recipient feedback loop
+    // (reference §4.7): the complaints happen and count, but no `f` record reaches the
+    // sender — only Gmail's daily tally.
+    let log = &out.receivers[0].1;
+    assert!(!log.complaints.is_empty());
+    assert!(log.complaints.iter().all(|c| c.report_at.is_none()));
+    assert!(
+        out.records
+            .iter()
+            .all(|r| r.record_type != RecordType::Feedback)
+    );
+    let today = log.daily.values().next().unwrap();
+    assert_eq!(today.complaints, log.complaints.len() as u64);
     // Full mailboxes end as bounces only after bounce-after (45 minutes).
     for r in out
         .records
@@ -604,11 +599,15 @@ fn reputation_from_clean_days_raises_the_threshold_and_complaints_lower_it() {
         complained < 20,
         "complained-about IP: {complained} in the hour"
     );
+    // The complaints cost reputation although Gmail never reports them one by one
+    // (reference §4.7): they are in its daily tally, not in acct.csv.
+    let log = &out.receivers[0].1;
+    assert!(log.daily.values().map(|d| d.complaints).sum::<u64>() > 0);
+    assert!(log.complaints.iter().all(|c| c.report_at.is_none()));
     assert!(
         out.records
             .iter()
-            .any(|r| r.record_type == RecordType::Feedback),
-        "the complaints are in acct.csv as f records"
+            .all(|r| r.record_type != RecordType::Feedback)
     );
 }
 
@@ -637,4 +636,214 @@ fn a_patient_config_beats_hammering_at_every_provider() {
             "{provider}: deferrals {patient_deferred} vs {hammer_deferred}, throttles {patient_throttles} vs {hammer_throttles}"
         );
     }
+}
+
+/// Reference §2.2, `smtp-421-means-mx-unavailable` (default `no`: "reset the connection
+/// and then reuse the same connection"): with PowerMTA's defaults and no backoff pattern,
+/// Gmail's 421 at the end of DATA defers one message at a time; the queue never enters retry
+/// mode and keeps connecting for the rest, every deferred recipient returns after
+/// `retry-recipients-after` inside Gmail's penalty (§2.1: each early retry extends it), and
+/// nothing more than the cold IP's first hour gets through. With `yes`, the 421 marks the MX
+/// unavailable: the queue fails over to Gmail's second MX, then waits in retry mode; it
+/// hammers far less, so Gmail's penalty lapses and more gets through.
+#[test]
+fn without_a_backoff_pattern_a_421_storm_goes_on_and_421_as_mx_unavailable_stops_it() {
+    let storm = load("gmail-421-storm");
+    let out = run(&storm);
+    let count = |out: &pmta_sim::driver::RunOutput, t: RecordType| {
+        out.records.iter().filter(|r| r.record_type == t).count()
+    };
+    assert_eq!(count(&out, RecordType::Delivered), 20);
+    assert!(count(&out, RecordType::Transient) > 5000);
+    assert_eq!(count(&out, RecordType::TransientQueue), 0);
+    assert!(
+        !out.events
+            .iter()
+            .any(|e| matches!(e, pmta_sim::engine::EngineEvent::RetryScheduled { .. })),
+        "no retry mode"
+    );
+    // Connections go on all run long: some open in every 10 minutes of it.
+    for slot in 0..12u64 {
+        let from = storm.start.plus_secs(slot * 600);
+        let to = from.plus_secs(600);
+        assert!(
+            out.connections
+                .iter()
+                .any(|c| c.opened >= from && c.opened < to),
+            "no connection in slot {slot}"
+        );
+    }
+    let log = &out.receivers[0].1;
+    assert!(log.throttles.iter().filter(|t| t.early_retry).count() > 1000);
+    // The same mail with `smtp-421-means-mx-unavailable yes`.
+    let edited = text("gmail-421-storm").replace(
+        "</virtual-mta>\n\"\"\"",
+        "</virtual-mta>\n<domain gmail.com>\n    smtp-421-means-mx-unavailable yes\n</domain>\n\"\"\"",
+    );
+    let unavailable = run(&load_edited("gmail-421-storm-yes", &edited));
+    // Hammering less, it lets Gmail's penalty lapse: the second hour's capacity gets used.
+    assert!(count(&unavailable, RecordType::Delivered) > 20);
+    assert!(count(&unavailable, RecordType::TransientQueue) > 0);
+    assert!(
+        unavailable
+            .events
+            .iter()
+            .any(|e| matches!(e, pmta_sim::engine::EngineEvent::RetryScheduled { .. })),
+        "retry mode once both MX hosts said 421"
+    );
+    let hosts: std::collections::BTreeSet<&str> = unavailable
+        .records
+        .iter()
+        .map(|r| r.dlv_destination_ip.as_str())
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    assert_eq!(hosts.len(), 2, "both Gmail MX hosts were tried: {hosts:?}");
+    assert!(
+        unavailable.connections.len() * 5 < out.connections.len(),
+        "{} connections against {}",
+        unavailable.connections.len(),
+        out.connections.len()
+    );
+}
+
+/// Reference §4.7: only providers with a per-complaint feedback loop tell the sender about
+/// each complaint — Yahoo (for mail DKIM-signed by an enrolled domain), Microsoft's JMRP,
+/// Comcast's — and the report trails the delivery; Gmail shows only a daily aggregate spam
+/// rate; iCloud has no loop. Complaints count toward reputation everywhere.
+#[test]
+fn complaint_reports_come_only_from_feedback_loops_and_after_the_delivery() {
+    let s = load("feedback-loops");
+    let out = run(&s);
+    let provider_of = |rcpt: &str| {
+        let domain = rcpt.rsplit('@').next().unwrap();
+        s.isp_for(domain).unwrap().name.clone()
+    };
+    let mut by_provider: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut delays_s = Vec::new();
+    for f in out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Feedback)
+    {
+        *by_provider.entry(provider_of(&f.rcpt)).or_default() += 1;
+        let delivered = out
+            .records
+            .iter()
+            .find(|d| d.record_type == RecordType::Delivered && d.rcpt == f.rcpt)
+            .unwrap();
+        delays_s.push(f.time_logged.since(delivered.time_logged) / 1000);
+    }
+    assert_eq!(
+        by_provider.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["comcast", "outlook", "yahoo"]
+    );
+    assert!(
+        delays_s.iter().all(|d| *d >= 300),
+        "no report within 5 minutes"
+    );
+    assert!(delays_s.iter().any(|d| *d >= 3600), "some come hours later");
+    for (isp, log) in &out.receivers {
+        assert!(
+            !log.complaints.is_empty(),
+            "{isp}: complaints happen everywhere"
+        );
+        let day = log.daily.values().next().unwrap();
+        let rate = day.complaints as f64 / day.delivered as f64;
+        assert!(
+            (0.01..0.06).contains(&rate),
+            "{isp}: daily spam rate {rate}"
+        );
+    }
+    // Yahoo's loop needs DKIM: the same mail unsigned is never reported.
+    let unsigned = text("feedback-loops").replace("    dkim-sign yes\n", "");
+    let out = run(&load_edited("feedback-loops-unsigned", &unsigned));
+    let yahoo_reports = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Feedback && r.rcpt.ends_with("@yahoo.com"))
+        .count();
+    assert_eq!(yahoo_reports, 0);
+    assert!(
+        out.records
+            .iter()
+            .any(|r| r.record_type == RecordType::Feedback)
+    );
+}
+
+/// Reference §2.3–§2.6 and §2.10, limits with their units: iCloud's cold-IP capacity is 20
+/// messages an hour (its 421 [HCM1] comes at the greeting, but it counts messages, not
+/// connections); Office 365 does not apply Outlook.com's consumer bulk-sender rule
+/// (5.7.515); Comcast and GMX require TLS, as their model files say; Outlook.com's
+/// connection cap grows with reputation (5 for a cold IP, far more for a warm one).
+#[test]
+fn provider_limits_count_what_the_reference_says() {
+    // iCloud: no hour of the hammering run holds more than 20 deliveries.
+    let s = load("icloud-hammer");
+    let out = run(&s);
+    let delivered: Vec<_> = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .map(|r| r.time_logged)
+        .collect();
+    for d in &delivered {
+        let in_hour = delivered
+            .iter()
+            .filter(|e| **e >= *d && e.since(*d) < 3_600_000)
+            .count();
+        assert!(in_hour <= 20, "{in_hour} messages in the hour from {d:?}");
+    }
+    // Office 365: the same bulk sender without DKIM that Outlook.com rejects with 5.7.515.
+    let office = text("outlook-bulk-unauthenticated").replace(
+        "[isps.outlook]\nmodel = \"outlook\"",
+        "[isps.outlook]\nmodel = \"office365\"\ndomains = [\"outlook.com\"]",
+    );
+    let out = run(&load_edited("office365-bulk-unauthenticated", &office));
+    assert!(out.records.iter().all(|r| !r.dsn_diag.contains("5.7.515")));
+    assert_eq!(
+        out.records
+            .iter()
+            .filter(|r| r.record_type == RecordType::Delivered)
+            .count(),
+        80
+    );
+    // Comcast and GMX: mail without STARTTLS is refused at MAIL FROM and bounces.
+    for (isp, domain) in [("comcast", "comcast.net"), ("gmx", "gmx.net")] {
+        let scenario = format!(
+            "name = \"no-tls\"\nseed = 3\nduration = \"5m\"\nstart_time = \"2026-09-21T12:00:00Z\"\ntick_ms = 10\nconfig_inline = \"\"\"\n<virtual-mta v1>\n    smtp-source-host 192.0.2.120 mta.sender.example\n</virtual-mta>\n<domain {domain}>\n    use-starttls no\n</domain>\n\"\"\"\n\n[isps.{isp}]\nmodel = \"{isp}\"\nhistory = \"warm\"\n\n[[workload]]\nvmta = \"v1\"\nmail_from = \"news@sender.example\"\nmessages = 3\ndomains = {{ \"{domain}\" = 1.0 }}\n"
+        );
+        let out = run(&load_edited("no-tls", &scenario));
+        assert!(
+            out.records
+                .iter()
+                .all(|r| r.record_type == RecordType::Bounced
+                    && r.dsn_diag.contains("Must issue a STARTTLS command first")),
+            "{isp}: {:?}",
+            out.records.iter().map(|r| &r.dsn_diag).collect::<Vec<_>>()
+        );
+        let with_tls = scenario.replace("    use-starttls no\n", "");
+        let out = run(&load_edited("with-tls", &with_tls));
+        assert!(
+            out.records
+                .iter()
+                .all(|r| r.record_type == RecordType::Delivered)
+        );
+    }
+    // Outlook.com: 20 connections at once from a cold IP meet RP-003 past 5; from a warm IP
+    // (three weeks of clean days) they are all let in.
+    let connections = |history: &str| {
+        let scenario = format!(
+            "name = \"outlook-cap\"\nseed = 4\nduration = \"2m\"\nstart_time = \"2026-09-21T12:00:00Z\"\ntick_ms = 10\nlatency_ms = [200, 200]\nconfig_inline = \"\"\"\n<virtual-mta v1>\n    smtp-source-host 192.0.2.121 mta.sender.example\n</virtual-mta>\n<domain outlook.com>\n    max-smtp-out 20\n    retry-after 1h\n</domain>\n\"\"\"\n\n[isps.outlook]\nmodel = \"outlook\"\nhistory = \"{history}\"\n\n[[workload]]\nvmta = \"v1\"\nmail_from = \"news@sender.example\"\nmessages = 20\ndomains = {{ \"outlook.com\" = 1.0 }}\n"
+        );
+        let out = run(&load_edited("outlook-cap", &scenario));
+        let log = &out.receivers[0].1;
+        (
+            log.connections.iter().filter(|c| !c.refused).count(),
+            out.records.iter().any(|r| r.dsn_diag.contains("RP-003")),
+        )
+    };
+    let (cold_in, cold_refused) = connections("cold");
+    assert!(cold_refused && cold_in >= 5, "cold: {cold_in} let in");
+    let (warm_in, warm_refused) = connections("warm");
+    assert!(!warm_refused && warm_in == 20, "warm: {warm_in} let in");
 }

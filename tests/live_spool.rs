@@ -100,7 +100,10 @@ fn a_restart_requeues_exactly_the_unsettled_recipients_with_their_queue_time() {
     assert_eq!(recovered.injection.recipients, ["a@x.test", "c@z.test"]);
     assert_eq!(recovered.recipient_indices, [0, 2]);
     assert_eq!(recovered.injection.queued_at, Some(Time::from_secs(1_000)));
-    assert_eq!(recovered.injection.data.to_vec(), b"Subject: one\r\n\r\nbody\r\n");
+    assert_eq!(
+        recovered.injection.data.to_vec(),
+        b"Subject: one\r\n\r\nbody\r\n"
+    );
     assert_eq!(recovered.injection.virtual_mta.as_deref(), Some("vmta1"));
     assert_eq!(recovered.injection.job_id, "job7");
     assert_eq!(

@@ -88,3 +88,59 @@ fn a_backoff_run_draws_its_band_where_the_accounting_log_says() {
         q.binding.explanation
     );
 }
+
+/// Issue 13, item 7 (reference isp-behavior §1, "Response phases seen in real logs": Yahoo's
+/// TSS04 "in reply to MAIL FROM command"): `run.json` keeps each reply's SMTP step and each
+/// connection's message count, and the summary and terminal show where each provider said
+/// no.
+#[test]
+fn run_json_keeps_each_replys_step_and_each_connections_messages() {
+    let s = load("yahoo-tss04");
+    let out = run(&s);
+    let data = out.run_data(&s, String::new());
+    let json = serde_json::to_string(&data).unwrap();
+    assert!(
+        json.contains("\"phase\":\"mail\""),
+        "the TSS04 replies came at MAIL FROM"
+    );
+    let tss04 = data
+        .replies
+        .iter()
+        .find(|r| r.example.contains("[TSS04]"))
+        .unwrap();
+    assert_eq!(
+        (tss04.phase.as_str(), tss04.reply.as_str()),
+        ("mail", "421 4.7.0")
+    );
+    let deliveries = data
+        .replies
+        .iter()
+        .find(|r| r.reply.starts_with("250"))
+        .unwrap();
+    assert_eq!(deliveries.phase, "data_end");
+    let rows: Vec<Row> = out.records.iter().map(Row::of).collect();
+    let report = report::build(&data, &rows);
+    let yahoo = &report.summary.providers["yahoo"];
+    assert_eq!(yahoo.refusals()[0].0, "mail");
+    let table = report::terminal::table(&report.summary, false);
+    assert!(table.contains("  yahoo said no at: mail "), "{table}");
+    // A round trip through run.json loses nothing.
+    let back: report::RunData = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, data);
+
+    // Yahoo ends a connection after 20 messages: run.json counts them per connection.
+    let s = load("yahoo-per-connection");
+    let out = run(&s);
+    let data = out.run_data(&s, String::new());
+    let counts: Vec<u64> = data.connections.iter().map(|c| c.messages).collect();
+    assert!(
+        counts.iter().filter(|n| **n == 21).count() >= 4,
+        "{counts:?}"
+    );
+    let log = &out.receivers[0].1;
+    assert_eq!(
+        log.connections.iter().map(|c| c.messages).max(),
+        Some(20),
+        "the provider took 20 on each; the 21st MAIL met the silent close"
+    );
+}

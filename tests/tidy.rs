@@ -202,3 +202,41 @@ fn every_select_is_biased() {
         "the check found no select! at all: is the pattern stale?"
     );
 }
+
+#[test]
+fn the_engine_reads_directives_only_through_its_settings_reader() {
+    // `engine::settings::simulated` is what `check` trusts: a directive read anywhere else
+    // in the engine (`settings.get("max-smtp-out")`) would escape it.
+    let mut files = Vec::new();
+    rust_files(&root().join("src/engine"), &mut files);
+    rust_files(&root().join("src/auth"), &mut files);
+    let mut violations = Vec::new();
+    let mut scanned = 0;
+    for file in files {
+        if file.ends_with("settings.rs") {
+            continue;
+        }
+        scanned += 1;
+        let text = fs::read_to_string(&file).expect("readable");
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for call in [".get(\"", ".get_all(\""] {
+                if let Some(at) = code.find(call) {
+                    let name: String = code[at + call.len()..]
+                        .chars()
+                        .take_while(|c| *c != '"')
+                        .collect();
+                    if pmta_sim::config::directives::lookup(&name).is_some() {
+                        violations.push(format!("{}:{}: `{name}`", file.display(), number + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(scanned >= 4, "the engine's files were not found");
+    assert!(
+        violations.is_empty(),
+        "read these through engine::settings:\n{}",
+        violations.join("\n")
+    );
+}

@@ -11,12 +11,12 @@ use std::path::Path;
 use indexmap::IndexMap;
 
 use super::diag::{Diagnostic, did_you_mean};
-use super::directives::{self, Alias, BlockKind, DIRECTIVES, Effect, ValueKind};
+use super::directives::{self, Alias, BlockKind, DIRECTIVES, ValueKind};
 use super::model::{
     BOUNCE_CATEGORIES, BounceRule, Config, DkimKey, DomainBlock, DomainKey, DomainPattern,
     EnvelopeField, KeyMaterial, MxRollup, NamedBlock, NoEffect, Pattern, PatternAction,
     PatternList, Pool, QueueMode, ReplyRule, RouteRule, Setting, Settings, SmtpPatternList,
-    SourceBlock, Value, VirtualMta,
+    SourceBlock, Value, VirtualMta, Written,
 };
 use super::queue;
 use super::source::{FileSystem, Span, Spanned};
@@ -234,8 +234,12 @@ impl Lowerer<'_> {
             return None;
         }
         let value = self.value(spec.name, spec.kind, line)?;
-        if spec.effect == Effect::NoEffect && block != Some(BlockKind::Unknown) {
-            self.no_effect(spec.name.to_string(), line.span);
+        if block != Some(BlockKind::Unknown) {
+            self.config.written.push(Written {
+                name: spec.name,
+                block,
+                span: line.span,
+            });
         }
         Some(Setting {
             spec,
@@ -1015,6 +1019,7 @@ impl Lowerer<'_> {
             }
         }
         problems.extend(queue::check_queue_to_loops(self.config));
+        problems.extend(queue::check_backoff_limits(self.config));
         self.diagnostics.extend(problems);
     }
 

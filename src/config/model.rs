@@ -7,7 +7,7 @@
 
 use indexmap::IndexMap;
 
-use super::directives::DirectiveSpec;
+use super::directives::{BlockKind, DirectiveSpec};
 use super::source::{SourceMap, Span, Spanned};
 use super::value::{Cidr, DataRate, Interval, IpHost, Rate, Size};
 
@@ -390,6 +390,15 @@ pub struct NoEffect {
     pub span: Span,
 }
 
+/// One directive line as written: its canonical name and the block it is in (`None` at the
+/// top level), so the directives the simulator does not read can be listed.
+#[derive(Clone, Copy, Debug)]
+pub struct Written {
+    pub name: &'static str,
+    pub block: Option<BlockKind>,
+    pub span: Span,
+}
+
 /// A whole checked configuration.
 #[derive(Debug, Default)]
 pub struct Config {
@@ -411,5 +420,37 @@ pub struct Config {
     pub dkim_keys: Vec<DkimKey>,
     /// `domain-macro NAME a, b, c`, expanded (nested macros resolved).
     pub domain_macros: IndexMap<String, Vec<String>>,
+    /// Accepted with no effect whatever the simulator reads: deprecated spellings and the
+    /// blocks it has no use for.
     pub no_effect: Vec<NoEffect>,
+    /// Every directive line accepted, in file order.
+    pub written: Vec<Written>,
+}
+
+impl Config {
+    /// What `check` lists as "accepted, no effect in simulation": the lines whose directive
+    /// the simulator does not read where it is written (`simulated` holds `(block, name)`
+    /// pairs, `None` for the top level), with deprecated spellings and unused blocks, in
+    /// file order.
+    pub fn no_effect_in_simulation(
+        &self,
+        simulated: &[(Option<BlockKind>, &str)],
+    ) -> Vec<NoEffect> {
+        let mut out = self.no_effect.clone();
+        for written in &self.written {
+            let read = simulated
+                .iter()
+                .any(|(block, name)| *block == written.block && *name == written.name);
+            if !read {
+                out.push(NoEffect {
+                    what: written.name.to_string(),
+                    span: written.span,
+                });
+            }
+        }
+        out.sort_by_key(|n| n.span);
+        // A line under a macro-expanded `<domain>` is lowered once per expansion.
+        out.dedup_by(|a, b| a.span == b.span && a.what == b.what);
+        out
+    }
 }

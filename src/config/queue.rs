@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use super::diag::{Diagnostic, did_you_mean};
 use super::directives::{DIRECTIVES, DefaultValue, DirectiveSpec, ValueKind};
-use super::model::{Config, DomainBlock, DomainPattern, Value};
+use super::model::{Config, DomainBlock, DomainPattern, PatternAction, Value};
 use super::source::Span;
 use super::value;
 
@@ -180,6 +180,132 @@ pub(super) fn check_queue_to_loops(config: &Config) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// Warns where a queue's backoff limit is looser than its normal one, so backoff mode would
+/// send faster or open more connections than normal mode. PowerMTA's `backoff-max-smtp-out`
+/// defaults to 20 whatever `max-smtp-out` says (reference §2.2, §2.3), so `max-smtp-out 2`
+/// alone lets a queue in backoff open 20 connections. Only queues that can enter backoff (a
+/// pattern list with `mode=backoff`, or `backoff-upon-all-sources-disabled`) are checked; the
+/// warning stands on the backoff line when it is written, else on the normal one.
+pub(super) fn check_backoff_limits(config: &Config) -> Vec<Diagnostic> {
+    const PAIRS: [(&str, &str); 3] = [
+        ("max-smtp-out", "backoff-max-smtp-out"),
+        ("max-msg-rate", "backoff-max-msg-rate"),
+        ("max-connect-rate", "backoff-max-connect-rate"),
+    ];
+    // Top-level blocks are judged with no virtual MTA's nested blocks (a name no virtual MTA
+    // has), nested ones with their own virtual MTA.
+    let no_vmta = "";
+    let blocks = config.domains.iter().map(|b| (b, no_vmta)).chain(
+        config
+            .virtual_mtas
+            .values()
+            .flat_map(|v| v.domains.iter().map(move |b| (b, v.name.as_str()))),
+    );
+    let mut warned: Vec<Span> = Vec::new();
+    let mut out = Vec::new();
+    for (block, vmta) in blocks {
+        if !PAIRS
+            .iter()
+            .any(|(n, b)| block.settings.get(n).is_some() || block.settings.get(b).is_some())
+        {
+            continue;
+        }
+        let domain = match &block.pattern {
+            DomainPattern::Exact(d) | DomainPattern::DomainAndSubdomains(d) => d.clone(),
+            DomainPattern::Subdomains(d) => format!("sub.{d}"),
+            DomainPattern::Any => "any.invalid".to_string(),
+        };
+        let settings = effective_settings(config, &domain, vmta);
+        if !can_enter_backoff(config, &settings) {
+            continue;
+        }
+        for (normal, backoff) in PAIRS {
+            let (Some(n), Some(b)) = (settings.get(normal), settings.get(backoff)) else {
+                continue;
+            };
+            let (Some(n_value), Some(b_value)) = (&n.value, &b.value) else {
+                continue;
+            };
+            if !looser(b_value, n_value) {
+                continue;
+            }
+            let Some(span) = b.from.or(n.from) else {
+                continue;
+            };
+            if warned.contains(&span) {
+                continue;
+            }
+            warned.push(span);
+            let written = |e: &Effective, value: &Value| match e.from {
+                Some(_) => format!("`{} {}`", e.spec.name, value.to_config_text()),
+                None => format!(
+                    "`{} {}` (PowerMTA's default)",
+                    e.spec.name,
+                    value.to_config_text()
+                ),
+            };
+            let effect = if normal == "max-smtp-out" {
+                "open more connections"
+            } else {
+                "send faster"
+            };
+            let mut diag = Diagnostic::warning(
+                span,
+                format!(
+                    "{} is looser than {}: the queue would {effect} in backoff mode than in normal mode",
+                    written(b, b_value),
+                    written(n, n_value)
+                ),
+            )
+            .with_help(format!(
+                "write `{backoff} {}` or lower in this `<domain>`",
+                n_value.to_config_text()
+            ));
+            if let (Some(_), Some(other)) = (b.from, n.from) {
+                diag.notes.push((other, format!("`{normal}` is set here")));
+            }
+            out.push(diag);
+        }
+    }
+    out
+}
+
+/// Whether a queue with these settings can ever be in backoff mode.
+fn can_enter_backoff(config: &Config, settings: &IndexMap<&'static str, Effective>) -> bool {
+    let all_disabled = matches!(
+        settings
+            .get("backoff-upon-all-sources-disabled")
+            .and_then(|e| e.value.as_ref()),
+        Some(Value::Bool(true))
+    );
+    let pattern = settings
+        .get("smtp-pattern-list")
+        .and_then(|e| match &e.value {
+            Some(Value::Text(name)) => config.smtp_pattern_lists.get(name),
+            _ => None,
+        })
+        .is_some_and(|list| {
+            list.rules.iter().any(|r| {
+                r.actions
+                    .contains(&PatternAction::Mode(super::model::QueueMode::Backoff))
+            })
+        });
+    all_disabled || pattern
+}
+
+/// Whether limit `a` allows more than limit `b` (counts, and rates per second).
+fn looser(a: &Value, b: &Value) -> bool {
+    let per_second = |r: &value::Rate| match r {
+        value::Rate::Unlimited => f64::INFINITY,
+        value::Rate::Limit { count, per_seconds } => *count as f64 / (*per_seconds).max(1) as f64,
+    };
+    match (a, b) {
+        (Value::Count(a), Value::Count(b)) => a > b,
+        (Value::Rate(a), Value::Rate(b)) => per_second(a) > per_second(b),
+        _ => false,
+    }
 }
 
 /// How specific a pattern is for `domain`, or `None` if it does not match. Higher wins.

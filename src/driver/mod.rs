@@ -33,6 +33,8 @@ pub struct ConnectionTrace {
     pub closed: Option<Time>,
     /// When each RCPT command was written.
     pub rcpt_times: Vec<Time>,
+    /// MAIL FROM commands written: the messages the connection carried.
+    pub messages: u64,
 }
 
 /// Everything a run produced.
@@ -201,6 +203,48 @@ fn rate_limit(rate: crate::config::value::Rate) -> Option<report::RateLimit> {
     }
 }
 
+/// The replies behind the records, counted by queue, source IP, SMTP step and reply.
+fn reply_counts(records: &[AcctRecord]) -> Vec<report::ReplyCount> {
+    let mut counts: std::collections::BTreeMap<(&str, &str, &str, String), report::ReplyCount> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        let Some(phase) = r.phase else {
+            continue;
+        };
+        let code: String = r
+            .dsn_diag
+            .strip_prefix("smtp;")
+            .unwrap_or("")
+            .chars()
+            .take(3)
+            .collect();
+        let reply = if code.len() == 3 {
+            format!("{code} {}", r.dsn_status)
+        } else {
+            // A failure without a reply (a refused connection, a timeout).
+            format!("none {}", r.dsn_status)
+        };
+        let at = r.time_logged.unix_secs();
+        counts
+            .entry((&r.queue, &r.dlv_source_ip, phase.name(), reply.clone()))
+            .and_modify(|c| {
+                c.count += 1;
+                c.last_at_s = at;
+            })
+            .or_insert_with(|| report::ReplyCount {
+                queue: r.queue.clone(),
+                source_ip: r.dlv_source_ip.clone(),
+                phase: phase.name().to_string(),
+                reply,
+                count: 1,
+                first_at_s: at,
+                last_at_s: at,
+                example: r.dsn_diag.clone(),
+            });
+    }
+    counts.into_values().collect()
+}
+
 impl RunOutput {
     /// What the report needs beside `acct.csv` (saved as `run.json`).
     pub fn run_data(&self, scenario: &Scenario, config_sha256: String) -> report::RunData {
@@ -221,14 +265,11 @@ impl RunOutput {
             connections: Vec::new(),
             refused: self.refused.clone(),
             pattern_failures: Vec::new(),
+            replies: reply_counts(&self.records),
         };
         for (name, log) in &self.receivers {
-            let domains = scenario
-                .isps
-                .iter()
-                .find(|i| &i.name == name)
-                .map(|i| i.domains.clone())
-                .unwrap_or_default();
+            let spec = scenario.isps.iter().find(|i| &i.name == name);
+            let domains = spec.map(|i| i.domains.clone()).unwrap_or_default();
             data.providers.push(report::ProviderData {
                 name: name.clone(),
                 domains,
@@ -253,6 +294,16 @@ impl RunOutput {
                         capacity_per_hour: s.capacity_per_hour,
                     })
                     .collect(),
+                feedback: spec.map_or("none", |i| i.feedback.kind()).to_string(),
+                daily: log
+                    .daily
+                    .iter()
+                    .map(|(day, mail)| report::DailyMail {
+                        day: Time::from_secs(day * 86_400).acct_format()[..10].to_string(),
+                        delivered: mail.delivered,
+                        complaints: mail.complaints,
+                    })
+                    .collect(),
             });
         }
         for q in &self.queues {
@@ -267,6 +318,7 @@ impl RunOutput {
                 backoff_max_smtp_out: q.settings.backoff_max_smtp_out,
                 backoff_at_end: q.mode == crate::config::model::QueueMode::Backoff,
                 queued_at_end: q.recipients_queued as u64,
+                retry_recipients_after_s: q.settings.retry_recipients_after_s,
             });
         }
         for event in &self.events {
@@ -324,6 +376,7 @@ impl RunOutput {
                 source_ip: c.source_ip.to_string(),
                 opened_s: secs(c.opened),
                 closed_s: c.closed.map(secs),
+                messages: c.messages,
             })
             .collect();
         data

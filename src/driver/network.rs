@@ -117,6 +117,7 @@ pub fn run_with_progress(
         config,
         EngineOptions {
             seed: scenario.seed,
+            backoff_clock: scenario.backoff_clock,
         },
     )?;
 
@@ -320,7 +321,8 @@ pub fn run_with_progress(
         .zip(&providers)
         .map(|(spec, p)| (spec.name.clone(), p.borrow().log.clone()))
         .collect();
-    let records = with_feedback(finished.records, &providers);
+    let end = scenario.start.plus_secs(scenario.duration_s);
+    let records = with_feedback(finished.records, &providers, end);
     Ok(RunOutput {
         records,
         events: finished.events,
@@ -333,11 +335,14 @@ pub fn run_with_progress(
     })
 }
 
-/// Adds an `f` record for every complaint, after the delivery it complains about, in time
-/// order (a stable sort keeps the engine's order among records of the same time).
+/// Adds an `f` record for every complaint a provider reports to the sender, at the time the
+/// report arrives (before the run's end), in time order (a stable sort keeps the engine's
+/// order among records of the same time). Complaints a provider does not report (Gmail,
+/// iCloud) leave no record: the sender sees at most the provider's daily spam rate.
 fn with_feedback(
     mut records: Vec<crate::engine::accounting::AcctRecord>,
     providers: &[Rc<RefCell<Provider>>],
+    end: Time,
 ) -> Vec<crate::engine::accounting::AcctRecord> {
     use crate::engine::accounting::RecordType;
     // The last delivery of each (recipient, sender): the record a complaint is about carries
@@ -350,14 +355,18 @@ fn with_feedback(
     }
     let mut feedback = Vec::new();
     for provider in providers {
-        for (at, _, mail_from, rcpt) in &provider.borrow().log.complaints {
+        for complaint in &provider.borrow().log.complaints {
+            let Some(report_at) = complaint.report_at.filter(|t| *t <= end) else {
+                continue;
+            };
             let delivery = last_delivery
-                .get(&(rcpt.as_str(), mail_from.as_str()))
+                .get(&(complaint.rcpt.as_str(), complaint.mail_from.as_str()))
                 .map(|i| &records[*i]);
             if let Some(d) = delivery {
                 let mut f = d.clone();
                 f.record_type = RecordType::Feedback;
-                f.time_logged = (*at).max(d.time_logged);
+                f.time_logged = report_at.max(d.time_logged);
+                f.phase = None;
                 f.dsn_status = String::new();
                 f.dsn_diag = "abuse".to_string();
                 f.bounce_category = String::new();
@@ -629,6 +638,7 @@ impl EngineLoop {
                             opened: now,
                             closed: None,
                             rcpt_times: Vec::new(),
+                            messages: 0,
                         },
                     );
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -674,6 +684,8 @@ impl EngineLoop {
                         for line in bytes.split(|b| *b == b'\n') {
                             if line.starts_with(b"RCPT TO:") {
                                 trace.rcpt_times.push(now);
+                            } else if line.starts_with(b"MAIL FROM:") {
+                                trace.messages += 1;
                             }
                         }
                     }

@@ -73,6 +73,40 @@ impl RecordType {
     }
 }
 
+/// Where in the SMTP conversation the reply behind a record came (not one of PowerMTA's
+/// fields: it goes to `run.json`, so a report can say where a provider said no).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReplyPhase {
+    /// No reply: the connection could not be opened, or timed out before the greeting.
+    Connect,
+    Greeting,
+    /// EHLO, or the HELO that followed a refused EHLO.
+    Ehlo,
+    StartTls,
+    Mail,
+    Rcpt,
+    Data,
+    /// The reply to the end of the message data.
+    DataEnd,
+    Rset,
+}
+
+impl ReplyPhase {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplyPhase::Connect => "connect",
+            ReplyPhase::Greeting => "greeting",
+            ReplyPhase::Ehlo => "ehlo",
+            ReplyPhase::StartTls => "starttls",
+            ReplyPhase::Mail => "mail",
+            ReplyPhase::Rcpt => "rcpt",
+            ReplyPhase::Data => "data",
+            ReplyPhase::DataEnd => "data_end",
+            ReplyPhase::Rset => "rset",
+        }
+    }
+}
+
 /// One accounting record. Empty strings are written as empty fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcctRecord {
@@ -104,6 +138,9 @@ pub struct AcctRecord {
     /// `domain/vmta`.
     pub queue: String,
     pub vmta_pool: String,
+    /// Where the reply came (`None` for outcomes the engine decided itself: expiry, DNS,
+    /// local delivery). Not written to the file.
+    pub phase: Option<ReplyPhase>,
 }
 
 impl AcctRecord {
@@ -193,6 +230,7 @@ mod tests {
             env_id: String::new(),
             queue: "gmail.com/vmta1".into(),
             vmta_pool: "pool1".into(),
+            phase: Some(ReplyPhase::DataEnd),
         };
         let mut writer = CsvWriter::new(Vec::new()).unwrap();
         writer.write(&record).unwrap();

@@ -19,14 +19,16 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use thiserror::Error;
 
-use self::accounting::{AcctRecord, RecordType};
+use self::accounting::{AcctRecord, RecordType, ReplyPhase};
 use self::classify::{Classifier, Disposition};
 use self::session::{
     Awaiting, ClientSession, FailureReason, Phase, SessionEvent, SessionOptions, Transaction,
 };
-use self::settings::{DeliveryType, DkimSign, NoMxPolicy, QueueSettings};
+use self::settings::{
+    DeliveryType, DkimSign, GlobalSettings, NoMxPolicy, QueueSettings, SourceSettings,
+};
 use crate::auth::{SignOptions, Signer};
-use crate::config::model::{Config, PatternAction, QueueMode, Value};
+use crate::config::model::{Config, PatternAction, QueueMode};
 use crate::config::queue;
 use crate::config::source::Span;
 use crate::config::value::{Cidr, Rate};
@@ -291,6 +293,19 @@ struct Message {
     /// settings choose the canonicalization and headers), kept so every retry sends the
     /// signature of the first attempt.
     signed: Vec<(QueueId, Box<str>)>,
+    /// Where each recipient is: entries in a queue's lists may hold recipients that have
+    /// since been settled (expired while waiting); they are dropped when taken.
+    rcpt_state: Vec<RcptState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RcptState {
+    /// In its queue: ready, or waiting out `retry-recipients-after`.
+    Waiting,
+    /// In a transaction on a connection.
+    Sending,
+    /// Delivered or bounced.
+    Done,
 }
 
 /// Recipients of one message waiting in one queue.
@@ -347,6 +362,10 @@ struct Queue {
     no_mx_since: Option<Time>,
     /// How long the per-source-IP windows must remember (0 when no such rate is set).
     per_ip_horizon_ms: u64,
+    /// When each message's recipients in this queue expire (`bounce-after`), and which.
+    expiries: BTreeMap<(Time, MessageId), Vec<u32>>,
+    /// MX hosts a connection failed to, skipped by new connections until the time given.
+    mx_down: BTreeMap<IpAddr, Time>,
 }
 
 struct PerIp {
@@ -393,6 +412,12 @@ impl Queue {
             QueueMode::Backoff => &self.settings.backoff_retry_after_s,
         }
     }
+
+    /// The retry interval the queue is at: positional in the mode's list, the last repeats.
+    fn retry_interval_s(&self) -> u64 {
+        let list = self.retry_list();
+        list[self.retry_index.min(list.len() - 1)]
+    }
 }
 
 fn rate_horizon_ms(rates: &[Rate]) -> u64 {
@@ -438,6 +463,19 @@ enum TimerKind {
 pub struct EngineOptions {
     /// Seeds the stand-in DKIM keys (simulation).
     pub seed: u64,
+    /// What `backoff-to-normal-after` counts from (PowerMTA's guide does not say).
+    pub backoff_clock: BackoffClock,
+}
+
+/// Where `backoff-to-normal-after` counts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackoffClock {
+    /// The reply that switched the queue into backoff; a match while already in backoff
+    /// switches nothing and leaves the clock alone.
+    #[default]
+    Entry,
+    /// Every matching reply, so a queue that keeps meeting them stays in backoff.
+    LastMatch,
 }
 
 /// The delivery engine.
@@ -472,7 +510,9 @@ pub struct Engine {
     actions: VecDeque<Action>,
     records: VecDeque<AcctRecord>,
     events: VecDeque<EngineEvent>,
-    total_max_smtp_out: Option<u64>,
+    /// The top-level directives the engine reads.
+    globals: GlobalSettings,
+    backoff_clock: BackoffClock,
     mx_requested: BTreeSet<String>,
     decisions: u64,
     last_now: Time,
@@ -484,10 +524,7 @@ impl Engine {
     pub fn new(config: Config, options: EngineOptions) -> Result<Engine, crate::auth::DkimError> {
         let signer = Signer::from_config(&config, options.seed)?;
         let classifier = Classifier::new(&config);
-        let total_max_smtp_out = match config.globals.get("total-max-smtp-out").map(|s| &s.value) {
-            Some(Value::Count(n)) => Some(*n),
-            _ => None,
-        };
+        let globals = GlobalSettings::read(&config.globals, None);
         Ok(Engine {
             config,
             signer,
@@ -506,7 +543,8 @@ impl Engine {
             actions: VecDeque::new(),
             records: VecDeque::new(),
             events: VecDeque::new(),
-            total_max_smtp_out,
+            globals,
+            backoff_clock: options.backoff_clock,
             mx_requested: BTreeSet::new(),
             decisions: 0,
             last_now: Time::default(),
@@ -638,6 +676,7 @@ impl Engine {
             let queue = self.queue_for(&domain, &vmta, &pool)?;
             per_queue.entry(queue).or_default().push(index as u32);
         }
+        let count = injection.recipients.len();
         let data = injection.data;
         let message = Message {
             mail_from: injection.mail_from,
@@ -661,12 +700,15 @@ impl Engine {
                 .unwrap_or_default(),
             from_domain,
             signed: Vec::new(),
+            rcpt_state: vec![RcptState::Waiting; count],
         };
         self.messages.insert(id, message);
         for (queue, rcpts) in per_queue {
             let q = &mut self.queues[queue.0 as usize];
             if q.settings.retry_upon_new_mail {
+                // The queue is scheduled again, hosts that failed included.
                 q.retry_until = None;
+                q.mx_down.clear();
             }
             q.queued_rcpts += rcpts.len();
             self.events.push_back(EngineEvent::Queued {
@@ -674,6 +716,8 @@ impl Engine {
                 queue: q.name.clone(),
                 recipients: rcpts.len() as u64,
             });
+            let expires = now.plus_secs(q.settings.bounce_after_s);
+            q.expiries.insert((expires, id), rcpts.clone());
             q.ready.push_back(Entry { msg: id, rcpts });
             self.dirty.insert(queue);
         }
@@ -688,32 +732,23 @@ impl Engine {
         x_virtual_mta: Option<String>,
         failures: &mut Vec<classify::PatternFailure>,
     ) -> Result<(String, String), InjectError> {
-        let source = injection.source_ip.and_then(|ip| {
-            self.config.source_blocks.iter().find(|s| {
-                crate::config::value::parse_cidr(&s.selector).is_ok_and(|c: Cidr| c.contains(ip))
+        let source = injection
+            .source_ip
+            .and_then(|ip| {
+                self.config.source_blocks.iter().find(|s| {
+                    crate::config::value::parse_cidr(&s.selector)
+                        .is_ok_and(|c: Cidr| c.contains(ip))
+                })
             })
-        });
-        let source_flag = |name: &str| {
-            source.is_some_and(|s| {
-                matches!(
-                    s.settings.get(name).map(|v| &v.value),
-                    Some(Value::Bool(true))
-                )
-            })
-        };
-        let source_text = |name: &str| {
-            source.and_then(|s| match s.settings.get(name).map(|v| &v.value) {
-                Some(Value::Text(t)) => Some(t.clone()),
-                _ => None,
-            })
-        };
+            .map(|s| SourceSettings::read(&s.settings, None))
+            .unwrap_or_default();
         let mut name = None;
-        if source_flag("process-x-virtual-mta") || injection.source_ip.is_none() {
+        if source.process_x_virtual_mta || injection.source_ip.is_none() {
             name = x_virtual_mta;
         }
         if name.is_none()
-            && let Some(list) = source_text("pattern-list")
-            && let Some(list) = self.config.pattern_lists.get(&list)
+            && let Some(list) = &source.pattern_list
+            && let Some(list) = self.config.pattern_lists.get(list)
         {
             name = list.rules.iter().find_map(|rule| {
                 let subject = match rule.field {
@@ -732,18 +767,8 @@ impl Engine {
         }
         let name = name
             .or_else(|| injection.virtual_mta.clone())
-            .or_else(|| source_text("default-virtual-mta"))
-            .or_else(|| {
-                match self
-                    .config
-                    .globals
-                    .get("default-virtual-mta")
-                    .map(|s| &s.value)
-                {
-                    Some(Value::Text(t)) => Some(t.clone()),
-                    _ => None,
-                }
-            })
+            .or(source.default_virtual_mta)
+            .or_else(|| self.globals.default_virtual_mta.clone())
             .ok_or(InjectError::NoVirtualMta)?;
         if self.config.virtual_mtas.contains_key(&name) {
             return Ok((name, String::new()));
@@ -814,6 +839,8 @@ impl Engine {
                     per_ip: BTreeMap::new(),
                     no_mx_since: None,
                     per_ip_horizon_ms,
+                    expiries: BTreeMap::new(),
+                    mx_down: BTreeMap::new(),
                 });
                 QueueId((self.queues.len() - 1) as u32)
             }
@@ -901,7 +928,7 @@ impl Engine {
             conn,
             None,
             &format!("connection failed: {reason}"),
-            true,
+            Some(ReplyPhase::Connect),
         );
         self.run(now);
     }
@@ -928,15 +955,18 @@ impl Engine {
     pub fn handle_closed(&mut self, now: Time, conn: ConnectionId) {
         self.advance(now);
         if let Some(c) = self.connections.get(&conn) {
-            if c.state == ConnState::Quitting && c.in_flight.is_none() {
+            // After QUIT, or after a 421 that announced it, the close is the expected end.
+            let expected = c.state == ConnState::Quitting || c.session.closing_announced();
+            if expected && c.in_flight.is_none() {
                 self.drop_connection(conn);
             } else {
+                let phase = failure_phase(c);
                 self.connection_failed(
                     now,
                     conn,
                     None,
                     "connection closed by the remote host",
-                    false,
+                    phase,
                 );
             }
         }
@@ -1155,36 +1185,74 @@ impl Engine {
         }
     }
 
-    /// Bounces recipients at the front of the queue that are older than `bounce-after`.
-    /// Only the front is examined: an entry is judged when it is next in line to go, which
-    /// keeps scheduling O(1) per decision (PowerMTA, too, bounces at the next attempt).
+    /// Bounces every recipient of the queue older than `bounce-after`, wherever it waits:
+    /// ready, or waiting out `retry-recipients-after` (PowerMTA: "messages older than this
+    /// time interval are bounced"). One in a transaction is judged when the transaction ends.
+    /// The queue wakes for the next expiry, so each bounce is written on time.
     fn expire(&mut self, now: Time, q: QueueId) {
-        let bounce_after = self.queues[q.0 as usize].settings.bounce_after_s;
-        let reply = Reply::new(554, Some([5, 4, 7]), "delivery expired (message too old)");
         loop {
             let queue = &mut self.queues[q.0 as usize];
-            let Some(front) = queue.ready.front() else {
+            let Some(entry) = queue.expiries.first_entry() else {
                 return;
             };
-            let queued_at = self.messages.get(&front.msg).map_or(now, |m| m.queued_at);
-            if now < queued_at.plus_secs(bounce_after) {
+            let at = entry.key().0;
+            if at > now {
+                self.wake_queue(q, at);
                 return;
             }
-            let entry = queue.ready.pop_front().expect("front exists");
-            self.settle_entry(now, q, &entry, &reply, None, RecordType::Bounced);
+            let ((_, msg), rcpts) = entry.remove_entry();
+            let waiting = self.live(&Entry { msg, rcpts });
+            if !waiting.rcpts.is_empty() {
+                self.settle_entry(
+                    now,
+                    q,
+                    &waiting,
+                    &expired_reply(),
+                    None,
+                    RecordType::Bounced,
+                    None,
+                );
+            }
         }
     }
 
+    /// The recipients of `entry` still waiting in their queue (those settled meanwhile
+    /// dropped).
+    fn live(&self, entry: &Entry) -> Entry {
+        let rcpts = match self.messages.get(&entry.msg) {
+            Some(m) => entry
+                .rcpts
+                .iter()
+                .copied()
+                .filter(|r| m.rcpt_state[*r as usize] == RcptState::Waiting)
+                .collect(),
+            None => Vec::new(),
+        };
+        Entry {
+            msg: entry.msg,
+            rcpts,
+        }
+    }
+
+    /// Whether `msg` has been queued longer than the queue's `bounce-after`.
+    fn is_expired(&self, now: Time, q: QueueId, msg: MessageId) -> bool {
+        let bounce_after = self.queues[q.0 as usize].settings.bounce_after_s;
+        self.messages
+            .get(&msg)
+            .is_some_and(|m| now >= m.queued_at.plus_secs(bounce_after))
+    }
+
     fn discard_all(&mut self, now: Time, q: QueueId) {
-        let entries: Vec<Entry> = self.queues[q.0 as usize].ready.drain(..).collect();
+        let drained: Vec<Entry> = self.queues[q.0 as usize].ready.drain(..).collect();
+        let entries: Vec<Entry> = drained.iter().map(|e| self.live(e)).collect();
         let kind = self.queues[q.0 as usize].settings.delivery_type.name();
         let reply = Reply::new(
             250,
             Some([2, 0, 0]),
             format!("delivered locally (type {kind})"),
         );
-        for entry in entries {
-            self.settle_entry(now, q, &entry, &reply, None, RecordType::Delivered);
+        for entry in entries.iter().filter(|e| !e.rcpts.is_empty()) {
+            self.settle_entry(now, q, entry, &reply, None, RecordType::Delivered, None);
         }
     }
 
@@ -1197,7 +1265,7 @@ impl Engine {
         };
         if bounce {
             let reply = Reply::new(550, Some([5, 1, 2]), "no mail host for the domain (no MX)");
-            self.bounce_queue(now, q, &reply);
+            self.bounce_queue(now, q, &reply, None);
         } else {
             self.queues[q.0 as usize].mx = MxState::Unknown;
             self.dns_failure(now, q, "no mail host for the domain");
@@ -1207,7 +1275,7 @@ impl Engine {
     fn dns_failure(&mut self, now: Time, q: QueueId, reason: &str) {
         let wait = self.queues[q.0 as usize].settings.retry_after_dns_error_s;
         let until = now.plus_secs(wait);
-        self.queue_record(now, q, None, &format!("dns;{reason}"), "4.4.3");
+        self.queue_record(now, q, None, &format!("dns;{reason}"), "4.4.3", None);
         self.hold_until(now, q, until);
     }
 
@@ -1236,6 +1304,7 @@ impl Engine {
                 return;
             }
             if self
+                .globals
                 .total_max_smtp_out
                 .is_some_and(|max| self.total_connections as u64 >= max)
                 || self.connections.len() >= CONNECTIONS_MAX
@@ -1263,10 +1332,34 @@ impl Engine {
                 self.wake_queue(q, at);
                 return;
             }
+            let target = match self.live_target(now, q) {
+                Ok(target) => target,
+                Err(revives) => {
+                    // Every host failed recently: wait until the first may be tried again.
+                    if let Some(at) = revives {
+                        self.wake_queue(q, at);
+                    }
+                    return;
+                }
+            };
             let Some(source_ip) = self.pick_source(now, q) else {
                 return;
             };
-            self.open(now, q, source_ip, 0);
+            self.open(now, q, source_ip, target);
+        }
+    }
+
+    /// The first of the queue's MX targets, in preference order, not marked down; else when
+    /// the first marked one may be tried again.
+    fn live_target(&self, now: Time, q: QueueId) -> Result<usize, Option<Time>> {
+        let queue = &self.queues[q.0 as usize];
+        let MxState::Known(targets) = &queue.mx else {
+            return Err(None);
+        };
+        let down_until = |t: &Target| queue.mx_down.get(&t.ip).copied().filter(|u| *u > now);
+        match targets.iter().position(|t| down_until(t).is_none()) {
+            Some(index) => Ok(index),
+            None => Err(targets.iter().filter_map(down_until).min()),
         }
     }
 
@@ -1347,12 +1440,7 @@ impl Engine {
             .iter()
             .find(|h| h.ip == source_ip)
             .map(|h| h.host.clone())
-            .or_else(
-                || match self.config.globals.get("host-name").map(|s| &s.value) {
-                    Some(Value::Text(t)) => Some(t.clone()),
-                    _ => None,
-                },
-            )
+            .or_else(|| self.globals.host_name.clone())
             .unwrap_or_else(|| "localhost".to_string())
     }
 
@@ -1382,6 +1470,7 @@ impl Engine {
             ehlo_name,
             use_starttls: queue.settings.use_starttls,
             require_starttls: queue.settings.require_starttls,
+            reuse_after_421: !queue.settings.smtp_421_means_mx_unavailable,
         });
         let connect_timeout = queue.settings.connect_timeout_s;
         let queue_name = queue.name.clone();
@@ -1419,7 +1508,7 @@ impl Engine {
         let Some(c) = self.connections.get(&conn) else {
             return true;
         };
-        if c.session.is_done() || c.state == ConnState::Quitting {
+        if c.session.is_done() || c.state == ConnState::Quitting || c.session.is_resetting() {
             return true;
         }
         let q = c.queue;
@@ -1430,7 +1519,18 @@ impl Engine {
             || settings
                 .max_errors_per_connection
                 .is_some_and(|max| c.errors >= max);
-        if limit_reached {
+        // More connections than the mode allows (backoff-max-smtp-out after a switch to
+        // backoff): this one ends with its transaction.
+        let staying = queue
+            .connections
+            .iter()
+            .filter(|id| {
+                self.connections
+                    .get(id)
+                    .is_some_and(|o| o.state != ConnState::Quitting)
+            })
+            .count() as u64;
+        if limit_reached || staying > queue.max_smtp_out() {
             self.quit(now, conn);
             return true;
         }
@@ -1459,14 +1559,26 @@ impl Engine {
             self.park(now, conn);
             return false;
         }
-        self.expire(now, q);
+        // The next recipients still waiting: entries may hold recipients settled meanwhile,
+        // and a message past `bounce-after` bounces instead of going out.
+        let mut entry = loop {
+            let Some(front) = self.queues[q.0 as usize].ready.pop_front() else {
+                self.park(now, conn);
+                return false;
+            };
+            let live = self.live(&front);
+            if live.rcpts.is_empty() {
+                continue;
+            }
+            if self.is_expired(now, q, live.msg) {
+                let reply = expired_reply();
+                self.settle_entry(now, q, &live, &reply, None, RecordType::Bounced, None);
+                continue;
+            }
+            break live;
+        };
         let queue = &mut self.queues[q.0 as usize];
-        if queue.ready.is_empty() {
-            self.park(now, conn);
-            return false;
-        }
         let take = (queue.settings.max_rcpt_per_transaction).min(allowance) as usize;
-        let mut entry = queue.ready.pop_front().expect("ready is not empty");
         if entry.rcpts.len() > take {
             let rest = entry.rcpts.split_off(take);
             queue.ready.push_front(Entry {
@@ -1478,6 +1590,7 @@ impl Engine {
         if let Some(per_ip) = queue.per_ip.get_mut(&source_ip) {
             per_ip.rcpt_window.record(now, entry.rcpts.len() as u64);
         }
+        self.set_state(&entry, RcptState::Sending);
         let data = self.message_data(now, q, entry.msg);
         let message = &self.messages[&entry.msg];
         let transaction = Transaction {
@@ -1620,8 +1733,11 @@ impl Engine {
         let q = self.connections[&conn].queue;
         match event {
             SessionEvent::Ready => {
-                let queue = &mut self.queues[q.0 as usize];
-                queue.opening = queue.opening.saturating_sub(1);
+                // Ready again after the RSET that followed a 421 is not a new connection.
+                if self.connections[&conn].transactions == 0 {
+                    let queue = &mut self.queues[q.0 as usize];
+                    queue.opening = queue.opening.saturating_sub(1);
+                }
                 self.feed(now, conn);
             }
             SessionEvent::StartTls => {
@@ -1639,10 +1755,14 @@ impl Engine {
                     .and_then(|c| c.in_flight.take())
                     .expect("a transaction was in flight");
                 let keep_going = self.settle_transaction(now, conn, &entry, &replies);
-                if keep_going {
-                    self.feed(now, conn);
-                } else {
+                let resetting = self
+                    .connections
+                    .get(&conn)
+                    .is_some_and(|c| c.session.is_resetting());
+                if !keep_going {
                     self.quit(now, conn);
+                } else if !resetting {
+                    self.feed(now, conn);
                 }
                 self.dirty.insert(q);
             }
@@ -1657,11 +1777,7 @@ impl Engine {
                     }
                     FailureReason::Protocol(text) => (None, text),
                 };
-                let before_transaction = matches!(
-                    phase,
-                    Phase::Greeting | Phase::Ehlo | Phase::Helo | Phase::StartTls
-                );
-                self.connection_failed(now, conn, reply, &text, before_transaction);
+                self.connection_failed(now, conn, reply, &text, reply_phase(phase));
             }
             SessionEvent::Finished => {
                 self.drop_connection(conn);
@@ -1677,17 +1793,18 @@ impl Engine {
         now: Time,
         conn: ConnectionId,
         entry: &Entry,
-        replies: &[Reply],
+        replies: &[(Phase, Reply)],
     ) -> bool {
         let q = self.connections[&conn].queue;
         let mut keep_going = true;
-        for (rcpt, reply) in entry.rcpts.iter().zip(replies) {
+        for (rcpt, (phase, reply)) in entry.rcpts.iter().zip(replies) {
+            let phase = reply_phase(*phase);
             let disposition = Disposition::of(reply);
             if disposition != Disposition::Delivered {
                 if let Some(c) = self.connections.get_mut(&conn) {
                     c.errors += 1;
                 }
-                keep_going &= self.apply_patterns(now, q, conn, reply);
+                keep_going &= self.apply_patterns(now, q, conn, reply, phase);
             }
             let one = Entry {
                 msg: entry.msg,
@@ -1695,7 +1812,15 @@ impl Engine {
             };
             match disposition {
                 Disposition::Delivered => {
-                    self.settle_entry(now, q, &one, reply, Some(conn), RecordType::Delivered);
+                    self.settle_entry(
+                        now,
+                        q,
+                        &one,
+                        reply,
+                        Some(conn),
+                        RecordType::Delivered,
+                        phase,
+                    );
                     let queue = &mut self.queues[q.0 as usize];
                     queue.retry_index = 0;
                     if queue.mode == QueueMode::Backoff
@@ -1711,17 +1836,26 @@ impl Engine {
                     }
                 }
                 Disposition::Permanent => {
-                    self.settle_entry(now, q, &one, reply, Some(conn), RecordType::Bounced);
+                    self.settle_entry(now, q, &one, reply, Some(conn), RecordType::Bounced, phase);
                 }
                 Disposition::Transient => {
-                    self.defer_recipients(now, q, &one, reply, Some(conn));
+                    self.defer_recipients(now, q, &one, reply, Some(conn), phase);
                 }
             }
         }
         keep_going
     }
 
-    /// Records `t` for each recipient and makes it wait `retry-recipients-after`.
+    fn set_state(&mut self, entry: &Entry, state: RcptState) {
+        if let Some(message) = self.messages.get_mut(&entry.msg) {
+            for rcpt in &entry.rcpts {
+                message.rcpt_state[*rcpt as usize] = state;
+            }
+        }
+    }
+
+    /// Records `t` for each recipient and makes it wait `retry-recipients-after`; one past
+    /// `bounce-after` bounces instead.
     fn defer_recipients(
         &mut self,
         now: Time,
@@ -1729,6 +1863,7 @@ impl Engine {
         entry: &Entry,
         reply: &Reply,
         conn: Option<ConnectionId>,
+        phase: Option<ReplyPhase>,
     ) {
         for rcpt in &entry.rcpts {
             self.record(
@@ -1739,8 +1874,22 @@ impl Engine {
                 reply,
                 conn,
                 RecordType::Transient,
+                phase,
             );
         }
+        if self.is_expired(now, q, entry.msg) {
+            self.settle_entry(
+                now,
+                q,
+                entry,
+                &expired_reply(),
+                None,
+                RecordType::Bounced,
+                None,
+            );
+            return;
+        }
+        self.set_state(entry, RcptState::Waiting);
         let queue = &mut self.queues[q.0 as usize];
         let until = now.plus_secs(queue.settings.retry_recipients_after_s);
         self.timer_seq += 1;
@@ -1749,6 +1898,7 @@ impl Engine {
     }
 
     /// Writes the final record for recipients (`d` or `b`) and forgets them.
+    #[allow(clippy::too_many_arguments)]
     fn settle_entry(
         &mut self,
         now: Time,
@@ -1757,10 +1907,12 @@ impl Engine {
         reply: &Reply,
         conn: Option<ConnectionId>,
         kind: RecordType,
+        phase: Option<ReplyPhase>,
     ) {
         for rcpt in &entry.rcpts {
-            self.record(now, q, entry.msg, Some(*rcpt), reply, conn, kind);
+            self.record(now, q, entry.msg, Some(*rcpt), reply, conn, kind, phase);
         }
+        self.set_state(entry, RcptState::Done);
         let queue = &mut self.queues[q.0 as usize];
         queue.queued_rcpts = queue.queued_rcpts.saturating_sub(entry.rcpts.len());
         let done = match self.messages.get_mut(&entry.msg) {
@@ -1777,8 +1929,18 @@ impl Engine {
     }
 
     /// Runs the queue's `<smtp-pattern-list>` on a negative reply. Returns false if the
-    /// connection should stop (backoff or a disabled source IP).
-    fn apply_patterns(&mut self, now: Time, q: QueueId, conn: ConnectionId, reply: &Reply) -> bool {
+    /// connection should stop (a bounced queue or a disabled source IP). `mode=backoff`
+    /// does not stop it: backoff slows the queue to its `backoff-*` limits, and the
+    /// connection goes on within them (reference §2.3: "It slows the queue down; it does not
+    /// stop it").
+    fn apply_patterns(
+        &mut self,
+        now: Time,
+        q: QueueId,
+        conn: ConnectionId,
+        reply: &Reply,
+        phase: Option<ReplyPhase>,
+    ) -> bool {
         let Some(list_name) = self.queues[q.0 as usize].settings.smtp_pattern_list.clone() else {
             return true;
         };
@@ -1804,22 +1966,11 @@ impl Engine {
         let mut keep_going = true;
         for action in &actions {
             match action {
-                PatternAction::Mode(QueueMode::Backoff) => {
-                    self.set_mode(now, q, QueueMode::Backoff, reason.clone(), pattern_leave);
-                    // Several recipients of one transaction matching count as one deferral.
-                    if self.queues[q.0 as usize]
-                        .retry_until
-                        .is_none_or(|t| t <= now)
-                    {
-                        self.enter_retry(now, q);
-                    }
-                    keep_going = false;
-                }
-                PatternAction::Mode(QueueMode::Normal) => {
-                    self.set_mode(now, q, QueueMode::Normal, reason.clone(), None);
+                PatternAction::Mode(mode) => {
+                    self.set_mode(now, q, *mode, reason.clone(), pattern_leave);
                 }
                 PatternAction::BounceQueue => {
-                    self.bounce_queue(now, q, reply);
+                    self.bounce_queue(now, q, reply, phase);
                     keep_going = false;
                 }
                 PatternAction::DisableSourceIp => {
@@ -1858,13 +2009,17 @@ impl Engine {
         reason: String,
         pattern_leave: Option<Option<u64>>,
     ) {
+        let clock = self.backoff_clock;
         let queue = &mut self.queues[q.0 as usize];
         if mode == QueueMode::Backoff {
-            // Each trigger restarts the clock; the pattern's own value wins over the domain's.
-            let leave_s = pattern_leave.unwrap_or(queue.settings.backoff_to_normal_after_s);
-            queue.backoff_leave_at = leave_s.map(|s| now.plus_secs(s));
-            if let Some(at) = queue.backoff_leave_at {
-                self.wake_queue(q, at);
+            // The clock starts at the switch into backoff (or, with `BackoffClock::LastMatch`,
+            // at every match); the pattern's own value wins over the domain's.
+            if queue.mode != QueueMode::Backoff || clock == BackoffClock::LastMatch {
+                let leave_s = pattern_leave.unwrap_or(queue.settings.backoff_to_normal_after_s);
+                queue.backoff_leave_at = leave_s.map(|s| now.plus_secs(s));
+                if let Some(at) = queue.backoff_leave_at {
+                    self.wake_queue(q, at);
+                }
             }
         } else {
             queue.backoff_leave_at = None;
@@ -1887,36 +2042,36 @@ impl Engine {
 
     /// Puts the queue into retry mode for its next retry interval.
     fn enter_retry(&mut self, now: Time, q: QueueId) {
-        let queue = &mut self.queues[q.0 as usize];
-        let list = queue.retry_list();
-        let wait = list[queue.retry_index.min(list.len() - 1)];
-        queue.retry_index += 1;
+        let wait = self.queues[q.0 as usize].retry_interval_s();
+        self.queues[q.0 as usize].retry_index += 1;
         self.hold_until(now, q, now.plus_secs(wait));
     }
 
-    fn bounce_queue(&mut self, now: Time, q: QueueId, reply: &Reply) {
+    fn bounce_queue(&mut self, now: Time, q: QueueId, reply: &Reply, phase: Option<ReplyPhase>) {
         let queue = &mut self.queues[q.0 as usize];
-        let mut entries: Vec<Entry> = queue.ready.drain(..).collect();
-        entries.extend(std::mem::take(&mut queue.waiting).into_values());
+        let mut drained: Vec<Entry> = queue.ready.drain(..).collect();
+        drained.extend(std::mem::take(&mut queue.waiting).into_values());
+        let entries: Vec<Entry> = drained.iter().map(|e| self.live(e)).collect();
         let bounced = Reply::new(
             reply.code.max(500),
             reply.enhanced.map(|[_, b, c]| [5, b, c]),
             reply.text.clone(),
         );
-        for entry in entries {
-            self.settle_entry(now, q, &entry, &bounced, None, RecordType::Bounced);
+        for entry in entries.iter().filter(|e| !e.rcpts.is_empty()) {
+            self.settle_entry(now, q, entry, &bounced, None, RecordType::Bounced, phase);
         }
     }
 
-    /// A connection could not be used: requeue what it carried, try the next MX or put the
-    /// queue into retry mode.
+    /// A connection could not be used: requeue what it carried, mark its MX host down for
+    /// the queue's current retry interval, and try the next live host, or put the queue into
+    /// retry mode when none is left.
     fn connection_failed(
         &mut self,
         now: Time,
         conn: ConnectionId,
         reply: Option<Reply>,
         text: &str,
-        before_transaction: bool,
+        phase: Option<ReplyPhase>,
     ) {
         let Some(c) = self.connections.get(&conn) else {
             return;
@@ -1936,6 +2091,7 @@ impl Engine {
             // A reused connection the remote ended before answering MAIL (Yahoo closes after
             // its per-connection quota, without a word): the message was never tried, so it
             // goes back to the front of the queue and a new connection takes it.
+            self.set_state(&entry, RcptState::Waiting);
             self.queues[q.0 as usize].ready.push_front(entry);
             if let Some(c) = self.connections.get_mut(&conn) {
                 c.in_flight = None;
@@ -1947,24 +2103,68 @@ impl Engine {
         let in_flight = c.in_flight.clone();
         let carried = in_flight.is_some();
         let source_ip = c.source_ip;
-        let next_target = c.target + 1;
-        let has_next = next_target < c.targets.len();
+        let host_ip = c.targets[c.target].ip;
         let was_quitting = c.state == ConnState::Quitting;
         let awaiting_data_end = c.session.awaiting() == Awaiting::Reply(Phase::DataEnd);
         let negative = reply
             .clone()
             .unwrap_or_else(|| Reply::new(451, Some([4, 4, 1]), text));
         if reply.is_some() {
-            self.apply_patterns(now, q, conn, &negative);
+            self.apply_patterns(now, q, conn, &negative, phase);
         }
         let settings = self.queues[q.0 as usize].settings.clone();
+        // PowerMTA's bounce-upon-5xx-greeting is about the greeting alone: a 5xx to EHLO,
+        // HELO or STARTTLS is a failed attempt like any other.
+        let greeting_bounce = phase == Some(ReplyPhase::Greeting)
+            && negative.class() == 5
+            && settings.bounce_upon_5xx_greeting;
+        // The next MX host still believed up, if any.
+        let next = if was_quitting || greeting_bounce {
+            None
+        } else {
+            // Remember the dead host, as real MTAs do, instead of trying it first again on
+            // every new connection: skipped until the queue's current retry interval has
+            // passed (or, once the queue is waiting to retry, until that retry).
+            let queue = &mut self.queues[q.0 as usize];
+            let down_until = match queue.retry_until {
+                Some(until) if until > now => until,
+                _ => now.plus_secs(queue.retry_interval_s()),
+            };
+            queue.mx_down.insert(host_ip, down_until);
+            self.live_target(now, q).ok()
+        };
         // Lost while the message data was in transit: the remote may or may not have it.
         let in_transfer = reply.is_none() && awaiting_data_end;
         if let Some(entry) = in_flight {
             if in_transfer && settings.bounce_upon_transfer_failure {
-                self.settle_entry(now, q, &entry, &negative, Some(conn), RecordType::Bounced);
+                self.settle_entry(
+                    now,
+                    q,
+                    &entry,
+                    &negative,
+                    Some(conn),
+                    RecordType::Bounced,
+                    phase,
+                );
+            } else if next.is_some() {
+                // The next MX takes them at once (PowerMTA: "attempt a new connection to
+                // the next MX record"); the reply is still a transient one for each.
+                for rcpt in &entry.rcpts {
+                    self.record(
+                        now,
+                        q,
+                        entry.msg,
+                        Some(*rcpt),
+                        &negative,
+                        Some(conn),
+                        RecordType::Transient,
+                        phase,
+                    );
+                }
+                self.set_state(&entry, RcptState::Waiting);
+                self.queues[q.0 as usize].ready.push_front(entry);
             } else {
-                self.defer_recipients(now, q, &entry, &negative, Some(conn));
+                self.defer_recipients(now, q, &entry, &negative, Some(conn), phase);
             }
         }
         self.drop_connection(conn);
@@ -1972,34 +2172,35 @@ impl Engine {
         if was_quitting {
             return;
         }
-        let greeting_5xx = before_transaction && negative.class() == 5;
-        if greeting_5xx && settings.bounce_upon_5xx_greeting {
-            self.bounce_queue(now, q, &negative);
+        if greeting_bounce {
+            self.bounce_queue(now, q, &negative, phase);
             return;
         }
-        let mx_unavailable =
-            reply.is_none() || (negative.code == 421 && settings.smtp_421_means_mx_unavailable);
-        let queue = &self.queues[q.0 as usize];
-        let may_open = !queue.ready.is_empty()
-            && !queue.disabled_ips.contains_key(&source_ip)
-            && queue.retry_until.is_none_or(|t| t <= now)
-            && (queue.connections.len() as u64) < queue.max_smtp_out()
-            && self
-                .total_max_smtp_out
-                .is_none_or(|max| (self.total_connections as u64) < max);
-        if mx_unavailable && has_next && may_open {
-            // Try the next MX host right away: this attempt is not over yet.
-            self.queue_record_for(now, q, source_ip, &negative);
-            self.open(now, q, source_ip, next_target);
+        if let Some(next) = next {
+            // Another host is up: no retry mode. Try it right away if the queue's limits
+            // allow (this attempt is not over yet); otherwise the scheduler will.
+            self.queue_record_for(now, q, source_ip, &negative, phase);
+            let queue = &self.queues[q.0 as usize];
+            let may_open = !queue.ready.is_empty()
+                && !queue.disabled_ips.contains_key(&source_ip)
+                && queue.retry_until.is_none_or(|t| t <= now)
+                && (queue.connections.len() as u64) < queue.max_smtp_out()
+                && self
+                    .globals
+                    .total_max_smtp_out
+                    .is_none_or(|max| (self.total_connections as u64) < max);
+            if may_open {
+                self.open(now, q, source_ip, next);
+            }
             return;
         }
         if self.queues[q.0 as usize].retry_until.is_none() {
-            self.queue_record_for(now, q, source_ip, &negative);
+            self.queue_record_for(now, q, source_ip, &negative, phase);
             self.enter_retry(now, q);
         } else if reply.is_some() && !carried {
             // Already waiting to retry, but a server's own answer on a connection opened
             // earlier is news (it may have changed the queue's mode): log it.
-            self.queue_record_for(now, q, source_ip, &negative);
+            self.queue_record_for(now, q, source_ip, &negative, phase);
         }
     }
 
@@ -2012,7 +2213,8 @@ impl Engine {
             self.quit(now, conn);
             return;
         }
-        if c.state == ConnState::Quitting {
+        if c.state == ConnState::Quitting || (c.session.is_resetting() && c.in_flight.is_none()) {
+            // Gone quiet after QUIT, or after the 421 that announced the close: over.
             self.drop_connection(conn);
             self.actions.push_back(Action::Close { conn });
             return;
@@ -2024,10 +2226,7 @@ impl Engine {
             (_, Awaiting::Reply(Phase::Data)) => "timeout waiting for the reply to DATA",
             _ => "timeout waiting for a reply",
         };
-        let before = !matches!(
-            c.session.awaiting(),
-            Awaiting::Reply(Phase::Mail | Phase::Rcpt | Phase::Data | Phase::DataEnd)
-        );
+        let phase = failure_phase(c);
         let q = c.queue;
         if c.session.awaiting() == Awaiting::Reply(Phase::DataEnd)
             && self.queues[q.0 as usize]
@@ -2044,12 +2243,20 @@ impl Engine {
                 Some([2, 0, 0]),
                 "assumed delivered (no reply to end of data)",
             );
-            self.settle_entry(now, q, &entry, &assumed, Some(conn), RecordType::Delivered);
+            self.settle_entry(
+                now,
+                q,
+                &entry,
+                &assumed,
+                Some(conn),
+                RecordType::Delivered,
+                Some(ReplyPhase::DataEnd),
+            );
             self.drop_connection(conn);
             self.actions.push_back(Action::Close { conn });
             return;
         }
-        self.connection_failed(now, conn, None, what, before);
+        self.connection_failed(now, conn, None, what, phase);
     }
 
     fn drop_connection(&mut self, conn: ConnectionId) {
@@ -2072,7 +2279,7 @@ impl Engine {
         }
         self.dirty.insert(c.queue);
         // A slot freed under total-max-smtp-out may let another queue open.
-        if self.total_max_smtp_out.is_some() {
+        if self.globals.total_max_smtp_out.is_some() {
             for (index, other) in self.queues.iter().enumerate() {
                 if !other.ready.is_empty() {
                     self.dirty.insert(QueueId(index as u32));
@@ -2123,6 +2330,7 @@ impl Engine {
         reply: &Reply,
         conn: Option<ConnectionId>,
         kind: RecordType,
+        phase: Option<ReplyPhase>,
     ) {
         let settings = &self.queues[q.0 as usize].settings;
         if !self.messages.contains_key(&msg)
@@ -2183,6 +2391,7 @@ impl Engine {
             env_id: message.env_id.clone(),
             queue: queue.name.clone(),
             vmta_pool: queue.pool.clone(),
+            phase,
         });
     }
 
@@ -2194,6 +2403,7 @@ impl Engine {
         source_ip: Option<IpAddr>,
         diag: &str,
         status: &str,
+        phase: Option<ReplyPhase>,
     ) {
         let queue = &self.queues[q.0 as usize];
         if queue
@@ -2227,10 +2437,18 @@ impl Engine {
             env_id: String::new(),
             queue: queue.name.clone(),
             vmta_pool: queue.pool.clone(),
+            phase,
         });
     }
 
-    fn queue_record_for(&mut self, now: Time, q: QueueId, source_ip: IpAddr, reply: &Reply) {
+    fn queue_record_for(
+        &mut self,
+        now: Time,
+        q: QueueId,
+        source_ip: IpAddr,
+        reply: &Reply,
+        phase: Option<ReplyPhase>,
+    ) {
         let classified = self.classifier.classify(reply);
         self.report_failures(now, Some(q), || reply.one_line(), classified.failures);
         let category = classified.category;
@@ -2241,6 +2459,7 @@ impl Engine {
             Some(source_ip),
             &format!("smtp;{}", reply.one_line()),
             &reply.status(),
+            phase,
         );
         if self.records.len() > before
             && let Some(last) = self.records.back_mut()
@@ -2248,6 +2467,40 @@ impl Engine {
             last.bounce_category = category;
         }
     }
+}
+
+/// The accounting phase of a session phase (`None` for QUIT, which settles nothing).
+fn reply_phase(phase: Phase) -> Option<ReplyPhase> {
+    Some(match phase {
+        Phase::Greeting => ReplyPhase::Greeting,
+        Phase::Ehlo | Phase::Helo => ReplyPhase::Ehlo,
+        Phase::StartTls => ReplyPhase::StartTls,
+        Phase::Mail => ReplyPhase::Mail,
+        Phase::Rcpt => ReplyPhase::Rcpt,
+        Phase::Data => ReplyPhase::Data,
+        Phase::DataEnd => ReplyPhase::DataEnd,
+        Phase::Rset => ReplyPhase::Rset,
+        Phase::Quit => return None,
+    })
+}
+
+/// Where a connection was when it failed without a reply.
+fn failure_phase(c: &Connection) -> Option<ReplyPhase> {
+    if c.state == ConnState::Connecting {
+        return Some(ReplyPhase::Connect);
+    }
+    match c.session.awaiting() {
+        Awaiting::Greeting => Some(ReplyPhase::Greeting),
+        Awaiting::Tls => Some(ReplyPhase::StartTls),
+        Awaiting::Reply(phase) => reply_phase(phase),
+        Awaiting::Nothing => None,
+    }
+}
+
+/// The bounce of a recipient older than `bounce-after` (PowerMTA's category
+/// `message-expired`, from the 4.4.7 status).
+fn expired_reply() -> Reply {
+    Reply::new(554, Some([5, 4, 7]), "delivery expired (message too old)")
 }
 
 /// `smtp-hosts [192.0.2.1]:2525, [192.0.2.2]`: fixed targets, in order. `None` when the

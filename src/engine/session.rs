@@ -2,7 +2,9 @@
 //!
 //! Owns the protocol: greeting, EHLO with HELO fallback, STARTTLS negotiation (the
 //! encryption itself is the driver's), PIPELINING of MAIL/RCPT/DATA when offered, SIZE and
-//! 8BITMIME parameters, one reply per recipient, RSET after a failed transaction, QUIT.
+//! 8BITMIME parameters, one reply per recipient with the phase that gave it, RSET after a
+//! failed transaction, a 421 inside a transaction as PowerMTA's
+//! `smtp-421-means-mx-unavailable` says (defer and reset, or fail the session), QUIT.
 //! It is fed reply bytes and emits bytes to write and [`SessionEvent`]s; it knows nothing of
 //! queues, limits or time (the engine arms timeouts from [`ClientSession::awaiting`]).
 
@@ -17,6 +19,11 @@ pub struct SessionOptions {
     pub ehlo_name: String,
     pub use_starttls: bool,
     pub require_starttls: bool,
+    /// `smtp-421-means-mx-unavailable no` (PowerMTA's default): a 421 inside a transaction
+    /// is that transaction's answer; its recipients take it, and the session sends RSET to
+    /// reuse the connection (the server usually closes it, as its 421 announced). `false`
+    /// (`yes`): the 421 fails the session, so the engine can try the next MX.
+    pub reuse_after_421: bool,
 }
 
 /// One mail transaction: a message and the recipients it goes to on this connection.
@@ -62,9 +69,10 @@ pub enum SessionEvent {
     /// The server accepted STARTTLS: upgrade the connection, then call
     /// [`ClientSession::tls_established`].
     StartTls,
-    /// A transaction ended; one reply per recipient, in order: the RCPT reply if it was
-    /// negative, otherwise the reply that settled the message (DATA or end of data).
-    TransactionDone(Vec<Reply>),
+    /// A transaction ended; one reply per recipient, in order, with the phase that gave it:
+    /// the MAIL reply if MAIL was refused, the RCPT reply if it was negative, otherwise the
+    /// reply that settled the message (DATA or end of data), or a 421 wherever it came.
+    TransactionDone(Vec<(Phase, Reply)>),
     /// The session cannot go on. Recipients of an unfinished transaction are the
     /// engine's to requeue.
     Failed { phase: Phase, reason: FailureReason },
@@ -94,6 +102,9 @@ enum Expect {
     DataEnd,
     Rset,
     Quit,
+    /// A reply to a command sent ahead (pipelined) of a 421 that ended the transaction: read
+    /// and dropped.
+    Ignore(Phase),
 }
 
 impl Expect {
@@ -109,6 +120,7 @@ impl Expect {
             Expect::DataEnd => Phase::DataEnd,
             Expect::Rset => Phase::Rset,
             Expect::Quit => Phase::Quit,
+            Expect::Ignore(phase) => phase,
         }
     }
 }
@@ -118,7 +130,9 @@ impl Expect {
 struct InFlight {
     transaction: Transaction,
     mail: Option<Reply>,
-    rcpt: Vec<Option<Reply>>,
+    /// Each recipient's outcome so far: its RCPT reply, replaced by the DATA or end-of-data
+    /// reply once that settles it.
+    rcpt: Vec<Option<(Phase, Reply)>>,
     /// Set once the DATA reply came back positive and the body was written.
     body_sent: bool,
     /// Without pipelining: the next recipient to send.
@@ -139,6 +153,11 @@ pub struct ClientSession {
     needs_rset: bool,
     /// A transaction waiting for the RSET reply (no PIPELINING).
     after_rset: Option<Transaction>,
+    /// After a 421 inside a transaction: the RSET is out and the session is ready again only
+    /// once it is answered.
+    resetting: bool,
+    /// The server answered 421, announcing it closes the channel (RFC 5321 §3.8).
+    closing_announced: bool,
     done: bool,
 }
 
@@ -157,8 +176,20 @@ impl ClientSession {
             in_flight: None,
             needs_rset: false,
             after_rset: None,
+            resetting: false,
+            closing_announced: false,
             done: false,
         }
+    }
+
+    /// Waiting for the answer to the RSET sent after a 421: no transaction may start.
+    pub fn is_resetting(&self) -> bool {
+        self.resetting
+    }
+
+    /// The server said 421: a close that follows is the one it announced, not a failure.
+    pub fn closing_announced(&self) -> bool {
+        self.closing_announced
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -246,9 +277,26 @@ impl ClientSession {
             );
             return;
         };
+        if let Expect::Ignore(phase) = expect {
+            if phase == Phase::Data && reply.code == 354 {
+                // A server that went on after its 421: end the data it now waits for.
+                self.outbox.extend_from_slice(b".\r\n");
+                self.expect.push_front(Expect::Ignore(Phase::DataEnd));
+            }
+            return;
+        }
         // 421: the server is closing the channel, whatever we asked (RFC 5321 §3.8).
         if reply.code == 421 && expect != Expect::Quit {
-            self.fail(expect.phase(), FailureReason::Reply(reply));
+            self.closing_announced = true;
+            let in_transaction = matches!(
+                expect,
+                Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::DataEnd
+            );
+            if self.options.reuse_after_421 && in_transaction && self.in_flight.is_some() {
+                self.abort_transaction(expect.phase(), reply);
+            } else {
+                self.fail(expect.phase(), FailureReason::Reply(reply));
+            }
             return;
         }
         match expect {
@@ -294,6 +342,8 @@ impl ClientSession {
             Expect::Rset => {
                 if reply.class() != 2 {
                     self.fail(Phase::Rset, FailureReason::Reply(reply));
+                } else if std::mem::take(&mut self.resetting) {
+                    self.events.push_back(SessionEvent::Ready);
                 } else if let Some(transaction) = self.after_rset.take() {
                     self.send_mail(transaction);
                 }
@@ -306,7 +356,31 @@ impl ClientSession {
             Expect::Rcpt(index) => self.on_rcpt_reply(index, reply),
             Expect::Data => self.on_data_reply(reply),
             Expect::DataEnd => self.on_data_end_reply(reply),
+            Expect::Ignore(_) => {}
         }
+    }
+
+    /// A 421 inside a transaction, with `reuse_after_421`: every recipient not already
+    /// refused takes the 421; replies still due for pipelined commands are dropped; RSET
+    /// asks whether the connection can be reused.
+    fn abort_transaction(&mut self, phase: Phase, reply: Reply) {
+        let in_flight = self.in_flight.as_mut().expect("checked by the caller");
+        for slot in in_flight.rcpt.iter_mut() {
+            let refused = slot.as_ref().is_some_and(|(_, r)| r.class() != 2);
+            if !refused {
+                *slot = Some((phase, reply.clone()));
+            }
+        }
+        in_flight.body_sent = false;
+        for expect in self.expect.iter_mut() {
+            *expect = Expect::Ignore(expect.phase());
+        }
+        self.after_rset = None;
+        self.finish_transaction();
+        self.needs_rset = false;
+        self.write(Command::Rset);
+        self.expect.push_back(Expect::Rset);
+        self.resetting = true;
     }
 
     fn after_hello(&mut self) {
@@ -424,7 +498,7 @@ impl ClientSession {
             let rcpt = in_flight.transaction.recipients[index].clone();
             self.write(Command::RcptTo(&rcpt));
             self.expect.push_back(Expect::Rcpt(index));
-        } else if in_flight.rcpt.iter().flatten().any(|r| r.class() == 2) {
+        } else if in_flight.rcpt.iter().flatten().any(|(_, r)| r.class() == 2) {
             self.write(Command::Data);
             self.expect.push_back(Expect::Data);
         } else {
@@ -434,7 +508,7 @@ impl ClientSession {
 
     fn on_rcpt_reply(&mut self, index: usize, reply: Reply) {
         if let Some(slot) = self.in_flight().rcpt.get_mut(index) {
-            *slot = Some(reply);
+            *slot = Some((Phase::Rcpt, reply));
         }
         if !self.pipelining() {
             self.send_next_rcpt();
@@ -444,7 +518,7 @@ impl ClientSession {
     fn on_data_reply(&mut self, reply: Reply) {
         let in_flight = self.in_flight.as_mut().expect("in flight");
         let mail_ok = in_flight.mail.as_ref().is_some_and(|m| m.class() == 2);
-        let any_accepted = in_flight.rcpt.iter().flatten().any(|r| r.class() == 2);
+        let any_accepted = in_flight.rcpt.iter().flatten().any(|(_, r)| r.class() == 2);
         if reply.code == 354 {
             if mail_ok && any_accepted {
                 let data = Arc::clone(&in_flight.transaction.data);
@@ -459,23 +533,23 @@ impl ClientSession {
             return;
         }
         // DATA refused: its reply settles every accepted recipient.
-        self.settle_accepted(&reply);
+        self.settle_accepted(Phase::Data, &reply);
         self.finish_transaction();
     }
 
     fn on_data_end_reply(&mut self, reply: Reply) {
         if self.in_flight().body_sent {
-            self.settle_accepted(&reply);
+            self.settle_accepted(Phase::DataEnd, &reply);
         }
         self.finish_transaction();
     }
 
-    /// Recipients accepted at RCPT take `reply` as their outcome.
-    fn settle_accepted(&mut self, reply: &Reply) {
+    /// Recipients accepted at RCPT take `reply` (given at `phase`) as their outcome.
+    fn settle_accepted(&mut self, phase: Phase, reply: &Reply) {
         let in_flight = self.in_flight();
         for slot in in_flight.rcpt.iter_mut() {
-            if slot.as_ref().is_some_and(|r| r.class() == 2) {
-                *slot = Some(reply.clone());
+            if slot.as_ref().is_some_and(|(_, r)| r.class() == 2) {
+                *slot = Some((phase, reply.clone()));
             }
         }
         in_flight.body_sent = false;
@@ -489,15 +563,15 @@ impl ClientSession {
         for slot in in_flight.rcpt {
             // A recipient with no reply of its own (MAIL failed, or not reached) takes the
             // MAIL reply.
-            let reply = match (slot, &mail) {
+            let outcome = match (slot, &mail) {
                 // MAIL refused: the pipelined RCPT replies (503 "need MAIL") mean nothing.
-                (_, Some(m)) if m.class() != 2 => m.clone(),
+                (_, Some(m)) if m.class() != 2 => (Phase::Mail, m.clone()),
                 (Some(r), _) => r,
-                (None, Some(m)) => m.clone(),
-                (None, None) => Reply::new(451, Some([4, 3, 0]), "no reply"),
+                (None, Some(m)) => (Phase::Mail, m.clone()),
+                (None, None) => (Phase::Mail, Reply::new(451, Some([4, 3, 0]), "no reply")),
             };
-            all_delivered &= reply.class() == 2;
-            outcomes.push(reply);
+            all_delivered &= outcome.1.class() == 2;
+            outcomes.push(outcome);
         }
         self.needs_rset = !all_delivered;
         self.events
@@ -514,6 +588,7 @@ mod tests {
             ehlo_name: "mta1.example.com".into(),
             use_starttls: false,
             require_starttls: false,
+            reuse_after_421: false,
         })
     }
 
@@ -554,8 +629,12 @@ mod tests {
         let SessionEvent::TransactionDone(replies) = &done[0] else {
             panic!("{done:?}")
         };
-        assert_eq!(replies[0].one_line(), "250 2.0.0 queued");
-        assert_eq!(replies[1].one_line(), "550 5.1.1 no such user");
+        assert_eq!(
+            replies[0],
+            (Phase::DataEnd, Reply::new(250, Some([2, 0, 0]), "queued"))
+        );
+        assert_eq!(replies[1].1.one_line(), "550 5.1.1 no such user");
+        assert_eq!(replies[1].0, Phase::Rcpt);
         // The next transaction starts with RSET because one recipient failed.
         s.start_transaction(transaction(&["x@y.com"]));
         assert!(output(&mut s).starts_with("RSET\r\nMAIL FROM:"));
@@ -584,8 +663,8 @@ mod tests {
         let SessionEvent::TransactionDone(replies) = &events(&mut s)[0] else {
             panic!()
         };
-        assert_eq!(replies[0].code, 451);
-        assert_eq!(replies[1].code, 250);
+        assert_eq!(replies[0].1.code, 451);
+        assert_eq!(replies[1].1.code, 250);
     }
 
     #[test]
@@ -594,6 +673,7 @@ mod tests {
             ehlo_name: "m".into(),
             use_starttls: true,
             require_starttls: true,
+            reuse_after_421: false,
         });
         s.handle_bytes(b"220 mx\r\n250-mx\r\n250 STARTTLS\r\n");
         assert_eq!(output(&mut s), "EHLO m\r\nSTARTTLS\r\n");
@@ -610,6 +690,7 @@ mod tests {
             ehlo_name: "m".into(),
             use_starttls: true,
             require_starttls: true,
+            reuse_after_421: false,
         });
         plain.handle_bytes(b"220 mx\r\n250 mx\r\n");
         assert_eq!(
@@ -653,7 +734,7 @@ mod tests {
         output(&mut s);
         let done = events(&mut s);
         assert!(
-            matches!(done.as_slice(), [SessionEvent::TransactionDone(r)] if r[0].code == 250),
+            matches!(done.as_slice(), [SessionEvent::TransactionDone(r)] if r[0].1.code == 250),
             "{done:?}"
         );
         assert!(!s.is_done());
@@ -678,7 +759,7 @@ mod tests {
         assert!(
             replies
                 .iter()
-                .all(|r| r.one_line() == "451 4.7.1 try later"),
+                .all(|(phase, r)| *phase == Phase::Mail && r.one_line() == "451 4.7.1 try later"),
             "{replies:?}"
         );
     }
@@ -698,5 +779,86 @@ mod tests {
         assert_eq!(output(&mut s), "RSET\r\n");
         s.handle_bytes(b"250 2.0.0 reset\r\n");
         assert_eq!(output(&mut s), "MAIL FROM:<a@example.com>\r\n");
+    }
+
+    fn reusing_session() -> ClientSession {
+        ClientSession::new(SessionOptions {
+            ehlo_name: "mta1.example.com".into(),
+            use_starttls: false,
+            require_starttls: false,
+            reuse_after_421: true,
+        })
+    }
+
+    /// PowerMTA v5 guide, `smtp-421-means-mx-unavailable` (reference §2.2): with the default
+    /// `no`, a 421 inside a transaction is that transaction's answer and the connection is
+    /// reset with RSET for reuse; replies still due for pipelined commands are dropped.
+    #[test]
+    fn a_421_at_mail_defers_the_transaction_and_resets_for_reuse() {
+        let mut s = reusing_session();
+        s.handle_bytes(b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n");
+        assert_eq!(events(&mut s), [SessionEvent::Ready]);
+        output(&mut s);
+        s.start_transaction(transaction(&["x@y.com", "z@y.com"]));
+        output(&mut s);
+        s.handle_bytes(b"421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred\r\n");
+        let done = events(&mut s);
+        let [SessionEvent::TransactionDone(replies)] = done.as_slice() else {
+            panic!("{done:?}")
+        };
+        assert!(
+            replies
+                .iter()
+                .all(|(phase, r)| *phase == Phase::Mail && r.code == 421),
+            "{replies:?}"
+        );
+        assert_eq!(output(&mut s), "RSET\r\n");
+        assert!(s.is_resetting() && s.closing_announced() && !s.is_done());
+        // A server that did not close after all: its answers to the pipelined RCPTs and
+        // DATA are dropped, and the RSET reply makes the session ready again.
+        s.handle_bytes(b"503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n554 5.5.1 no valid recipients\r\n250 2.0.0 OK\r\n");
+        assert_eq!(events(&mut s), [SessionEvent::Ready]);
+        assert!(!s.is_resetting());
+        s.start_transaction(transaction(&["w@y.com"]));
+        assert!(output(&mut s).starts_with("MAIL FROM:<a@example.com>\r\n"));
+    }
+
+    /// A 421 at end of data settles the recipients accepted at RCPT; one refused at RCPT
+    /// keeps its own reply and phase.
+    #[test]
+    fn a_421_at_end_of_data_settles_the_accepted_recipients() {
+        let mut s = reusing_session();
+        s.handle_bytes(b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n");
+        events(&mut s);
+        output(&mut s);
+        s.start_transaction(transaction(&["x@y.com", "nouser@y.com"]));
+        output(&mut s);
+        s.handle_bytes(b"250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n");
+        output(&mut s);
+        s.handle_bytes(b"421 4.7.28 rate limited\r\n");
+        let done = events(&mut s);
+        let [SessionEvent::TransactionDone(replies)] = done.as_slice() else {
+            panic!("{done:?}")
+        };
+        assert_eq!(replies[0].0, Phase::DataEnd);
+        assert_eq!(replies[0].1.code, 421);
+        assert_eq!((replies[1].0, replies[1].1.code), (Phase::Rcpt, 550));
+        assert_eq!(output(&mut s), "RSET\r\n");
+    }
+
+    /// With `smtp-421-means-mx-unavailable yes` the 421 fails the session (the engine then
+    /// tries the next MX).
+    #[test]
+    fn with_421_meaning_mx_unavailable_the_session_fails() {
+        let mut s = session();
+        s.handle_bytes(b"220 mx\r\n250-mx\r\n250 PIPELINING\r\n");
+        events(&mut s);
+        s.start_transaction(transaction(&["x@y.com"]));
+        s.handle_bytes(b"421 4.7.0 closing\r\n");
+        assert!(matches!(
+            events(&mut s).as_slice(),
+            [SessionEvent::Failed { phase: Phase::Mail, reason: FailureReason::Reply(r) }] if r.code == 421
+        ));
+        assert!(s.is_done());
     }
 }

@@ -1,14 +1,144 @@
-//! A queue's settings in the form the scheduler uses: one typed field per directive the
-//! engine acts on, read once from the configuration's effective settings for the queue.
+//! Every directive the engine reads, in the form the scheduler uses: a queue's settings
+//! (one typed field per `<domain>` directive it acts on), the global settings and a
+//! `<source>` block's, each read once through one [`Reader`].
 //!
-//! Owns the translation from [`QueueView`] (values with provenance) to plain numbers. It
-//! must not decide anything: what a limit means is the scheduler's business.
+//! Owns the translation from configuration values to plain numbers, and the one list of what
+//! the engine reads: [`simulated`] runs these readers and returns the names they asked for,
+//! so `check` can say truthfully which directives have no effect in simulation. Every read of
+//! a directive by name in the engine goes through this file (`tests/tidy.rs` holds the rest of
+//! the engine to it). It must not decide anything: what a limit means is the scheduler's.
 
 use std::net::IpAddr;
 
-use crate::config::model::Value;
+use indexmap::IndexMap;
+
+use crate::config::directives::BlockKind;
+use crate::config::model::{Settings, Value};
 use crate::config::queue::QueueView;
 use crate::config::value::{Cidr, Rate};
+
+/// A directive read, and the block it is read from (`None`: the top level).
+pub type Read = (Option<BlockKind>, &'static str);
+
+/// Directives the engine acts on through the configuration's structure rather than by
+/// reading a value: `smtp-source-host` (a virtual MTA's source IPs and EHLO names),
+/// `virtual-mta` (a pool's members), `domain-key` (the signer's keys, from the top level, a
+/// virtual MTA or a `<domain>`), `queue-to` (`config::queue` follows it to name the queue)
+/// and `domain-macro` (expanded in `<domain>` patterns).
+pub const STRUCTURAL: &[Read] = &[
+    (Some(BlockKind::VirtualMta), "smtp-source-host"),
+    (Some(BlockKind::VirtualMtaPool), "virtual-mta"),
+    (None, "domain-key"),
+    (Some(BlockKind::VirtualMta), "domain-key"),
+    (Some(BlockKind::Domain), "domain-key"),
+    (Some(BlockKind::Domain), "queue-to"),
+    (None, "domain-macro"),
+];
+
+/// Every directive the engine acts on, where it reads it: what its readers ask for, plus
+/// [`STRUCTURAL`]. Sorted.
+pub fn simulated() -> Vec<Read> {
+    let mut reads = Vec::new();
+    let view = QueueView {
+        domain: String::new(),
+        vmta: String::new(),
+        queue_domain: String::new(),
+        settings: IndexMap::new(),
+    };
+    QueueSettings::read(&view, Some(&mut reads));
+    GlobalSettings::read(&Settings::default(), Some(&mut reads));
+    SourceSettings::read(&Settings::default(), Some(&mut reads));
+    reads.extend_from_slice(STRUCTURAL);
+    reads.sort();
+    reads.dedup();
+    reads
+}
+
+/// Reads directive values by name from one scope, noting each name it is asked for.
+struct Reader<'a, 't> {
+    block: Option<BlockKind>,
+    get: &'a dyn Fn(&str) -> Option<&'a Value>,
+    trace: Option<&'t mut Vec<Read>>,
+}
+
+impl<'a, 't> Reader<'a, 't> {
+    /// A reader over one block's (or the top level's) directives.
+    fn of(
+        block: Option<BlockKind>,
+        get: &'a dyn Fn(&str) -> Option<&'a Value>,
+        trace: Option<&'t mut Vec<Read>>,
+    ) -> Reader<'a, 't> {
+        Reader { block, get, trace }
+    }
+
+    fn value(&mut self, name: &'static str) -> Option<&'a Value> {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.push((self.block, name));
+        }
+        (self.get)(name)
+    }
+
+    fn count(&mut self, name: &'static str) -> Option<u64> {
+        match self.value(name) {
+            Some(Value::Count(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn flag(&mut self, name: &'static str) -> bool {
+        matches!(self.value(name), Some(Value::Bool(true)))
+    }
+
+    fn seconds(&mut self, name: &'static str) -> Option<u64> {
+        match self.value(name) {
+            Some(Value::Interval(i)) => Some(i.seconds),
+            _ => None,
+        }
+    }
+
+    fn seconds_list(&mut self, name: &'static str) -> Vec<u64> {
+        match self.value(name) {
+            Some(Value::IntervalList(list)) if !list.is_empty() => {
+                list.iter().map(|i| i.seconds).collect()
+            }
+            _ => vec![600],
+        }
+    }
+
+    fn rate(&mut self, name: &'static str) -> Rate {
+        match self.value(name) {
+            Some(Value::Rate(rate)) => *rate,
+            _ => Rate::Unlimited,
+        }
+    }
+
+    fn text(&mut self, name: &'static str) -> Option<String> {
+        match self.value(name) {
+            Some(Value::Text(t)) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    /// Per-source-IP values (`source-ip-max-smtp-out 192.0.2.0/24 5`), most specific first.
+    fn per_source_ip<T>(
+        &mut self,
+        name: &'static str,
+        pick: impl Fn(&Value) -> Option<T>,
+    ) -> PerSourceIp<T> {
+        let mut entries = Vec::new();
+        if let Some(Value::PerSourceIpList(list)) = self.value(name) {
+            for item in list {
+                if let Value::PerSourceIp { cidr, value } = item
+                    && let Some(v) = pick(value)
+                {
+                    entries.push((*cidr, v));
+                }
+            }
+        }
+        entries.sort_by_key(|(cidr, _)| std::cmp::Reverse(prefix_len(cidr)));
+        PerSourceIp { entries }
+    }
+}
 
 /// How a queue delivers (`type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,27 +201,6 @@ fn prefix_len(cidr: &Cidr) -> u8 {
         Cidr::Any => 0,
         Cidr::Net { prefix_len, .. } => *prefix_len,
     }
-}
-
-fn per_source_ip<T>(
-    view: &QueueView,
-    name: &str,
-    pick: impl Fn(&Value) -> Option<T>,
-) -> PerSourceIp<T> {
-    let mut entries = Vec::new();
-    if let Some(Value::PerSourceIpList(list)) =
-        view.settings.get(name).and_then(|e| e.value.as_ref())
-    {
-        for item in list {
-            if let Value::PerSourceIp { cidr, value } = item
-                && let Some(v) = pick(value)
-            {
-                entries.push((*cidr, v));
-            }
-        }
-    }
-    entries.sort_by_key(|(cidr, _)| std::cmp::Reverse(prefix_len(cidr)));
-    PerSourceIp { entries }
 }
 
 /// `dkim-sign`.
@@ -171,98 +280,55 @@ pub struct QueueSettings {
     pub dkim_identity: Option<String>,
 }
 
-fn count(view: &QueueView, name: &str) -> Option<u64> {
-    match view.settings.get(name).and_then(|e| e.value.as_ref()) {
-        Some(Value::Count(n)) => Some(*n),
-        _ => None,
-    }
-}
-
-fn flag(view: &QueueView, name: &str) -> bool {
-    matches!(
-        view.settings.get(name).and_then(|e| e.value.as_ref()),
-        Some(Value::Bool(true))
-    )
-}
-
-fn seconds(view: &QueueView, name: &str) -> Option<u64> {
-    match view.settings.get(name).and_then(|e| e.value.as_ref()) {
-        Some(Value::Interval(i)) => Some(i.seconds),
-        _ => None,
-    }
-}
-
-fn seconds_list(view: &QueueView, name: &str) -> Vec<u64> {
-    match view.settings.get(name).and_then(|e| e.value.as_ref()) {
-        Some(Value::IntervalList(list)) if !list.is_empty() => {
-            list.iter().map(|i| i.seconds).collect()
-        }
-        _ => vec![600],
-    }
-}
-
-fn rate(view: &QueueView, name: &str) -> Rate {
-    match view.settings.get(name).and_then(|e| e.value.as_ref()) {
-        Some(Value::Rate(rate)) => *rate,
-        _ => Rate::Unlimited,
-    }
-}
-
-fn text(view: &QueueView, name: &str) -> Option<String> {
-    match view.settings.get(name).and_then(|e| e.value.as_ref()) {
-        Some(Value::Text(t)) => Some(t.clone()),
-        _ => None,
-    }
-}
-
 impl QueueSettings {
     pub fn from_view(view: &QueueView) -> QueueSettings {
-        let bounce_upon_no_mx = match view
-            .settings
-            .get("bounce-upon-no-mx")
-            .and_then(|e| e.value.as_ref())
-        {
+        QueueSettings::read(view, None)
+    }
+
+    /// Reads a queue's settings, noting every directive asked for in `trace`.
+    pub fn read(view: &QueueView, trace: Option<&mut Vec<Read>>) -> QueueSettings {
+        let get = |name: &str| view.settings.get(name).and_then(|e| e.value.as_ref());
+        let mut r = Reader::of(Some(BlockKind::Domain), &get, trace);
+        let bounce_upon_no_mx = match r.value("bounce-upon-no-mx") {
             Some(Value::Bool(true)) => NoMxPolicy::Bounce,
             Some(Value::Interval(i)) => NoMxPolicy::BounceAfter { seconds: i.seconds },
             _ => NoMxPolicy::Retry,
         };
-        let dkim_sign = match text(view, "dkim-sign").as_deref() {
+        let dkim_sign = match r.text("dkim-sign").as_deref() {
             Some("yes" | "true") => DkimSign::Yes,
             Some("if-x-dkim-options-present") => DkimSign::IfXDkimOptionsPresent,
             _ => DkimSign::No,
         };
         QueueSettings {
-            max_smtp_out: count(view, "max-smtp-out").unwrap_or(20),
-            backoff_max_smtp_out: count(view, "backoff-max-smtp-out").unwrap_or(20),
-            max_msg_per_connection: count(view, "max-msg-per-connection").unwrap_or(0),
-            max_rcpt_per_transaction: count(view, "max-rcpt-per-transaction")
-                .unwrap_or(1000)
-                .max(1),
-            max_msg_rate: rate(view, "max-msg-rate"),
-            backoff_max_msg_rate: rate(view, "backoff-max-msg-rate"),
-            max_connect_rate: rate(view, "max-connect-rate"),
-            backoff_max_connect_rate: rate(view, "backoff-max-connect-rate"),
-            source_ip_max_smtp_out: per_source_ip(view, "source-ip-max-smtp-out", |v| match v {
+            max_smtp_out: r.count("max-smtp-out").unwrap_or(20),
+            backoff_max_smtp_out: r.count("backoff-max-smtp-out").unwrap_or(20),
+            max_msg_per_connection: r.count("max-msg-per-connection").unwrap_or(0),
+            max_rcpt_per_transaction: r.count("max-rcpt-per-transaction").unwrap_or(1000).max(1),
+            max_msg_rate: r.rate("max-msg-rate"),
+            backoff_max_msg_rate: r.rate("backoff-max-msg-rate"),
+            max_connect_rate: r.rate("max-connect-rate"),
+            backoff_max_connect_rate: r.rate("backoff-max-connect-rate"),
+            source_ip_max_smtp_out: r.per_source_ip("source-ip-max-smtp-out", |v| match v {
                 Value::Count(n) => Some(*n),
                 _ => None,
             }),
-            source_ip_max_msg_rate: per_source_ip(view, "source-ip-max-msg-rate", |v| match v {
+            source_ip_max_msg_rate: r.per_source_ip("source-ip-max-msg-rate", |v| match v {
                 Value::Rate(r) => Some(*r),
                 _ => None,
             }),
-            source_ip_max_connect_rate: per_source_ip(view, "source-ip-max-connect-rate", |v| {
-                match v {
+            source_ip_max_connect_rate: r.per_source_ip(
+                "source-ip-max-connect-rate",
+                |v| match v {
                     Value::Rate(r) => Some(*r),
                     _ => None,
-                }
-            }),
-            retry_upon_new_mail: flag(view, "retry-upon-new-mail"),
-            assume_delivery_upon_data_termination_timeout: flag(
-                view,
-                "assume-delivery-upon-data-termination-timeout",
+                },
             ),
-            bounce_upon_transfer_failure: flag(view, "bounce-upon-transfer-failure"),
-            disable_acct_records: text(view, "disable-acct-records")
+            retry_upon_new_mail: r.flag("retry-upon-new-mail"),
+            assume_delivery_upon_data_termination_timeout: r
+                .flag("assume-delivery-upon-data-termination-timeout"),
+            bounce_upon_transfer_failure: r.flag("bounce-upon-transfer-failure"),
+            disable_acct_records: r
+                .text("disable-acct-records")
                 .map(|t| {
                     t.split([',', ' '])
                         .map(|s| s.trim().to_ascii_lowercase())
@@ -270,46 +336,96 @@ impl QueueSettings {
                         .collect()
                 })
                 .unwrap_or_default(),
-            smtp_out_rampup_interval_s: seconds(view, "smtp-out-rampup-interval").unwrap_or(0),
-            connection_idle_timeout_s: seconds(view, "connection-idle-timeout").unwrap_or(0),
-            max_errors_per_connection: count(view, "max-errors-per-connection"),
-            retry_after_s: seconds_list(view, "retry-after"),
-            backoff_retry_after_s: seconds_list(view, "backoff-retry-after"),
-            retry_recipients_after_s: seconds(view, "retry-recipients-after").unwrap_or(600),
-            retry_after_dns_error_s: seconds(view, "retry-after-dns-error").unwrap_or(60),
-            bounce_after_s: seconds(view, "bounce-after").unwrap_or(388_800),
-            backoff_to_normal_after_s: seconds(view, "backoff-to-normal-after"),
-            backoff_to_normal_after_delivery: flag(view, "backoff-to-normal-after-delivery"),
-            reenable_source_ip_after_s: seconds(view, "reenable-source-ip-after"),
-            backoff_upon_all_sources_disabled: flag(view, "backoff-upon-all-sources-disabled"),
-            connect_timeout_s: seconds(view, "connect-timeout").unwrap_or(120),
-            smtp_greeting_timeout_s: seconds(view, "smtp-greeting-timeout").unwrap_or(300),
-            data_send_timeout_s: seconds(view, "data-send-timeout").unwrap_or(180),
-            smtp_data_termination_timeout_s: seconds(view, "smtp-data-termination-timeout")
+            smtp_out_rampup_interval_s: r.seconds("smtp-out-rampup-interval").unwrap_or(0),
+            connection_idle_timeout_s: r.seconds("connection-idle-timeout").unwrap_or(0),
+            max_errors_per_connection: r.count("max-errors-per-connection"),
+            retry_after_s: r.seconds_list("retry-after"),
+            backoff_retry_after_s: r.seconds_list("backoff-retry-after"),
+            retry_recipients_after_s: r.seconds("retry-recipients-after").unwrap_or(600),
+            retry_after_dns_error_s: r.seconds("retry-after-dns-error").unwrap_or(60),
+            bounce_after_s: r.seconds("bounce-after").unwrap_or(388_800),
+            backoff_to_normal_after_s: r.seconds("backoff-to-normal-after"),
+            backoff_to_normal_after_delivery: r.flag("backoff-to-normal-after-delivery"),
+            reenable_source_ip_after_s: r.seconds("reenable-source-ip-after"),
+            backoff_upon_all_sources_disabled: r.flag("backoff-upon-all-sources-disabled"),
+            connect_timeout_s: r.seconds("connect-timeout").unwrap_or(120),
+            smtp_greeting_timeout_s: r.seconds("smtp-greeting-timeout").unwrap_or(300),
+            data_send_timeout_s: r.seconds("data-send-timeout").unwrap_or(180),
+            smtp_data_termination_timeout_s: r
+                .seconds("smtp-data-termination-timeout")
                 .unwrap_or(600),
-            smtp_421_means_mx_unavailable: flag(view, "smtp-421-means-mx-unavailable"),
-            smtp_553_means_invalid_mailbox: flag(view, "smtp-553-means-invalid-mailbox"),
+            smtp_421_means_mx_unavailable: r.flag("smtp-421-means-mx-unavailable"),
+            smtp_553_means_invalid_mailbox: r.flag("smtp-553-means-invalid-mailbox"),
             bounce_upon_no_mx,
-            bounce_upon_5xx_greeting: flag(view, "bounce-upon-5xx-greeting"),
-            delivery_type: match text(view, "type").as_deref() {
+            bounce_upon_5xx_greeting: r.flag("bounce-upon-5xx-greeting"),
+            delivery_type: match r.text("type").as_deref() {
                 Some("discard") => DeliveryType::Discard,
                 Some("pipe") => DeliveryType::Local("pipe"),
                 Some("file") => DeliveryType::Local("file"),
                 Some("http-delivery") => DeliveryType::Local("http-delivery"),
                 _ => DeliveryType::Smtp,
             },
-            queue_priority: count(view, "queue-priority").unwrap_or(50),
-            use_starttls: flag(view, "use-starttls"),
-            require_starttls: flag(view, "require-starttls"),
-            smtp_hosts: text(view, "smtp-hosts"),
-            smtp_pattern_list: text(view, "smtp-pattern-list"),
+            queue_priority: r.count("queue-priority").unwrap_or(50),
+            use_starttls: r.flag("use-starttls"),
+            require_starttls: r.flag("require-starttls"),
+            smtp_hosts: r.text("smtp-hosts"),
+            smtp_pattern_list: r.text("smtp-pattern-list"),
             dkim_sign,
-            dkim_algorithm: text(view, "dkim-algorithm").unwrap_or_else(|| "rsa-sha256".into()),
-            dkim_body_canon: text(view, "dkim-body-canon").unwrap_or_else(|| "relaxed".into()),
-            dkim_headers_canon: text(view, "dkim-headers-canon")
+            dkim_algorithm: r
+                .text("dkim-algorithm")
+                .unwrap_or_else(|| "rsa-sha256".into()),
+            dkim_body_canon: r
+                .text("dkim-body-canon")
                 .unwrap_or_else(|| "relaxed".into()),
-            dkim_headers: text(view, "dkim-headers"),
-            dkim_identity: text(view, "dkim-identity").filter(|t| t.contains('@')),
+            dkim_headers_canon: r
+                .text("dkim-headers-canon")
+                .unwrap_or_else(|| "relaxed".into()),
+            dkim_headers: r.text("dkim-headers"),
+            dkim_identity: r.text("dkim-identity").filter(|t| t.contains('@')),
+        }
+    }
+}
+
+/// The top-level directives the engine reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GlobalSettings {
+    /// `None`: unlimited.
+    pub total_max_smtp_out: Option<u64>,
+    /// The EHLO name of a source IP without one of its own.
+    pub host_name: Option<String>,
+    pub default_virtual_mta: Option<String>,
+}
+
+impl GlobalSettings {
+    pub fn read(globals: &Settings, trace: Option<&mut Vec<Read>>) -> GlobalSettings {
+        let get = |name: &str| globals.get(name).map(|s| &s.value);
+        let mut r = Reader::of(None, &get, trace);
+        GlobalSettings {
+            total_max_smtp_out: r.count("total-max-smtp-out"),
+            host_name: r.text("host-name"),
+            default_virtual_mta: r.text("default-virtual-mta"),
+        }
+    }
+}
+
+/// What a `<source>` block says about routing the mail it injects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceSettings {
+    /// Honour the message's `X-Virtual-MTA` header.
+    pub process_x_virtual_mta: bool,
+    /// A `<pattern-list>` choosing the virtual MTA by envelope.
+    pub pattern_list: Option<String>,
+    pub default_virtual_mta: Option<String>,
+}
+
+impl SourceSettings {
+    pub fn read(settings: &Settings, trace: Option<&mut Vec<Read>>) -> SourceSettings {
+        let get = |name: &str| settings.get(name).map(|s| &s.value);
+        let mut r = Reader::of(Some(BlockKind::Source), &get, trace);
+        SourceSettings {
+            process_x_virtual_mta: r.flag("process-x-virtual-mta"),
+            pattern_list: r.text("pattern-list"),
+            default_virtual_mta: r.text("default-virtual-mta"),
         }
     }
 }

@@ -191,12 +191,7 @@ fn measure(metric: &Metric, f: &Filter, data: &RunData, rows: &[Row]) -> Result<
             max_concurrent(spans) as f64
         }
         Metric::PeakRate { per_s } => {
-            let mut times: Vec<u64> = matching
-                .iter()
-                .filter(|r| r.kind == "d")
-                .map(|r| r.logged_s)
-                .collect();
-            times.sort_unstable();
+            let times = super::sorted_times(matching.iter().copied(), |r| r.kind == "d");
             let mut most = 0;
             let mut lo = 0;
             for hi in 0..times.len() {

@@ -76,6 +76,50 @@ fn table<'a>(out: &mut String, caption: &str, rows: impl Iterator<Item = (&'a st
     out.push_str("</table>\n");
 }
 
+/// Where each provider said no: refusals per SMTP step, with the most frequent reply.
+fn refusals(out: &mut String, report: &Report) {
+    out.push_str("<table><caption>Where each provider said no (refusals by SMTP step)</caption><tr><th></th>");
+    for phase in super::PHASES {
+        let _ = write!(out, "<th>{phase}</th>");
+    }
+    out.push_str("</tr>\n");
+    for (name, provider) in &report.summary.providers {
+        let refusals = provider.refusals();
+        let _ = write!(out, "<tr><th>{}</th>", escape(name));
+        for phase in super::PHASES {
+            match refusals.iter().find(|(p, _, _)| *p == phase) {
+                Some((_, n, top)) => {
+                    let _ = write!(out, "<td>{n} ({})</td>", escape(top));
+                }
+                None => out.push_str("<td></td>"),
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
+/// The daily aggregate spam rate each provider measures, and whether the sender hears of
+/// complaints one by one (`reports`), as a daily rate only (`aggregate`) or not at all.
+fn spam_rates(out: &mut String, report: &Report) {
+    out.push_str("<table><caption>Daily spam rate (complaints ÷ delivered)</caption><tr><th></th><th>feedback</th><th>day</th><th>delivered</th><th>complaints</th><th>spam rate</th></tr>\n");
+    for (name, provider) in &report.summary.providers {
+        for day in &provider.spam_rate_daily {
+            let _ = writeln!(
+                out,
+                "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}%</td></tr>",
+                escape(name),
+                escape(&provider.feedback),
+                escape(&day.day),
+                day.delivered,
+                day.complaints,
+                day.spam_rate * 100.0
+            );
+        }
+    }
+    out.push_str("</table>\n");
+}
+
 /// The page.
 pub fn page(report: &Report, charts: &[Chart]) -> String {
     let s = &report.summary;
@@ -94,8 +138,10 @@ pub fn page(report: &Report, charts: &[Chart]) -> String {
     table(
         &mut out,
         "Providers",
-        s.providers.iter().map(|(k, v)| (k.as_str(), v)),
+        s.providers.iter().map(|(k, v)| (k.as_str(), &v.counts)),
     );
+    refusals(&mut out, report);
+    spam_rates(&mut out, report);
     table(
         &mut out,
         "Queues",

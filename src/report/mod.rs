@@ -66,6 +66,10 @@ pub struct RunData {
     /// Patterns the regex engine could not evaluate during the run (each once).
     #[serde(default)]
     pub pattern_failures: Vec<PatternFailure>,
+    /// The replies behind the accounting records, counted by where they came: so a report
+    /// can say at which SMTP step a provider said no (`acct.csv` has no such field).
+    #[serde(default)]
+    pub replies: Vec<ReplyCount>,
 }
 
 /// Most refused messages listed one by one (the rest are counted).
@@ -110,6 +114,39 @@ pub struct ProviderData {
     pub domains: Vec<String>,
     pub throttles: Vec<ThrottleWindow>,
     pub standings: Vec<StandingPoint>,
+    /// What the sender sees of complaints: `reports` (a feedback loop's `f` records),
+    /// `aggregate` (a daily spam rate only, as at Gmail) or `none`.
+    #[serde(default)]
+    pub feedback: String,
+    /// Mail the provider accepted and the complaints about it, per UTC day.
+    #[serde(default)]
+    pub daily: Vec<DailyMail>,
+}
+
+/// One day of a provider's accepted mail and the complaints about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyMail {
+    /// `2026-09-21`.
+    pub day: String,
+    /// Recipients accepted.
+    pub delivered: u64,
+    pub complaints: u64,
+}
+
+/// Replies of one kind on one queue from one source IP at one SMTP step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyCount {
+    pub queue: String,
+    pub source_ip: String,
+    /// `connect`, `greeting`, `ehlo`, `starttls`, `mail`, `rcpt`, `data`, `data_end`, `rset`.
+    pub phase: String,
+    /// `421 4.7.28` (the code and the enhanced status).
+    pub reply: String,
+    pub count: u64,
+    pub first_at_s: u64,
+    pub last_at_s: u64,
+    /// The first such reply, as `acct.csv` has it.
+    pub example: String,
 }
 
 /// A provider's throttle reply and the penalty it started (or extended).
@@ -143,6 +180,9 @@ pub struct QueueData {
     pub backoff_max_smtp_out: u64,
     pub backoff_at_end: bool,
     pub queued_at_end: u64,
+    /// How long a deferred recipient waits before its next attempt.
+    #[serde(default)]
+    pub retry_recipients_after_s: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -173,6 +213,9 @@ pub struct Connection {
     pub source_ip: String,
     pub opened_s: u64,
     pub closed_s: Option<u64>,
+    /// Messages (MAIL FROM commands) sent on the connection.
+    #[serde(default)]
+    pub messages: u64,
 }
 
 /// Most queues times minutes a report looks at: each queue's binding limit is found minute
@@ -481,6 +524,29 @@ pub struct Binding {
     pub explanation: String,
 }
 
+/// A provider's figures, with what the sender sees of its complaints and where it said no.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProviderSummary {
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// `reports`, `aggregate` or `none` (see [`ProviderData::feedback`]).
+    pub feedback: String,
+    /// The daily aggregate spam rate: complaints over accepted recipients per UTC day, the
+    /// figure Gmail's Postmaster Tools shows (reference §4.7; 0.1% and 0.3% thresholds §2.1).
+    pub spam_rate_daily: Vec<SpamRateDay>,
+    /// Negative replies by SMTP step, then by `code status` (`421 4.7.28`).
+    pub refusals_by_phase: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SpamRateDay {
+    pub day: String,
+    pub delivered: u64,
+    pub complaints: u64,
+    /// `complaints / delivered` (0 when nothing was delivered).
+    pub spam_rate: f64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct QueueSummary {
     #[serde(flatten)]
@@ -499,7 +565,7 @@ pub struct Summary {
     pub start: String,
     pub duration_s: u64,
     pub run: Counts,
-    pub providers: BTreeMap<String, Counts>,
+    pub providers: BTreeMap<String, ProviderSummary>,
     pub queues: BTreeMap<String, QueueSummary>,
     pub source_ips: BTreeMap<String, Counts>,
     /// Messages the engine refused at injection (never sent, never in `acct.csv`).
@@ -1039,7 +1105,13 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             start: crate::time::Time::from_secs(start).acct_format(),
             duration_s: data.duration_s,
             run,
-            providers,
+            providers: providers
+                .into_iter()
+                .map(|(name, counts)| {
+                    let summary = provider_summary(data, &name, counts);
+                    (name, summary)
+                })
+                .collect(),
             queues,
             source_ips: ips,
             refused: data.refused.clone(),
@@ -1056,23 +1128,83 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
     }
 }
 
+/// The SMTP steps in conversation order, as `run.json` names them.
+pub const PHASES: [&str; 9] = [
+    "connect", "greeting", "ehlo", "starttls", "mail", "rcpt", "data", "data_end", "rset",
+];
+
+impl ProviderSummary {
+    /// Where the provider said no, in conversation order: each step with its refusals and
+    /// its most frequent reply (`data_end 1200 (421 4.7.28)`).
+    pub fn refusals(&self) -> Vec<(&'static str, u64, &str)> {
+        PHASES
+            .iter()
+            .filter_map(|phase| {
+                let by_reply = self.refusals_by_phase.get(*phase)?;
+                let total = by_reply.values().sum();
+                let top = by_reply
+                    .iter()
+                    .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                    .map_or("", |(reply, _)| reply.as_str());
+                Some((*phase, total, top))
+            })
+            .collect()
+    }
+}
+
+/// A provider's summary: its counts, the daily spam rate it measures, and its negative
+/// replies by SMTP step.
+fn provider_summary(data: &RunData, name: &str, counts: Counts) -> ProviderSummary {
+    let provider = data.providers.iter().find(|p| p.name == name);
+    let spam_rate_daily = provider
+        .map(|p| {
+            p.daily
+                .iter()
+                .map(|d| SpamRateDay {
+                    day: d.day.clone(),
+                    delivered: d.delivered,
+                    complaints: d.complaints,
+                    spam_rate: if d.delivered == 0 {
+                        0.0
+                    } else {
+                        d.complaints as f64 / d.delivered as f64
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut refusals_by_phase: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for r in &data.replies {
+        let domain = r.queue.split('/').next().unwrap_or("");
+        if r.reply.starts_with('2') || provider_of(data, domain) != name {
+            continue;
+        }
+        *refusals_by_phase
+            .entry(r.phase.clone())
+            .or_default()
+            .entry(r.reply.clone())
+            .or_default() += r.count;
+    }
+    ProviderSummary {
+        counts,
+        feedback: provider.map(|p| p.feedback.clone()).unwrap_or_default(),
+        spam_rate_daily,
+        refusals_by_phase,
+    }
+}
+
 /// For each minute a queue had mail waiting, which limit held it back, in order: the
-/// backoff limits while in backoff (its rate, its connections, else its retry timer), the
-/// retry timer, the receiver's penalty on one of its source IPs, `max-msg-rate`,
-/// `max-smtp-out`; a minute with none of them is "sending".
+/// backoff limits while in backoff (its rate, its connections), the retry timer
+/// (`backoff-retry-after` in backoff, else `retry-after`), the receiver's penalty on one of
+/// its source IPs, `max-msg-rate` and `max-smtp-out` in normal mode, recipients waiting out
+/// `retry-recipients-after` after a deferral; a minute with none of them is "sending".
 /// `rows` are the queue's own accounting rows.
 fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> Binding {
     let start = data.start_s;
     let minutes = data.duration_s.div_ceil(60);
-    let attempts: Vec<u64> = {
-        let mut t: Vec<u64> = rows
-            .iter()
-            .filter(|r| matches!(r.kind.as_str(), "d" | "b" | "t") && !r.source_ip.is_empty())
-            .map(|r| r.logged_s)
-            .collect();
-        t.sort_unstable();
-        t
-    };
+    let attempts = sorted_times(rows.iter().copied(), |r| {
+        matches!(r.kind.as_str(), "d" | "b" | "t") && !r.source_ip.is_empty()
+    });
     let in_window = |t: u64, per_s: u64| -> u64 {
         let lo = attempts.partition_point(|a| *a + per_s <= t);
         let hi = attempts.partition_point(|a| *a <= t);
@@ -1114,12 +1246,16 @@ fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> 
         .map(|q| (q.at_s, q.recipients))
         .collect();
     entered.sort();
-    let mut finished: Vec<u64> = rows
-        .iter()
-        .filter(|r| matches!(r.kind.as_str(), "d" | "b"))
-        .map(|r| r.logged_s)
-        .collect();
-    finished.sort_unstable();
+    let finished = sorted_times(rows.iter().copied(), |r| {
+        matches!(r.kind.as_str(), "d" | "b")
+    });
+    let deferrals = sorted_times(rows.iter().copied(), |r| r.kind == "t");
+    // Whether a recipient deferred in the last `retry-recipients-after` is still waiting.
+    let deferred_waiting = |t: u64| {
+        let lo = deferrals.partition_point(|d| d + queue.retry_recipients_after_s <= t);
+        let hi = deferrals.partition_point(|d| *d <= t);
+        hi > lo
+    };
     let mut held: BTreeMap<String, u64> = BTreeMap::new();
     let mut waiting_minutes = 0;
     let (mut e, mut f, mut waiting) = (0usize, 0usize, 0i64);
@@ -1147,25 +1283,30 @@ fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> 
             .iter()
             .filter(|c| c.opened_s <= t && c.closed_s.is_none_or(|end| end > t))
             .count() as u64;
-        let reason = if backoff {
-            match queue.backoff_max_msg_rate {
-                Some(r) if in_window(t, r.per_s) >= r.count => rate_name("backoff-max-msg-rate", r),
-                _ if open >= queue.backoff_max_smtp_out => {
-                    format!("backoff-max-smtp-out {}", queue.backoff_max_smtp_out)
-                }
-                _ => "backoff-retry-after".to_string(),
-            }
+        let backoff_rate = queue
+            .backoff_max_msg_rate
+            .filter(|r| backoff && in_window(t, r.per_s) >= r.count);
+        let reason = if let Some(r) = backoff_rate {
+            rate_name("backoff-max-msg-rate", r)
+        } else if backoff && open >= queue.backoff_max_smtp_out {
+            format!("backoff-max-smtp-out {}", queue.backoff_max_smtp_out)
         } else if retries.iter().any(|r| r.at_s <= t && t < r.until_s) {
-            "retry-after".to_string()
+            if backoff {
+                "backoff-retry-after".to_string()
+            } else {
+                "retry-after".to_string()
+            }
         } else if throttles.iter().any(|w| w.at_s <= t && t < w.until_s) {
             format!("{provider}'s throttle")
         } else if let Some(r) = queue
             .max_msg_rate
-            .filter(|r| in_window(t, r.per_s) >= r.count)
+            .filter(|r| !backoff && in_window(t, r.per_s) >= r.count)
         {
             rate_name("max-msg-rate", r)
-        } else if open >= queue.max_smtp_out {
+        } else if !backoff && open >= queue.max_smtp_out {
             format!("max-smtp-out {}", queue.max_smtp_out)
+        } else if deferred_waiting(t) {
+            "retry-recipients-after".to_string()
         } else {
             "sending".to_string()
         };
@@ -1208,6 +1349,16 @@ fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> 
         shares,
         explanation,
     }
+}
+
+/// When the rows `keep` accepts were logged, in order.
+pub(crate) fn sorted_times<'r>(
+    rows: impl Iterator<Item = &'r Row>,
+    keep: impl Fn(&Row) -> bool,
+) -> Vec<u64> {
+    let mut times: Vec<u64> = rows.filter(|r| keep(r)).map(|r| r.logged_s).collect();
+    times.sort_unstable();
+    times
 }
 
 /// `10/m`, `60/h`, `5/30s`.
@@ -1284,6 +1435,8 @@ mod tests {
                 domains: vec!["p.example".into()],
                 throttles: Vec::new(),
                 standings: Vec::new(),
+                feedback: "aggregate".into(),
+                daily: Vec::new(),
             }],
             queues: vec![QueueData {
                 name: "p.example/v".into(),
@@ -1301,6 +1454,7 @@ mod tests {
                 backoff_max_smtp_out: 1,
                 backoff_at_end: false,
                 queued_at_end: 0,
+                retry_recipients_after_s: 600,
             }],
             mode_changes: Vec::new(),
             retries: Vec::new(),
@@ -1308,6 +1462,7 @@ mod tests {
             connections: Vec::new(),
             refused: Refusals::default(),
             pattern_failures: Vec::new(),
+            replies: Vec::new(),
         }
     }
 
@@ -1437,6 +1592,7 @@ mod tests {
             source_ip: "192.0.2.1".into(),
             opened_s: s + 600,
             closed_s: Some(s + 2400),
+            messages: 30,
         });
         let rows: Vec<Row> = (0..100).map(|m| delivered(s + m * 60, s)).collect();
         let report = build(&d, &rows);
@@ -1516,5 +1672,62 @@ mod tests {
             .collect();
         assert_eq!(ys.len(), 1, "{points}");
         assert!(outcomes.png.starts_with(b"\x89PNG"));
+    }
+
+    /// Issue 13 items 5 and 7: the summary shows each provider's daily aggregate spam rate
+    /// (what Gmail's Postmaster Tools shows, reference §4.7) and where it said no, by SMTP
+    /// step, from `run.json`.
+    #[test]
+    fn the_summary_shows_the_daily_spam_rate_and_where_a_provider_said_no() {
+        let mut d = data(2 * 86_400);
+        d.providers[0].daily = vec![
+            DailyMail {
+                day: "1970-01-12".into(),
+                delivered: 2000,
+                complaints: 7,
+            },
+            DailyMail {
+                day: "1970-01-13".into(),
+                delivered: 0,
+                complaints: 0,
+            },
+        ];
+        let reply = |phase: &str, reply: &str, count: u64| ReplyCount {
+            queue: "p.example/v".into(),
+            source_ip: "192.0.2.1".into(),
+            phase: phase.into(),
+            reply: reply.into(),
+            count,
+            first_at_s: d.start_s,
+            last_at_s: d.start_s,
+            example: format!("smtp;{reply} ..."),
+        };
+        d.replies = vec![
+            reply("data_end", "250 2.0.0", 100),
+            reply("data_end", "421 4.7.28", 40),
+            reply("rcpt", "550 5.1.1", 3),
+            reply("mail", "421 4.7.0", 1),
+        ];
+        let report = build(&d, &[]);
+        let p = &report.summary.providers["p"];
+        assert_eq!(p.feedback, "aggregate");
+        assert_eq!(p.spam_rate_daily[0].spam_rate, 7.0 / 2000.0);
+        assert_eq!(p.spam_rate_daily[1].spam_rate, 0.0);
+        assert_eq!(p.refusals_by_phase["data_end"]["421 4.7.28"], 40);
+        assert!(!p.refusals_by_phase["data_end"].contains_key("250 2.0.0"));
+        assert_eq!(
+            p.refusals(),
+            [
+                ("mail", 1, "421 4.7.0"),
+                ("rcpt", 3, "550 5.1.1"),
+                ("data_end", 40, "421 4.7.28")
+            ]
+        );
+        let json = summary_json(&report.summary);
+        assert!(json.contains("\"spam_rate\": 0.0035"), "{json}");
+        assert!(json.contains("\"refusals_by_phase\""));
+        let page = html::page(&report, &[]);
+        assert!(page.contains("<td>40 (421 4.7.28)</td>"));
+        assert!(page.contains("<td>0.350%</td>"));
     }
 }

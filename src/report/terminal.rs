@@ -58,10 +58,21 @@ pub fn table(summary: &Summary, colour: bool) -> String {
         super::clock(summary.duration_s)
     );
     header(&mut out, "provider", colour);
-    for (name, counts) in &summary.providers {
-        line(&mut out, name, counts, colour);
+    for (name, provider) in &summary.providers {
+        line(&mut out, name, &provider.counts, colour);
     }
     line(&mut out, "all", &summary.run, colour);
+    for (name, provider) in &summary.providers {
+        let refusals = provider.refusals();
+        if refusals.is_empty() {
+            continue;
+        }
+        let steps: Vec<String> = refusals
+            .iter()
+            .map(|(phase, n, top)| format!("{phase} {n} ({top})"))
+            .collect();
+        let _ = writeln!(out, "  {name} said no at: {}", steps.join(", "));
+    }
     header(&mut out, "queue", colour);
     for (name, q) in &summary.queues {
         line(&mut out, name, &q.counts, colour);
@@ -94,6 +105,18 @@ mod tests {
             refused: Default::default(),
             pattern_failures: Vec::new(),
         };
+        let mut gmail = super::super::ProviderSummary::default();
+        gmail
+            .refusals_by_phase
+            .entry("data_end".into())
+            .or_default()
+            .insert("421 4.7.28".into(), 12);
+        gmail
+            .refusals_by_phase
+            .entry("rcpt".into())
+            .or_default()
+            .extend([("550 5.1.1".to_string(), 2), ("452 4.2.2".to_string(), 1)]);
+        summary.providers.insert("gmail".into(), gmail);
         let mut q = super::super::QueueSummary::default();
         q.counts.bounced = 3;
         q.binding.explanation = "gmail.com/v: held back by max-msg-rate 10/m for 50%".into();
@@ -101,6 +124,11 @@ mod tests {
         let plain = table(&summary, false);
         assert!(!plain.contains('\x1b'));
         assert!(plain.contains("\n  gmail.com/v: held back by max-msg-rate 10/m for 50%\n"));
+        // The steps in conversation order, each with its most frequent reply.
+        assert!(
+            plain.contains("\n  gmail said no at: rcpt 3 (550 5.1.1), data_end 12 (421 4.7.28)\n"),
+            "{plain}"
+        );
         let coloured = table(&summary, true);
         assert!(
             coloured.contains(&format!("{RED}       3{RESET}")),

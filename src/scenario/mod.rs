@@ -21,6 +21,7 @@ use toml::Spanned;
 
 use crate::config::Severity;
 use crate::config::value::{self, Rate};
+use crate::engine::BackoffClock;
 use crate::smtp::Reply;
 use crate::time::Time;
 
@@ -113,6 +114,16 @@ struct Raw {
     sender: Option<Spanned<RawSender>>,
     #[serde(default)]
     dns_txt: Vec<RawTxt>,
+    #[serde(default)]
+    engine: Option<Spanned<RawEngine>>,
+}
+
+/// `[engine]`: choices PowerMTA's documentation leaves open, made per scenario.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    #[serde(default)]
+    backoff_clock: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +214,9 @@ struct RawIsp {
     /// Clean sending days already behind every source IP and domain.
     #[serde(default)]
     clean_days: Option<u32>,
+    /// Whether the sender enrolled in the provider's complaint feedback loop (default yes).
+    #[serde(default)]
+    feedback_loop: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,7 +345,14 @@ pub struct IspSpec {
     /// After `max_messages_per_connection`, close without a word (Yahoo) instead of 421.
     pub close_silently_after_max_messages: bool,
     /// Most messages one mailbox receives in a minute (Gmail: 60 [A]).
-    pub per_mailbox_per_minute: Option<u64>,
+    pub messages_per_mailbox_per_minute: Option<u64>,
+    /// A cold source IP's connection cap, which grows with the IP's reputation as its
+    /// hourly capacity does, up to `max_connections_per_ip` (Outlook.com [A/D]).
+    pub max_connections_per_ip_cold: Option<u64>,
+    /// Answered at MAIL FROM on a connection without TLS (a provider that requires it).
+    pub require_tls: Option<Reply>,
+    /// How complaints reach the sender.
+    pub feedback: Feedback,
     /// The provider's authentication rules (2024+ bulk-sender requirements).
     pub auth: Option<AuthRules>,
     /// How the provider scores senders day by day, and when it blocks them.
@@ -516,32 +537,94 @@ pub struct Greylist {
     pub whitelist_spacing_s: u64,
 }
 
-/// Hourly capacity per key, and a penalty window once it is exceeded.
+/// How a provider tells a sender about complaints (reference §4.7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Feedback {
+    /// Per-complaint reports (ARF), and what the sender must have enrolled for them.
+    pub reports: Reports,
+    /// The provider shows the sender a daily spam rate (Gmail's Postmaster Tools).
+    pub aggregate_spam_rate: bool,
+    /// A report trails its delivery by a delay drawn between these (log-uniform: most come
+    /// within hours, some after days).
+    pub delay_min_s: u64,
+    pub delay_max_s: u64,
+    /// The sender enrolled in the feedback loop (the scenario's `feedback_loop`).
+    pub enrolled: bool,
+}
+
+impl Default for Feedback {
+    /// No reports, no aggregate: a receiver the sender hears nothing from.
+    fn default() -> Feedback {
+        Feedback {
+            reports: Reports::None,
+            aggregate_spam_rate: false,
+            delay_min_s: 300,
+            delay_max_s: 2 * 86_400,
+            enrolled: true,
+        }
+    }
+}
+
+impl Feedback {
+    /// `reports`, `aggregate` or `none`: what a sender sees of its complaints.
+    pub fn kind(&self) -> &'static str {
+        match (&self.reports, self.aggregate_spam_rate) {
+            (Reports::PerComplaint(_), _) => "reports",
+            (Reports::None, true) => "aggregate",
+            (Reports::None, false) => "none",
+        }
+    }
+}
+
+/// Per-complaint feedback reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reports {
+    None,
+    /// One report per complaint, for senders enrolled as this says.
+    PerComplaint(Enrolment),
+}
+
+/// What a feedback loop reports on once the sender enrolled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enrolment {
+    /// Every enrolled sender's mail.
+    Sender,
+    /// Only mail with a verified DKIM signature of an enrolled domain (Yahoo's CFL).
+    DkimDomain,
+    /// Mail from the enrolled source IPs (Microsoft's JMRP).
+    SourceIp,
+}
+
+/// Hourly capacity per key, and a penalty window once it is exceeded. Capacities count
+/// messages: each message the provider accepts at the end of DATA counts one, as senders
+/// and the reference's warm-up figures (§2.10, §4.5) count them. The throttle answers at its
+/// `phase`; before the end of DATA it cannot know which messages will be accepted, so it also
+/// counts those it has let start (see `isp::Provider`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Throttle {
-    pub per_ip_per_hour: u64,
-    pub per_netblock_per_hour: Option<u64>,
+    pub messages_per_ip_per_hour: u64,
+    pub messages_per_netblock_per_hour: Option<u64>,
     /// Where the throttle answers (Gmail: end of data; Yahoo: MAIL FROM).
     pub phase: SmtpPhase,
     pub reply_ip: Reply,
     pub reply_netblock: Reply,
     /// Hourly capacity of a DKIM signing domain (the envelope sender's domain for unsigned
     /// mail), grown by that domain's reputation like an IP's; only at the end of data.
-    pub per_domain_per_hour: Option<u64>,
+    pub messages_per_domain_per_hour: Option<u64>,
     pub reply_domain: Reply,
     /// The penalty is drawn between these, from the provider's seeded generator.
     pub penalty_min_s: u64,
     pub penalty_max_s: u64,
     /// An attempt during the penalty extends it to at least now + this.
     pub early_retry_extension_s: u64,
-    /// The spike rule: an hour with this many times the trailing hourly average (over the
-    /// previous hours with traffic, at least three) is throttled whatever the capacity.
-    /// In percent of the average (200 = twice).
+    /// The spike rule (reference §4.5): an hour whose volume from an IP is this many times
+    /// the mean of the same hour over the trailing 7 days is throttled whatever the
+    /// capacity. In percent of the mean (200 = twice).
     pub spike_percent: Option<u64>,
     /// Reputation-driven growth: each clean sending day multiplies the IP's hourly capacity
-    /// by this many percent (140 = ×1.4), up to `capacity_max_per_hour`.
+    /// by this many percent (140 = ×1.4), up to `messages_max_per_hour`.
     pub growth_percent_per_clean_day: Option<u64>,
-    pub capacity_max_per_hour: u64,
+    pub messages_max_per_hour: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -554,7 +637,7 @@ pub struct IspReplies {
     pub full_mailbox: Reply,
     /// For disabled accounts (local part `disabled…`).
     pub disabled: Reply,
-    /// When one mailbox receives faster than `per_mailbox_per_minute`.
+    /// When one mailbox receives faster than `messages_per_mailbox_per_minute`.
     pub mailbox_rate: Reply,
 }
 
@@ -610,7 +693,10 @@ impl IspSpec {
             throttle: None,
             replies: IspReplies::default(),
             close_silently_after_max_messages: false,
-            per_mailbox_per_minute: None,
+            messages_per_mailbox_per_minute: None,
+            max_connections_per_ip_cold: None,
+            require_tls: None,
+            feedback: Feedback::default(),
             auth: None,
             reputation: None,
             history: History::default(),
@@ -671,6 +757,8 @@ pub struct Scenario {
     /// What loads but looks wrong (a stream that starts after the run ends, a domain no
     /// provider answers): printed before the run.
     pub warnings: Vec<ScenarioError>,
+    /// `[engine] backoff_clock`: what `backoff-to-normal-after` counts from.
+    pub backoff_clock: BackoffClock,
 }
 
 struct Reporter<'a> {
@@ -1072,12 +1160,18 @@ impl Scenario {
                 fixed_reply: fixed_reply.or(base.fixed_reply),
                 throttle: base.throttle.map(|mut t| {
                     if let Some(capacity) = isp.capacity_per_ip_per_hour {
-                        t.per_ip_per_hour = capacity;
-                        t.per_netblock_per_hour = t.per_netblock_per_hour.map(|n| n.max(capacity));
-                        t.per_domain_per_hour = t.per_domain_per_hour.map(|n| n.max(capacity));
+                        t.messages_per_ip_per_hour = capacity;
+                        t.messages_per_netblock_per_hour =
+                            t.messages_per_netblock_per_hour.map(|n| n.max(capacity));
+                        t.messages_per_domain_per_hour =
+                            t.messages_per_domain_per_hour.map(|n| n.max(capacity));
                     }
                     t
                 }),
+                feedback: Feedback {
+                    enrolled: isp.feedback_loop.unwrap_or(true),
+                    ..base.feedback
+                },
                 auth: base.auth.map(|mut a| {
                     if let Some(t) = isp.bulk_threshold_per_day {
                         a.bulk_threshold_per_day = t;
@@ -1238,7 +1332,22 @@ impl Scenario {
             .collect();
         known_domains.sort();
         known_domains.dedup();
+        let backoff_clock = match raw
+            .engine
+            .as_ref()
+            .and_then(|e| e.get_ref().backoff_clock.as_deref().map(|clock| (e, clock)))
+        {
+            None | Some((_, "entry")) => BackoffClock::Entry,
+            Some((_, "last_match")) => BackoffClock::LastMatch,
+            Some((e, other)) => {
+                return Err(r.span(
+                    e,
+                    format!("backoff_clock is \"entry\" or \"last_match\", not `{other}`"),
+                ));
+            }
+        };
         Ok(Scenario {
+            backoff_clock,
             name: raw.name.into_inner(),
             seed: raw.seed,
             duration_s,

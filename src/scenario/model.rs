@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AuthRule, AuthRules, Enforcement, Greylist, IspReplies, IspSpec, Reporter, Reputation,
-    Requirement, ScenarioError, SmtpPhase, Throttle, interval, reply,
+    AuthRule, AuthRules, Enforcement, Enrolment, Feedback, Greylist, IspReplies, IspSpec, Reporter,
+    Reports, Reputation, Requirement, ScenarioError, SmtpPhase, Throttle, interval, reply,
 };
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +31,22 @@ struct RawModel {
     auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
     reputation: Option<Spanned<RawReputation>>,
+    #[serde(default)]
+    feedback: Option<Spanned<RawFeedback>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeedback {
+    reports: String,
+    #[serde(default)]
+    enrolment: Option<String>,
+    #[serde(default)]
+    aggregate_spam_rate: Option<bool>,
+    #[serde(default)]
+    delay_min: Option<String>,
+    #[serde(default)]
+    delay_max: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +109,12 @@ struct RawConnection {
     #[serde(default)]
     max_per_ip: Option<u64>,
     #[serde(default)]
+    cold_max_per_ip: Option<u64>,
+    #[serde(default)]
+    require_tls: Option<bool>,
+    #[serde(default)]
+    tls_required_reply: Option<String>,
+    #[serde(default)]
     over_cap_reply: Option<String>,
     #[serde(default)]
     max_messages: Option<u64>,
@@ -118,7 +140,7 @@ struct RawRecipients {
     #[serde(default)]
     disabled_reply: Option<String>,
     #[serde(default)]
-    per_mailbox_per_minute: Option<u64>,
+    messages_per_mailbox_per_minute: Option<u64>,
     #[serde(default)]
     mailbox_rate_reply: Option<String>,
 }
@@ -127,9 +149,9 @@ struct RawRecipients {
 #[serde(deny_unknown_fields)]
 struct RawThrottle {
     phase: String,
-    per_ip_per_hour: u64,
+    messages_per_ip_per_hour: u64,
     #[serde(default)]
-    per_netblock_per_hour: Option<u64>,
+    messages_per_netblock_per_hour: Option<u64>,
     reply_ip: String,
     #[serde(default)]
     reply_netblock: Option<String>,
@@ -141,9 +163,9 @@ struct RawThrottle {
     #[serde(default)]
     growth_per_clean_day: Option<f64>,
     #[serde(default)]
-    capacity_max_per_hour: Option<u64>,
+    messages_max_per_hour: Option<u64>,
     #[serde(default)]
-    per_domain_per_hour: Option<u64>,
+    messages_per_domain_per_hour: Option<u64>,
     #[serde(default)]
     reply_domain: Option<String>,
 }
@@ -187,13 +209,35 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
     if let Some(c) = &raw.connection {
         let at = c.span().start;
         let c = c.get_ref();
-        if [c.max_per_ip, c.max_messages, c.max_recipients].contains(&Some(0)) {
+        if [
+            c.max_per_ip,
+            c.cold_max_per_ip,
+            c.max_messages,
+            c.max_recipients,
+        ]
+        .contains(&Some(0))
+        {
             return Err(r.at(
                 at,
                 "connection caps must be at least 1 (leave them out for no limit)",
             ));
         }
         spec.max_connections_per_ip = c.max_per_ip;
+        spec.max_connections_per_ip_cold = c.cold_max_per_ip;
+        if c.cold_max_per_ip.is_some() && raw.throttle.is_none() {
+            return Err(r.at(
+                at,
+                "cold_max_per_ip grows with the hourly capacity: it needs a [throttle]",
+            ));
+        }
+        if c.require_tls == Some(true) {
+            // RFC 3207 §4: "530 Must issue a STARTTLS command first".
+            let text = c
+                .tls_required_reply
+                .as_deref()
+                .unwrap_or("530 5.7.0 Must issue a STARTTLS command first");
+            spec.require_tls = Some(reply_at(at, text)?);
+        }
         spec.max_messages_per_connection = c.max_messages;
         spec.max_recipients_per_transaction = c.max_recipients;
         spec.close_silently_after_max_messages =
@@ -224,7 +268,7 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
         if let Some(text) = &rc.mailbox_rate_reply {
             replies.mailbox_rate = reply_at(at, text)?;
         }
-        spec.per_mailbox_per_minute = rc.per_mailbox_per_minute;
+        spec.messages_per_mailbox_per_minute = rc.messages_per_mailbox_per_minute;
     }
     spec.replies = replies;
     if let Some(t) = &raw.throttle {
@@ -243,17 +287,17 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             Some(text) => reply_at(at, text)?,
             None => reply_ip.clone(),
         };
-        if t.per_domain_per_hour.is_some() && phase != SmtpPhase::DataEnd {
+        if t.messages_per_domain_per_hour.is_some() && phase != SmtpPhase::DataEnd {
             return Err(r.at(
                 at,
-                "per_domain_per_hour needs phase = \"data_end\" (the DKIM domain is known only once the message is in)",
+                "messages_per_domain_per_hour needs phase = \"data_end\" (the DKIM domain is known only once the message is in)",
             ));
         }
         let capacities = [
-            Some(t.per_ip_per_hour),
-            t.per_netblock_per_hour,
-            t.per_domain_per_hour,
-            t.capacity_max_per_hour,
+            Some(t.messages_per_ip_per_hour),
+            t.messages_per_netblock_per_hour,
+            t.messages_per_domain_per_hour,
+            t.messages_max_per_hour,
         ];
         if capacities.contains(&Some(0)) {
             return Err(r.at(
@@ -267,12 +311,12 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             return Err(r.at(at, "penalty_min must not exceed penalty_max"));
         }
         spec.throttle = Some(Throttle {
-            per_ip_per_hour: t.per_ip_per_hour,
-            per_netblock_per_hour: t.per_netblock_per_hour,
+            messages_per_ip_per_hour: t.messages_per_ip_per_hour,
+            messages_per_netblock_per_hour: t.messages_per_netblock_per_hour,
             phase,
             reply_ip,
             reply_netblock,
-            per_domain_per_hour: t.per_domain_per_hour,
+            messages_per_domain_per_hour: t.messages_per_domain_per_hour,
             reply_domain,
             penalty_min_s,
             penalty_max_s,
@@ -289,8 +333,51 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
                 }
                 other => other.map(|g| (g * 100.0).round() as u64),
             },
-            capacity_max_per_hour: t.capacity_max_per_hour.unwrap_or(500_000),
+            messages_max_per_hour: t.messages_max_per_hour.unwrap_or(500_000),
         });
+    }
+    if let Some(f) = &raw.feedback {
+        let at = f.span().start;
+        let f = f.get_ref();
+        let err = |m: String| r.at(at, m);
+        let enrolment = match f.enrolment.as_deref().unwrap_or("sender") {
+            "sender" => Enrolment::Sender,
+            "dkim_domain" => Enrolment::DkimDomain,
+            "source_ip" => Enrolment::SourceIp,
+            other => {
+                return Err(err(format!(
+                    "enrolment is sender, dkim_domain or source_ip, not `{other}`"
+                )));
+            }
+        };
+        let reports = match f.reports.as_str() {
+            "none" => Reports::None,
+            "per_complaint" => Reports::PerComplaint(enrolment),
+            other => {
+                return Err(err(format!(
+                    "reports is none or per_complaint, not `{other}`"
+                )));
+            }
+        };
+        let defaults = Feedback::default();
+        let delay_min_s = match &f.delay_min {
+            Some(text) => interval(text).map_err(err)?,
+            None => defaults.delay_min_s,
+        };
+        let delay_max_s = match &f.delay_max {
+            Some(text) => interval(text).map_err(err)?,
+            None => defaults.delay_max_s,
+        };
+        if delay_min_s == 0 || delay_min_s > delay_max_s {
+            return Err(r.at(at, "delay_min must be above 0 and not exceed delay_max"));
+        }
+        spec.feedback = Feedback {
+            reports,
+            aggregate_spam_rate: f.aggregate_spam_rate.unwrap_or(false),
+            delay_min_s,
+            delay_max_s,
+            enrolled: true,
+        };
     }
     if let Some(g) = &raw.greylist {
         let at = g.span().start;

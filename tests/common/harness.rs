@@ -51,6 +51,8 @@ pub type MessageScript = Box<dyn FnMut(&Envelope) -> Reply>;
 #[derive(Default)]
 pub struct Script {
     pub greeting: Option<Reply>,
+    /// The answer to EHLO and HELO instead of the usual 250.
+    pub ehlo: Option<Reply>,
     pub capabilities: Option<Vec<String>>,
     pub rcpt: Option<RcptScript>,
     pub message: Option<MessageScript>,
@@ -71,6 +73,9 @@ impl ServerPolicy for Script {
                 "ENHANCEDSTATUSCODES".into(),
             ]
         })
+    }
+    fn ehlo(&mut self, _host: &str) -> Option<Reply> {
+        self.ehlo.clone()
     }
     fn rcpt_to(&mut self, _envelope: &Envelope, rcpt: &str) -> Reply {
         match &mut self.rcpt {
@@ -181,7 +186,17 @@ impl Harness {
     }
 
     pub fn with_config(config: config::Config) -> Harness {
-        let engine = Engine::new(config, EngineOptions { seed: 7 }).unwrap();
+        Harness::with_options(
+            config,
+            EngineOptions {
+                seed: 7,
+                ..EngineOptions::default()
+            },
+        )
+    }
+
+    pub fn with_options(config: config::Config, options: EngineOptions) -> Harness {
+        let engine = Engine::new(config, options).unwrap();
         Harness {
             engine,
             now: T0,

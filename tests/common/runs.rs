@@ -15,6 +15,21 @@ pub fn load(name: &str) -> Scenario {
     pmta_sim::driver::load_scenario(&super::fixture(&format!("scenarios/{name}.toml"))).unwrap()
 }
 
+/// A scenario from `text`, as if it were `scenarios/<name>.toml` edited: written to a
+/// temporary file so provider models are found as for a shipped scenario.
+pub fn load_edited(name: &str, text: &str) -> Scenario {
+    let path = std::env::temp_dir().join(format!("{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let scenario = pmta_sim::driver::load_scenario(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    scenario
+}
+
+/// The text of a shipped scenario.
+pub fn text(name: &str) -> String {
+    std::fs::read_to_string(super::fixture(&format!("scenarios/{name}.toml"))).unwrap()
+}
+
 pub fn run(scenario: &Scenario) -> RunOutput {
     let checked = match &scenario.config {
         ConfigSource::Path(path) => config::load(path, &RealFs, Options::default()).unwrap(),
