@@ -678,6 +678,7 @@ impl Engine {
         }
         let count = injection.recipients.len();
         let data = injection.data;
+        let queued_at = injection.queued_at.map_or(now, |t| t.min(now));
         let message = Message {
             mail_from: injection.mail_from,
             size: data.len() as u64,
@@ -686,7 +687,7 @@ impl Engine {
             recipients: injection.recipients,
             has_x_dkim_options,
             data,
-            queued_at: injection.queued_at.map_or(now, |t| t.min(now)),
+            queued_at,
             job_id: injection.job_id,
             env_id: injection.env_id,
             src_type: if injection.source_ip.is_some() {
@@ -716,7 +717,8 @@ impl Engine {
                 queue: q.name.clone(),
                 recipients: rcpts.len() as u64,
             });
-            let expires = now.plus_secs(q.settings.bounce_after_s);
+            // `bounce-after` counts from the first queueing (a recovered message keeps it).
+            let expires = queued_at.plus_secs(q.settings.bounce_after_s);
             q.expiries.insert((expires, id), rcpts.clone());
             q.ready.push_back(Entry { msg: id, rcpts });
             self.dirty.insert(queue);
