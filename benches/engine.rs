@@ -9,94 +9,109 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 
 use common::DOMAINS;
+use pmta_sim::engine::accounting::AcctRecord;
 use pmta_sim::engine::{
-    Action, ConnectionId, Engine, EngineOptions, Injection, MxAnswer, MxHost, Time,
+    ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MxAnswer, MxHost, Time,
 };
+use pmta_sim::sim::pump::{Connect, Input, Pump, Sink, Transport};
 use pmta_sim::smtp::server::{ServerPolicy, ServerSession};
 
 const MESSAGES: usize = 20_000;
 struct Accept;
 impl ServerPolicy for Accept {}
 
-/// Runs the whole load; returns (decisions, records).
-fn run() -> (u64, usize) {
-    let mut engine = Engine::new(common::pool_config(4, 100), EngineOptions::default()).unwrap();
-    let now = Time::from_secs(1_789_992_000);
-    let data = b"From: a@example.com\r\nTo: u@example.net\r\nSubject: hi\r\nMessage-ID: <x@example.com>\r\n\r\nhello\r\n".to_vec();
-    let mut servers: BTreeMap<ConnectionId, ServerSession<Accept>> = BTreeMap::new();
-    let mut inbox: VecDeque<(ConnectionId, Vec<u8>)> = VecDeque::new();
-    let mut records = 0;
-    for i in 0..MESSAGES {
-        let domain = DOMAINS[i % DOMAINS.len()];
-        engine
-            .inject(
-                now,
-                Injection {
-                    mail_from: "a@example.com".into(),
-                    recipients: vec![format!("u{i}@{domain}")],
-                    data: data.clone().into(),
-                    virtual_mta: Some("pool".into()),
-                    source_ip: None,
-                    job_id: String::new(),
-                    env_id: String::new(),
-                    queued_at: None,
-                },
-            )
-            .unwrap();
+/// Answers at once: every MX lookup, connection and reply, at the same `now`.
+#[derive(Default)]
+struct Instant {
+    servers: BTreeMap<ConnectionId, ServerSession<Accept>>,
+    inbox: VecDeque<(ConnectionId, Option<Vec<u8>>)>,
+}
+
+impl Transport for Instant {
+    fn resolve_mx(&mut self, _now: Time, domain: &str) -> Option<MxAnswer> {
+        Some(MxAnswer::Hosts(vec![MxHost {
+            preference: 10,
+            name: format!("mx.{domain}"),
+            addresses: vec!["198.51.100.1".parse().unwrap()],
+            port: 25,
+        }]))
     }
-    loop {
-        let mut progressed = false;
-        while let Some(action) = engine.poll_action() {
-            progressed = true;
-            match action {
-                Action::ResolveMx { domain } => {
-                    let host = MxHost {
-                        preference: 10,
-                        name: format!("mx.{domain}"),
-                        addresses: vec!["198.51.100.1".parse().unwrap()],
-                        port: 25,
-                    };
-                    engine.handle_mx(now, &domain, MxAnswer::Hosts(vec![host]));
-                }
-                Action::Connect { conn, .. } => {
-                    let mut server = ServerSession::new(Accept);
-                    let greeting = server.take_output().unwrap();
-                    servers.insert(conn, server);
-                    engine.handle_connected(now, conn);
-                    inbox.push_back((conn, greeting));
-                }
-                Action::Write { conn, bytes } => {
-                    if let Some(server) = servers.get_mut(&conn) {
-                        server.handle_bytes(&bytes);
-                        if let Some(reply) = server.take_output() {
-                            inbox.push_back((conn, reply));
-                        }
-                    }
-                }
-                Action::StartTls { conn, .. } => {
-                    if let Some(server) = servers.get_mut(&conn) {
-                        server.tls_established();
-                    }
-                    engine.handle_tls_established(now, conn);
-                }
-                Action::Close { conn } => {
-                    servers.remove(&conn);
-                }
+
+    fn connect(&mut self, now: Time, connect: Connect<'_>) -> Result<(), String> {
+        let mut server = ServerSession::new(Accept, now);
+        let greeting = server.take_output();
+        self.servers.insert(connect.conn, server);
+        // Connected, then the greeting.
+        self.inbox.push_back((connect.conn, None));
+        self.inbox.push_back((connect.conn, greeting));
+        Ok(())
+    }
+
+    fn write(&mut self, now: Time, conn: ConnectionId, bytes: Vec<u8>) {
+        if let Some(server) = self.servers.get_mut(&conn) {
+            server.handle_bytes(now, &bytes);
+            if let Some(reply) = server.take_output() {
+                self.inbox.push_back((conn, Some(reply)));
             }
         }
-        while engine.poll_record().is_some() {
-            records += 1;
+    }
+
+    fn start_tls(&mut self, now: Time, conn: ConnectionId, _server_name: &str) -> bool {
+        if let Some(server) = self.servers.get_mut(&conn) {
+            server.tls_established(now);
         }
-        if let Some((conn, bytes)) = inbox.pop_front() {
-            engine.handle_bytes(now, conn, &bytes);
-            continue;
-        }
-        if !progressed {
-            break;
+        true
+    }
+
+    fn close(&mut self, now: Time, conn: ConnectionId) {
+        if let Some(mut server) = self.servers.remove(&conn) {
+            server.close(now);
         }
     }
-    assert_eq!(records, MESSAGES, "every message delivered");
-    (engine.decisions(), records)
+}
+
+/// Counts deliveries.
+#[derive(Default)]
+struct Count(usize);
+
+impl Sink for Count {
+    fn record(&mut self, _record: AcctRecord) {
+        self.0 += 1;
+    }
+    fn event(&mut self, _event: EngineEvent) {}
+}
+
+/// Runs the whole load; returns (decisions, records).
+fn run() -> (u64, usize) {
+    let engine = Engine::new(common::pool_config(4, 100), EngineOptions::default()).unwrap();
+    let mut pump = Pump::new(engine);
+    let now = Time::from_secs(1_789_992_000);
+    let data = b"From: a@example.com\r\nTo: u@example.net\r\nSubject: hi\r\nMessage-ID: <x@example.com>\r\n\r\nhello\r\n".to_vec();
+    let mut net = Instant::default();
+    let mut records = Count::default();
+    for i in 0..MESSAGES {
+        let domain = DOMAINS[i % DOMAINS.len()];
+        let injection = Injection {
+            mail_from: "a@example.com".into(),
+            recipients: vec![format!("u{i}@{domain}")],
+            data: data.clone().into(),
+            virtual_mta: Some("pool".into()),
+            source_ip: None,
+            job_id: String::new(),
+            env_id: String::new(),
+            queued_at: None,
+        };
+        pump.inject(now, injection, &mut net, &mut records).unwrap();
+    }
+    while let Some((conn, bytes)) = net.inbox.pop_front() {
+        let input = match &bytes {
+            None => Input::Connected(conn),
+            Some(bytes) => Input::Bytes(conn, bytes),
+        };
+        pump.handle(now, input, &mut net, &mut records);
+    }
+    assert_eq!(records.0, MESSAGES, "every message delivered");
+    (pump.engine().decisions(), records.0)
 }
 
 fn main() {

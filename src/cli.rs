@@ -314,7 +314,7 @@ fn run_one(
     let ran = driver::network::run_with_progress(
         &scenario,
         checked.config,
-        driver::network::RunOptions::default(),
+        crate::sim::RunOptions::default(),
         &mut |p| bar.update(p),
     );
     bar.finish();

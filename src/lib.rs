@@ -13,5 +13,6 @@ pub mod rate;
 pub mod report;
 pub mod rundir;
 pub mod scenario;
+pub mod sim;
 pub mod smtp;
 pub mod time;

@@ -5,8 +5,8 @@ mod common;
 
 use common::harness::{Harness, T0};
 use mail_auth::DkimResult;
-use pmta_sim::driver::mailauth::{Verifier, Zone};
 use pmta_sim::engine::accounting::RecordType;
+use pmta_sim::sim::mailauth::{Verifier, Zone};
 
 fn verify(message: &[u8], name: &str, record: &str) -> Vec<DkimResult> {
     let mut zone = Zone::default();
@@ -87,7 +87,7 @@ fn rsa_signature_verifies_and_uses_the_engine_clock() {
 fn a_missing_key_signs_with_a_stand_in_that_verifies_against_its_record() {
     let text = config("domain-key s1,news.example.com,/nonexistent/s1.pem");
     let (message, h) = signed_message(&text);
-    let signer = h.engine.signer().for_domain("news.example.com").unwrap();
+    let signer = h.engine().signer().for_domain("news.example.com").unwrap();
     assert!(signer.stand_in);
     let record = signer.stand_in_record.clone().unwrap();
     assert!(record.starts_with("v=DKIM1; k=ed25519; p="));

@@ -259,7 +259,7 @@ fn bounce_queue_bounces_everything_queued() {
     let b = h.records_of(RecordType::Bounced);
     assert_eq!(b.len(), 4);
     assert!(b.iter().all(|r| secs(r.time_logged) == 0.06));
-    assert_eq!(h.engine.recipients_pending(), 0);
+    assert_eq!(h.engine().recipients_pending(), 0);
 }
 
 #[test]

@@ -744,7 +744,7 @@ fn disable_acct_records_suppresses_record_types() {
     inject_n(&mut h, 1);
     h.run_for(60);
     assert!(h.records_of(RecordType::Transient).is_empty());
-    assert_eq!(h.engine.recipients_pending(), 1);
+    assert_eq!(h.engine().recipients_pending(), 1);
 }
 
 #[test]
@@ -798,7 +798,7 @@ fn bounce_upon_5xx_greeting() {
     let tq = h.records_of(RecordType::TransientQueue);
     assert_eq!(tq.len(), 1);
     assert_eq!(tq[0].dsn_diag, "smtp;554 5.7.1 no service for you");
-    assert_eq!(h.engine.recipients_pending(), 1);
+    assert_eq!(h.engine().recipients_pending(), 1);
 }
 
 #[test]

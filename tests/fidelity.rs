@@ -650,7 +650,7 @@ fn a_patient_config_beats_hammering_at_every_provider() {
 fn without_a_backoff_pattern_a_421_storm_goes_on_and_421_as_mx_unavailable_stops_it() {
     let storm = load("gmail-421-storm");
     let out = run(&storm);
-    let count = |out: &pmta_sim::driver::RunOutput, t: RecordType| {
+    let count = |out: &pmta_sim::sim::output::RunOutput, t: RecordType| {
         out.records.iter().filter(|r| r.record_type == t).count()
     };
     assert_eq!(count(&out, RecordType::Delivered), 20);

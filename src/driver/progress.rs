@@ -6,7 +6,7 @@
 
 use std::io::IsTerminal;
 
-use super::network::Progress;
+use crate::sim::Progress;
 
 /// The progress bar of a long run: simulated time, messages accepted, speed. Shown only on a
 /// terminal, and only once a run has taken a couple of seconds.

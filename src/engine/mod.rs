@@ -218,9 +218,31 @@ pub enum MxAnswer {
     TempFail(String),
 }
 
-/// Things that happened to queues, for reports and checkers.
+/// Things that happened to queues and connections, for reports and checkers: the facts
+/// drivers and the report read, so none of them sniffs bytes or parses reason strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
+    /// The engine asked for a connection for `queue` from `source_ip` ([`Action::Connect`]).
+    ConnectionOpened {
+        at: Time,
+        conn: ConnectionId,
+        queue: String,
+        source_ip: IpAddr,
+    },
+    /// A transaction began on `conn`: its MAIL FROM and `recipients` RCPT commands are sent
+    /// from now (the time the queue's rate limits count them).
+    TransactionStarted {
+        at: Time,
+        conn: ConnectionId,
+        recipients: u64,
+    },
+    /// The engine is done with `conn` (closed, failed or lost), after `messages`
+    /// transactions.
+    ConnectionClosed {
+        at: Time,
+        conn: ConnectionId,
+        messages: u64,
+    },
     ModeChanged {
         at: Time,
         queue: String,
@@ -960,7 +982,7 @@ impl Engine {
             // After QUIT, or after a 421 that announced it, the close is the expected end.
             let expected = c.state == ConnState::Quitting || c.session.closing_announced();
             if expected && c.in_flight.is_none() {
-                self.drop_connection(conn);
+                self.drop_connection(now, conn);
             } else {
                 let phase = failure_phase(c);
                 self.connection_failed(
@@ -1494,6 +1516,12 @@ impl Engine {
             },
         );
         self.set_deadline(conn, Some(now.plus_secs(connect_timeout)));
+        self.events.push_back(EngineEvent::ConnectionOpened {
+            at: now,
+            conn,
+            queue: queue_name.clone(),
+            source_ip,
+        });
         self.actions.push_back(Action::Connect {
             conn,
             queue: queue_name,
@@ -1610,8 +1638,14 @@ impl Engine {
         let c = self.connections.get_mut(&conn).expect("checked above");
         c.ready = false;
         c.transactions += 1;
+        let recipients = entry.rcpts.len() as u64;
         c.in_flight = Some(entry);
         c.session.start_transaction(transaction);
+        self.events.push_back(EngineEvent::TransactionStarted {
+            at: now,
+            conn,
+            recipients,
+        });
         self.pump(now, conn);
         true
     }
@@ -1782,7 +1816,7 @@ impl Engine {
                 self.connection_failed(now, conn, reply, &text, reply_phase(phase));
             }
             SessionEvent::Finished => {
-                self.drop_connection(conn);
+                self.drop_connection(now, conn);
                 self.actions.push_back(Action::Close { conn });
             }
         }
@@ -2081,7 +2115,7 @@ impl Engine {
         let q = c.queue;
         if c.ready && c.in_flight.is_none() {
             // A parked connection the remote closed (its own idle timeout): nothing failed.
-            self.drop_connection(conn);
+            self.drop_connection(now, conn);
             self.actions.push_back(Action::Close { conn });
             return;
         }
@@ -2098,7 +2132,7 @@ impl Engine {
             if let Some(c) = self.connections.get_mut(&conn) {
                 c.in_flight = None;
             }
-            self.drop_connection(conn);
+            self.drop_connection(now, conn);
             self.actions.push_back(Action::Close { conn });
             return;
         }
@@ -2169,7 +2203,7 @@ impl Engine {
                 self.defer_recipients(now, q, &entry, &negative, Some(conn), phase);
             }
         }
-        self.drop_connection(conn);
+        self.drop_connection(now, conn);
         self.actions.push_back(Action::Close { conn });
         if was_quitting {
             return;
@@ -2217,7 +2251,7 @@ impl Engine {
         }
         if c.state == ConnState::Quitting || (c.session.is_resetting() && c.in_flight.is_none()) {
             // Gone quiet after QUIT, or after the 421 that announced the close: over.
-            self.drop_connection(conn);
+            self.drop_connection(now, conn);
             self.actions.push_back(Action::Close { conn });
             return;
         }
@@ -2254,17 +2288,22 @@ impl Engine {
                 RecordType::Delivered,
                 Some(ReplyPhase::DataEnd),
             );
-            self.drop_connection(conn);
+            self.drop_connection(now, conn);
             self.actions.push_back(Action::Close { conn });
             return;
         }
         self.connection_failed(now, conn, None, what, phase);
     }
 
-    fn drop_connection(&mut self, conn: ConnectionId) {
+    fn drop_connection(&mut self, now: Time, conn: ConnectionId) {
         let Some(c) = self.connections.remove(&conn) else {
             return;
         };
+        self.events.push_back(EngineEvent::ConnectionClosed {
+            at: now,
+            conn,
+            messages: c.transactions,
+        });
         self.total_connections = self.total_connections.saturating_sub(1);
         let queue = &mut self.queues[c.queue.0 as usize];
         queue.connections.remove(&conn);

@@ -22,6 +22,7 @@ use crate::config::source::Span;
 use crate::config::value::{self, Cidr};
 use crate::smtp::Reply;
 use crate::smtp::server::{Envelope, ServerLimits, ServerPolicy};
+use crate::time::Time;
 
 /// The port PowerMTA listens on when the config has no `smtp-listener` (`smtp-port`).
 pub const SMTP_PORT_DEFAULT: u16 = 25;
@@ -412,7 +413,7 @@ impl InboundPolicy {
 }
 
 impl ServerPolicy for InboundPolicy {
-    fn greeting(&mut self) -> Reply {
+    fn greeting(&mut self, _now: Time) -> Reply {
         if self.source.smtp_service {
             Reply::new(
                 220,
@@ -445,7 +446,7 @@ impl ServerPolicy for InboundPolicy {
         caps
     }
 
-    fn starttls(&mut self, envelope: &Envelope) -> Reply {
+    fn starttls(&mut self, _now: Time, envelope: &Envelope) -> Reply {
         if self.starttls_offered(envelope.tls) {
             Reply::new(220, Some([2, 0, 0]), "ready to start TLS")
         } else {
@@ -453,7 +454,7 @@ impl ServerPolicy for InboundPolicy {
         }
     }
 
-    fn auth(&mut self, envelope: &Envelope, _mechanism: u64) -> Option<Reply> {
+    fn auth(&mut self, _now: Time, envelope: &Envelope, _mechanism: u64) -> Option<Reply> {
         if self.settings.users.is_empty() {
             return Some(Reply::new(502, Some([5, 5, 1]), "AUTH not available"));
         }
@@ -468,7 +469,13 @@ impl ServerPolicy for InboundPolicy {
         None
     }
 
-    fn authenticate(&mut self, _envelope: &Envelope, user: &str, password: &str) -> Reply {
+    fn authenticate(
+        &mut self,
+        _now: Time,
+        _envelope: &Envelope,
+        user: &str,
+        password: &str,
+    ) -> Reply {
         match self.settings.check_password(user, password) {
             Some(entry) => {
                 if let Some(index) = entry.source {
@@ -480,7 +487,7 @@ impl ServerPolicy for InboundPolicy {
         }
     }
 
-    fn mail_from(&mut self, envelope: &Envelope) -> Reply {
+    fn mail_from(&mut self, _now: Time, envelope: &Envelope) -> Reply {
         if self.source.require_auth && envelope.authenticated.is_none() {
             return Reply::new(530, Some([5, 7, 0]), "authentication required");
         }
@@ -493,7 +500,7 @@ impl ServerPolicy for InboundPolicy {
         Reply::new(250, Some([2, 1, 0]), "sender ok")
     }
 
-    fn rcpt_to(&mut self, envelope: &Envelope, rcpt: &str) -> Reply {
+    fn rcpt_to(&mut self, _now: Time, envelope: &Envelope, rcpt: &str) -> Reply {
         if rcpt.is_empty() || value::parse_address(rcpt).is_err() {
             return Reply::new(501, Some([5, 1, 3]), "bad recipient address syntax");
         }
@@ -507,7 +514,7 @@ impl ServerPolicy for InboundPolicy {
         }
     }
 
-    fn data(&mut self, _envelope: &Envelope) -> Reply {
+    fn data(&mut self, _now: Time, _envelope: &Envelope) -> Reply {
         Reply::new(354, None, "start mail input; end with <CRLF>.<CRLF>")
     }
 
@@ -519,6 +526,9 @@ impl ServerPolicy for InboundPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Time;
+
+    const T0: Time = Time::from_secs(0);
     use crate::config::{self, MemFs, Options};
     use crate::smtp::server::ServerSession;
 
@@ -596,9 +606,12 @@ mod tests {
         );
         let limits = ServerLimits::default();
         let mut session =
-            ServerSession::new(InboundPolicy::new(s, ip("192.0.2.7"), false, &limits));
+            ServerSession::new(InboundPolicy::new(s, ip("192.0.2.7"), false, &limits), T0);
         session.take_output();
-        session.handle_bytes(b"EHLO c\r\nMAIL FROM:<a@c.example>\r\nAUTH PLAIN AGJvYgBwdw==\r\n");
+        session.handle_bytes(
+            T0,
+            b"EHLO c\r\nMAIL FROM:<a@c.example>\r\nAUTH PLAIN AGJvYgBwdw==\r\n",
+        );
         let out = String::from_utf8(session.take_output().unwrap()).unwrap();
         assert!(
             out.contains("250 AUTH PLAIN LOGIN") && !out.contains("STARTTLS"),
@@ -610,7 +623,10 @@ mod tests {
             "{out}"
         );
         assert_eq!(session.policy().source().selector, "{submit}");
-        session.handle_bytes(b"MAIL FROM:<>\r\nRCPT TO:<x@anywhere.example>\r\nRCPT TO:<>\r\n");
+        session.handle_bytes(
+            T0,
+            b"MAIL FROM:<>\r\nRCPT TO:<x@anywhere.example>\r\nRCPT TO:<>\r\n",
+        );
         let out = String::from_utf8(session.take_output().unwrap()).unwrap();
         assert_eq!(
             out,
@@ -618,7 +634,7 @@ mod tests {
         );
         // A full spool refuses new transactions.
         session.policy_mut().set_accepting(false);
-        session.handle_bytes(b"RSET\r\nMAIL FROM:<a@c.example>\r\n");
+        session.handle_bytes(T0, b"RSET\r\nMAIL FROM:<a@c.example>\r\n");
         let out = String::from_utf8(session.take_output().unwrap()).unwrap();
         assert!(
             out.ends_with("452 4.3.1 insufficient system storage\r\n"),

@@ -141,11 +141,9 @@ pub const STANDING_SAMPLES_MAX: usize = 1_000_000;
 /// A provider's shared state: every connection to any of its MX hosts sees it.
 pub struct Provider {
     /// The provider's model, less `throttle` and `auth`, which live below.
-    pub spec: IspSpec,
+    spec: IspSpec,
     throttle: Option<Rc<crate::scenario::Throttle>>,
     auth: Option<Rc<crate::scenario::AuthRules>>,
-    /// Set by the driver before every call.
-    pub now: Time,
     open: BTreeMap<IpAddr, u64>,
     rates: BTreeMap<IpAddr, Window>,
     /// Greylist triplets: first seen, and whether a retry has passed.
@@ -163,15 +161,15 @@ pub struct Provider {
     /// throttle that answers before the end of DATA counts these against the capacity.
     pending: BTreeMap<IpAddr, u64>,
     /// Every identity's reputation with this provider.
-    pub ledger: Ledger,
+    ledger: Ledger,
     /// How the audience of each sender (envelope sender) reacts: the share of delivered
-    /// messages reported as spam. Set by the driver from the scenario's streams.
-    pub complaint_rates: BTreeMap<String, f64>,
+    /// messages reported as spam, from the scenario's streams.
+    complaint_rates: BTreeMap<String, f64>,
     /// The share of each sender's recipients who engage (open, read), 0..1.
-    pub engagement_rates: BTreeMap<String, f64>,
-    /// Checks DKIM, SPF, DMARC and PTR against the simulated DNS (the driver supplies it,
-    /// built on mail-auth); `None` finds nothing authenticated.
-    pub authenticator: Option<Authenticator>,
+    engagement_rates: BTreeMap<String, f64>,
+    /// Checks DKIM, SPF, DMARC and PTR against the simulated DNS (mail-auth, in the `sim`
+    /// room); `None` finds nothing authenticated.
+    authenticator: Option<Authenticator>,
     /// Messages per sending domain today, for the bulk-sender threshold.
     domain_days: BTreeMap<(String, u64), u64>,
     /// Sending domains that have crossed the bulk threshold: bulk for good (Gmail [A]).
@@ -183,12 +181,73 @@ pub struct Provider {
     rng: ChaCha8Rng,
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
-    pub log: ReceiverLog,
+    log: ReceiverLog,
+}
+
+/// How a [`Provider`] is set up: its model and seed, then what the scenario says about the
+/// sender (its audiences, what the receiver's DNS checks find) and the faults that force
+/// replies.
+pub struct ProviderBuilder {
+    provider: Provider,
+}
+
+impl ProviderBuilder {
+    /// How the recipients of `sender` (an envelope sender) react: the share of delivered
+    /// messages they report as spam, and the share that engage (open, read).
+    pub fn audience(mut self, sender: &str, complaint_rate: f64, engagement: f64) -> Self {
+        let sender = sender.to_ascii_lowercase();
+        let p = &mut self.provider;
+        p.complaint_rates.insert(sender.clone(), complaint_rate);
+        p.engagement_rates.insert(sender, engagement);
+        self
+    }
+
+    /// What the provider's DKIM, SPF, DMARC and reverse-DNS checks find for a message.
+    pub fn authenticator(mut self, authenticator: Authenticator) -> Self {
+        self.provider.authenticator = Some(authenticator);
+        self
+    }
+
+    /// From `from` until `until`, answer `reply` at `phase` (a scenario's reply override).
+    pub fn reply_override(
+        mut self,
+        phase: SmtpPhase,
+        reply: Reply,
+        from: Time,
+        until: Time,
+    ) -> Self {
+        self.provider.overrides.push((phase, reply, from, until));
+        self
+    }
+
+    pub fn build(self) -> Provider {
+        self.provider
+    }
 }
 
 impl Provider {
-    /// A provider whose random draws (penalty lengths) come from `seed`.
-    pub fn new(mut spec: IspSpec, seed: u64) -> Provider {
+    /// A provider of model `spec` whose random draws (penalty lengths, complaints, report
+    /// delays) come from `seed`.
+    pub fn builder(spec: IspSpec, seed: u64) -> ProviderBuilder {
+        ProviderBuilder {
+            provider: Provider::new(spec, seed),
+        }
+    }
+
+    pub fn spec(&self) -> &IspSpec {
+        &self.spec
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// What the provider saw: connections, throttles, complaints, daily mail, standings.
+    pub fn log(&self) -> &ReceiverLog {
+        &self.log
+    }
+
+    fn new(mut spec: IspSpec, seed: u64) -> Provider {
         // Shared, not cloned, by every check of every message.
         let throttle = spec.throttle.take().map(Rc::new);
         let auth = spec.auth.take().map(Rc::new);
@@ -217,7 +276,6 @@ impl Provider {
             spec,
             throttle,
             auth,
-            now: Time::default(),
             open: BTreeMap::new(),
             rates: BTreeMap::new(),
             greylist: BTreeMap::new(),
@@ -241,11 +299,6 @@ impl Provider {
         }
     }
 
-    /// From `from` until `until`, answer `reply` at `phase`.
-    pub fn override_reply(&mut self, phase: SmtpPhase, reply: Reply, from: Time, until: Time) {
-        self.overrides.push((phase, reply, from, until));
-    }
-
     /// The provider's answer at `phase` before its limits: a block for an IP whose
     /// reputation fell under the floor, then the throttle. `domain` is the DKIM signing
     /// domain (or the envelope sender's) once the message is in; `started` says the message
@@ -253,6 +306,7 @@ impl Provider {
     /// then stops it.
     fn gate(
         &mut self,
+        now: Time,
         peer: IpAddr,
         phase: SmtpPhase,
         domain: Option<&str>,
@@ -260,11 +314,11 @@ impl Provider {
     ) -> Option<Reply> {
         if let Some(model) = &self.spec.reputation
             && model.block_phase == phase
-            && self.ledger.blocked(&format!("ip:{peer}"), self.now)
+            && self.ledger.blocked(&format!("ip:{peer}"), now)
         {
             return Some(fill(&model.block_reply, peer, None));
         }
-        self.throttle(peer, phase, domain, started)
+        self.throttle(now, peer, phase, domain, started)
     }
 
     /// Whether the throttle answers at `phase`.
@@ -277,6 +331,7 @@ impl Provider {
     /// up by the messages counted in the last hour plus those let start and not yet in.
     fn throttle(
         &mut self,
+        now: Time,
         peer: IpAddr,
         phase: SmtpPhase,
         domain: Option<&str>,
@@ -286,11 +341,10 @@ impl Provider {
         if throttle.phase != phase {
             return None;
         }
-        let now = self.now;
-        let keys = self.throttle_keys(&throttle, peer, domain);
+        let keys = self.throttle_keys(now, &throttle, peer, domain);
         for (key, capacity, _) in &keys {
             if let Some(capacity) = capacity {
-                self.sample(key, *capacity);
+                self.sample(now, key, *capacity);
             }
         }
         let fill = |reply: &Reply| fill(reply, peer, domain);
@@ -309,11 +363,11 @@ impl Provider {
             return None;
         }
         if let Some(percent) = throttle.spike_percent
-            && self.is_spike(peer, percent, throttle.messages_per_ip_per_hour)
+            && self.is_spike(now, peer, percent, throttle.messages_per_ip_per_hour)
         {
             let (key, _, reply) = &keys[0];
             let reply = fill(reply);
-            return Some(self.start_penalty(&throttle, peer, phase, key, reply));
+            return Some(self.start_penalty(now, &throttle, peer, phase, key, reply));
         }
         let pending = self.pending.get(&peer).copied().unwrap_or(0);
         for (key, capacity, reply) in &keys {
@@ -337,7 +391,7 @@ impl Provider {
             };
             if left <= waiting {
                 let reply = fill(reply);
-                return Some(self.start_penalty(&throttle, peer, phase, key, reply));
+                return Some(self.start_penalty(now, &throttle, peer, phase, key, reply));
             }
         }
         None
@@ -347,11 +401,11 @@ impl Provider {
     /// capacity (from the reputation ledger) and the reply for it.
     fn throttle_keys<'t>(
         &mut self,
+        now: Time,
         throttle: &'t crate::scenario::Throttle,
         peer: IpAddr,
         domain: Option<&str>,
     ) -> Vec<(String, Option<u64>, &'t Reply)> {
-        let now = self.now;
         let ip_key = format!("ip:{peer}");
         let capacity = self.ledger.capacity(&ip_key, now);
         let net_key = format!("net:{}", slash_24(peer));
@@ -375,11 +429,11 @@ impl Provider {
     /// IP has a history (mail on at least 3 of those days), and only to a volume above what
     /// a cold IP may send anyway (`cold_per_hour`), so a first message at a new hour is not a
     /// spike.
-    fn is_spike(&self, peer: IpAddr, percent: u64, cold_per_hour: u64) -> bool {
+    fn is_spike(&self, now: Time, peer: IpAddr, percent: u64, cold_per_hour: u64) -> bool {
         let Some(hours) = self.hourly.get(&peer) else {
             return false;
         };
-        let hour = self.now.unix_secs() / 3600;
+        let hour = now.unix_secs() / 3600;
         let current = hours.get(&hour).copied().unwrap_or(0) + 1;
         let today = hour / 24;
         let active_days = (1..=7u64)
@@ -400,11 +454,10 @@ impl Provider {
 
     /// A message from `peer` (signed by `domain`) was accepted: it counts against the
     /// throttle's hourly capacities and toward the spike rule's hourly volumes.
-    fn count_message(&mut self, peer: IpAddr, domain: &str) {
+    fn count_message(&mut self, now: Time, peer: IpAddr, domain: &str) {
         let Some(throttle) = self.throttle.as_ref().map(Rc::clone) else {
             return;
         };
-        let now = self.now;
         let mut keys = vec![format!("ip:{peer}")];
         if throttle.messages_per_netblock_per_hour.is_some() {
             keys.push(format!("net:{}", slash_24(peer)));
@@ -432,7 +485,7 @@ impl Provider {
 
     /// A source IP's connection cap: a cold IP's, grown as its hourly capacity has grown
     /// from a cold IP's (reputation and clean days), up to the model's hard cap.
-    fn connection_cap(&mut self, peer: IpAddr) -> Option<u64> {
+    fn connection_cap(&mut self, now: Time, peer: IpAddr) -> Option<u64> {
         let hard = self.spec.max_connections_per_ip;
         let (Some(cold), Some(throttle)) = (
             self.spec.max_connections_per_ip_cold,
@@ -440,7 +493,7 @@ impl Provider {
         ) else {
             return hard;
         };
-        let capacity = self.ledger.capacity(&format!("ip:{peer}"), self.now);
+        let capacity = self.ledger.capacity(&format!("ip:{peer}"), now);
         let factor = capacity as f64 / throttle.messages_per_ip_per_hour.max(1) as f64;
         let grown = ((cold as f64) * factor).ceil().max(1.0) as u64;
         Some(hard.map_or(grown, |h| grown.min(h)))
@@ -450,7 +503,7 @@ impl Provider {
     /// provider must send per-complaint reports, the sender must be enrolled (and the mail
     /// DKIM-signed where enrolment is by DKIM domain); the delay is drawn log-uniformly
     /// between the model's bounds (reference §4.7: minutes to days, most within a day).
-    fn report_time(&mut self, dkim_signed: bool) -> Option<Time> {
+    fn report_time(&mut self, now: Time, dkim_signed: bool) -> Option<Time> {
         let feedback = &self.spec.feedback;
         let Reports::PerComplaint(enrolment) = feedback.reports else {
             return None;
@@ -469,21 +522,21 @@ impl Provider {
         );
         let draw: f64 = self.rng.random_range(0.0..=1.0);
         let delay_ms = ((low + draw * (high - low)).exp() * 1000.0).round() as u64;
-        Some(self.now.plus_ms(delay_ms))
+        Some(now.plus_ms(delay_ms))
     }
 
     /// Logs `identity`'s standing once per hour it is seen.
-    fn sample(&mut self, identity: &str, capacity_per_hour: u64) {
-        let hour = self.now.unix_secs() / 3600;
+    fn sample(&mut self, now: Time, identity: &str, capacity_per_hour: u64) {
+        let hour = now.unix_secs() / 3600;
         if self.sampled.get(identity) == Some(&hour)
             || self.log.standings.len() >= STANDING_SAMPLES_MAX
         {
             return;
         }
         self.sampled.insert(identity.to_string(), hour);
-        let score = self.ledger.standing(identity, self.now).score;
+        let score = self.ledger.standing(identity, now).score;
         self.log.standings.push(StandingSample {
-            at: self.now,
+            at: now,
             identity: identity.to_string(),
             score,
             capacity_per_hour,
@@ -494,6 +547,7 @@ impl Provider {
     /// the reply.
     fn start_penalty(
         &mut self,
+        now: Time,
         throttle: &crate::scenario::Throttle,
         peer: IpAddr,
         phase: SmtpPhase,
@@ -508,7 +562,6 @@ impl Provider {
         } else {
             self.rng.random_range(0..=span)
         };
-        let now = self.now;
         let until = now.plus_secs(throttle.penalty_min_s + draw);
         self.penalties.insert(key.to_string(), until);
         self.ledger.record(key, now, Signal::Throttled);
@@ -542,13 +595,14 @@ impl Provider {
     /// rule answers, temporarily or permanently as the model enforces.
     fn authenticate(
         &mut self,
+        now: Time,
         envelope: &Envelope,
         data: &[u8],
         found: &AuthResults,
     ) -> Option<Reply> {
         let rules = Rc::clone(self.auth.as_ref()?);
         let domain = domain_of(&envelope.mail_from);
-        let day = self.now.unix_secs() / 86_400;
+        let day = now.unix_secs() / 86_400;
         if self
             .domain_days
             .keys()
@@ -580,7 +634,6 @@ impl Provider {
             if met {
                 continue;
             }
-            let now = self.now;
             let first = *self
                 .auth_failures
                 .entry((domain.clone(), index))
@@ -630,8 +683,7 @@ impl Provider {
         Reply::new(reply.code, reply.enhanced, lines.join("\n"))
     }
 
-    fn forced(&self, phase: SmtpPhase) -> Option<Reply> {
-        let now = self.now;
+    fn forced(&self, now: Time, phase: SmtpPhase) -> Option<Reply> {
         self.overrides
             .iter()
             .find(|(p, _, from, until)| *p == phase && *from <= now && now < *until)
@@ -659,11 +711,10 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A new connection from `peer`.
-    pub fn connect(provider: Rc<RefCell<Provider>>, peer: IpAddr) -> Receiver {
+    /// A new connection from `peer`, accepted at `now`.
+    pub fn connect(provider: Rc<RefCell<Provider>>, peer: IpAddr, now: Time) -> Receiver {
         let log_index = {
             let mut p = provider.borrow_mut();
-            let now = p.now;
             p.log.connections.push(ConnectionLog {
                 peer,
                 opened: now,
@@ -692,30 +743,14 @@ impl Receiver {
     }
 
     /// A message was accepted: it now counts in the throttle's buckets instead of pending.
-    fn message_counted(&mut self, p: &mut Provider, domain: &str) {
+    fn message_counted(&mut self, now: Time, p: &mut Provider, domain: &str) {
         if std::mem::take(&mut self.started) {
             p.pend(self.peer, -1);
         } else if self.reserved > 0 {
             self.reserved -= 1;
             p.pend(self.peer, -1);
         }
-        p.count_message(self.peer, domain);
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let mut p = self.provider.borrow_mut();
-        let unused = self.reserved + u64::from(self.started);
-        p.pend(self.peer, -(unused as i64));
-        let now = p.now;
-        let log = &mut p.log.connections[self.log_index];
-        log.closed = Some(now);
-        if !log.refused
-            && let Some(count) = p.open.get_mut(&self.peer)
-        {
-            *count = count.saturating_sub(1);
-        }
+        p.count_message(now, self.peer, domain);
     }
 }
 
@@ -733,16 +768,16 @@ fn slash_24(ip: IpAddr) -> String {
 }
 
 impl ServerPolicy for Receiver {
-    fn greeting(&mut self) -> Reply {
+    fn greeting(&mut self, now: Time) -> Reply {
         let mut p = self.provider.borrow_mut();
-        let forced = p.forced(SmtpPhase::Greeting);
+        let forced = p.forced(now, SmtpPhase::Greeting);
         let peer = self.peer;
         let over_cap = p
-            .connection_cap(peer)
+            .connection_cap(now, peer)
             .is_some_and(|max| p.open.get(&peer).copied().unwrap_or(0) >= max);
         let refusal = forced
             .or_else(|| over_cap.then(|| p.spec.replies.over_cap.clone()))
-            .or_else(|| p.gate(peer, SmtpPhase::Greeting, None, false));
+            .or_else(|| p.gate(now, peer, SmtpPhase::Greeting, None, false));
         match refusal {
             Some(reply) if reply.class() != 2 => {
                 p.log.connections[self.log_index].refused = true;
@@ -775,18 +810,18 @@ impl ServerPolicy for Receiver {
         caps
     }
 
-    fn ehlo(&mut self, _host: &str) -> Option<Reply> {
+    fn ehlo(&mut self, now: Time, _host: &str) -> Option<Reply> {
         let mut p = self.provider.borrow_mut();
-        p.forced(SmtpPhase::Ehlo)
-            .or_else(|| p.gate(self.peer, SmtpPhase::Ehlo, None, false))
+        p.forced(now, SmtpPhase::Ehlo)
+            .or_else(|| p.gate(now, self.peer, SmtpPhase::Ehlo, None, false))
     }
 
-    fn mail_from(&mut self, envelope: &Envelope) -> Reply {
+    fn mail_from(&mut self, now: Time, envelope: &Envelope) -> Reply {
         let provider = Rc::clone(&self.provider);
         let mut p = provider.borrow_mut();
         // A new MAIL ends the transaction before it, whatever became of it.
         self.end_transaction(&mut p);
-        if let Some(reply) = p.forced(SmtpPhase::Mail) {
+        if let Some(reply) = p.forced(now, SmtpPhase::Mail) {
             return reply;
         }
         if let Some(reply) = p.spec.require_tls.clone().filter(|_| !envelope.tls) {
@@ -798,7 +833,7 @@ impl ServerPolicy for Receiver {
         {
             return p.spec.replies.max_messages.clone();
         }
-        if let Some(reply) = p.gate(self.peer, SmtpPhase::Mail, None, false) {
+        if let Some(reply) = p.gate(now, self.peer, SmtpPhase::Mail, None, false) {
             return reply;
         }
         if p.throttles_at(SmtpPhase::Mail) {
@@ -820,9 +855,9 @@ impl ServerPolicy for Receiver {
                 .is_some_and(|max| self.messages >= max)
     }
 
-    fn rcpt_to(&mut self, envelope: &Envelope, rcpt: &str) -> Reply {
+    fn rcpt_to(&mut self, now: Time, envelope: &Envelope, rcpt: &str) -> Reply {
         let mut p = self.provider.borrow_mut();
-        if let Some(reply) = p.forced(SmtpPhase::Rcpt) {
+        if let Some(reply) = p.forced(now, SmtpPhase::Rcpt) {
             return reply;
         }
         if p.spec
@@ -834,7 +869,7 @@ impl ServerPolicy for Receiver {
         let local = rcpt.split('@').next().unwrap_or("");
         if p.spec.reject_unknown_users && local.starts_with("nouser") {
             // Mailing addresses that do not exist is what list hygiene is judged on.
-            let (now, key) = (p.now, format!("ip:{}", self.peer));
+            let (now, key) = (now, format!("ip:{}", self.peer));
             p.ledger.record(&key, now, Signal::UnknownUser);
             return p.spec.replies.unknown_user.clone();
         }
@@ -844,7 +879,6 @@ impl ServerPolicy for Receiver {
         if local.starts_with("full") {
             return p.spec.replies.full_mailbox.clone();
         }
-        let now = p.now;
         if let Some(grey) = p.spec.greylist.clone() {
             let client = slash_24(self.peer);
             let whitelisted = grey.whitelist_after > 0
@@ -934,7 +968,7 @@ impl ServerPolicy for Receiver {
         }
         // The throttle comes last, so only recipients otherwise accepted use its capacity.
         let started = self.started;
-        if let Some(reply) = p.gate(self.peer, SmtpPhase::Rcpt, None, started) {
+        if let Some(reply) = p.gate(now, self.peer, SmtpPhase::Rcpt, None, started) {
             return reply;
         }
         if !started && p.throttles_at(SmtpPhase::Rcpt) {
@@ -947,18 +981,18 @@ impl ServerPolicy for Receiver {
         Reply::new(250, Some([2, 1, 5]), "OK")
     }
 
-    fn data(&mut self, _envelope: &Envelope) -> Reply {
+    fn data(&mut self, now: Time, _envelope: &Envelope) -> Reply {
         let mut p = self.provider.borrow_mut();
         let started = self.started;
-        p.forced(SmtpPhase::Data)
-            .or_else(|| p.gate(self.peer, SmtpPhase::Data, None, started))
+        p.forced(now, SmtpPhase::Data)
+            .or_else(|| p.gate(now, self.peer, SmtpPhase::Data, None, started))
             .unwrap_or_else(|| Reply::new(354, None, "Go ahead"))
     }
 
-    fn message(&mut self, envelope: &Envelope, data: &[u8]) -> Reply {
+    fn message(&mut self, now: Time, envelope: &Envelope, data: &[u8]) -> Reply {
         let provider = Rc::clone(&self.provider);
         let mut p = provider.borrow_mut();
-        let refusal = self.refusal_at_end_of_data(&mut p, envelope, data);
+        let refusal = self.refusal_at_end_of_data(now, &mut p, envelope, data);
         let (found, domain) = match refusal {
             Err(reply) => {
                 self.end_transaction(&mut p);
@@ -966,7 +1000,7 @@ impl ServerPolicy for Receiver {
             }
             Ok(accepted) => accepted,
         };
-        self.message_counted(&mut p, &domain);
+        self.message_counted(now, &mut p, &domain);
         let sender = envelope.mail_from.to_ascii_lowercase();
         let engagement = p.engagement_rates.get(&sender).copied().unwrap_or(0.0);
         let mut complaint_rate = p.complaint_rates.get(&sender).copied().unwrap_or(0.0);
@@ -976,7 +1010,6 @@ impl ServerPolicy for Receiver {
         {
             complaint_rate = (complaint_rate * model.no_unsubscribe_complaint_factor).min(1.0);
         }
-        let now = p.now;
         let identities = [
             format!("ip:{}", self.peer),
             format!("net:{}", slash_24(self.peer)),
@@ -995,7 +1028,7 @@ impl ServerPolicy for Receiver {
                 for identity in &identities {
                     p.ledger.record(identity, now, Signal::Complaint);
                 }
-                let report_at = p.report_time(!found.dkim_domains.is_empty());
+                let report_at = p.report_time(now, !found.dkim_domains.is_empty());
                 p.log.complaints.push(Complaint {
                     at: now,
                     peer: self.peer,
@@ -1015,6 +1048,19 @@ impl ServerPolicy for Receiver {
         p.log.connections[self.log_index].messages += 1;
         Reply::new(250, Some([2, 0, 0]), "OK queued")
     }
+
+    fn closed(&mut self, now: Time) {
+        let mut p = self.provider.borrow_mut();
+        let unused = self.reserved + u64::from(self.started);
+        p.pend(self.peer, -(unused as i64));
+        let log = &mut p.log.connections[self.log_index];
+        log.closed = Some(now);
+        if !log.refused
+            && let Some(count) = p.open.get_mut(&self.peer)
+        {
+            *count = count.saturating_sub(1);
+        }
+    }
 }
 
 impl Receiver {
@@ -1023,11 +1069,12 @@ impl Receiver {
     /// message is judged by (its DKIM signing domain, else the envelope sender's).
     fn refusal_at_end_of_data(
         &mut self,
+        now: Time,
         p: &mut Provider,
         envelope: &Envelope,
         data: &[u8],
     ) -> Result<(AuthResults, String), Reply> {
-        if let Some(reply) = p.forced(SmtpPhase::DataEnd) {
+        if let Some(reply) = p.forced(now, SmtpPhase::DataEnd) {
             return Err(reply);
         }
         let needs_checks = p.auth.is_some()
@@ -1041,7 +1088,7 @@ impl Receiver {
             }
             _ => AuthResults::default(),
         };
-        if let Some(reply) = p.authenticate(envelope, data, &found) {
+        if let Some(reply) = p.authenticate(now, envelope, data, &found) {
             return Err(reply);
         }
         let domain = found
@@ -1050,7 +1097,7 @@ impl Receiver {
             .cloned()
             .unwrap_or_else(|| domain_of(&envelope.mail_from));
         let started = self.started;
-        if let Some(reply) = p.gate(self.peer, SmtpPhase::DataEnd, Some(&domain), started) {
+        if let Some(reply) = p.gate(now, self.peer, SmtpPhase::DataEnd, Some(&domain), started) {
             return Err(reply);
         }
         Ok((found, domain))
@@ -1105,8 +1152,28 @@ fn greylisted(rcpt: &str) -> Reply {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
     use crate::smtp::server::ServerSession;
+
+    thread_local! {
+        /// The tests' simulated time: set by a test, passed into every call.
+        static NOW: Cell<Time> = const { Cell::new(Time::from_secs(0)) };
+    }
+
+    fn set_now(t: Time) {
+        NOW.with(|n| n.set(t));
+    }
+
+    fn now() -> Time {
+        NOW.with(Cell::get)
+    }
+
+    /// A connection from `peer`, accepted now.
+    fn open(provider: &Rc<RefCell<Provider>>, peer: IpAddr) -> ServerSession<Receiver> {
+        ServerSession::new(Receiver::connect(Rc::clone(provider), peer, now()), now())
+    }
 
     fn spec() -> IspSpec {
         IspSpec {
@@ -1146,7 +1213,7 @@ mod tests {
     }
 
     fn talk(server: &mut ServerSession<Receiver>, bytes: &[u8]) -> String {
-        server.handle_bytes(bytes);
+        server.handle_bytes(now(), bytes);
         String::from_utf8(server.take_output().unwrap_or_default()).unwrap()
     }
 
@@ -1154,9 +1221,9 @@ mod tests {
     fn connection_cap_and_greylisting() {
         let provider = Rc::new(RefCell::new(Provider::new(spec(), 1)));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
-        let mut first = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        let mut first = open(&provider, peer);
         assert!(talk(&mut first, b"").starts_with("220 mx.t.example ESMTP"));
-        let mut second = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        let mut second = open(&provider, peer);
         let refused = String::from_utf8(second.take_output().unwrap()).unwrap();
         assert!(
             refused.starts_with("421 4.7.0 Too many concurrent"),
@@ -1167,7 +1234,7 @@ mod tests {
             b"EHLO a\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<u@t.example>\r\n",
         );
         assert!(out.ends_with("450 4.2.0 <u@t.example>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/t.example.html\r\n"), "{out}");
-        provider.borrow_mut().now = Time::from_secs(300);
+        set_now(Time::from_secs(300));
         let out = talk(
             &mut first,
             b"RCPT TO:<u@t.example>\r\nRCPT TO:<nouser1@t.example>\r\n",
@@ -1176,8 +1243,8 @@ mod tests {
             out,
             "250 2.1.5 OK\r\n550 5.1.1 The email account that you tried to reach does not exist.\r\n"
         );
-        drop(second);
-        drop(first);
+        second.close(now());
+        first.close(now());
         let log = &provider.borrow().log;
         assert_eq!(log.connections.len(), 2);
         assert!(log.connections[1].refused);
@@ -1191,7 +1258,7 @@ mod tests {
         spec.messages_per_mailbox_per_minute = Some(2);
         let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
-        let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        let mut s = open(&provider, peer);
         s.take_output();
         let out = talk(&mut s, b"EHLO a\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<u@t.example>\r\nRCPT TO:<v@t.example>\r\n");
         assert!(out.ends_with("250 2.1.5 OK\r\n250 2.1.5 OK\r\n450 4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n250 2.1.5 OK\r\n"), "{out}");
@@ -1216,7 +1283,7 @@ mod tests {
     /// A session from `peer` past its greeting and EHLO.
     fn session(provider: &Rc<RefCell<Provider>>, peer: &str) -> ServerSession<Receiver> {
         let peer: IpAddr = peer.parse().unwrap();
-        let mut s = ServerSession::new(Receiver::connect(Rc::clone(provider), peer));
+        let mut s = open(provider, peer);
         s.take_output();
         talk(&mut s, b"EHLO a\r\n");
         s
@@ -1241,17 +1308,17 @@ mod tests {
         let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
         let mut s = session(&provider, "192.0.2.7");
         for day in 0..7u64 {
-            provider.borrow_mut().now = Time::from_secs(day * 86_400 + 9 * 3600);
+            set_now(Time::from_secs(day * 86_400 + 9 * 3600));
             let out = talk(&mut s, &messages(10, &format!("d{day}-")));
             assert_eq!(accepted(&out), 10, "day {day}: {out}");
         }
-        provider.borrow_mut().now = Time::from_secs(7 * 86_400 + 9 * 3600);
+        set_now(Time::from_secs(7 * 86_400 + 9 * 3600));
         let out = talk(&mut s, &messages(25, "d7-"));
         assert_eq!(accepted(&out), 19, "{out}");
         assert!(out.contains("421 4.7.28 spike from 192.0.2.7\r\n"), "{out}");
         // A new sending hour has a mean of zero: past what a cold IP may send, it spikes.
         let provider = Rc::clone(&provider);
-        provider.borrow_mut().now = Time::from_secs(8 * 86_400 + 15 * 3600);
+        set_now(Time::from_secs(8 * 86_400 + 15 * 3600));
         let mut s = session(&provider, "192.0.2.7");
         let out = talk(&mut s, &messages(8, "d8-"));
         assert_eq!(accepted(&out), 5, "{out}");
@@ -1273,7 +1340,7 @@ mod tests {
             if warm_up {
                 // Day 0: 10 an hour for 6 hours, a quarter of the day's capacity, never throttled.
                 for hour in 0..6u64 {
-                    provider.borrow_mut().now = Time::from_secs(hour * 3600);
+                    set_now(Time::from_secs(hour * 3600));
                     let out = talk(&mut s, &messages(10, &format!("d0h{hour}-")));
                     assert_eq!(accepted(&out), 10);
                 }
@@ -1286,7 +1353,7 @@ mod tests {
                         .record(&key, at, Signal::Complaint);
                 }
             }
-            provider.borrow_mut().now = Time::from_secs(86_400 + 3600);
+            set_now(Time::from_secs(86_400 + 3600));
             accepted(&talk(&mut s, &messages(30, "d1-")))
         };
         assert_eq!(run(false, 0), 10, "a cold IP: 10 messages an hour");
@@ -1316,34 +1383,36 @@ mod tests {
         let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         // Ten connections at once: four are let in (4 × 5 = 20), six turned away.
-        let mut open = Vec::new();
+        let mut sessions = Vec::new();
         let mut refused = 0;
         for _ in 0..10 {
-            let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+            let mut s = open(&provider, peer);
             let greeting = String::from_utf8(s.take_output().unwrap()).unwrap();
             if greeting.starts_with("220") {
-                open.push(s);
+                sessions.push(s);
             } else {
                 assert!(greeting.starts_with("421 4.7.28 [HCM1]"), "{greeting}");
                 refused += 1;
             }
         }
-        assert_eq!((open.len(), refused), (4, 6));
+        assert_eq!((sessions.len(), refused), (4, 6));
         let mut delivered = 0;
-        for (i, s) in open.iter_mut().enumerate() {
+        for (i, s) in sessions.iter_mut().enumerate() {
             talk(s, b"EHLO a\r\n");
             delivered += accepted(&talk(s, &messages(5, &format!("c{i}-"))));
         }
-        drop(open);
+        for mut s in sessions {
+            s.close(now());
+        }
         assert_eq!(delivered, 20);
         // The hour is used up: the next connection is refused at the greeting.
-        let mut late = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        let mut late = open(&provider, peer);
         assert!(
             late.take_output()
                 .unwrap()
                 .starts_with(b"421 4.7.28 [HCM1]")
         );
-        drop(late);
+        late.close(now());
         assert_eq!(provider.borrow().log.messages_accepted, 20);
     }
 
@@ -1364,14 +1433,14 @@ mod tests {
             });
             let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
             let peer: IpAddr = "192.0.2.7".parse().unwrap();
-            let mut open = Vec::new();
+            let mut sessions = Vec::new();
             for _ in 0..600 {
-                let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+                let mut s = open(&provider, peer);
                 if s.take_output().unwrap().starts_with(b"220") {
-                    open.push(s);
+                    sessions.push(s);
                 }
             }
-            open.len()
+            sessions.len()
         };
         assert_eq!(open_at_once(crate::scenario::History::default()), 5, "cold");
         // A week of clean days: 5 × 1.3^7 = 31.4, so 32.
@@ -1401,7 +1470,7 @@ mod tests {
         let out = talk(&mut s, b"MAIL FROM:<s@x.example>\r\n");
         assert_eq!(out, "530 5.7.0 Must issue a STARTTLS command first\r\n");
         talk(&mut s, b"STARTTLS\r\n");
-        s.tls_established();
+        s.tls_established(now());
         let out = talk(&mut s, b"EHLO a\r\nMAIL FROM:<s@x.example>\r\n");
         assert!(out.ends_with("250 2.1.0 OK\r\n"), "{out}");
     }
@@ -1478,7 +1547,7 @@ mod tests {
         spec.reply_suffix = " - gsmtp".into();
         let provider = Rc::new(RefCell::new(Provider::new(spec, 1)));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
-        let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+        let mut s = open(&provider, peer);
         assert!(talk(&mut s, b"").starts_with("220 mx.t.example ESMTP ready\r\n"));
         let out = talk(
             &mut s,
@@ -1511,7 +1580,7 @@ mod tests {
                 .complaint_rates
                 .insert("s@x.example".into(), 0.05);
             let peer: IpAddr = "192.0.2.7".parse().unwrap();
-            let mut s = ServerSession::new(Receiver::connect(Rc::clone(&provider), peer));
+            let mut s = open(&provider, peer);
             s.take_output();
             talk(&mut s, b"EHLO a\r\n");
             for i in 0..2000 {

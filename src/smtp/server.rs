@@ -14,6 +14,7 @@ use smtp_proto::Request;
 use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
 
 use super::Reply;
+use crate::time::Time;
 
 /// Largest message a server session accepts before answering 552.
 pub const MESSAGE_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -66,7 +67,7 @@ pub struct Envelope {
 
 /// What a server answers. Every method has the answer of a plain, accepting server.
 pub trait ServerPolicy {
-    fn greeting(&mut self) -> Reply {
+    fn greeting(&mut self, _now: Time) -> Reply {
         Reply::new(220, None, "mx.example ESMTP")
     }
     /// The EHLO keywords offered (after the first line).
@@ -81,31 +82,37 @@ pub trait ServerPolicy {
         }
         caps
     }
-    fn ehlo(&mut self, _host: &str) -> Option<Reply> {
+    fn ehlo(&mut self, _now: Time, _host: &str) -> Option<Reply> {
         None
     }
     /// The answer to STARTTLS: a 220 makes the driver upgrade the connection.
-    fn starttls(&mut self, _envelope: &Envelope) -> Reply {
+    fn starttls(&mut self, _now: Time, _envelope: &Envelope) -> Reply {
         Reply::new(220, Some([2, 0, 0]), "Ready to start TLS")
     }
     /// Whether `AUTH mechanism` may start now: `None` starts the exchange, a reply refuses.
-    fn auth(&mut self, _envelope: &Envelope, _mechanism: u64) -> Option<Reply> {
+    fn auth(&mut self, _now: Time, _envelope: &Envelope, _mechanism: u64) -> Option<Reply> {
         Some(Reply::new(502, Some([5, 5, 1]), "command not implemented"))
     }
     /// Checks decoded credentials: a 235 authenticates the connection as `user`.
-    fn authenticate(&mut self, _envelope: &Envelope, _user: &str, _password: &str) -> Reply {
+    fn authenticate(
+        &mut self,
+        _now: Time,
+        _envelope: &Envelope,
+        _user: &str,
+        _password: &str,
+    ) -> Reply {
         Reply::new(535, Some([5, 7, 8]), "authentication credentials invalid")
     }
-    fn mail_from(&mut self, _envelope: &Envelope) -> Reply {
+    fn mail_from(&mut self, _now: Time, _envelope: &Envelope) -> Reply {
         Reply::new(250, Some([2, 1, 0]), "OK")
     }
-    fn rcpt_to(&mut self, _envelope: &Envelope, _rcpt: &str) -> Reply {
+    fn rcpt_to(&mut self, _now: Time, _envelope: &Envelope, _rcpt: &str) -> Reply {
         Reply::new(250, Some([2, 1, 5]), "OK")
     }
-    fn data(&mut self, _envelope: &Envelope) -> Reply {
+    fn data(&mut self, _now: Time, _envelope: &Envelope) -> Reply {
         Reply::new(354, None, "Go ahead")
     }
-    fn message(&mut self, _envelope: &Envelope, _data: &[u8]) -> Reply {
+    fn message(&mut self, _now: Time, _envelope: &Envelope, _data: &[u8]) -> Reply {
         Reply::new(250, Some([2, 0, 0]), "OK queued")
     }
     /// Whether the answer to a complete message comes later: the session then holds the
@@ -123,6 +130,9 @@ pub trait ServerPolicy {
     fn close_after_reply(&mut self) -> bool {
         false
     }
+    /// The connection ended at `now` (the peer left, the session closed it, or the driver
+    /// lost it): the last call a policy gets.
+    fn closed(&mut self, _now: Time) {}
 }
 
 /// Where an AUTH exchange stands.
@@ -159,16 +169,20 @@ pub struct ServerSession<P: ServerPolicy> {
     closed: bool,
     /// STARTTLS was accepted: the driver must upgrade, then call `tls_established`.
     pub tls_pending: bool,
+    /// The time of the input being handled: every policy call gets it.
+    now: Time,
+    /// [`ServerPolicy::closed`] has been called.
+    policy_closed: bool,
 }
 
 impl<P: ServerPolicy> ServerSession<P> {
-    /// A session on a new connection; the greeting is already in the output.
-    pub fn new(policy: P) -> ServerSession<P> {
-        ServerSession::with_limits(policy, ServerLimits::default())
+    /// A session on a connection accepted at `now`; the greeting is already in the output.
+    pub fn new(policy: P, now: Time) -> ServerSession<P> {
+        ServerSession::with_limits(policy, ServerLimits::default(), now)
     }
 
-    pub fn with_limits(mut policy: P, limits: ServerLimits) -> ServerSession<P> {
-        let greeting = policy.greeting();
+    pub fn with_limits(mut policy: P, limits: ServerLimits, now: Time) -> ServerSession<P> {
+        let greeting = policy.greeting(now);
         let mut session = ServerSession {
             policy,
             limits,
@@ -188,6 +202,8 @@ impl<P: ServerPolicy> ServerSession<P> {
             errors: 0,
             closed: false,
             tls_pending: false,
+            now,
+            policy_closed: false,
         };
         session.reply(&greeting);
         session
@@ -199,6 +215,16 @@ impl<P: ServerPolicy> ServerSession<P> {
 
     pub fn policy_mut(&mut self) -> &mut P {
         &mut self.policy
+    }
+
+    /// The connection ended at `now`, whichever side ended it: the policy hears it once.
+    /// Drivers call this when they let the connection go.
+    pub fn close(&mut self, now: Time) {
+        self.now = now;
+        self.closed = true;
+        if !std::mem::replace(&mut self.policy_closed, true) {
+            self.policy.closed(now);
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -215,7 +241,8 @@ impl<P: ServerPolicy> ServerSession<P> {
         (!self.out.is_empty()).then(|| std::mem::take(&mut self.out))
     }
 
-    pub fn tls_established(&mut self) {
+    pub fn tls_established(&mut self, now: Time) {
+        self.now = now;
         self.tls_pending = false;
         // RFC 3207 §4.2: the session starts over, knowing nothing from before.
         self.envelope = Envelope {
@@ -232,14 +259,15 @@ impl<P: ServerPolicy> ServerSession<P> {
 
     /// The answer to the message from [`take_message`](Self::take_message); the input that
     /// arrived after it is processed now.
-    pub fn complete_message(&mut self, reply: Reply) {
+    pub fn complete_message(&mut self, now: Time, reply: Reply) {
+        self.now = now;
         if !std::mem::take(&mut self.waiting_for_answer) {
             return;
         }
         self.finish_message(reply);
         let input = std::mem::take(&mut self.held_input);
         if !input.is_empty() {
-            self.handle_bytes(&input);
+            self.handle_bytes(now, &input);
         }
     }
 
@@ -273,7 +301,8 @@ impl<P: ServerPolicy> ServerSession<P> {
         }
     }
 
-    pub fn handle_bytes(&mut self, bytes: &[u8]) {
+    pub fn handle_bytes(&mut self, now: Time, bytes: &[u8]) {
+        self.now = now;
         if self.waiting_for_answer {
             // Pipelined input after a message waits for that message's answer. A driver
             // reads nothing more until it has answered, so this holds at most one read.
@@ -340,7 +369,7 @@ impl<P: ServerPolicy> ServerSession<P> {
                         return;
                     }
                     None => {
-                        let reply = self.policy.message(&self.envelope, &message);
+                        let reply = self.policy.message(self.now, &self.envelope, &message);
                         self.finish_message(reply);
                     }
                 }
@@ -434,7 +463,9 @@ impl<P: ServerPolicy> ServerSession<P> {
     }
 
     fn check_credentials(&mut self, user: &str, password: &str) {
-        let reply = self.policy.authenticate(&self.envelope, user, password);
+        let reply = self
+            .policy
+            .authenticate(self.now, &self.envelope, user, password);
         if reply.code == 235 {
             self.envelope.authenticated = Some(user.to_string());
         }
@@ -445,7 +476,7 @@ impl<P: ServerPolicy> ServerSession<P> {
         match request {
             Request::Ehlo { host } | Request::Lhlo { host } => {
                 self.envelope.helo = host.clone();
-                if let Some(reply) = self.policy.ehlo(&host) {
+                if let Some(reply) = self.policy.ehlo(self.now, &host) {
                     self.reply(&reply);
                     return;
                 }
@@ -457,7 +488,7 @@ impl<P: ServerPolicy> ServerSession<P> {
                 self.envelope.helo = host.clone();
                 let reply = self
                     .policy
-                    .ehlo(&host)
+                    .ehlo(self.now, &host)
                     .unwrap_or_else(|| Reply::new(250, None, "mx Hello"));
                 self.reply(&reply);
             }
@@ -465,7 +496,7 @@ impl<P: ServerPolicy> ServerSession<P> {
                 if self.envelope.tls {
                     self.reply(&Reply::new(503, Some([5, 5, 1]), "TLS already active"));
                 } else {
-                    let reply = self.policy.starttls(&self.envelope);
+                    let reply = self.policy.starttls(self.now, &self.envelope);
                     self.tls_pending = reply.code == 220;
                     self.reply(&reply);
                 }
@@ -492,7 +523,7 @@ impl<P: ServerPolicy> ServerSession<P> {
                 }
                 self.envelope.mail_from = from.address;
                 self.envelope.recipients.clear();
-                let reply = self.policy.mail_from(&self.envelope);
+                let reply = self.policy.mail_from(self.now, &self.envelope);
                 self.in_transaction = reply.class() == 2;
                 self.reply(&reply);
             }
@@ -505,7 +536,7 @@ impl<P: ServerPolicy> ServerSession<P> {
                     self.reply(&Reply::new(452, Some([4, 5, 3]), "too many recipients"));
                     return;
                 }
-                let reply = self.policy.rcpt_to(&self.envelope, &to.address);
+                let reply = self.policy.rcpt_to(self.now, &self.envelope, &to.address);
                 if reply.class() == 2 {
                     self.envelope.recipients.push(to.address);
                 }
@@ -517,7 +548,7 @@ impl<P: ServerPolicy> ServerSession<P> {
                     self.in_transaction = false;
                     return;
                 }
-                let reply = self.policy.data(&self.envelope);
+                let reply = self.policy.data(self.now, &self.envelope);
                 if reply.code == 354 {
                     self.data = Some((DataReceiver::new(), Vec::new()));
                 } else {
@@ -560,7 +591,7 @@ impl<P: ServerPolicy> ServerSession<P> {
             ));
             return;
         }
-        if let Some(refusal) = self.policy.auth(&self.envelope, mechanism) {
+        if let Some(refusal) = self.policy.auth(self.now, &self.envelope, mechanism) {
             self.reply(&refusal);
             return;
         }
@@ -625,6 +656,9 @@ fn line_lengths(chunk: &[u8], open: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Time;
+
+    const T0: Time = Time::from_secs(0);
 
     struct Accept;
     impl ServerPolicy for Accept {}
@@ -633,14 +667,15 @@ mod tests {
     fn a_pipelined_transaction_is_received_and_unstuffed() {
         struct Keep(Vec<Vec<u8>>);
         impl ServerPolicy for Keep {
-            fn message(&mut self, _: &Envelope, data: &[u8]) -> Reply {
+            fn message(&mut self, _now: Time, _: &Envelope, data: &[u8]) -> Reply {
                 self.0.push(data.to_vec());
                 Reply::new(250, Some([2, 0, 0]), "OK")
             }
         }
-        let mut server = ServerSession::new(Keep(Vec::new()));
+        let mut server = ServerSession::new(Keep(Vec::new()), T0);
         assert!(server.take_output().unwrap().starts_with(b"220 "));
         server.handle_bytes(
+            T0,
             b"EHLO a.example\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n",
         );
         let out = String::from_utf8(server.take_output().unwrap()).unwrap();
@@ -648,7 +683,7 @@ mod tests {
             out.contains("250-PIPELINING") && out.ends_with("354 Go ahead\r\n"),
             "{out}"
         );
-        server.handle_bytes(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
+        server.handle_bytes(T0, b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
         let out = String::from_utf8(server.take_output().unwrap()).unwrap();
         assert_eq!(out, "250 2.0.0 OK\r\n221 2.0.0 Bye\r\n");
         assert!(server.is_closed());
@@ -661,21 +696,21 @@ mod tests {
 
     #[test]
     fn order_is_enforced() {
-        let mut server = ServerSession::new(Accept);
+        let mut server = ServerSession::new(Accept, T0);
         server.take_output();
-        server.handle_bytes(b"MAIL FROM:<a@x.example>\r\n");
+        server.handle_bytes(T0, b"MAIL FROM:<a@x.example>\r\n");
         assert!(server.take_output().unwrap().starts_with(b"503 "));
-        server.handle_bytes(b"EHLO a\r\nRCPT TO:<b@y.example>\r\n");
+        server.handle_bytes(T0, b"EHLO a\r\nRCPT TO:<b@y.example>\r\n");
         let out = String::from_utf8(server.take_output().unwrap()).unwrap();
         assert!(out.ends_with("503 5.5.1 need MAIL first\r\n"), "{out}");
     }
 
     struct Users;
     impl ServerPolicy for Users {
-        fn auth(&mut self, _: &Envelope, _: u64) -> Option<Reply> {
+        fn auth(&mut self, _now: Time, _: &Envelope, _: u64) -> Option<Reply> {
             None
         }
-        fn authenticate(&mut self, _: &Envelope, user: &str, password: &str) -> Reply {
+        fn authenticate(&mut self, _now: Time, _: &Envelope, user: &str, password: &str) -> Reply {
             if (user, password) == ("alice", "s3cret") {
                 Reply::new(235, Some([2, 7, 0]), "ok")
             } else {
@@ -685,14 +720,14 @@ mod tests {
     }
 
     fn say(server: &mut ServerSession<impl ServerPolicy>, input: &str) -> String {
-        server.handle_bytes(input.as_bytes());
+        server.handle_bytes(T0, input.as_bytes());
         String::from_utf8(server.take_output().unwrap_or_default()).unwrap()
     }
 
     #[test]
     fn auth_plain_and_login_exchanges() {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let mut server = ServerSession::new(Users);
+        let mut server = ServerSession::new(Users, T0);
         server.take_output();
         say(&mut server, "EHLO a\r\n");
         // PLAIN with an initial response; a wrong password first.
@@ -718,7 +753,7 @@ mod tests {
         assert_eq!(say(&mut server, second), "235 2.7.0 ok\r\n");
         assert!(say(&mut server, "AUTH PLAIN x\r\n").starts_with("503 5.5.1 already"));
         // Another session: AUTH in a transaction, and an unknown mechanism.
-        let mut server = ServerSession::new(Users);
+        let mut server = ServerSession::new(Users, T0);
         server.take_output();
         say(&mut server, "EHLO a\r\nMAIL FROM:<a@x.example>\r\n");
         assert!(say(&mut server, "AUTH PLAIN\r\n").starts_with("503 5.5.1 AUTH not allowed"));
@@ -727,7 +762,7 @@ mod tests {
                 .ends_with("504 5.5.4 unrecognized authentication type\r\n")
         );
         // The plain receiver does not do AUTH at all.
-        let mut plain = ServerSession::new(Accept);
+        let mut plain = ServerSession::new(Accept, T0);
         plain.take_output();
         assert!(
             say(&mut plain, "EHLO a\r\nAUTH PLAIN\r\n")
@@ -743,7 +778,7 @@ mod tests {
                 true
             }
         }
-        let mut server = ServerSession::new(Defer);
+        let mut server = ServerSession::new(Defer, T0);
         server.take_output();
         let out = say(
             &mut server,
@@ -756,7 +791,7 @@ mod tests {
             (envelope.mail_from.as_str(), data.as_slice()),
             ("a@x.example", b"hi\r\n".as_slice())
         );
-        server.complete_message(Reply::new(250, Some([2, 0, 0]), "stored"));
+        server.complete_message(T0, Reply::new(250, Some([2, 0, 0]), "stored"));
         let out = String::from_utf8(server.take_output().unwrap()).unwrap();
         assert_eq!(out, "250 2.0.0 stored\r\n250 2.1.0 OK\r\n250 2.1.5 OK\r\n");
     }
@@ -768,7 +803,7 @@ mod tests {
             errors_max: Some(3),
             ..ServerLimits::default()
         };
-        let mut server = ServerSession::with_limits(Accept, limits);
+        let mut server = ServerSession::with_limits(Accept, limits, T0);
         server.take_output();
         say(
             &mut server,

@@ -13,9 +13,9 @@ use std::net::IpAddr;
 
 use pmta_sim::config::model::QueueMode;
 use pmta_sim::config::value::Rate;
-use pmta_sim::driver::RunOutput;
 use pmta_sim::engine::accounting::{AcctRecord, RecordType};
 use pmta_sim::engine::{EngineEvent, QueueSnapshot, Time};
+use pmta_sim::sim::output::RunOutput;
 
 use super::harness::Harness;
 
@@ -44,8 +44,8 @@ impl<'a> RunView<'a> {
             records: &h.records,
             events: &h.events,
             injected: &h.injected,
-            pending: h.engine.recipients_pending(),
-            queues: h.engine.queue_snapshots(),
+            pending: h.engine().recipients_pending(),
+            queues: h.engine().queue_snapshots(),
             conns: h
                 .conns
                 .values()

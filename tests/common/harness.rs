@@ -1,6 +1,8 @@
 //! An engine harness with no runtime: virtual time, a fixed one-way network latency,
-//! scripted sans-io SMTP receivers (pmta-sim's own `ServerSession`) and a DNS table.
-//! Everything the engine does is logged so tests can assert exact timing and records.
+//! scripted sans-io SMTP receivers (pmta-sim's own `ServerSession`) and a DNS table, all a
+//! `Transport` under the same pump every driver uses. What the receivers see (every command
+//! line with its time) and what the engine reports are logged so tests can assert exact
+//! timing and records.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -11,8 +13,9 @@ use std::rc::Rc;
 use pmta_sim::config::{self, MemFs, Options};
 use pmta_sim::engine::accounting::{AcctRecord, RecordType};
 use pmta_sim::engine::{
-    Action, ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MxAnswer, MxHost, Time,
+    ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MxAnswer, MxHost, Time,
 };
+use pmta_sim::sim::pump::{Connect, Input, Pump, Sink, Transport};
 use pmta_sim::smtp::Reply;
 use pmta_sim::smtp::server::{Envelope, ServerPolicy, ServerSession};
 
@@ -59,7 +62,7 @@ pub struct Script {
 }
 
 impl ServerPolicy for Script {
-    fn greeting(&mut self) -> Reply {
+    fn greeting(&mut self, _now: Time) -> Reply {
         self.greeting
             .clone()
             .unwrap_or_else(|| Reply::new(220, None, "mx.test ESMTP"))
@@ -74,16 +77,16 @@ impl ServerPolicy for Script {
             ]
         })
     }
-    fn ehlo(&mut self, _host: &str) -> Option<Reply> {
+    fn ehlo(&mut self, _now: Time, _host: &str) -> Option<Reply> {
         self.ehlo.clone()
     }
-    fn rcpt_to(&mut self, _envelope: &Envelope, rcpt: &str) -> Reply {
+    fn rcpt_to(&mut self, _now: Time, _envelope: &Envelope, rcpt: &str) -> Reply {
         match &mut self.rcpt {
             Some(f) => f(rcpt),
             None => Reply::new(250, Some([2, 1, 5]), "OK"),
         }
     }
-    fn message(&mut self, envelope: &Envelope, _data: &[u8]) -> Reply {
+    fn message(&mut self, _now: Time, envelope: &Envelope, _data: &[u8]) -> Reply {
         match &mut self.message {
             Some(f) => f(envelope),
             None => Reply::new(250, Some([2, 0, 0]), "OK queued"),
@@ -94,27 +97,30 @@ impl ServerPolicy for Script {
 struct Boxed(Policy, Rc<std::cell::RefCell<Vec<Vec<u8>>>>);
 
 impl ServerPolicy for Boxed {
-    fn greeting(&mut self) -> Reply {
-        self.0.greeting()
+    fn greeting(&mut self, now: Time) -> Reply {
+        self.0.greeting(now)
     }
     fn capabilities(&mut self, tls: bool) -> Vec<String> {
         self.0.capabilities(tls)
     }
-    fn ehlo(&mut self, host: &str) -> Option<Reply> {
-        self.0.ehlo(host)
+    fn ehlo(&mut self, now: Time, host: &str) -> Option<Reply> {
+        self.0.ehlo(now, host)
     }
-    fn mail_from(&mut self, envelope: &Envelope) -> Reply {
-        self.0.mail_from(envelope)
+    fn mail_from(&mut self, now: Time, envelope: &Envelope) -> Reply {
+        self.0.mail_from(now, envelope)
     }
-    fn rcpt_to(&mut self, envelope: &Envelope, rcpt: &str) -> Reply {
-        self.0.rcpt_to(envelope, rcpt)
+    fn rcpt_to(&mut self, now: Time, envelope: &Envelope, rcpt: &str) -> Reply {
+        self.0.rcpt_to(now, envelope, rcpt)
     }
-    fn data(&mut self, envelope: &Envelope) -> Reply {
-        self.0.data(envelope)
+    fn data(&mut self, now: Time, envelope: &Envelope) -> Reply {
+        self.0.data(now, envelope)
     }
-    fn message(&mut self, envelope: &Envelope, data: &[u8]) -> Reply {
+    fn message(&mut self, now: Time, envelope: &Envelope, data: &[u8]) -> Reply {
         self.1.borrow_mut().push(data.to_vec());
-        self.0.message(envelope, data)
+        self.0.message(now, envelope, data)
+    }
+    fn closed(&mut self, now: Time) {
+        self.0.closed(now)
     }
 }
 
@@ -140,7 +146,7 @@ pub struct ConnLog {
 }
 
 pub struct Harness {
-    pub engine: Engine,
+    pump: Pump,
     pub now: Time,
     pub clock: Rc<Cell<Time>>,
     pub hosts: BTreeMap<IpAddr, Host>,
@@ -152,11 +158,156 @@ pub struct Harness {
     pub conns: BTreeMap<ConnectionId, ConnLog>,
     pub records: Vec<AcctRecord>,
     pub events: Vec<EngineEvent>,
-    pub actions: Vec<(Time, Action)>,
+    /// Every MX lookup the engine asked for, in order.
+    pub resolved: Vec<String>,
+    /// Every STARTTLS upgrade the engine asked for: the server name.
+    pub tls_names: Vec<String>,
     pub injected: Vec<(String, String)>,
     /// Every message the receivers took in, as received (dot-unstuffed).
     pub received_log: Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
     next_job: u64,
+}
+
+/// The harness's network, borrowed from it for one pump call.
+struct Net<'a> {
+    hosts: &'a mut BTreeMap<IpAddr, Host>,
+    dns: &'a BTreeMap<String, MxAnswer>,
+    net: &'a mut BTreeMap<(Time, u64), NetEvent>,
+    seq: &'a mut u64,
+    servers: &'a mut BTreeMap<ConnectionId, ServerSession<Boxed>>,
+    mute_after_data: &'a mut BTreeMap<ConnectionId, bool>,
+    conns: &'a mut BTreeMap<ConnectionId, ConnLog>,
+    resolved: &'a mut Vec<String>,
+    tls_names: &'a mut Vec<String>,
+    clock: &'a Cell<Time>,
+    received_log: &'a Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+}
+
+/// What the engine reports, borrowed from the harness for one pump call.
+struct Log<'a> {
+    records: &'a mut Vec<AcctRecord>,
+    events: &'a mut Vec<EngineEvent>,
+}
+
+impl Sink for Log<'_> {
+    fn record(&mut self, record: AcctRecord) {
+        self.records.push(record);
+    }
+    fn event(&mut self, event: EngineEvent) {
+        self.events.push(event);
+    }
+}
+
+impl Net<'_> {
+    fn push(&mut self, at: Time, event: NetEvent) {
+        *self.seq += 1;
+        self.net.insert((at, *self.seq), event);
+    }
+}
+
+impl Transport for Net<'_> {
+    fn resolve_mx(&mut self, now: Time, domain: &str) -> Option<MxAnswer> {
+        self.resolved.push(domain.to_string());
+        let answer = self
+            .dns
+            .get(domain)
+            .cloned()
+            .unwrap_or(MxAnswer::NoMailHost);
+        // The answer comes back as an input of its own, at the same time.
+        self.push(now, NetEvent::Mx(domain.to_string(), answer));
+        None
+    }
+
+    fn connect(&mut self, now: Time, connect: Connect<'_>) -> Result<(), String> {
+        let conn = connect.conn;
+        self.conns.insert(
+            conn,
+            ConnLog {
+                queue: connect.queue.to_string(),
+                source_ip: connect.source_ip,
+                ip: connect.ip,
+                opened: now,
+                closed: None,
+                commands: Vec::new(),
+            },
+        );
+        let behavior = match self.hosts.get_mut(&connect.ip) {
+            Some(Host::Accept(make)) => Behavior::Accept(make()),
+            Some(Host::Refuse) | None => Behavior::Refuse,
+            Some(Host::Blackhole) => return Ok(()),
+            Some(Host::Custom(decide)) => decide(now),
+        };
+        let (policy, mute) = match behavior {
+            Behavior::Refuse => {
+                self.push(now.plus_ms(LATENCY_MS), NetEvent::ConnectFailed(conn));
+                return Ok(());
+            }
+            Behavior::Silent => {
+                self.push(now.plus_ms(LATENCY_MS), NetEvent::Connected(conn));
+                return Ok(());
+            }
+            Behavior::Accept(policy) => (policy, false),
+            Behavior::MuteAfterData(policy) => (policy, true),
+        };
+        let mut server = ServerSession::new(Boxed(policy, Rc::clone(self.received_log)), now);
+        let greeting = server.take_output().unwrap_or_default();
+        self.servers.insert(conn, server);
+        self.mute_after_data.insert(conn, mute);
+        self.push(now.plus_ms(LATENCY_MS), NetEvent::Connected(conn));
+        self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Bytes(conn, greeting));
+        Ok(())
+    }
+
+    fn write(&mut self, now: Time, conn: ConnectionId, bytes: Vec<u8>) {
+        self.clock.set(now);
+        let log = self.conns.get_mut(&conn).unwrap();
+        for line in String::from_utf8_lossy(&bytes).split("\r\n") {
+            let upper = line.to_ascii_uppercase();
+            if [
+                "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "STARTTLS",
+            ]
+            .iter()
+            .any(|c| upper.starts_with(c))
+            {
+                log.commands.push((now, line.to_string()));
+            }
+        }
+        if let Some(server) = self.servers.get_mut(&conn) {
+            server.handle_bytes(now, &bytes);
+            let mut reply = server.take_output().unwrap_or_default();
+            if self.mute_after_data.get(&conn) == Some(&true) && bytes.ends_with(b"\r\n.\r\n") {
+                reply.clear();
+            }
+            let closed = server.is_closed();
+            if !reply.is_empty() {
+                self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Bytes(conn, reply));
+            }
+            if closed {
+                if let Some(mut server) = self.servers.remove(&conn) {
+                    server.close(now);
+                }
+                self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Closed(conn));
+            }
+        }
+    }
+
+    fn start_tls(&mut self, now: Time, conn: ConnectionId, server_name: &str) -> bool {
+        self.tls_names.push(server_name.to_string());
+        if let Some(server) = self.servers.get_mut(&conn) {
+            server.tls_established(now);
+        }
+        self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Tls(conn));
+        false
+    }
+
+    fn close(&mut self, now: Time, conn: ConnectionId) {
+        if let Some(mut server) = self.servers.remove(&conn) {
+            server.close(now);
+        }
+        if let Some(log) = self.conns.get_mut(&conn) {
+            log.closed.get_or_insert(now);
+        }
+    }
 }
 
 /// Loads a config from text (files beside it optional) and asserts it is clean.
@@ -198,7 +349,7 @@ impl Harness {
     pub fn with_options(config: config::Config, options: EngineOptions) -> Harness {
         let engine = Engine::new(config, options).unwrap();
         Harness {
-            engine,
+            pump: Pump::new(engine),
             now: T0,
             clock: Rc::new(Cell::new(T0)),
             hosts: BTreeMap::new(),
@@ -210,7 +361,8 @@ impl Harness {
             conns: BTreeMap::new(),
             records: Vec::new(),
             events: Vec::new(),
-            actions: Vec::new(),
+            resolved: Vec::new(),
+            tls_names: Vec::new(),
             injected: Vec::new(),
             received_log: Rc::default(),
             next_job: 0,
@@ -270,143 +422,62 @@ impl Harness {
         for rcpt in rcpts {
             self.injected.push((job.clone(), rcpt.to_string()));
         }
-        self.engine
-            .inject(
-                self.now,
-                Injection {
-                    mail_from: "a@sender.example".into(),
-                    recipients: rcpts.iter().map(|r| r.to_string()).collect(),
-                    data: data.into(),
-                    virtual_mta: vmta.map(str::to_string),
-                    source_ip: None,
-                    job_id: job,
-                    env_id: String::new(),
-                    queued_at,
-                },
-            )
-            .unwrap();
-        self.drain();
+        let injection = Injection {
+            mail_from: "a@sender.example".into(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+            data: data.into(),
+            virtual_mta: vmta.map(str::to_string),
+            source_ip: None,
+            job_id: job,
+            env_id: String::new(),
+            queued_at,
+        };
+        let now = self.now;
+        let (pump, mut net, mut log) = self.split();
+        pump.inject(now, injection, &mut net, &mut log).unwrap();
     }
 
-    /// Carries out everything the engine asked for at `now`.
-    fn drain(&mut self) {
-        while let Some(action) = self.engine.poll_action() {
-            self.actions.push((self.now, action.clone()));
-            let now = self.now;
-            match action {
-                Action::ResolveMx { domain } => {
-                    let answer = self
-                        .dns
-                        .get(&domain)
-                        .cloned()
-                        .unwrap_or(MxAnswer::NoMailHost);
-                    self.push(now, NetEvent::Mx(domain, answer));
-                }
-                Action::Connect {
-                    conn,
-                    queue,
-                    source_ip,
-                    ip,
-                    ..
-                } => {
-                    self.conns.insert(
-                        conn,
-                        ConnLog {
-                            queue,
-                            source_ip,
-                            ip,
-                            opened: now,
-                            closed: None,
-                            commands: Vec::new(),
-                        },
-                    );
-                    let behavior = match self.hosts.get_mut(&ip) {
-                        Some(Host::Accept(make)) => Behavior::Accept(make()),
-                        Some(Host::Refuse) | None => Behavior::Refuse,
-                        Some(Host::Blackhole) => continue,
-                        Some(Host::Custom(decide)) => decide(now),
-                    };
-                    let (policy, mute) = match behavior {
-                        Behavior::Refuse => {
-                            self.push(now.plus_ms(LATENCY_MS), NetEvent::ConnectFailed(conn));
-                            continue;
-                        }
-                        Behavior::Silent => {
-                            self.push(now.plus_ms(LATENCY_MS), NetEvent::Connected(conn));
-                            continue;
-                        }
-                        Behavior::Accept(policy) => (policy, false),
-                        Behavior::MuteAfterData(policy) => (policy, true),
-                    };
-                    let mut server =
-                        ServerSession::new(Boxed(policy, Rc::clone(&self.received_log)));
-                    let greeting = server.take_output().unwrap_or_default();
-                    self.servers.insert(conn, server);
-                    self.mute_after_data.insert(conn, mute);
-                    self.push(now.plus_ms(LATENCY_MS), NetEvent::Connected(conn));
-                    self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Bytes(conn, greeting));
-                }
-                Action::Write { conn, bytes } => {
-                    self.clock.set(now);
-                    let log = self.conns.get_mut(&conn).unwrap();
-                    for line in String::from_utf8_lossy(&bytes).split("\r\n") {
-                        let upper = line.to_ascii_uppercase();
-                        if [
-                            "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "STARTTLS",
-                        ]
-                        .iter()
-                        .any(|c| upper.starts_with(c))
-                        {
-                            log.commands.push((now, line.to_string()));
-                        }
-                    }
-                    if let Some(server) = self.servers.get_mut(&conn) {
-                        server.handle_bytes(&bytes);
-                        let mut reply = server.take_output().unwrap_or_default();
-                        if self.mute_after_data.get(&conn) == Some(&true)
-                            && bytes.ends_with(b"\r\n.\r\n")
-                        {
-                            reply.clear();
-                        }
-                        let closed = server.is_closed();
-                        if !reply.is_empty() {
-                            self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Bytes(conn, reply));
-                        }
-                        if closed {
-                            self.servers.remove(&conn);
-                            self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Closed(conn));
-                        }
-                    }
-                }
-                Action::StartTls { conn, .. } => {
-                    if let Some(server) = self.servers.get_mut(&conn) {
-                        server.tls_established();
-                    }
-                    self.push(now.plus_ms(2 * LATENCY_MS), NetEvent::Tls(conn));
-                }
-                Action::Close { conn } => {
-                    self.servers.remove(&conn);
-                    if let Some(log) = self.conns.get_mut(&conn) {
-                        log.closed.get_or_insert(now);
-                    }
-                }
-            }
-        }
-        while let Some(record) = self.engine.poll_record() {
-            self.records.push(record);
-        }
-        while let Some(event) = self.engine.poll_event() {
-            self.events.push(event);
-        }
+    /// The engine the harness drives.
+    pub fn engine(&self) -> &Engine {
+        self.pump.engine()
+    }
+
+    /// The pump, the harness's network and its log, borrowed apart for one call.
+    fn split(&mut self) -> (&mut Pump, Net<'_>, Log<'_>) {
+        (
+            &mut self.pump,
+            Net {
+                hosts: &mut self.hosts,
+                dns: &self.dns,
+                net: &mut self.net,
+                seq: &mut self.seq,
+                servers: &mut self.servers,
+                mute_after_data: &mut self.mute_after_data,
+                conns: &mut self.conns,
+                resolved: &mut self.resolved,
+                tls_names: &mut self.tls_names,
+                clock: &self.clock,
+                received_log: &self.received_log,
+            },
+            Log {
+                records: &mut self.records,
+                events: &mut self.events,
+            },
+        )
+    }
+
+    /// Feeds the engine one input at `now`.
+    fn feed(&mut self, now: Time, input: Input<'_>) {
+        let (pump, mut net, mut log) = self.split();
+        pump.handle(now, input, &mut net, &mut log);
     }
 
     /// Runs `seconds` of virtual time (stopping early only in time, never in work).
     pub fn run_for(&mut self, seconds: u64) {
         let end = self.now.plus_secs(seconds);
         loop {
-            self.drain();
             let next_net = self.net.keys().next().map(|(t, _)| *t);
-            let next_timer = self.engine.poll_timeout();
+            let next_timer = self.pump.poll_timeout();
             let next = match (next_net, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,
@@ -419,38 +490,40 @@ impl Harness {
             if next_net == Some(next) {
                 let (_, event) = self.net.pop_first().unwrap();
                 match event {
-                    NetEvent::Connected(c) => self.engine.handle_connected(next, c),
+                    NetEvent::Connected(c) => self.feed(next, Input::Connected(c)),
                     NetEvent::ConnectFailed(c) => {
-                        self.engine
-                            .handle_connect_failed(next, c, "Connection refused");
                         if let Some(log) = self.conns.get_mut(&c) {
                             log.closed.get_or_insert(next);
                         }
+                        self.feed(next, Input::ConnectFailed(c, "Connection refused"));
                     }
-                    NetEvent::Bytes(c, bytes) => self.engine.handle_bytes(next, c, &bytes),
+                    NetEvent::Bytes(c, bytes) => self.feed(next, Input::Bytes(c, &bytes)),
                     NetEvent::Closed(c) => {
                         if let Some(log) = self.conns.get_mut(&c) {
                             log.closed.get_or_insert(next);
                         }
-                        self.engine.handle_closed(next, c)
+                        self.feed(next, Input::Closed(c));
                     }
-                    NetEvent::Tls(c) => self.engine.handle_tls_established(next, c),
-                    NetEvent::Mx(domain, answer) => self.engine.handle_mx(next, &domain, answer),
+                    NetEvent::Tls(c) => self.feed(next, Input::TlsEstablished(c)),
+                    NetEvent::Mx(domain, answer) => self.feed(next, Input::Mx(&domain, answer)),
                 }
             } else {
-                self.engine.handle_timeout(next);
+                self.feed(next, Input::Timeout);
             }
         }
         self.now = self.now.max(end);
-        self.drain();
     }
 
     /// The remote side closes every open connection now (an MX's own idle timeout).
     pub fn remote_close_all(&mut self) {
-        let open: Vec<ConnectionId> = self.servers.keys().copied().collect();
+        let now = self.now;
+        let (_, mut net, _) = self.split();
+        let open: Vec<ConnectionId> = net.servers.keys().copied().collect();
         for conn in open {
-            self.servers.remove(&conn);
-            self.push(self.now, NetEvent::Closed(conn));
+            if let Some(mut server) = net.servers.remove(&conn) {
+                server.close(now);
+            }
+            net.push(now, NetEvent::Closed(conn));
         }
     }
 

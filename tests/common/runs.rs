@@ -5,9 +5,10 @@ use std::path::Path;
 
 use pmta_sim::config::value::Rate;
 use pmta_sim::config::{self, MemFs, Options, RealFs};
-use pmta_sim::driver::{RunOutput, network};
+use pmta_sim::driver::network;
 use pmta_sim::engine::accounting::RecordType;
 use pmta_sim::scenario::{ConfigSource, Scenario};
+use pmta_sim::sim::output::RunOutput;
 
 use super::checkers::{RunView, check_run};
 

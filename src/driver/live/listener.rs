@@ -370,7 +370,7 @@ async fn session(stream: TcpStream, peer: IpAddr, context: &ListenerState) {
         &session_limits,
     );
     let refused = !source.smtp_service;
-    let mut session = ServerSession::with_limits(policy, session_limits);
+    let mut session = ServerSession::with_limits(policy, session_limits, wall_clock());
     let mut conn = Some(Conn::Plain(stream));
     let command_timeout = Duration::from_millis(limits.command_timeout_ms);
     let data_timeout = Duration::from_millis(limits.data_timeout_ms);
@@ -404,7 +404,7 @@ async fn session(stream: TcpStream, peer: IpAddr, context: &ListenerState) {
             match tokio::time::timeout(command_timeout, tls::accept(tls_config, plain)).await {
                 Ok(Ok(tls)) => {
                     conn = Some(Conn::Tls(Box::new(tls)));
-                    session.tls_established();
+                    session.tls_established(wall_clock());
                     deadline = Instant::now() + command_timeout;
                     continue;
                 }
@@ -413,7 +413,7 @@ async fn session(stream: TcpStream, peer: IpAddr, context: &ListenerState) {
         }
         if let Some((envelope, data)) = session.take_message() {
             let reply = store(context, peer, envelope, data).await;
-            session.complete_message(reply);
+            session.complete_message(wall_clock(), reply);
             continue;
         }
         if session.in_data() != in_data {
@@ -436,7 +436,7 @@ async fn session(stream: TcpStream, peer: IpAddr, context: &ListenerState) {
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => break Ending::Gone,
-            Ok(Ok(n)) => session.handle_bytes(&buffer[..n]),
+            Ok(Ok(n)) => session.handle_bytes(wall_clock(), &buffer[..n]),
             Err(_) => {
                 break Ending::Say(Reply::new(
                     421,
@@ -452,6 +452,7 @@ async fn session(stream: TcpStream, peer: IpAddr, context: &ListenerState) {
         }
         let _ = tokio::time::timeout(command_timeout, stream.shutdown()).await;
     }
+    session.close(wall_clock());
 }
 
 fn shutting_down() -> Reply {
