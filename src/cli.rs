@@ -24,6 +24,7 @@ use crate::engine::classify::{self, Classifier};
 use crate::printable;
 use crate::report;
 use crate::rundir;
+use crate::scenario::Mode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,6 +80,10 @@ enum Command {
         /// available now).
         #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
         memory_limit: Option<u64>,
+        /// Run under turmoil (`network`) or in virtual time (`fast`), whatever the scenario
+        /// says.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<Mode>,
     },
     /// Run every scenario of the given folders and files (default: scenarios/) in parallel and
     /// check their expectations.
@@ -94,6 +99,9 @@ enum Command {
         /// Memory all runs together may use (default: the memory available now).
         #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
         memory_limit: Option<u64>,
+        /// Run every scenario under turmoil (`network`) or in virtual time (`fast`).
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<Mode>,
     },
     /// Compare two run directories: metric deltas per provider and queue, and the first line
     /// where their accounting files differ.
@@ -156,6 +164,7 @@ pub fn main() -> ExitCode {
             junit,
             seeds,
             memory_limit,
+            mode,
         } => {
             let show = if quiet {
                 Show::Quiet
@@ -164,20 +173,30 @@ pub fn main() -> ExitCode {
             } else {
                 Show::Table
             };
-            ExitCode::from(run(&scenario, seed, seeds, out, show, junit, memory_limit))
+            ExitCode::from(run(
+                &scenario,
+                seed,
+                seeds,
+                out,
+                show,
+                junit,
+                memory_limit,
+                mode,
+            ))
         }
         Command::Test {
             paths,
             out,
             junit,
             memory_limit,
+            mode,
         } => {
             let paths = if paths.is_empty() {
                 vec![PathBuf::from("scenarios")]
             } else {
                 paths
             };
-            ExitCode::from(test(&paths, out, junit, memory_limit))
+            ExitCode::from(test(&paths, out, junit, memory_limit, mode))
         }
         Command::Diff { a, b } => ExitCode::from(diff(&a, &b)),
         Command::Report { dir } => ExitCode::from(rebuild_report(&dir)),
@@ -227,6 +246,11 @@ fn memory_limit(given: Option<u64>) -> u64 {
         .map_or(u64::MAX, |kib| kib * 1024)
 }
 
+/// `--mode fast`.
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    Mode::parse(text).ok_or_else(|| format!("`{text}` is not a mode: `network` or `fast`"))
+}
+
 /// `--memory-limit 2G`.
 fn parse_memory(text: &str) -> Result<u64, String> {
     match config::value::parse_size(text) {
@@ -240,6 +264,7 @@ fn parse_memory(text: &str) -> Result<u64, String> {
 fn run_one(
     path: &std::path::Path,
     seed: Option<u64>,
+    mode: Option<Mode>,
     out: Option<PathBuf>,
     show: Show,
     memory_bytes: u64,
@@ -254,6 +279,9 @@ fn run_one(
     } = loaded;
     if let Some(seed) = seed {
         scenario.seed = seed;
+    }
+    if let Some(mode) = mode {
+        scenario.mode = mode;
     }
     let rendered = render_diagnostics(&checked);
     if checked.error_count() > 0 {
@@ -299,24 +327,39 @@ fn run_one(
         )));
     }
     if estimate.is_long() && show != Show::Quiet {
-        eprintln!(
-            "warning: {} will take about {:.0} minutes ({} steps of {} ms for {} hosts, {} recipients)\n  = help: a larger tick_ms takes fewer steps",
-            printable::path(path),
-            (estimate.wall_s / 60.0).ceil(),
-            estimate.steps,
-            scenario.tick_ms,
-            estimate.hosts,
-            estimate.recipients
-        );
+        match scenario.mode {
+            Mode::Network => eprintln!(
+                "warning: {} will take about {:.0} minutes ({} steps of {} ms for {} hosts, {} recipients)\n  = help: a larger tick_ms takes fewer steps, and `--mode fast` skips idle time",
+                printable::path(path),
+                (estimate.wall_s / 60.0).ceil(),
+                estimate.steps,
+                scenario.tick_ms,
+                estimate.hosts,
+                estimate.recipients
+            ),
+            Mode::Fast => eprintln!(
+                "warning: {} will take about {:.0} minutes ({} recipients)",
+                printable::path(path),
+                (estimate.wall_s / 60.0).ceil(),
+                estimate.recipients
+            ),
+        }
     }
     let config_sha256 = driver::config_sha256(&checked.config.sources);
     let mut bar = driver::progress::Bar::new(show != Show::Table);
-    let ran = driver::network::run_with_progress(
-        &scenario,
-        checked.config,
-        crate::sim::RunOptions::default(),
-        &mut |p| bar.update(p),
-    );
+    let options = crate::sim::RunOptions::default();
+    let ran = match scenario.mode {
+        Mode::Network => {
+            driver::network::run_with_progress(&scenario, checked.config, options, &mut |p| {
+                bar.update(p)
+            })
+        }
+        Mode::Fast => {
+            driver::fast::run_with_progress(&scenario, checked.config, options, &mut |p| {
+                bar.update(p)
+            })
+        }
+    };
     bar.finish();
     let output = ran.map_err(|e| unreadable(format!("error: {e}")))?;
     let staged = staging.dir().to_path_buf();
@@ -468,6 +511,7 @@ fn write_junit(
 }
 
 /// `pmta-sim run`.
+#[allow(clippy::too_many_arguments)]
 fn run(
     path: &std::path::Path,
     seed: Option<u64>,
@@ -476,10 +520,11 @@ fn run(
     show: Show,
     junit: Option<PathBuf>,
     memory: Option<u64>,
+    mode: Option<Mode>,
 ) -> u8 {
     let memory_bytes = memory_limit(memory);
     let Some((first, last)) = seeds else {
-        return match run_one(path, seed, out, show, memory_bytes) {
+        return match run_one(path, seed, mode, out, show, memory_bytes) {
             Ok(finished) => {
                 let suites = [(finished.scenario.clone(), finished.outcomes.clone())];
                 if let Some(file) = junit
@@ -509,7 +554,7 @@ fn run(
             .file_stem()
             .map_or("run".into(), |s| s.to_string_lossy().to_string());
         let dir = base.join(format!("{name}-{seed}"));
-        match run_one(path, Some(seed), Some(dir), Show::Quiet, memory_bytes) {
+        match run_one(path, Some(seed), mode, Some(dir), Show::Quiet, memory_bytes) {
             Ok(finished) => {
                 for (i, o) in finished.outcomes.iter().enumerate() {
                     if rates.len() <= i {
@@ -635,6 +680,7 @@ fn test(
     out: Option<PathBuf>,
     junit: Option<PathBuf>,
     memory: Option<u64>,
+    mode: Option<Mode>,
 ) -> u8 {
     let files = match scenario_files(paths) {
         Ok(files) => files,
@@ -661,8 +707,14 @@ fn test(
                     let Some(file) = files.get(i) else {
                         break;
                     };
-                    let result =
-                        run_one(file, None, Some(dirs[i].clone()), Show::Quiet, memory_bytes);
+                    let result = run_one(
+                        file,
+                        None,
+                        mode,
+                        Some(dirs[i].clone()),
+                        Show::Quiet,
+                        memory_bytes,
+                    );
                     results.lock().expect("no worker panics while holding it")[i] = Some(result);
                 }
             });

@@ -7,7 +7,7 @@
 //! announced). Pure arithmetic: it reads no clock and no machine state; the caller compares
 //! it with the memory there is.
 
-use crate::scenario::Scenario;
+use crate::scenario::{Mode, Scenario};
 
 /// Memory of the process before any mail: the engine, the providers, turmoil.
 pub const BASE_BYTES: u64 = 48 << 20;
@@ -23,6 +23,8 @@ pub const FINISHED_RECIPIENT_BYTES: u64 = 1_300;
 pub const STEP_HOST_SECONDS: f64 = 1.5e-6;
 /// The engine's, the network's and the provider's work for one recipient's delivery.
 pub const RECIPIENT_SECONDS: f64 = 30e-6;
+/// The same in fast mode, where no tick is stepped and idle time costs nothing.
+pub const FAST_RECIPIENT_SECONDS: f64 = 10e-6;
 /// Runs estimated longer than this are announced before they start.
 pub const LONG_RUN_SECONDS: f64 = 60.0;
 
@@ -33,7 +35,7 @@ pub struct Estimate {
     pub recipients: u64,
     /// Turmoil hosts: one per source IP and MX, and the engine.
     pub hosts: u64,
-    /// Simulation steps: the duration over the tick.
+    /// Simulation steps: the duration over the tick (none in fast mode).
     pub steps: u64,
     /// Most memory the run may use.
     pub memory_bytes: u64,
@@ -54,15 +56,23 @@ impl Estimate {
         }
         let mx_hosts: usize = scenario.isps.iter().map(|i| i.mx.len()).sum();
         let hosts = (source_ips + mx_hosts + 1) as u64;
-        let steps = scenario.duration_s.saturating_mul(1000) / scenario.tick_ms.max(1);
+        let steps = match scenario.mode {
+            Mode::Network => scenario.duration_s.saturating_mul(1000) / scenario.tick_ms.max(1),
+            Mode::Fast => 0,
+        };
         // Every recipient is either still queued or finished at the end: the larger of the
         // two costs bounds it.
         let per_recipient = FINISHED_RECIPIENT_BYTES.max(EXTRA_RECIPIENT_BYTES);
         let memory_bytes = BASE_BYTES
             .saturating_add(messages.saturating_mul(QUEUED_MESSAGE_BYTES))
             .saturating_add(recipients.saturating_mul(per_recipient));
-        let wall_s =
-            steps as f64 * hosts as f64 * STEP_HOST_SECONDS + recipients as f64 * RECIPIENT_SECONDS;
+        let wall_s = match scenario.mode {
+            Mode::Network => {
+                steps as f64 * hosts as f64 * STEP_HOST_SECONDS
+                    + recipients as f64 * RECIPIENT_SECONDS
+            }
+            Mode::Fast => recipients as f64 * FAST_RECIPIENT_SECONDS,
+        };
         Estimate {
             messages,
             recipients,

@@ -7,6 +7,7 @@
 //! turmoil; every `select!` in it is `biased;`, and it reads time only from the simulation.
 
 pub mod estimate;
+pub mod fast;
 pub mod live;
 pub mod network;
 pub mod progress;

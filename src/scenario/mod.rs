@@ -739,9 +739,38 @@ pub enum ConfigSource {
     Inline(String),
 }
 
+/// Which driver runs a scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Under turmoil: real network code, a fixed tick (minutes to a day, faults).
+    #[default]
+    Network,
+    /// In virtual time that jumps to the next event (days to months, sweeps).
+    Fast,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "network" => Some(Mode::Network),
+            "fast" => Some(Mode::Fast),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Network => "network",
+            Mode::Fast => "fast",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
     pub name: String,
+    /// The driver that runs it (`mode`, or `--mode` on the command line).
+    pub mode: Mode,
     pub seed: u64,
     pub duration_s: u64,
     pub start: Time,
@@ -883,17 +912,18 @@ impl Scenario {
                 ),
             ));
         }
-        if let Some(mode) = &raw.mode
-            && mode.get_ref() != "network"
-        {
-            return Err(r.span(
-                mode,
-                format!(
-                    "unknown mode `{}`; this version runs `network`",
-                    mode.get_ref()
-                ),
-            ));
-        }
+        let mode = match &raw.mode {
+            None => Mode::Network,
+            Some(mode) => Mode::parse(mode.get_ref()).ok_or_else(|| {
+                r.span(
+                    mode,
+                    format!(
+                        "unknown mode `{}`; a run is `network` (turmoil) or `fast` (virtual time)",
+                        mode.get_ref()
+                    ),
+                )
+            })?,
+        };
         if !is_safe_name(raw.name.get_ref()) {
             return Err(r.span(
                 &raw.name,
@@ -1349,6 +1379,7 @@ impl Scenario {
         Ok(Scenario {
             backoff_clock,
             name: raw.name.into_inner(),
+            mode,
             seed: raw.seed,
             duration_s,
             start,
