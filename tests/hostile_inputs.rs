@@ -543,7 +543,7 @@ fn model_values_out_of_range_are_load_errors() {
         )
     };
     let reputation = "[reputation]\nstart = 0.5\ndaily_step = 0.1\ncomplaint_good = 0.001\ncomplaint_bad = 0.003\nmitigation_days = 7\nunknown_bad = 0.02\nweight_complaints = WC\nweight_unknown = 0.5\nweight_engagement = 0.3\nblock_below = 0.1\nblock_phase = \"mail\"\nblock_reply = \"550 5.7.1 blocked\"\n";
-    let throttle = "[throttle]\nphase = \"mail\"\nper_ip_per_hour = CAP\nreply_ip = \"421 4.7.0 slow down\"\npenalty_min = \"10m\"\npenalty_max = \"20m\"\nearly_retry_extension = \"10m\"\n";
+    let throttle = "[throttle]\nphase = \"mail\"\nmessages_per_ip_per_hour = CAP\nreply_ip = \"421 4.7.0 slow down\"\npenalty_min = \"10m\"\npenalty_max = \"20m\"\nearly_retry_extension = \"10m\"\n";
     let nan = model("nanweight", &reputation.replace("WC", "nan"));
     let negative = model("negweight", &reputation.replace("WC", "-1.0"));
     let infinite = model("infweight", &reputation.replace("WC", "inf"));

@@ -111,6 +111,7 @@ const TOP_LEVEL: &[&str] = &[
     "assets",
     "benches",
     "docs",
+    "examples",
     "isp-models",
     "reports",
     "scenarios",

@@ -451,6 +451,25 @@ async fn session(stream: TcpStream, peer: IpAddr, context: &ListenerState) {
             let _ = write(&mut stream, &reply.to_wire(), command_timeout).await;
         }
         let _ = tokio::time::timeout(command_timeout, stream.shutdown()).await;
+        linger(&mut stream, &mut buffer).await;
+    }
+}
+
+/// Most bytes and time spent discarding a closing client's input.
+const LINGER_BYTES_MAX: usize = 1 << 20;
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Reads and discards what the client still sends, for a short while, before the socket is
+/// dropped: closing with unread input makes the kernel send a reset, which can destroy the
+/// last reply (a `421`) before the client reads it.
+async fn linger(stream: &mut Conn, buffer: &mut [u8]) {
+    let deadline = Instant::now() + LINGER;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES_MAX {
+        match timeout_at(deadline, stream.read(buffer)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => return,
+        }
     }
     session.close(wall_clock());
 }
