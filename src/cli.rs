@@ -19,7 +19,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Checked, Options, RealFs, queue};
 use crate::driver;
-use crate::engine::accounting::CsvWriter;
 use crate::engine::classify::{self, Classifier};
 use crate::printable;
 use crate::report;
@@ -347,7 +346,18 @@ fn run_one(
     }
     let config_sha256 = driver::config_sha256(&checked.config.sources);
     let mut bar = driver::progress::Bar::new(show != Show::Table);
-    let options = crate::sim::RunOptions::default();
+    // The accounting records go to the file as they come: a long run never holds them.
+    let acct_path = staging.dir().join("acct.csv");
+    let acct_file = std::fs::File::create(&acct_path).map_err(|e| {
+        unreadable(format!(
+            "error: cannot write `{}`: {e}",
+            printable::path(&acct_path)
+        ))
+    })?;
+    let options = crate::sim::RunOptions {
+        trace: false,
+        acct: Some(Box::new(Synced(std::io::BufWriter::new(acct_file)))),
+    };
     let ran = match scenario.mode {
         Mode::Network => {
             driver::network::run_with_progress(&scenario, checked.config, options, &mut |p| {
@@ -363,26 +373,9 @@ fn run_one(
     bar.finish();
     let output = ran.map_err(|e| unreadable(format!("error: {e}")))?;
     let staged = staging.dir().to_path_buf();
-    let written = std::fs::File::create(staged.join("acct.csv")).and_then(|file| {
-        let mut writer = CsvWriter::new(std::io::BufWriter::new(file))?;
-        for record in &output.records {
-            writer.write(record)?;
-        }
-        writer
-            .finish()?
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .sync_all()
-    });
-    written.map_err(|e| {
-        unreadable(format!(
-            "error: cannot write `{}`: {e}",
-            printable::path(&staged.join("acct.csv"))
-        ))
-    })?;
-    let data = output.run_data(&scenario, config_sha256);
-    // The records are on disk: their memory is not needed while the report is built.
-    drop(output);
+    let mut data = output.data;
+    data.config_sha256 = config_sha256;
+    let outcomes = output.outcomes;
     let json_text = serde_json::to_string(&data).expect("run data always serializes");
     std::fs::write(staged.join("run.json"), json_text + "\n").map_err(|e| {
         unreadable(format!(
@@ -390,11 +383,8 @@ fn run_one(
             printable::path(&staged.join("run.json"))
         ))
     })?;
-    // The report is built from the files just written, exactly as `pmta-sim report` does.
-    let (summary, data, rows) =
-        write_report(&staged).map_err(|e| unreadable(format!("error: {e}")))?;
-    let outcomes = report::expect::evaluate(&scenario.expect, &data, &rows);
-    drop(rows);
+    // The report is built from the file just written, exactly as `pmta-sim report` does.
+    let summary = write_report(&staged).map_err(|e| unreadable(format!("error: {e}")))?;
     staging
         .commit()
         .map_err(|e| unreadable(format!("error: {e}")))?;
@@ -867,23 +857,17 @@ fn rebuild_report(dir: &std::path::Path) -> u8 {
     }
 }
 
-/// Reads `acct.csv` and `run.json` in `dir`, writes `summary.json`, `report.html` and the
-/// charts (`charts/*.svg`, `charts/*.png`), each replacing its previous version whole, and
-/// returns the summary.
-fn write_report(
-    dir: &std::path::Path,
-) -> Result<(report::Summary, report::RunData, Vec<report::Row>), String> {
-    let acct_path = printable::path(&dir.join("acct.csv"));
+/// Reads `run.json` in `dir`, writes `summary.json`, `report.html` and the charts
+/// (`charts/*.svg`, `charts/*.png`), each replacing its previous version whole, and returns
+/// the summary.
+fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
     let run_json = printable::path(&dir.join("run.json"));
-    let acct = read_run_file(dir, "acct.csv", ACCT_FILE_MAX_BYTES)?;
-    let rows = report::read_acct(&acct_path, &acct).map_err(|e| e.to_string())?;
-    drop(acct);
     let data: report::RunData =
         serde_json::from_str(&read_run_file(dir, "run.json", RUN_JSON_MAX_BYTES)?)
             .map_err(|e| format!("`{run_json}`:{}:{}: {e}", e.line(), e.column()))?;
     data.validate()
         .map_err(|e| format!("`{run_json}` is not a pmta-sim run: {e}"))?;
-    let built = report::build(&data, &rows);
+    let built = report::build(&data);
     let charts = report::charts::render(&built);
     let chart_dir = dir.join("charts");
     std::fs::create_dir_all(&chart_dir)
@@ -903,7 +887,22 @@ fn write_report(
         &dir.join("report.html"),
         report::html::page(&built, &charts).as_bytes(),
     )?;
-    Ok((built.summary, data, rows))
+    Ok(built.summary)
+}
+
+/// The accounting file: buffered, and synced to disk when flushed at the end of the run
+/// (the run directory is renamed into place only after).
+struct Synced(std::io::BufWriter<std::fs::File>);
+
+impl std::io::Write for Synced {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.0.get_ref().sync_all()
+    }
 }
 
 fn classify(reply_text: &str, config_path: Option<&std::path::Path>, json: bool) -> u8 {

@@ -390,6 +390,8 @@ fn sample(spec: &pmta_sim::config::directives::DirectiveSpec) -> String {
         K::SourceIpDataRate => "192.0.2.0/24 10M/h".into(),
         K::DomainKey => "s1,example.com,/etc/pmta/s1.pem".into(),
         K::Listener => "127.0.0.1:2525".into(),
+        K::AcctRecords => "d,b,t".into(),
+        K::AcctFields => "d timeLogged,rcpt".into(),
         K::Text => match spec.name {
             "disable-acct-records" => "t".into(),
             "smtp-hosts" => "[192.0.2.200]:2525".into(),

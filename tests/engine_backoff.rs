@@ -9,7 +9,7 @@ use common::checkers::check_all;
 use common::harness::{Harness, Script, T0, secs};
 use pmta_sim::config::model::QueueMode;
 use pmta_sim::engine::accounting::RecordType;
-use pmta_sim::engine::{BackoffClock, EngineEvent, EngineOptions, Time};
+use pmta_sim::engine::{BackoffClock, EngineEvent, EngineOptions, ModeTrigger, Time};
 use pmta_sim::smtp::Reply;
 
 fn config(extra_domain: &str) -> String {
@@ -59,13 +59,13 @@ fn throttling(h: &mut Harness, reply: Reply, until: Time) {
     });
 }
 
-fn modes(h: &Harness) -> Vec<(f64, QueueMode, String)> {
+fn modes(h: &Harness) -> Vec<(f64, QueueMode, ModeTrigger)> {
     h.events
         .iter()
         .filter_map(|e| match e {
             EngineEvent::ModeChanged {
-                at, mode, reason, ..
-            } => Some((secs(*at), *mode, reason.clone())),
+                at, mode, trigger, ..
+            } => Some((secs(*at), *mode, trigger.clone())),
             _ => None,
         })
         .collect()
@@ -239,7 +239,7 @@ fn backoff_to_normal_after_delivery_leaves_on_the_first_delivery() {
         (
             delivered[0],
             QueueMode::Normal,
-            "delivery while in backoff".to_string()
+            ModeTrigger::DeliveryInBackoff
         )
     );
     assert!(delivered[0] < 3600.0);

@@ -3,13 +3,12 @@
 mod common;
 
 use common::runs::{load, run};
-use pmta_sim::report::{self, Row};
+use pmta_sim::report;
 
 fn report_of(scenario: &pmta_sim::scenario::Scenario) -> report::Report {
     let out = run(scenario);
-    let data = out.run_data(scenario, String::new());
-    let rows: Vec<Row> = out.records.iter().map(Row::of).collect();
-    report::build(&data, &rows)
+    let data = out.data.clone();
+    report::build(&data)
 }
 
 /// A stream at a constant 60 a minute, with no limit in the way, draws a flat line at 3,600
@@ -62,17 +61,17 @@ domains = { "example.net" = 1.0 }
 fn a_backoff_run_draws_its_band_where_the_accounting_log_says() {
     let s = load("backoff");
     let out = run(&s);
-    let data = out.run_data(&s, String::new());
-    let rows: Vec<Row> = out.records.iter().map(Row::of).collect();
-    let report = report::build(&data, &rows);
+    let data = out.data.clone();
+    let report = report::build(&data);
     assert!(!report.backoff_bands.is_empty());
     let start = s.start.unix_secs();
     for band in &report.backoff_bands {
         assert_eq!(band.row, "yahoo.com/v1");
         let at = start + band.from_s as u64;
         assert!(
-            rows.iter()
-                .any(|r| r.logged_s == at && r.diag.contains("[TS01]")),
+            out.records
+                .iter()
+                .any(|r| r.time_logged.unix_secs() == at && r.dsn_diag.contains("[TS01]")),
             "no [TS01] record at the band's start {at}"
         );
         assert!(band.to_s - band.from_s >= 600.0, "{band:?}");
@@ -97,7 +96,7 @@ fn a_backoff_run_draws_its_band_where_the_accounting_log_says() {
 fn run_json_keeps_each_replys_step_and_each_connections_messages() {
     let s = load("yahoo-tss04");
     let out = run(&s);
-    let data = out.run_data(&s, String::new());
+    let data = out.data.clone();
     let json = serde_json::to_string(&data).unwrap();
     assert!(
         json.contains("\"phase\":\"mail\""),
@@ -118,8 +117,7 @@ fn run_json_keeps_each_replys_step_and_each_connections_messages() {
         .find(|r| r.reply.starts_with("250"))
         .unwrap();
     assert_eq!(deliveries.phase, "data_end");
-    let rows: Vec<Row> = out.records.iter().map(Row::of).collect();
-    let report = report::build(&data, &rows);
+    let report = report::build(&data);
     let yahoo = &report.summary.providers["yahoo"];
     assert_eq!(yahoo.refusals()[0].0, "mail");
     let table = report::terminal::table(&report.summary, false);
@@ -131,12 +129,14 @@ fn run_json_keeps_each_replys_step_and_each_connections_messages() {
     // Yahoo ends a connection after 20 messages: run.json counts them per connection.
     let s = load("yahoo-per-connection");
     let out = run(&s);
-    let data = out.run_data(&s, String::new());
-    let counts: Vec<u64> = data.connections.iter().map(|c| c.messages).collect();
-    assert!(
-        counts.iter().filter(|n| **n == 21).count() >= 4,
-        "{counts:?}"
-    );
+    let data = out.data.clone();
+    let with_21: u64 = data
+        .figures
+        .queues
+        .values()
+        .filter_map(|q| q.messages_per_connection.get(&21))
+        .sum();
+    assert!(with_21 >= 4, "{:?}", data.figures.queues);
     let log = &out.receivers[0].1;
     assert_eq!(
         log.connections.iter().map(|c| c.messages).max(),

@@ -37,9 +37,8 @@ fn refused_mail_is_counted_listed_and_summarized() {
         "virtual MTA or pool `v9` is not defined"
     );
     assert_eq!(out.refused.first[0].env_id, "0.0");
-    let data = out.run_data(&scenario, String::new());
-    let rows: Vec<_> = out.records.iter().map(pmta_sim::report::Row::of).collect();
-    let summary = pmta_sim::report::build(&data, &rows).summary;
+    let data = out.data.clone();
+    let summary = pmta_sim::report::build(&data).summary;
     assert_eq!(summary.refused.messages, 5);
     let json = pmta_sim::report::summary_json(&summary);
     assert!(json.contains("\"unknown-virtual-mta\": 5"), "{json}");
@@ -61,7 +60,7 @@ fn a_pattern_the_engine_cannot_decide_is_reported() {
         );
     let scenario = Scenario::parse(Path::new("pattern.toml"), &text).unwrap();
     let out = network::run(&scenario, inline_config(&scenario, "pattern.toml")).unwrap();
-    let data = out.run_data(&scenario, String::new());
+    let data = out.data.clone();
     assert_eq!(
         data.pattern_failures.len(),
         1,

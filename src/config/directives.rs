@@ -209,6 +209,10 @@ pub enum ValueKind {
     /// `IP:PORT`, `[IPV6]:PORT` or `0/0:PORT` (every IPv4 address): where to listen for
     /// SMTP; repeatable, one line per address.
     Listener,
+    /// `<acct-file>` `records`: record types, `d,b,t,tq`.
+    AcctRecords,
+    /// `<acct-file>` `record-fields TYPE FIELD,FIELD,...`; repeatable, one line per type.
+    AcctFields,
     /// Free text, kept as written.
     Text,
 }
@@ -221,7 +225,10 @@ impl ValueKind {
         self.is_per_source_ip()
             || matches!(
                 self,
-                ValueKind::IpHost | ValueKind::DomainKey | ValueKind::Listener
+                ValueKind::IpHost
+                    | ValueKind::DomainKey
+                    | ValueKind::Listener
+                    | ValueKind::AcctFields
             )
     }
 
@@ -484,8 +491,8 @@ pub static DIRECTIVES: &[DirectiveSpec] = &[
     d("source", USER, K::Text, Unset),
     d("authentication-method", USER, K::Text, Unset),
     // --- <acct-file> and <spool> ---------------------------------------------------------------
-    d("records", ACCT, K::Text, Def("d,b")),
-    d("record-fields", ACCT, K::Text, Unset),
+    d("records", ACCT, K::AcctRecords, Def("d,b")),
+    d("record-fields", ACCT, K::AcctFields, Unset),
     d("move-interval", ACCT, K::Interval, Unset),
     d("move-to", ACCT, K::Text, Unset),
     d("max-size", ACCT, K::Size, Unset),

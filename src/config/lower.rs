@@ -380,6 +380,13 @@ impl Lowerer<'_> {
             ValueKind::DomainKey => parse_domain_key(&text).map(Value::DomainKey),
             ValueKind::Listener => one_word(self)
                 .then(|| value::parse_listener(&text).map(|addr| Value::Text(addr.to_string())))?,
+            ValueKind::AcctRecords => {
+                value::parse_acct_records(&text).map(|codes| Value::Text(codes.join(",")))
+            }
+            ValueKind::AcctFields => value::parse_acct_fields(&text).map(|(code, fields)| {
+                self.unknown_acct_fields(span, &fields);
+                Value::Text(format!("{code} {}", fields.join(",")))
+            }),
             ValueKind::Text => Ok(Value::Text(text.clone())),
         };
         match parsed {
@@ -391,6 +398,25 @@ impl Lowerer<'_> {
                 }
                 None
             }
+        }
+    }
+
+    /// Fields of `record-fields` that are not PowerMTA's (nor `*` or `header_NAME`) are
+    /// written empty: a warning, with the closest field when one is close.
+    fn unknown_acct_fields(&mut self, span: Span, fields: &[String]) {
+        for field in fields {
+            if field == "*"
+                || field.starts_with("header_")
+                || value::ACCT_FIELDS.contains(&field.as_str())
+            {
+                continue;
+            }
+            let diag = self.warning(
+                span,
+                format!("`record-fields`: `{field}` is not an accounting field PowerMTA documents; its column stays empty"),
+            );
+            diag.help = did_you_mean(field, value::ACCT_FIELDS.iter().copied())
+                .map(|s| format!("did you mean `{s}`?"));
         }
     }
 

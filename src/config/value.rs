@@ -541,6 +541,107 @@ pub fn parse_address(text: &str) -> Result<String, ValueError> {
     }
 }
 
+/// PowerMTA's accounting record types: each code with its long name (`record-fields
+/// delivery …` is `record-fields d …`).
+pub const ACCT_RECORD_TYPES: [(&str, &str); 8] = [
+    ("d", "delivery"),
+    ("b", "bounce"),
+    ("t", "transient"),
+    ("tq", "transient-queue"),
+    ("r", "receipt"),
+    ("f", "feedback-loop"),
+    ("rb", "remote-bounce"),
+    ("rs", "remote-status"),
+];
+
+/// The fields PowerMTA's accounting records can carry (v5 User's Guide §12.2, transcribed at
+/// hackmd.io/@z3d3m0n/Pmta_records; the `f` record's from reference §2.4), besides
+/// `header_NAME` (a header's value) and `*` (the default fields).
+pub const ACCT_FIELDS: [&str; 32] = [
+    "type",
+    "timeLogged",
+    "timeQueued",
+    "timeImprinted",
+    "timeFirstAttempt",
+    "totalSecondsQueued",
+    "orig",
+    "rcpt",
+    "orcpt",
+    "dsnAction",
+    "dsnStatus",
+    "dsnDiag",
+    "dsnMta",
+    "bounceCat",
+    "srcType",
+    "srcMta",
+    "dlvType",
+    "dlvSourceIp",
+    "dlvDestinationIp",
+    "dlvEsmtpAvailable",
+    "dlvSize",
+    "vmta",
+    "jobId",
+    "envId",
+    "queue",
+    "vmtaPool",
+    "feedbackType",
+    "format",
+    "userAgent",
+    "reportingMta",
+    "reportedDomain",
+    "reportedUri",
+];
+
+/// One accounting record type, by code or long name → its code.
+fn acct_record_type(word: &str) -> Result<&'static str, ValueError> {
+    let lower = word.to_ascii_lowercase();
+    ACCT_RECORD_TYPES
+        .iter()
+        .find(|(code, long)| lower == *code || lower == *long)
+        .map(|(code, _)| *code)
+        .ok_or_else(|| {
+            let err = ValueError::new("a record type (d, b, t, tq, r, f, rb, rs)", word);
+            let known = ACCT_RECORD_TYPES.iter().flat_map(|(c, l)| [*c, *l]);
+            match crate::config::diag::did_you_mean(word, known) {
+                Some(m) => err.suggest(m),
+                None => err,
+            }
+        })
+}
+
+/// `records d,b,t` (commas, spaces or both): the record type codes, each once, in order.
+pub fn parse_acct_records(text: &str) -> Result<Vec<&'static str>, ValueError> {
+    let mut codes: Vec<&'static str> = Vec::new();
+    for word in text.split([',', ' ', '\t']).filter(|w| !w.is_empty()) {
+        let code = acct_record_type(word)?;
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    if codes.is_empty() {
+        return Err(ValueError::new("record types, such as d,b", text));
+    }
+    Ok(codes)
+}
+
+/// `record-fields TYPE FIELD,FIELD,...` (commas, spaces or both): the record type's code and
+/// its fields as written (`*` for the default set).
+pub fn parse_acct_fields(text: &str) -> Result<(&'static str, Vec<String>), ValueError> {
+    let mut words = text.split([',', ' ', '\t']).filter(|w| !w.is_empty());
+    let Some(kind) = words.next() else {
+        return Err(ValueError::new("a record type and its fields", text));
+    };
+    let code = acct_record_type(kind)?;
+    let fields: Vec<String> = words.map(str::to_string).collect();
+    if fields.is_empty() {
+        return Err(ValueError::new(
+            "fields after the record type, such as `d timeLogged,rcpt`",
+            text,
+        ));
+    }
+    Ok((code, fields))
+}
+
 /// A comma-separated address list.
 pub fn parse_address_list(text: &str) -> Result<Vec<String>, ValueError> {
     text.split(',').map(|a| parse_address(a.trim())).collect()

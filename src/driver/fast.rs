@@ -47,7 +47,7 @@ const LATENCY_SEED_MIX: u64 = 0x5EED_1A7E_0C10_0F5A;
 
 /// Runs `scenario` with `config` to its end in virtual time, keeping the trace tests check.
 pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
-    run_with_progress(scenario, config, RunOptions { trace: true }, &mut |_| {})
+    run_with_progress(scenario, config, RunOptions::traced(), &mut |_| {})
 }
 
 /// [`run`], reporting progress every so many events.
@@ -111,7 +111,7 @@ pub fn run_with_progress(
             server.close(end);
         }
     }
-    Ok(run.finish(&world, scenario))
+    run.finish(&world, scenario)
 }
 
 /// Segment latency as turmoil draws it: `min + (max − min)·X`, `X ~ Exp(5)`, clamped to the

@@ -59,7 +59,7 @@ fn sim_now(start: Time) -> Time {
 /// Runs `scenario` with `config` to its end, keeping the trace tests check (every injected
 /// recipient, every RCPT time).
 pub fn run(scenario: &Scenario, config: Config) -> Result<RunOutput, RunError> {
-    run_with_progress(scenario, config, RunOptions { trace: true }, &mut |_| {})
+    run_with_progress(scenario, config, RunOptions::traced(), &mut |_| {})
 }
 
 /// [`run`], reporting progress every few thousand simulation steps.
@@ -165,7 +165,7 @@ pub fn run_with_progress(
         .borrow_mut()
         .take()
         .ok_or_else(|| RunError::Simulation("the engine did not finish".into()))?;
-    Ok(run.finish(&world, scenario))
+    run.finish(&world, scenario)
 }
 
 /// The engine's turmoil client: workload in, network events in, timers, until the end.

@@ -1,12 +1,15 @@
 //! Accounting records, PowerMTA's `acct-file` format: one CSV row per delivery outcome.
 //!
 //! Owns the record types (`d` delivered, `b` bounced, `t` transient per recipient, `tq`
-//! transient for the queue), their fields in PowerMTA's default header order, and the CSV
-//! writer. Existing PowerMTA log tooling reads the output unchanged. Timestamps are the
-//! engine's `now` (simulated time in simulation).
+//! transient for the queue, `f` feedback), their fields in PowerMTA's default header order,
+//! the file's format as an `<acct-file>` block sets it ([`AcctFormat`]: which record types,
+//! which fields) and the CSV writer. Existing PowerMTA log tooling reads the output
+//! unchanged. Timestamps are the engine's `now` (simulated time in simulation).
 
 use std::io;
 
+use super::settings::AcctFileSettings;
+use crate::config::Config;
 use crate::time::Time;
 
 /// PowerMTA's default accounting header, in order.
@@ -52,6 +55,15 @@ pub enum RecordType {
 }
 
 impl RecordType {
+    /// Every type the engine (or, for `f`, a simulated provider) writes.
+    pub const ALL: [RecordType; 5] = [
+        RecordType::Delivered,
+        RecordType::Bounced,
+        RecordType::Transient,
+        RecordType::TransientQueue,
+        RecordType::Feedback,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             RecordType::Delivered => "d",
@@ -144,6 +156,21 @@ pub struct AcctRecord {
 }
 
 impl AcctRecord {
+    /// The value of the accounting field `name`: one of [`HEADER`], or
+    /// `totalSecondsQueued`; every other field PowerMTA knows (`timeFirstAttempt`,
+    /// `header_NAME`, the `f` record's own) is empty here.
+    pub fn field(&self, name: &str) -> String {
+        match HEADER.iter().position(|h| *h == name) {
+            Some(index) => self.fields()[index].clone(),
+            None if name == "totalSecondsQueued" => self
+                .time_logged
+                .unix_secs()
+                .saturating_sub(self.time_queued.unix_secs())
+                .to_string(),
+            None => String::new(),
+        }
+    }
+
     /// The fields in [`HEADER`] order.
     pub fn fields(&self) -> [String; 23] {
         [
@@ -174,23 +201,165 @@ impl AcctRecord {
     }
 }
 
-/// Writes records as PowerMTA's CSV: the header once, then one row per record.
+/// What the accounting file holds: which record types, and which columns each fills.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcctFormat {
+    types: Vec<RecordType>,
+    /// The file's columns after `type`: every field of every type written, in order of
+    /// first appearance (PowerMTA: "all the possible columns from the selected records").
+    columns: Vec<String>,
+    /// Per type, whether it fills each column (a type that does not leaves it empty).
+    fills: Vec<(RecordType, Vec<bool>)>,
+    /// Every type with the default fields: rows are [`AcctRecord::fields`] as they are.
+    default_fields: bool,
+}
+
+impl AcctFormat {
+    /// Every record type with PowerMTA's default fields: the file of a configuration
+    /// without `<acct-file>` (a simulation is for seeing the deferrals, so `t`, `tq` and `f`
+    /// are written too).
+    pub fn all() -> AcctFormat {
+        AcctFormat {
+            types: RecordType::ALL.to_vec(),
+            columns: HEADER[1..].iter().map(|h| h.to_string()).collect(),
+            fills: Vec::new(),
+            default_fields: true,
+        }
+    }
+
+    /// The format of the configuration's first `<acct-file>` block (`records`, default
+    /// `d,b`; `record-fields` per type, default the 23 fields), or [`AcctFormat::all`]
+    /// without one. Types pmta-sim never writes (`r`, `rb`, `rs`) add no rows.
+    pub fn from_config(config: &Config) -> AcctFormat {
+        let Some(block) = config.acct_files.first() else {
+            return AcctFormat::all();
+        };
+        AcctFormat::of(&AcctFileSettings::read(&block.settings, None))
+    }
+
+    fn of(settings: &AcctFileSettings) -> AcctFormat {
+        let types: Vec<RecordType> = RecordType::ALL
+            .into_iter()
+            .filter(|t| settings.records.contains(&t.code()))
+            .collect();
+        let mut columns: Vec<String> = Vec::new();
+        let mut per_type: Vec<(RecordType, Vec<String>)> = Vec::new();
+        // Columns in the order of `records`, each type's fields in the order written.
+        for code in &settings.records {
+            let Some(kind) = types.iter().find(|t| t.code() == *code) else {
+                continue;
+            };
+            let written = settings
+                .record_fields
+                .iter()
+                .rev()
+                .find(|(c, _)| c == code)
+                .map(|(_, fields)| fields.clone());
+            let mut fields: Vec<String> = Vec::new();
+            for field in written.unwrap_or_else(|| vec!["*".to_string()]) {
+                let expanded: Vec<String> = if field == "*" {
+                    HEADER[1..].iter().map(|h| h.to_string()).collect()
+                } else if field == "type" {
+                    // Always the first column, whatever the list says.
+                    Vec::new()
+                } else {
+                    vec![field]
+                };
+                for f in expanded {
+                    if !fields.contains(&f) {
+                        fields.push(f);
+                    }
+                }
+            }
+            for f in &fields {
+                if !columns.contains(f) {
+                    columns.push(f.clone());
+                }
+            }
+            per_type.push((*kind, fields));
+        }
+        let default_fields = columns
+            .iter()
+            .map(String::as_str)
+            .eq(HEADER[1..].iter().copied())
+            && per_type.iter().all(|(_, f)| f.len() == HEADER.len() - 1);
+        let fills = per_type
+            .into_iter()
+            .map(|(kind, fields)| (kind, columns.iter().map(|c| fields.contains(c)).collect()))
+            .collect();
+        AcctFormat {
+            types,
+            columns,
+            fills,
+            default_fields,
+        }
+    }
+
+    /// Whether records of this type are written.
+    pub fn writes(&self, kind: RecordType) -> bool {
+        self.types.contains(&kind)
+    }
+
+    /// The header line's fields.
+    pub fn header(&self) -> Vec<&str> {
+        std::iter::once("type")
+            .chain(self.columns.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// A record's row.
+    fn row(&self, record: &AcctRecord) -> Vec<String> {
+        if self.default_fields {
+            return record.fields().to_vec();
+        }
+        let fills = self
+            .fills
+            .iter()
+            .find(|(kind, _)| *kind == record.record_type)
+            .map(|(_, fills)| fills.as_slice())
+            .unwrap_or(&[]);
+        std::iter::once(record.record_type.code().to_string())
+            .chain(self.columns.iter().enumerate().map(|(i, column)| {
+                if fills.get(i).copied().unwrap_or(false) {
+                    record.field(column)
+                } else {
+                    String::new()
+                }
+            }))
+            .collect()
+    }
+}
+
+/// Writes records as PowerMTA's CSV: the header once, then one row per record of a type
+/// the format writes.
 pub struct CsvWriter<W: io::Write> {
     inner: csv::Writer<W>,
+    format: AcctFormat,
 }
 
 impl<W: io::Write> CsvWriter<W> {
+    /// Every record type with the default fields ([`AcctFormat::all`]).
     pub fn new(out: W) -> io::Result<CsvWriter<W>> {
+        CsvWriter::with_format(out, AcctFormat::all())
+    }
+
+    pub fn with_format(out: W, format: AcctFormat) -> io::Result<CsvWriter<W>> {
         let mut inner = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .from_writer(out);
-        inner.write_record(HEADER).map_err(io::Error::other)?;
-        Ok(CsvWriter { inner })
+        inner
+            .write_record(format.header())
+            .map_err(io::Error::other)?;
+        Ok(CsvWriter { inner, format })
     }
 
+    /// Writes the record, if the format keeps its type.
     pub fn write(&mut self, record: &AcctRecord) -> io::Result<()> {
+        if !self.format.writes(record.record_type) {
+            return Ok(());
+        }
         self.inner
-            .write_record(record.fields())
+            .write_record(self.format.row(record))
             .map_err(io::Error::other)
     }
 

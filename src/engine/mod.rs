@@ -227,6 +227,8 @@ pub enum EngineEvent {
         at: Time,
         conn: ConnectionId,
         queue: String,
+        domain: String,
+        vmta: String,
         source_ip: IpAddr,
     },
     /// A transaction began on `conn`: its MAIL FROM and `recipients` RCPT commands are sent
@@ -243,21 +245,28 @@ pub enum EngineEvent {
         conn: ConnectionId,
         messages: u64,
     },
+    /// The queue switched to `mode`, and what switched it.
     ModeChanged {
         at: Time,
         queue: String,
+        domain: String,
+        vmta: String,
         mode: QueueMode,
-        reason: String,
+        trigger: ModeTrigger,
     },
     SourceIpDisabled {
         at: Time,
         queue: String,
+        domain: String,
+        vmta: String,
         ip: IpAddr,
         until: Option<Time>,
     },
     RetryScheduled {
         at: Time,
         queue: String,
+        domain: String,
+        vmta: String,
         until: Time,
     },
     /// Recipients of an injected message entered a queue at `at` (their `timeQueued`,
@@ -265,7 +274,21 @@ pub enum EngineEvent {
     Queued {
         at: Time,
         queue: String,
+        domain: String,
+        vmta: String,
         recipients: u64,
+    },
+    /// What holds the queue's waiting mail back changed: the scheduler met `limit` (waiting
+    /// until `until` when the wait has an end), or nothing holds it ([`HeldBy::Sending`]).
+    /// Emitted only when the limit changes, so its volume follows the queue's changes of
+    /// state, not its messages.
+    QueueHeld {
+        at: Time,
+        queue: String,
+        domain: String,
+        vmta: String,
+        limit: HeldBy,
+        until: Option<Time>,
     },
     /// A configured pattern could not be evaluated (the regex engine's backtracking limit):
     /// reported the first time each pattern fails, so no failure passes as "no match".
@@ -282,10 +305,123 @@ pub enum EngineEvent {
     },
 }
 
+/// What switched a queue's mode ([`EngineEvent::ModeChanged`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModeTrigger {
+    /// A reply matched a pattern of the queue's `<smtp-pattern-list>` whose action sets the
+    /// mode: the pattern as written, and the reply on one line.
+    Pattern { pattern: String, reply: String },
+    /// `backoff-to-normal-after` elapsed.
+    BackoffToNormalAfter,
+    /// A delivery while in backoff, with `backoff-to-normal-after-delivery yes`.
+    DeliveryInBackoff,
+    /// Every source IP of the queue was disabled, with `backoff-upon-all-sources-disabled`.
+    AllSourceIpsDisabled,
+}
+
+impl std::fmt::Display for ModeTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModeTrigger::Pattern { pattern, reply } => write!(f, "/{pattern}/ matched `{reply}`"),
+            ModeTrigger::BackoffToNormalAfter => f.write_str("backoff-to-normal-after elapsed"),
+            ModeTrigger::DeliveryInBackoff => f.write_str("delivery while in backoff"),
+            ModeTrigger::AllSourceIpsDisabled => f.write_str("all source IPs disabled"),
+        }
+    }
+}
+
+/// What the scheduler found holding a queue's waiting mail back, in the order it checks:
+/// the queue's own limits in its mode, the engine's, then its source IPs'. A limit of the
+/// mode the queue is in carries that mode (`MaxMsgRate` in normal mode, `BackoffMaxMsgRate`
+/// in backoff).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HeldBy {
+    /// Nothing: connections carry the queue's mail (or are opening for it), or it is empty.
+    Sending,
+    /// Waiting for the mail hosts of the queue's domain.
+    MxLookup,
+    /// Retry mode: no new connection before the retry interval ends (`retry-after`), or
+    /// every MX host failed recently.
+    RetryAfter,
+    BackoffRetryAfter,
+    /// The message-rate window is full.
+    MaxMsgRate,
+    BackoffMaxMsgRate,
+    /// Every allowed connection is open and busy.
+    MaxSmtpOut,
+    BackoffMaxSmtpOut,
+    MaxConnectRate,
+    BackoffMaxConnectRate,
+    /// `smtp-out-rampup-interval` since the last connection has not passed.
+    Rampup,
+    /// `total-max-smtp-out`: the whole MTA's connections.
+    TotalMaxSmtpOut,
+    /// The engine's own connection limit ([`CONNECTIONS_MAX`]).
+    EngineConnections,
+    /// Every source IP of the queue is disabled (`disable-source-ip`).
+    SourceIpsDisabled,
+    /// Every enabled source IP is at a `source-ip-max-*` limit.
+    SourceIpMaxSmtpOut,
+    SourceIpMaxConnectRate,
+    SourceIpMaxMsgRate,
+    /// Only recipients waiting out `retry-recipients-after` after a deferral are left.
+    RetryRecipientsAfter,
+}
+
+impl HeldBy {
+    /// The directive (or the state) by name: `max-msg-rate`, `sending`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            HeldBy::Sending => "sending",
+            HeldBy::MxLookup => "mx-lookup",
+            HeldBy::RetryAfter => "retry-after",
+            HeldBy::BackoffRetryAfter => "backoff-retry-after",
+            HeldBy::MaxMsgRate => "max-msg-rate",
+            HeldBy::BackoffMaxMsgRate => "backoff-max-msg-rate",
+            HeldBy::MaxSmtpOut => "max-smtp-out",
+            HeldBy::BackoffMaxSmtpOut => "backoff-max-smtp-out",
+            HeldBy::MaxConnectRate => "max-connect-rate",
+            HeldBy::BackoffMaxConnectRate => "backoff-max-connect-rate",
+            HeldBy::Rampup => "smtp-out-rampup-interval",
+            HeldBy::TotalMaxSmtpOut => "total-max-smtp-out",
+            HeldBy::EngineConnections => "engine connection limit",
+            HeldBy::SourceIpsDisabled => "disable-source-ip",
+            HeldBy::SourceIpMaxSmtpOut => "source-ip-max-smtp-out",
+            HeldBy::SourceIpMaxConnectRate => "source-ip-max-connect-rate",
+            HeldBy::SourceIpMaxMsgRate => "source-ip-max-msg-rate",
+            HeldBy::RetryRecipientsAfter => "retry-recipients-after",
+        }
+    }
+
+    /// A limit of backoff mode, or retry mode: what holds a queue whatever its provider
+    /// does meanwhile.
+    pub fn is_backoff_or_retry(self) -> bool {
+        matches!(
+            self,
+            HeldBy::RetryAfter
+                | HeldBy::BackoffRetryAfter
+                | HeldBy::BackoffMaxMsgRate
+                | HeldBy::BackoffMaxSmtpOut
+                | HeldBy::BackoffMaxConnectRate
+        )
+    }
+
+    /// `normal` in normal mode, `backoff` in backoff mode.
+    fn in_mode(mode: QueueMode, normal: HeldBy, backoff: HeldBy) -> HeldBy {
+        match mode {
+            QueueMode::Normal => normal,
+            QueueMode::Backoff => backoff,
+        }
+    }
+}
+
 /// A queue's state, for inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSnapshot {
     pub name: String,
+    /// The queue's domain (after `queue-to`) and virtual MTA.
+    pub domain: String,
+    pub vmta: String,
     pub mode: QueueMode,
     pub recipients_queued: usize,
     pub connections: usize,
@@ -378,6 +514,8 @@ struct Queue {
     mx_lookup: String,
     mx: MxState,
     wake_at: Option<Time>,
+    /// What held the queue back when it was last scheduled ([`EngineEvent::QueueHeld`]).
+    held: HeldBy,
     /// State for the `source-ip-*` limits, per source IP.
     per_ip: BTreeMap<IpAddr, PerIp>,
     /// Since when lookups have found no mail host, for `bounce-upon-no-mx INTERVAL`.
@@ -616,6 +754,8 @@ impl Engine {
             .iter()
             .map(|q| QueueSnapshot {
                 name: q.name.clone(),
+                domain: q.domain.clone(),
+                vmta: q.vmta.clone(),
                 mode: q.mode,
                 recipients_queued: q.queued_rcpts,
                 connections: q.connections.len(),
@@ -737,6 +877,8 @@ impl Engine {
             self.events.push_back(EngineEvent::Queued {
                 at: now,
                 queue: q.name.clone(),
+                domain: q.domain.clone(),
+                vmta: q.vmta.clone(),
                 recipients: rcpts.len() as u64,
             });
             // `bounce-after` counts from the first queueing (a recovered message keeps it).
@@ -860,6 +1002,7 @@ impl Engine {
                     mx_lookup,
                     mx: MxState::Unknown,
                     wake_at: None,
+                    held: HeldBy::Sending,
                     per_ip: BTreeMap::new(),
                     no_mx_since: None,
                     per_ip_horizon_ms,
@@ -1092,12 +1235,22 @@ impl Engine {
         let queue = &self.queues[q.0 as usize];
         if queue.ready.is_empty() {
             // Idle connections stay until their connection-idle-timeout.
+            match queue.waiting.first_key_value() {
+                Some(((until, _), _)) => {
+                    let until = *until;
+                    self.hold(now, q, HeldBy::RetryRecipientsAfter, Some(until));
+                }
+                None => self.hold(now, q, HeldBy::Sending, None),
+            }
             return;
         }
         // Retry mode holds back new connection attempts; connections already established
         // keep delivering (a refused extra connection must not stop working ones).
         match queue.retry_until {
             Some(until) if until > now => {
+                let limit =
+                    HeldBy::in_mode(queue.mode, HeldBy::RetryAfter, HeldBy::BackoffRetryAfter);
+                self.hold(now, q, limit, Some(until));
                 self.wake_queue(q, until);
                 self.feed_idle(now, q);
                 return;
@@ -1111,8 +1264,12 @@ impl Engine {
         }
         // Matched in place: the targets are not copied on every scheduling decision.
         match self.queues[q.0 as usize].mx {
-            MxState::Pending => return,
+            MxState::Pending => {
+                self.hold(now, q, HeldBy::MxLookup, None);
+                return;
+            }
             MxState::Unknown => {
+                self.hold(now, q, HeldBy::MxLookup, None);
                 self.request_mx(q);
                 return;
             }
@@ -1170,7 +1327,7 @@ impl Engine {
                 now,
                 q,
                 QueueMode::Normal,
-                "backoff-to-normal-after elapsed".into(),
+                ModeTrigger::BackoffToNormalAfter,
                 None,
             );
         } else if let Some(at) = queue.backoff_leave_at {
@@ -1307,32 +1464,72 @@ impl Engine {
     fn hold_until(&mut self, now: Time, q: QueueId, until: Time) {
         let queue = &mut self.queues[q.0 as usize];
         queue.retry_until = Some(until);
-        let name = queue.name.clone();
+        let limit = HeldBy::in_mode(queue.mode, HeldBy::RetryAfter, HeldBy::BackoffRetryAfter);
         self.events.push_back(EngineEvent::RetryScheduled {
             at: now,
-            queue: name,
+            queue: queue.name.clone(),
+            domain: queue.domain.clone(),
+            vmta: queue.vmta.clone(),
             until,
         });
+        self.hold(now, q, limit, Some(until));
         self.wake_queue(q, until);
+    }
+
+    /// Notes what holds the queue back; a change is reported as [`EngineEvent::QueueHeld`].
+    fn hold(&mut self, now: Time, q: QueueId, limit: HeldBy, until: Option<Time>) {
+        let queue = &mut self.queues[q.0 as usize];
+        if queue.held == limit {
+            return;
+        }
+        queue.held = limit;
+        self.events.push_back(EngineEvent::QueueHeld {
+            at: now,
+            queue: queue.name.clone(),
+            domain: queue.domain.clone(),
+            vmta: queue.vmta.clone(),
+            limit,
+            until,
+        });
     }
 
     /// Opens connections while the queue has work and its limits allow.
     fn open_connections(&mut self, now: Time, q: QueueId) {
         loop {
             let queue = &mut self.queues[q.0 as usize];
+            let mode = queue.mode;
             let demand = queue.ready.len();
             if demand <= queue.opening {
+                self.hold(now, q, HeldBy::Sending, None);
                 return;
             }
             if queue.connections.len() as u64 >= queue.max_smtp_out() {
+                // Every connection is open: the rate holds the queue back if its window is
+                // full (the connections idle), else the connections do (they are busy).
+                let msg_rate = queue.msg_rate();
+                let held = match queue.rcpt_window.next_allowed(msg_rate, now) {
+                    Some(at) => (
+                        HeldBy::in_mode(mode, HeldBy::MaxMsgRate, HeldBy::BackoffMaxMsgRate),
+                        Some(at),
+                    ),
+                    None => (
+                        HeldBy::in_mode(mode, HeldBy::MaxSmtpOut, HeldBy::BackoffMaxSmtpOut),
+                        None,
+                    ),
+                };
+                self.hold(now, q, held.0, held.1);
                 return;
             }
             if self
                 .globals
                 .total_max_smtp_out
                 .is_some_and(|max| self.total_connections as u64 >= max)
-                || self.connections.len() >= CONNECTIONS_MAX
             {
+                self.hold(now, q, HeldBy::TotalMaxSmtpOut, None);
+                return;
+            }
+            if self.connections.len() >= CONNECTIONS_MAX {
+                self.hold(now, q, HeldBy::EngineConnections, None);
                 return;
             }
             // Self-imposed waits: rampup, connect rate and message rate. None counts as
@@ -1343,16 +1540,22 @@ impl Engine {
                 && now.since(last) < rampup_ms
             {
                 let at = last.plus_ms(rampup_ms);
+                self.hold(now, q, HeldBy::Rampup, Some(at));
                 self.wake_queue(q, at);
                 return;
             }
             let connect_rate = queue.connect_rate();
             if let Some(at) = queue.connect_window.next_allowed(connect_rate, now) {
+                let limit =
+                    HeldBy::in_mode(mode, HeldBy::MaxConnectRate, HeldBy::BackoffMaxConnectRate);
+                self.hold(now, q, limit, Some(at));
                 self.wake_queue(q, at);
                 return;
             }
             let msg_rate = queue.msg_rate();
             if let Some(at) = queue.rcpt_window.next_allowed(msg_rate, now) {
+                let limit = HeldBy::in_mode(mode, HeldBy::MaxMsgRate, HeldBy::BackoffMaxMsgRate);
+                self.hold(now, q, limit, Some(at));
                 self.wake_queue(q, at);
                 return;
             }
@@ -1360,6 +1563,9 @@ impl Engine {
                 Ok(target) => target,
                 Err(revives) => {
                     // Every host failed recently: wait until the first may be tried again.
+                    let limit =
+                        HeldBy::in_mode(mode, HeldBy::RetryAfter, HeldBy::BackoffRetryAfter);
+                    self.hold(now, q, limit, revives);
                     if let Some(at) = revives {
                         self.wake_queue(q, at);
                     }
@@ -1407,19 +1613,21 @@ impl Engine {
             .copied()
             .collect();
         if enabled.is_empty() {
+            let until = queue.disabled_ips.values().flatten().min().copied();
             if queue.settings.backoff_upon_all_sources_disabled && queue.mode == QueueMode::Normal {
                 self.set_mode(
                     now,
                     q,
                     QueueMode::Backoff,
-                    "all source IPs disabled".into(),
+                    ModeTrigger::AllSourceIpsDisabled,
                     None,
                 );
             }
+            self.hold(now, q, HeldBy::SourceIpsDisabled, until);
             return None;
         }
         // Rotate over the enabled IPs, skipping those at their source-ip-* limits.
-        let mut earliest: Option<Time> = None;
+        let mut earliest: Option<(Time, HeldBy)> = None;
         for offset in 0..enabled.len() {
             let ip = enabled[(queue.next_source + offset) % enabled.len()];
             let settings = &queue.settings;
@@ -1440,19 +1648,26 @@ impl Engine {
             if max_out.is_some_and(|max| per_ip.connections >= max) {
                 continue;
             }
-            let wait = per_ip
-                .connect_window
-                .next_allowed(connect_rate, now)
-                .or_else(|| per_ip.rcpt_window.next_allowed(msg_rate, now));
-            if let Some(at) = wait {
-                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            let wait = match per_ip.connect_window.next_allowed(connect_rate, now) {
+                Some(at) => Some((at, HeldBy::SourceIpMaxConnectRate)),
+                None => per_ip
+                    .rcpt_window
+                    .next_allowed(msg_rate, now)
+                    .map(|at| (at, HeldBy::SourceIpMaxMsgRate)),
+            };
+            if let Some(wait) = wait {
+                earliest = Some(earliest.map_or(wait, |e| e.min(wait)));
                 continue;
             }
             queue.next_source = (queue.next_source + offset + 1) % enabled.len();
             return Some(ip);
         }
-        if let Some(at) = earliest {
-            self.wake_queue(q, at);
+        match earliest {
+            Some((at, limit)) => {
+                self.hold(now, q, limit, Some(at));
+                self.wake_queue(q, at);
+            }
+            None => self.hold(now, q, HeldBy::SourceIpMaxSmtpOut, None),
         }
         None
     }
@@ -1498,6 +1713,7 @@ impl Engine {
         });
         let connect_timeout = queue.settings.connect_timeout_s;
         let queue_name = queue.name.clone();
+        let (domain, vmta) = (queue.domain.clone(), queue.vmta.clone());
         self.total_connections += 1;
         self.connections.insert(
             conn,
@@ -1520,6 +1736,8 @@ impl Engine {
             at: now,
             conn,
             queue: queue_name.clone(),
+            domain,
+            vmta,
             source_ip,
         });
         self.actions.push_back(Action::Connect {
@@ -1866,7 +2084,7 @@ impl Engine {
                             now,
                             q,
                             QueueMode::Normal,
-                            "delivery while in backoff".into(),
+                            ModeTrigger::DeliveryInBackoff,
                             None,
                         );
                     }
@@ -1990,7 +2208,10 @@ impl Engine {
         let Some((actions, source)) = matched else {
             return true;
         };
-        let reason = format!("/{source}/ matched `{}`", reply.one_line());
+        let trigger = ModeTrigger::Pattern {
+            pattern: source,
+            reply: reply.one_line(),
+        };
         let pattern_leave = actions.iter().find_map(|a| match a {
             PatternAction::BackoffToNormalAfter(i) => Some(i.map(|i| i.seconds)),
             _ => None,
@@ -2003,7 +2224,7 @@ impl Engine {
         for action in &actions {
             match action {
                 PatternAction::Mode(mode) => {
-                    self.set_mode(now, q, *mode, reason.clone(), pattern_leave);
+                    self.set_mode(now, q, *mode, trigger.clone(), pattern_leave);
                 }
                 PatternAction::BounceQueue => {
                     self.bounce_queue(now, q, reply, phase);
@@ -2019,10 +2240,11 @@ impl Engine {
                     let until = seconds.map(|s| now.plus_secs(s));
                     let queue = &mut self.queues[q.0 as usize];
                     queue.disabled_ips.insert(ip, until);
-                    let name = queue.name.clone();
                     self.events.push_back(EngineEvent::SourceIpDisabled {
                         at: now,
-                        queue: name,
+                        queue: queue.name.clone(),
+                        domain: queue.domain.clone(),
+                        vmta: queue.vmta.clone(),
                         ip,
                         until,
                     });
@@ -2042,7 +2264,7 @@ impl Engine {
         now: Time,
         q: QueueId,
         mode: QueueMode,
-        reason: String,
+        trigger: ModeTrigger,
         pattern_leave: Option<Option<u64>>,
     ) {
         let clock = self.backoff_clock;
@@ -2066,12 +2288,13 @@ impl Engine {
         }
         queue.mode = mode;
         queue.retry_index = 0;
-        let name = queue.name.clone();
         self.events.push_back(EngineEvent::ModeChanged {
             at: now,
-            queue: name,
+            queue: queue.name.clone(),
+            domain: queue.domain.clone(),
+            vmta: queue.vmta.clone(),
             mode,
-            reason,
+            trigger,
         });
         self.dirty.insert(q);
     }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use indexmap::IndexMap;
 
 use crate::config::directives::BlockKind;
-use crate::config::model::{Settings, Value};
+use crate::config::model::{Setting, Settings, Value};
 use crate::config::queue::QueueView;
 use crate::config::value::{Cidr, Rate};
 
@@ -48,6 +48,7 @@ pub fn simulated() -> Vec<Read> {
     QueueSettings::read(&view, Some(&mut reads));
     GlobalSettings::read(&Settings::default(), Some(&mut reads));
     SourceSettings::read(&Settings::default(), Some(&mut reads));
+    AcctFileSettings::read(&Settings::default(), Some(&mut reads));
     reads.extend_from_slice(STRUCTURAL);
     reads.sort();
     reads.dedup();
@@ -110,6 +111,17 @@ impl<'a, 't> Reader<'a, 't> {
             Some(Value::Rate(rate)) => *rate,
             _ => Rate::Unlimited,
         }
+    }
+
+    /// Every line of a repeatable text directive, in order.
+    fn texts(&mut self, name: &'static str, all: &'a [Setting]) -> Vec<&'a str> {
+        self.value(name);
+        all.iter()
+            .filter_map(|s| match &s.value {
+                Value::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn text(&mut self, name: &'static str) -> Option<String> {
@@ -426,6 +438,37 @@ impl SourceSettings {
             process_x_virtual_mta: r.flag("process-x-virtual-mta"),
             pattern_list: r.text("pattern-list"),
             default_virtual_mta: r.text("default-virtual-mta"),
+        }
+    }
+}
+
+/// What an `<acct-file>` block says the accounting file holds: its record types (`records`,
+/// PowerMTA's default `d,b`) and, per type, its fields (`record-fields`; the default set
+/// otherwise), as record type codes and field names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcctFileSettings {
+    pub records: Vec<&'static str>,
+    /// (type code, fields as written; `*` stands for the default set).
+    pub record_fields: Vec<(&'static str, Vec<String>)>,
+}
+
+impl AcctFileSettings {
+    pub fn read(settings: &Settings, trace: Option<&mut Vec<Read>>) -> AcctFileSettings {
+        let get = |name: &str| settings.get(name).map(|s| &s.value);
+        let mut r = Reader::of(Some(BlockKind::AcctFile), &get, trace);
+        // The values were checked when the configuration was read.
+        let records = r
+            .text("records")
+            .and_then(|t| crate::config::value::parse_acct_records(&t).ok())
+            .unwrap_or_else(|| vec!["d", "b"]);
+        let record_fields = r
+            .texts("record-fields", settings.get_all("record-fields"))
+            .into_iter()
+            .filter_map(|t| crate::config::value::parse_acct_fields(t).ok())
+            .collect();
+        AcctFileSettings {
+            records,
+            record_fields,
         }
     }
 }

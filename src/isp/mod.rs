@@ -107,7 +107,10 @@ pub struct DailyMail {
     pub complaints: u64,
 }
 
-/// What a provider saw, for receiver-side checks and reports.
+/// What a provider saw, for receiver-side checks and reports. The lists that grow with the
+/// mail (`connections`, `accepted_rcpts`) are kept only by a provider built with
+/// [`ProviderBuilder::detailed_log`]; `throttles` and `complaints` only until
+/// [`Provider::take_recent`] takes them, unless the log is detailed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReceiverLog {
     pub connections: Vec<ConnectionLog>,
@@ -182,6 +185,18 @@ pub struct Provider {
     /// Replies forced by faults: phase, reply, from, until.
     overrides: Vec<(SmtpPhase, Reply, Time, Time)>,
     log: ReceiverLog,
+    /// Keep every connection and accepted recipient in the log, and the throttles and
+    /// complaints [`Provider::take_recent`] hands on.
+    detailed: bool,
+    /// How many throttles and complaints of the log [`Provider::take_recent`] has handed on.
+    taken: (usize, usize),
+}
+
+/// Throttles and complaints since the last [`Provider::take_recent`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recent {
+    pub throttles: Vec<ThrottleEvent>,
+    pub complaints: Vec<Complaint>,
 }
 
 /// How a [`Provider`] is set up: its model and seed, then what the scenario says about the
@@ -220,6 +235,14 @@ impl ProviderBuilder {
         self
     }
 
+    /// Keep every connection and accepted recipient in the log, and every throttle and
+    /// complaint after [`Provider::take_recent`] has handed them on: what whole-run checks
+    /// read, and memory per message a long run does without.
+    pub fn detailed_log(mut self, detailed: bool) -> Self {
+        self.provider.detailed = detailed;
+        self
+    }
+
     pub fn build(self) -> Provider {
         self.provider
     }
@@ -245,6 +268,31 @@ impl Provider {
     /// What the provider saw: connections, throttles, complaints, daily mail, standings.
     pub fn log(&self) -> &ReceiverLog {
         &self.log
+    }
+
+    /// The throttles and complaints logged since the last call, for a driver that follows
+    /// the run as it goes. Unless the log is detailed they leave it, so a long run's log
+    /// stays the size of what happened between two calls.
+    pub fn take_recent(&mut self) -> Recent {
+        let log = &mut self.log;
+        if self.detailed {
+            let (throttles, complaints) = self.taken;
+            self.taken = (log.throttles.len(), log.complaints.len());
+            Recent {
+                throttles: log.throttles[throttles..].to_vec(),
+                complaints: log.complaints[complaints..].to_vec(),
+            }
+        } else {
+            Recent {
+                throttles: std::mem::take(&mut log.throttles),
+                complaints: std::mem::take(&mut log.complaints),
+            }
+        }
+    }
+
+    /// Whether anything is waiting for [`Provider::take_recent`].
+    pub fn has_recent(&self) -> bool {
+        self.log.throttles.len() > self.taken.0 || self.log.complaints.len() > self.taken.1
     }
 
     fn new(mut spec: IspSpec, seed: u64) -> Provider {
@@ -296,6 +344,8 @@ impl Provider {
             rng: ChaCha8Rng::seed_from_u64(seed),
             overrides: Vec::new(),
             log: ReceiverLog::default(),
+            detailed: false,
+            taken: (0, 0),
         }
     }
 
@@ -702,7 +752,10 @@ impl Provider {
 pub struct Receiver {
     provider: Rc<RefCell<Provider>>,
     peer: IpAddr,
-    log_index: usize,
+    /// The connection's entry in a detailed log.
+    log_index: Option<usize>,
+    /// The greeting turned the connection away.
+    refused: bool,
     messages: u64,
     /// Messages this connection was let carry by a throttle at the greeting, not yet in.
     reserved: u64,
@@ -715,19 +768,22 @@ impl Receiver {
     pub fn connect(provider: Rc<RefCell<Provider>>, peer: IpAddr, now: Time) -> Receiver {
         let log_index = {
             let mut p = provider.borrow_mut();
-            p.log.connections.push(ConnectionLog {
-                peer,
-                opened: now,
-                closed: None,
-                messages: 0,
-                refused: false,
-            });
-            p.log.connections.len() - 1
+            p.detailed.then(|| {
+                p.log.connections.push(ConnectionLog {
+                    peer,
+                    opened: now,
+                    closed: None,
+                    messages: 0,
+                    refused: false,
+                });
+                p.log.connections.len() - 1
+            })
         };
         Receiver {
             provider,
             peer,
             log_index,
+            refused: false,
             messages: 0,
             reserved: 0,
             started: false,
@@ -780,7 +836,10 @@ impl ServerPolicy for Receiver {
             .or_else(|| p.gate(now, peer, SmtpPhase::Greeting, None, false));
         match refusal {
             Some(reply) if reply.class() != 2 => {
-                p.log.connections[self.log_index].refused = true;
+                self.refused = true;
+                if let Some(index) = self.log_index {
+                    p.log.connections[index].refused = true;
+                }
                 reply
             }
             _ => {
@@ -977,7 +1036,9 @@ impl ServerPolicy for Receiver {
             p.pend(self.peer, 1);
         }
         let peer = self.peer;
-        p.log.accepted_rcpts.push((peer, now));
+        if p.detailed {
+            p.log.accepted_rcpts.push((peer, now));
+        }
         Reply::new(250, Some([2, 1, 5]), "OK")
     }
 
@@ -1045,7 +1106,9 @@ impl ServerPolicy for Receiver {
         }
         self.messages += 1;
         p.log.messages_accepted += 1;
-        p.log.connections[self.log_index].messages += 1;
+        if let Some(index) = self.log_index {
+            p.log.connections[index].messages += 1;
+        }
         Reply::new(250, Some([2, 0, 0]), "OK queued")
     }
 
@@ -1053,9 +1116,10 @@ impl ServerPolicy for Receiver {
         let mut p = self.provider.borrow_mut();
         let unused = self.reserved + u64::from(self.started);
         p.pend(self.peer, -(unused as i64));
-        let log = &mut p.log.connections[self.log_index];
-        log.closed = Some(now);
-        if !log.refused
+        if let Some(index) = self.log_index {
+            p.log.connections[index].closed = Some(now);
+        }
+        if !self.refused
             && let Some(count) = p.open.get_mut(&self.peer)
         {
             *count = count.saturating_sub(1);
@@ -1219,7 +1283,9 @@ mod tests {
 
     #[test]
     fn connection_cap_and_greylisting() {
-        let provider = Rc::new(RefCell::new(Provider::new(spec(), 1)));
+        let provider = Rc::new(RefCell::new(
+            Provider::builder(spec(), 1).detailed_log(true).build(),
+        ));
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         let mut first = open(&provider, peer);
         assert!(talk(&mut first, b"").starts_with("220 mx.t.example ESMTP"));

@@ -16,7 +16,7 @@ fn escape(text: &str) -> String {
 }
 
 fn deferred(c: &Counts) -> u64 {
-    c.transient_by_class.values().sum()
+    super::total(c.transient_by_class.values().copied())
 }
 
 fn opt(v: Option<u64>) -> String {

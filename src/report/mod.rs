@@ -2,13 +2,17 @@
 //! charts, which limit held each queue back, the charts themselves (`charts`), the HTML page
 //! (`html`) and the terminal table (`terminal`).
 //!
-//! Owns `RunData` (what a run leaves beside `acct.csv` in `run.json`: providers' throttles and
-//! standings, queue limits, mode changes, retries, queue entries, connections) and every
-//! figure derived from it and the accounting rows. Pure: callers read and write the files;
-//! the same inputs always give the same bytes, so `pmta-sim report DIR` rebuilds exactly
-//! what `pmta-sim run` wrote. It must not import the engine's internals beyond the
-//! accounting record, nor read a clock.
+//! Owns `RunData` (what a run leaves in `run.json`: providers' daily mail, standings and
+//! throttle windows, queue limits, mode changes with their trigger, the replies by SMTP
+//! step, and the [`Figures`] the [`aggregate::Aggregator`] kept up to date while the run
+//! went) and every figure derived from it. A report is built from `run.json` alone, never
+//! from the accounting records (a long run never holds them, and `acct.csv` may keep only
+//! the record types and fields the configuration's `<acct-file>` asks for). Pure: callers
+//! read and write the files; the same inputs always give the same bytes, so
+//! `pmta-sim report DIR` rebuilds exactly what `pmta-sim run` wrote. It reads the engine's
+//! accounting record and events, never its internals, and no clock.
 
+pub mod aggregate;
 pub mod charts;
 pub mod diff;
 pub mod expect;
@@ -20,12 +24,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::engine::accounting::{AcctRecord, HEADER};
-
 /// The version of `summary.json` and `run.json`; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
-/// Most buckets in a time series (a chart's resolution).
+pub const SCHEMA_VERSION: u32 = 2;
+/// Most buckets in a time series (a chart's resolution) of a run up to [`DAILY_AFTER_S`].
 pub const BUCKETS_MAX: u64 = 240;
+/// Runs longer than this are charted by day: one bucket per day, bars per day.
+pub const DAILY_AFTER_S: u64 = 2 * 86_400;
 /// Most queues drawn in one chart (the busiest).
 pub const QUEUES_PER_CHART_MAX: usize = 12;
 
@@ -35,6 +39,16 @@ pub enum ReportError {
     Input { file: String, message: String },
 }
 
+/// The width of a chart's buckets for a run of `duration_s`: a day for multi-day runs, else
+/// whole minutes, at most [`BUCKETS_MAX`] of them.
+pub fn bucket_s(duration_s: u64) -> u64 {
+    if duration_s > DAILY_AFTER_S {
+        86_400
+    } else {
+        (duration_s.div_ceil(BUCKETS_MAX)).max(60).div_ceil(60) * 60
+    }
+}
+
 /// A rate limit as `count` per `per_s` seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
@@ -42,7 +56,7 @@ pub struct RateLimit {
     pub per_s: u64,
 }
 
-/// Everything a report needs that `acct.csv` does not hold.
+/// Everything a report needs: `run.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunData {
     pub schema_version: u32,
@@ -57,19 +71,15 @@ pub struct RunData {
     pub providers: Vec<ProviderData>,
     pub queues: Vec<QueueData>,
     pub mode_changes: Vec<ModeChange>,
-    pub retries: Vec<RetryWait>,
-    pub queued: Vec<Queued>,
-    pub connections: Vec<Connection>,
     /// Messages the engine refused at injection.
-    #[serde(default)]
     pub refused: Refusals,
     /// Patterns the regex engine could not evaluate during the run (each once).
-    #[serde(default)]
     pub pattern_failures: Vec<PatternFailure>,
     /// The replies behind the accounting records, counted by where they came: so a report
     /// can say at which SMTP step a provider said no (`acct.csv` has no such field).
-    #[serde(default)]
     pub replies: Vec<ReplyCount>,
+    /// The run's figures, kept up to date while it went.
+    pub figures: Figures,
 }
 
 /// Most refused messages listed one by one (the rest are counted).
@@ -108,18 +118,25 @@ pub struct PatternFailure {
     pub error: String,
 }
 
+/// Most throttle windows listed per provider (the rest are counted).
+pub const THROTTLE_WINDOWS_LISTED_MAX: usize = 10_000;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProviderData {
     pub name: String,
     pub domains: Vec<String>,
+    /// The provider's penalty windows: throttle replies on one source IP and key whose
+    /// penalties overlap (an early retry extends one) are one window. The first
+    /// [`THROTTLE_WINDOWS_LISTED_MAX`].
     pub throttles: Vec<ThrottleWindow>,
+    /// Every penalty window, listed or not.
+    pub throttle_windows: u64,
+    /// Each identity's standing, at most one sample per identity per chart bucket (the last).
     pub standings: Vec<StandingPoint>,
     /// What the sender sees of complaints: `reports` (a feedback loop's `f` records),
     /// `aggregate` (a daily spam rate only, as at Gmail) or `none`.
-    #[serde(default)]
     pub feedback: String,
     /// Mail the provider accepted and the complaints about it, per UTC day.
-    #[serde(default)]
     pub daily: Vec<DailyMail>,
 }
 
@@ -149,7 +166,8 @@ pub struct ReplyCount {
     pub example: String,
 }
 
-/// A provider's throttle reply and the penalty it started (or extended).
+/// A provider's penalty on one key for one source IP: from its first throttle reply until
+/// the last penalty it started or extended ends.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThrottleWindow {
     pub at_s: u64,
@@ -157,7 +175,10 @@ pub struct ThrottleWindow {
     pub source_ip: String,
     /// `ip:…`, `net:…` or `domain:…`.
     pub key: String,
+    /// The first reply of the window.
     pub reply: String,
+    /// Throttle replies in the window.
+    pub replies: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -172,6 +193,7 @@ pub struct StandingPoint {
 pub struct QueueData {
     /// `domain/vmta`.
     pub name: String,
+    /// The queue's domain (after `queue-to`) and virtual MTA, as the engine names them.
     pub domain: String,
     pub vmta: String,
     pub max_msg_rate: Option<RateLimit>,
@@ -181,8 +203,36 @@ pub struct QueueData {
     pub backoff_at_end: bool,
     pub queued_at_end: u64,
     /// How long a deferred recipient waits before its next attempt.
-    #[serde(default)]
     pub retry_recipients_after_s: u64,
+}
+
+/// What switched a queue's mode, as the engine said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// A reply matched a pattern of the queue's `<smtp-pattern-list>`.
+    Pattern { pattern: String, reply: String },
+    /// `backoff-to-normal-after` elapsed.
+    BackoffToNormalAfter,
+    /// A delivery while in backoff (`backoff-to-normal-after-delivery`).
+    DeliveryInBackoff,
+    /// Every source IP disabled (`backoff-upon-all-sources-disabled`).
+    AllSourceIpsDisabled,
+}
+
+impl From<&crate::engine::ModeTrigger> for Trigger {
+    fn from(trigger: &crate::engine::ModeTrigger) -> Trigger {
+        use crate::engine::ModeTrigger as M;
+        match trigger {
+            M::Pattern { pattern, reply } => Trigger::Pattern {
+                pattern: pattern.clone(),
+                reply: reply.clone(),
+            },
+            M::BackoffToNormalAfter => Trigger::BackoffToNormalAfter,
+            M::DeliveryInBackoff => Trigger::DeliveryInBackoff,
+            M::AllSourceIpsDisabled => Trigger::AllSourceIpsDisabled,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,47 +240,64 @@ pub struct ModeChange {
     pub at_s: u64,
     pub queue: String,
     pub backoff: bool,
-    pub reason: String,
+    pub trigger: Trigger,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RetryWait {
-    pub at_s: u64,
-    pub queue: String,
-    pub until_s: u64,
+/// The figures of a run, kept up to date while it went (see [`aggregate`]): the summary's
+/// counts and the charts' series, never a list of records.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// Width of the series' buckets ([`bucket_s`]).
+    pub bucket_s: u64,
+    pub run: Counts,
+    pub providers: BTreeMap<String, Counts>,
+    pub queues: BTreeMap<String, QueueFigures>,
+    pub source_ips: BTreeMap<String, Counts>,
+    /// Per provider of the scenario: its series.
+    pub series: BTreeMap<String, ProviderSeries>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Queued {
-    pub at_s: u64,
-    pub queue: String,
-    pub recipients: u64,
+/// A queue's figures beyond its counts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueFigures {
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Minutes with recipients waiting in the queue.
+    pub waiting_minutes: u64,
+    /// Limit (`max-msg-rate 10/h`, `gmail's throttle`, `sending`, …) → minutes it held the
+    /// queue's waiting mail back.
+    pub held_minutes: BTreeMap<String, u64>,
+    /// Messages (MAIL FROM commands) a connection carried → connections that carried that
+    /// many.
+    pub messages_per_connection: BTreeMap<u64, u64>,
+    /// The most connections open at once in each bucket.
+    pub connections: Vec<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Connection {
-    pub queue: String,
-    pub source_ip: String,
-    pub opened_s: u64,
-    pub closed_s: Option<u64>,
-    /// Messages (MAIL FROM commands) sent on the connection.
-    #[serde(default)]
-    pub messages: u64,
+/// One provider's series, one value per bucket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProviderSeries {
+    pub delivered: Vec<u64>,
+    /// `t` and `tq` records.
+    pub deferred: Vec<u64>,
+    pub bounced: Vec<u64>,
+    /// Recipients queued at the end of each bucket.
+    pub queued: Vec<u64>,
+    /// Age of the oldest queued recipient at the end of each bucket.
+    pub oldest_s: Vec<u64>,
+    /// Deliveries from each source IP per hour (per day in a multi-day run).
+    pub source_ip_delivered: BTreeMap<String, Vec<u64>>,
 }
 
-/// Most queues times minutes a report looks at: each queue's binding limit is found minute
-/// by minute.
-pub const QUEUE_MINUTES_MAX: u64 = 200_000_000;
-/// Most recipients a run can queue: the scenario's message limit times its recipients per
-/// message.
-pub const RECIPIENTS_MAX: u64 =
-    crate::scenario::MESSAGES_MAX * crate::scenario::RECIPIENTS_PER_MESSAGE_MAX as u64;
+/// Most queues times buckets a report is built for (the connection series).
+pub const QUEUE_BUCKETS_MAX: u64 = 100_000_000;
 
 impl RunData {
     /// Checks that `run.json` describes a run pmta-sim could have made: its version, a
     /// duration a scenario may have, times before the year 10000, rates with a count and a
-    /// window, finite scores, and a size a report can be built for. A file that fails is
-    /// refused with the reason (never a panic or an allocation abort).
+    /// window, finite scores, series of the run's buckets, and a size a report can be built
+    /// for. A file that fails is refused with the reason (never a panic or an allocation
+    /// abort).
     pub fn validate(&self) -> Result<(), String> {
         use crate::scenario::{DRAIN_S, DURATION_MAX_S, TIME_MAX_S};
         if self.schema_version != SCHEMA_VERSION {
@@ -278,14 +345,7 @@ impl RunData {
                     .flat_map(|t| [t.at_s, t.until_s])
                     .chain(p.standings.iter().map(|s| s.at_s))
             })
-            .chain(self.mode_changes.iter().map(|c| c.at_s))
-            .chain(self.retries.iter().flat_map(|r| [r.at_s, r.until_s]))
-            .chain(self.queued.iter().map(|q| q.at_s))
-            .chain(
-                self.connections
-                    .iter()
-                    .flat_map(|c| std::iter::once(c.opened_s).chain(c.closed_s)),
-            );
+            .chain(self.mode_changes.iter().map(|c| c.at_s));
         for t in times {
             if t > TIME_MAX_S {
                 return Err(format!("time {t} is after the year 9999"));
@@ -315,128 +375,68 @@ impl RunData {
                 s.identity, s.score
             ));
         }
-        let recipients = self
-            .queued
-            .iter()
-            .fold(0u64, |sum, q| sum.saturating_add(q.recipients));
-        if recipients > RECIPIENTS_MAX {
+        let figures = &self.figures;
+        if figures.bucket_s != bucket_s(self.duration_s) {
             return Err(format!(
-                "{recipients} recipients queued, more than any run ({RECIPIENTS_MAX})"
+                "buckets of {} s; a run of {} s has buckets of {} s",
+                figures.bucket_s,
+                self.duration_s,
+                bucket_s(self.duration_s)
             ));
         }
-        let queue_minutes = (self.queues.len() as u64).saturating_mul(self.duration_s / 60 + 1);
-        if queue_minutes > QUEUE_MINUTES_MAX {
+        let buckets = self.duration_s.div_ceil(figures.bucket_s) as usize;
+        let rate_buckets = self.duration_s.div_ceil(rate_bucket_s(self.duration_s)) as usize;
+        for (name, s) in &figures.series {
+            let lengths = [
+                &s.delivered,
+                &s.deferred,
+                &s.bounced,
+                &s.queued,
+                &s.oldest_s,
+            ]
+            .map(Vec::len);
+            if lengths.iter().any(|n| *n != buckets)
+                || s.source_ip_delivered
+                    .values()
+                    .any(|v| v.len() != rate_buckets)
+            {
+                return Err(format!(
+                    "provider `{}`: series are not the run's {buckets} buckets",
+                    crate::printable::escape(name)
+                ));
+            }
+        }
+        if let Some((name, _)) = figures
+            .queues
+            .iter()
+            .find(|(_, q)| q.connections.len() != buckets)
+        {
             return Err(format!(
-                "{} queues over {} minutes is more than a report is built for",
-                self.queues.len(),
-                self.duration_s / 60 + 1
+                "queue `{}`: connections are not the run's {buckets} buckets",
+                crate::printable::escape(name)
+            ));
+        }
+        if (figures.queues.len() as u64).saturating_mul(buckets as u64) > QUEUE_BUCKETS_MAX {
+            return Err(format!(
+                "{} queues over {buckets} buckets is more than a report is built for",
+                figures.queues.len()
             ));
         }
         Ok(())
     }
 }
 
-/// What a report reads of one accounting record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    /// `d`, `b`, `t`, `tq` or `f`.
-    pub kind: String,
-    pub logged_s: u64,
-    pub queued_s: u64,
-    pub rcpt_domain: String,
-    pub status: String,
-    pub diag: String,
-    pub category: String,
-    pub source_ip: String,
-    pub queue: String,
-}
-
-impl Row {
-    /// A record as `acct.csv` holds it (times to the second).
-    pub fn of(record: &AcctRecord) -> Row {
-        Row {
-            kind: record.record_type.code().to_string(),
-            logged_s: record.time_logged.unix_secs(),
-            queued_s: record.time_queued.unix_secs(),
-            rcpt_domain: domain_of(&record.rcpt),
-            status: record.dsn_status.clone(),
-            diag: record.dsn_diag.clone(),
-            category: record.bounce_category.clone(),
-            source_ip: record.dlv_source_ip.clone(),
-            queue: record.queue.clone(),
-        }
+/// The width of a source IP's delivery series: an hour, a day in a multi-day run.
+pub fn rate_bucket_s(duration_s: u64) -> u64 {
+    if duration_s > DAILY_AFTER_S {
+        86_400
+    } else {
+        3600
     }
-}
-
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d)
-        .to_ascii_lowercase()
-}
-
-/// Reads `acct.csv` (PowerMTA's default field set, as `pmta-sim run` writes it).
-pub fn read_acct(file: &str, text: &str) -> Result<Vec<Row>, ReportError> {
-    let err = |message: String| ReportError::Input {
-        file: file.to_string(),
-        message,
-    };
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    let header = reader.headers().map_err(|e| err(e.to_string()))?.clone();
-    let column = |name: &str| {
-        header.iter().position(|h| h == name).ok_or_else(|| {
-            err(format!(
-                "no `{name}` column; expected the header {}",
-                HEADER.join(",")
-            ))
-        })
-    };
-    let kind = column("type")?;
-    let logged = column("timeLogged")?;
-    let queued = column("timeQueued")?;
-    let rcpt = column("rcpt")?;
-    let status = column("dsnStatus")?;
-    let diag = column("dsnDiag")?;
-    let category = column("bounceCat")?;
-    let source_ip = column("dlvSourceIp")?;
-    let queue = column("queue")?;
-    let mut rows = Vec::new();
-    for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
-        let record = record.map_err(|e| err(format!("line {line}: {e}")))?;
-        let field = |i: usize| record.get(i).unwrap_or("").to_string();
-        let time = |i: usize| {
-            parse_acct_time(&field(i)).ok_or_else(|| {
-                err(format!(
-                    "line {line}: `{}` is not a timestamp like 2026-09-21 12:00:00+0000",
-                    field(i)
-                ))
-            })
-        };
-        rows.push(Row {
-            kind: field(kind),
-            logged_s: time(logged)?,
-            queued_s: time(queued)?,
-            rcpt_domain: domain_of(&field(rcpt)),
-            status: field(status),
-            diag: field(diag),
-            category: field(category),
-            source_ip: field(source_ip),
-            queue: field(queue),
-        });
-    }
-    Ok(rows)
-}
-
-/// `2026-09-21 12:00:00+0000` → seconds since the Unix epoch.
-fn parse_acct_time(text: &str) -> Option<u64> {
-    let text = text.strip_suffix("+0000")?;
-    let (date, time) = text.split_once(' ')?;
-    crate::scenario::parse_utc(&format!("{date}T{time}Z"))
 }
 
 /// Percentiles of a set of durations, in seconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: u64,
     pub p95: u64,
@@ -444,7 +444,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    /// Percentiles of values given with their multiplicity, `(value, how many)`.
+    /// Percentiles of values given with their multiplicity, `(value, how many)`: the value
+    /// at 0-based rank ⌈(n − 1)·q⌉ of the sorted list.
     pub(crate) fn of_counts(mut counted: Vec<(u64, u64)>) -> Percentiles {
         counted.retain(|(_, n)| *n > 0);
         counted.sort_unstable();
@@ -452,7 +453,6 @@ impl Percentiles {
         if total == 0 {
             return Percentiles::default();
         }
-        // The value at 0-based rank `r`, as `of` picks it from the expanded list.
         let at = |q: u64| {
             let rank = ((total - 1) as u128 * q as u128).div_ceil(100) as u64;
             let mut seen = 0u64;
@@ -470,23 +470,10 @@ impl Percentiles {
             max: counted.last().map_or(0, |(v, _)| *v),
         }
     }
-
-    pub(crate) fn of(mut values: Vec<u64>) -> Percentiles {
-        if values.is_empty() {
-            return Percentiles::default();
-        }
-        values.sort_unstable();
-        let at = |q: usize| values[((values.len() - 1) * q).div_ceil(100)];
-        Percentiles {
-            p50: at(50),
-            p95: at(95),
-            max: *values.last().expect("not empty"),
-        }
-    }
 }
 
 /// The figures kept for the run, each provider, each queue and each source IP.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
     /// Recipients injected (`null` for a source IP: the IP is chosen at delivery).
     pub injected: Option<u64>,
@@ -502,6 +489,7 @@ pub struct Counts {
     pub queued_at_end: Option<u64>,
     /// Feedback-loop complaints (`f` records).
     pub complaints: u64,
+    /// From a bounded sketch: exact up to 2,047 s, within 0.1% above.
     pub delivery_latency_s: Percentiles,
     /// Age of the recipients still queued at the end.
     pub queue_age_s: Percentiles,
@@ -596,33 +584,24 @@ pub struct Band {
 pub struct Report {
     pub summary: Summary,
     pub bucket_s: u64,
-    /// Per provider: delivered, deferred and bounced per bucket, as a rate per hour.
+    /// Charted by day: one value per day (bars), a daily axis.
+    pub daily: bool,
+    /// Per provider: delivered, deferred and bounced per bucket, as a rate per hour (per
+    /// day in a multi-day run).
     pub outcomes: BTreeMap<String, Vec<Series>>,
     /// Recipients queued per provider at the end of each bucket.
     pub queue_depth: Vec<Series>,
-    /// Age of the oldest queued recipient per provider, in minutes.
+    /// Age of the oldest queued recipient per provider, in minutes (hours in a multi-day
+    /// run).
     pub queue_age: Vec<Series>,
-    /// Open connections per queue (the busiest queues).
+    /// The most connections open at once per bucket, per queue (the busiest queues).
     pub connections: Vec<Series>,
     pub backoff_bands: Vec<Band>,
-    /// Per provider: deliveries per hour from each source IP, with the provider's hourly
-    /// capacity for that IP (`… limit`).
+    /// Per provider: deliveries per hour (per day in a multi-day run) from each source IP,
+    /// with the provider's capacity for that IP (`… limit`).
     pub source_ip_rates: BTreeMap<String, Vec<Series>>,
     /// Per provider: each identity's reputation score.
     pub reputation: BTreeMap<String, Vec<Series>>,
-}
-
-/// The most spans `[from, to)` open at once (a span closing at the instant another opens
-/// does not overlap it).
-pub(crate) fn max_concurrent(spans: impl Iterator<Item = (u64, u64)>) -> u64 {
-    let mut edges: Vec<(u64, i64)> = spans.flat_map(|(from, to)| [(from, 1), (to, -1)]).collect();
-    edges.sort_by_key(|(t, d)| (*t, *d));
-    let (mut open, mut most) = (0i64, 0i64);
-    for (_, d) in edges {
-        open += d;
-        most = most.max(open);
-    }
-    most as u64
 }
 
 /// Each stay in backoff of the queues `wanted` accepts, as (queue, from, to) in seconds
@@ -654,133 +633,19 @@ pub(crate) fn provider_of(data: &RunData, domain: &str) -> String {
         .map_or_else(|| domain.to_string(), |p| p.name.clone())
 }
 
-/// Builds the report of a run from its data and accounting rows.
-pub fn build(data: &RunData, rows: &[Row]) -> Report {
+/// Builds the report of a run from its `run.json`.
+pub fn build(data: &RunData) -> Report {
     let start = data.start_s;
-    let end = start + data.duration_s;
-    let bucket_s = (data.duration_s.div_ceil(BUCKETS_MAX)).max(60).div_ceil(60) * 60;
+    let figures = &data.figures;
+    let bucket_s = figures.bucket_s.max(1);
+    let daily = data.duration_s > DAILY_AFTER_S;
     let buckets = data.duration_s.div_ceil(bucket_s).max(1) as usize;
-    let provider_of_domain = |domain: &str| provider_of(data, domain);
-    let queue_domain = |queue: &str| queue.split('/').next().unwrap_or("").to_string();
-    let row_provider = |row: &Row| {
-        if row.rcpt_domain.is_empty() {
-            provider_of_domain(&queue_domain(&row.queue))
-        } else {
-            provider_of_domain(&row.rcpt_domain)
-        }
-    };
-
-    // Counts for the run, each provider, queue and source IP.
-    let mut run = Counts::default();
-    let mut providers: BTreeMap<String, Counts> = data
-        .providers
-        .iter()
-        .map(|p| (p.name.clone(), Counts::default()))
-        .collect();
-    let mut queues: BTreeMap<String, QueueSummary> = data
-        .queues
-        .iter()
-        .map(|q| (q.name.clone(), QueueSummary::default()))
-        .collect();
-    let mut ips: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut latencies: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for row in rows {
-        let provider = row_provider(row);
-        let mut targets: Vec<&mut Counts> = vec![&mut run];
-        targets.push(providers.entry(provider.clone()).or_default());
-        if !row.queue.is_empty() {
-            targets.push(&mut queues.entry(row.queue.clone()).or_default().counts);
-        }
-        if !row.source_ip.is_empty() {
-            targets.push(ips.entry(row.source_ip.clone()).or_default());
-        }
-        for counts in targets {
-            match row.kind.as_str() {
-                "d" => counts.delivered += 1,
-                "b" => {
-                    counts.bounced += 1;
-                    *counts
-                        .bounced_by_category
-                        .entry(row.category.clone())
-                        .or_default() += 1;
-                    if row.category == "message-expired" {
-                        counts.expired += 1;
-                    }
-                }
-                "t" | "tq" => {
-                    let class: String = row
-                        .status
-                        .splitn(3, '.')
-                        .take(2)
-                        .collect::<Vec<_>>()
-                        .join(".");
-                    *counts.transient_by_class.entry(class).or_default() += 1;
-                }
-                "f" => counts.complaints += 1,
-                _ => {}
-            }
-        }
-        if row.kind == "d" {
-            let latency = row.logged_s.saturating_sub(row.queued_s);
-            for key in [
-                "run".to_string(),
-                format!("p:{provider}"),
-                format!("q:{}", row.queue),
-                format!("i:{}", row.source_ip),
-            ] {
-                latencies.entry(key).or_default().push(latency);
-            }
-        }
-    }
-    let mut injected_by: BTreeMap<String, u64> = BTreeMap::new();
-    for q in &data.queued {
-        *injected_by.entry("run".into()).or_default() += q.recipients;
-        *injected_by
-            .entry(format!("p:{}", provider_of_domain(&queue_domain(&q.queue))))
-            .or_default() += q.recipients;
-        *injected_by.entry(format!("q:{}", q.queue)).or_default() += q.recipients;
-    }
-
-    // Ages of what is still queued at the end: entries minus final records, by timeQueued.
-    let mut pending: BTreeMap<String, BTreeMap<u64, i64>> = BTreeMap::new();
-    for q in &data.queued {
-        *pending
-            .entry(q.queue.clone())
-            .or_default()
-            .entry(q.at_s)
-            .or_default() += q.recipients as i64;
-    }
-    for row in rows.iter().filter(|r| matches!(r.kind.as_str(), "d" | "b")) {
-        *pending
-            .entry(row.queue.clone())
-            .or_default()
-            .entry(row.queued_s)
-            .or_default() -= 1;
-    }
-    // Each age with how many recipients have it: the memory follows the distinct times, not
-    // the recipients.
-    let mut ages: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
-    for (queue, by_time) in &pending {
-        let provider = provider_of_domain(&queue_domain(queue));
-        for (at, n) in by_time {
-            if *n <= 0 {
-                continue;
-            }
-            let age = end.saturating_sub(*at);
-            for key in [
-                "run".to_string(),
-                format!("p:{provider}"),
-                format!("q:{queue}"),
-            ] {
-                ages.entry(key).or_default().push((age, *n as u64));
-            }
-        }
-    }
+    let x = |i: usize| (i as u64 * bucket_s) as f64;
 
     // Backoff spans per queue.
-    let mut entries: BTreeMap<String, u64> = BTreeMap::new();
+    let mut entries: BTreeMap<&str, u64> = BTreeMap::new();
     for change in data.mode_changes.iter().filter(|c| c.backoff) {
-        *entries.entry(change.queue.clone()).or_default() += 1;
+        *entries.entry(&change.queue).or_default() += 1;
     }
     let mut bands: Vec<Band> = backoff_spans(data, |_| true)
         .into_iter()
@@ -791,284 +656,126 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
         })
         .collect();
     bands.sort_by(|a, b| a.row.cmp(&b.row).then(a.from_s.total_cmp(&b.from_s)));
-
-    // Connections: the most open at once, per queue, provider, source IP and run.
-    let max_open = |filter: &dyn Fn(&Connection) -> bool| -> u64 {
-        max_concurrent(
-            data.connections
-                .iter()
-                .filter(|c| filter(c))
-                .map(|c| (c.opened_s, c.closed_s.unwrap_or(end))),
-        )
-    };
-
-    // Deliveries per minute, for peaks: only the minutes with deliveries are kept, so the
-    // memory follows the deliveries, not the run's length.
-    let minutes = data.duration_s.div_ceil(60) + 1;
-    let mut per_minute: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
-    for row in rows.iter().filter(|r| r.kind == "d") {
-        let m = row.logged_s.saturating_sub(start) / 60;
-        if m >= minutes {
-            continue;
-        }
-        for key in [
-            "run".to_string(),
-            format!("p:{}", row_provider(row)),
-            format!("q:{}", row.queue),
-            format!("i:{}", row.source_ip),
-        ] {
-            *per_minute.entry(key).or_default().entry(m).or_default() += 1;
-        }
-    }
-    let peaks = |key: &str| -> (u64, u64) {
-        let Some(counts) = per_minute.get(key) else {
-            return (0, 0);
-        };
-        let minute = counts.values().copied().max().unwrap_or(0);
-        // Any 60 consecutive minutes: a window over the minutes that have deliveries.
-        let counted: Vec<(u64, u64)> = counts.iter().map(|(m, n)| (*m, *n)).collect();
-        let (mut hour, mut sum, mut first) = (0, 0, 0);
-        for &(m, n) in &counted {
-            sum += n;
-            while counted[first].0 + 60 <= m {
-                sum -= counted[first].1;
-                first += 1;
-            }
-            hour = hour.max(sum);
-        }
-        (minute, hour)
-    };
-    let finish = |key: &str, counts: &mut Counts, with_queue_data: bool| {
-        counts.delivery_latency_s =
-            Percentiles::of(latencies.get(key).cloned().unwrap_or_default());
-        counts.queue_age_s = Percentiles::of_counts(ages.get(key).cloned().unwrap_or_default());
-        let (minute, hour) = peaks(key);
-        counts.peak_delivered_per_minute = minute;
-        counts.peak_delivered_per_hour = hour;
-        if with_queue_data {
-            counts.injected = Some(injected_by.get(key).copied().unwrap_or(0));
-        }
-    };
     let backoff_time = |queue: &str| -> u64 {
         bands
             .iter()
             .filter(|b| b.row == queue)
             .map(|b| (b.to_s - b.from_s) as u64)
-            .sum()
+            .fold(0, u64::saturating_add)
     };
-    finish("run", &mut run, true);
-    run.queued_at_end = Some(data.queues.iter().map(|q| q.queued_at_end).sum());
-    run.backoff_time_s = data.queues.iter().map(|q| backoff_time(&q.name)).sum();
-    run.backoff_entries = entries.values().sum();
-    run.max_connections = max_open(&|_| true);
-    for (name, counts) in providers.iter_mut() {
-        finish(&format!("p:{name}"), counts, true);
+    let queue_provider = |q: &QueueData| provider_of(data, &q.domain);
+
+    let mut run = figures.run.clone();
+    run.queued_at_end = Some(total(data.queues.iter().map(|q| q.queued_at_end)));
+    run.backoff_time_s = total(data.queues.iter().map(|q| backoff_time(&q.name)));
+    run.backoff_entries = total(entries.values().copied());
+    let mut providers: BTreeMap<String, ProviderSummary> = BTreeMap::new();
+    for (name, counts) in &figures.providers {
+        let mut counts = counts.clone();
         let mine: Vec<&QueueData> = data
             .queues
             .iter()
-            .filter(|q| provider_of_domain(&q.domain) == *name)
+            .filter(|q| queue_provider(q) == *name)
             .collect();
-        counts.queued_at_end = Some(mine.iter().map(|q| q.queued_at_end).sum());
-        counts.backoff_time_s = mine.iter().map(|q| backoff_time(&q.name)).sum();
-        counts.backoff_entries = mine
-            .iter()
-            .map(|q| entries.get(&q.name).copied().unwrap_or(0))
-            .sum();
-        counts.max_connections =
-            max_open(&|c| provider_of_domain(&queue_domain(&c.queue)) == *name);
+        counts.queued_at_end = Some(total(mine.iter().map(|q| q.queued_at_end)));
+        counts.backoff_time_s = total(mine.iter().map(|q| backoff_time(&q.name)));
+        counts.backoff_entries = total(
+            mine.iter()
+                .map(|q| entries.get(q.name.as_str()).copied().unwrap_or(0)),
+        );
+        providers.insert(name.clone(), provider_summary(data, name, counts));
     }
-    for (ip, counts) in ips.iter_mut() {
-        finish(&format!("i:{ip}"), counts, false);
-        counts.max_connections = max_open(&|c| c.source_ip == *ip);
-    }
-    let mut rows_by_queue: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
-    for row in rows {
-        rows_by_queue.entry(&row.queue).or_default().push(row);
-    }
+    let mut queues: BTreeMap<String, QueueSummary> = figures
+        .queues
+        .iter()
+        .map(|(name, q)| {
+            (
+                name.clone(),
+                QueueSummary {
+                    counts: q.counts.clone(),
+                    binding: Binding::default(),
+                },
+            )
+        })
+        .collect();
     for q in &data.queues {
         let summary = queues.entry(q.name.clone()).or_default();
-        finish(&format!("q:{}", q.name), &mut summary.counts, true);
         summary.counts.queued_at_end = Some(q.queued_at_end);
         summary.counts.backoff_time_s = backoff_time(&q.name);
-        summary.counts.backoff_entries = entries.get(&q.name).copied().unwrap_or(0);
-        summary.counts.max_connections = max_open(&|c| c.queue == q.name);
-        let own = rows_by_queue
-            .get(q.name.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        summary.binding = binding(data, own, q, &provider_of_domain(&q.domain));
+        summary.counts.backoff_entries = entries.get(q.name.as_str()).copied().unwrap_or(0);
+        let held = figures.queues.get(&q.name).cloned().unwrap_or_default();
+        summary.binding = binding(data, q, &held);
     }
 
     // Time series.
-    let bucket_of =
-        |t: u64| ((t.saturating_sub(start)) / bucket_s).min(buckets as u64 - 1) as usize;
-    let x = |i: usize| (i as u64 * bucket_s) as f64;
-    let per_hour = 3600.0 / bucket_s as f64;
-    let mut outcomes = BTreeMap::new();
-    for p in &data.providers {
-        let mut lines = Vec::new();
-        for (label, kinds) in [
-            ("delivered", &["d"][..]),
-            ("deferred", &["t", "tq"][..]),
-            ("bounced", &["b"][..]),
-        ] {
-            let mut counts = vec![0u64; buckets];
-            for row in rows
-                .iter()
-                .filter(|r| kinds.contains(&r.kind.as_str()) && row_provider(r) == p.name)
-            {
-                counts[bucket_of(row.logged_s)] += 1;
-            }
-            lines.push(Series {
-                name: format!("{label} per hour"),
-                points: counts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| (x(i), *n as f64 * per_hour))
-                    .collect(),
-                step: false,
-            });
-        }
-        outcomes.insert(p.name.clone(), lines);
-    }
-    let mut queue_depth = Vec::new();
-    let mut queue_age = Vec::new();
-    for p in &data.providers {
-        let mut delta = vec![0i64; buckets];
-        let mut arrivals: Vec<(u64, u64)> = Vec::new();
-        let mut finals: Vec<u64> = Vec::new();
-        for q in data
-            .queued
-            .iter()
-            .filter(|q| provider_of_domain(&queue_domain(&q.queue)) == p.name)
-        {
-            delta[bucket_of(q.at_s)] += q.recipients as i64;
-            arrivals.push((q.at_s, q.recipients));
-        }
-        for row in rows
-            .iter()
-            .filter(|r| matches!(r.kind.as_str(), "d" | "b") && row_provider(r) == p.name)
-        {
-            delta[bucket_of(row.logged_s)] -= 1;
-            finals.push(row.logged_s);
-        }
-        let mut depth = 0i64;
-        let points = delta
+    let per_hour = if daily { 1.0 } else { 3600.0 / bucket_s as f64 };
+    let points = |values: &[u64], scale: f64| -> Vec<(f64, f64)> {
+        values
             .iter()
             .enumerate()
-            .map(|(i, d)| {
-                depth += d;
-                (x(i), depth.max(0) as f64)
-            })
-            .collect();
-        queue_depth.push(Series {
-            name: p.name.clone(),
-            points,
-            step: false,
-        });
-        // The oldest waiting recipient at each bucket's end: arrivals in order, each final
-        // record retiring the recipient that entered earliest among those still waiting
-        // (exact for the age of the queue when retries keep order; a good approximation
-        // otherwise).
-        arrivals.sort();
-        finals.sort();
-        let mut ages = Vec::new();
-        let (mut a, mut f) = (0usize, 0usize);
-        let mut waiting: std::collections::VecDeque<(u64, u64)> = std::collections::VecDeque::new();
-        for i in 0..buckets {
-            let until = start + (i as u64 + 1) * bucket_s;
-            while a < arrivals.len() && arrivals[a].0 < until {
-                waiting.push_back(arrivals[a]);
-                a += 1;
-            }
-            while f < finals.len() && finals[f] < until {
-                if let Some(front) = waiting.front_mut() {
-                    front.1 -= 1;
-                    if front.1 == 0 {
-                        waiting.pop_front();
-                    }
-                }
-                f += 1;
-            }
-            let age = waiting
-                .front()
-                .map_or(0, |(t, _)| until.min(end).saturating_sub(*t));
-            ages.push((x(i), age as f64 / 60.0));
-        }
-        queue_age.push(Series {
-            name: p.name.clone(),
-            points: ages,
-            step: false,
-        });
-    }
-    let mut busiest: Vec<(&String, u64)> = queues
-        .iter()
-        .map(|(name, s)| (name, s.counts.delivered + s.counts.bounced))
-        .collect();
-    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let mut connections = Vec::new();
-    for (name, _) in busiest.iter().take(QUEUES_PER_CHART_MAX) {
-        let mut delta = vec![0i64; buckets + 1];
-        for c in data.connections.iter().filter(|c| &c.queue == *name) {
-            // Open during a bucket when opened before its end and closed after its start.
-            delta[bucket_of(c.opened_s)] += 1;
-            let closed = c.closed_s.unwrap_or(end);
-            if closed < end {
-                let after = (closed.saturating_sub(start)).div_ceil(bucket_s) as usize;
-                delta[after.max(bucket_of(c.opened_s) + 1).min(buckets)] -= 1;
-            }
-        }
-        let mut open = 0i64;
-        connections.push(Series {
-            name: (*name).clone(),
-            points: (0..buckets)
-                .map(|i| {
-                    open += delta[i];
-                    (x(i), open.max(0) as f64)
-                })
-                .collect(),
-            step: false,
-        });
-    }
+            .map(|(i, n)| (x(i), *n as f64 * scale))
+            .collect()
+    };
+    let rate_label = if daily { "per day" } else { "per hour" };
+    let mut outcomes = BTreeMap::new();
+    let mut queue_depth = Vec::new();
+    let mut queue_age = Vec::new();
     let mut source_ip_rates = BTreeMap::new();
     let mut reputation = BTreeMap::new();
-    let hours = data.duration_s.div_ceil(3600).max(1) as usize;
+    let age_unit_s = if daily { 3600.0 } else { 60.0 };
+    let rate_bucket = rate_bucket_s(data.duration_s);
     for p in &data.providers {
+        let empty = ProviderSeries::default();
+        let series = figures.series.get(&p.name).unwrap_or(&empty);
+        let line = |label: &str, values: &[u64]| Series {
+            name: format!("{label} {rate_label}"),
+            points: points(values, per_hour),
+            step: false,
+        };
+        outcomes.insert(
+            p.name.clone(),
+            vec![
+                line("delivered", &series.delivered),
+                line("deferred", &series.deferred),
+                line("bounced", &series.bounced),
+            ],
+        );
+        queue_depth.push(Series {
+            name: p.name.clone(),
+            points: points(&series.queued, 1.0),
+            step: false,
+        });
+        queue_age.push(Series {
+            name: p.name.clone(),
+            points: points(&series.oldest_s, 1.0 / age_unit_s),
+            step: false,
+        });
         let mut lines = Vec::new();
-        let mut by_ip: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for row in rows
-            .iter()
-            .filter(|r| r.kind == "d" && !r.source_ip.is_empty() && row_provider(r) == p.name)
-        {
-            let h = ((row.logged_s.saturating_sub(start)) / 3600).min(hours as u64 - 1) as usize;
-            by_ip
-                .entry(&row.source_ip)
-                .or_insert_with(|| vec![0; hours])[h] += 1;
-        }
-        for (ip, counts) in &by_ip {
+        for (ip, counts) in &series.source_ip_delivered {
             lines.push(Series {
-                name: format!("{ip} delivered/h"),
+                name: format!("{ip} delivered/{}", if daily { "d" } else { "h" }),
                 points: counts
                     .iter()
                     .enumerate()
-                    .map(|(h, n)| ((h * 3600) as f64, *n as f64))
+                    .map(|(i, n)| ((i as u64 * rate_bucket) as f64, *n as f64))
                     .collect(),
                 step: false,
             });
             let identity = format!("ip:{ip}");
-            let limit: Vec<(f64, f64)> = p
-                .standings
-                .iter()
-                .filter(|s| s.identity == identity)
-                .map(|s| {
-                    (
-                        (s.at_s.saturating_sub(start) / 3600 * 3600) as f64,
-                        s.capacity_per_hour as f64,
-                    )
-                })
-                .collect();
+            // The capacity at the bucket's last sample: per hour, or a day of it.
+            let per = rate_bucket / 3600;
+            let mut limit: Vec<(f64, f64)> = Vec::new();
+            for s in p.standings.iter().filter(|s| s.identity == identity) {
+                let at = (s.at_s.saturating_sub(start) / rate_bucket * rate_bucket) as f64;
+                let value = s.capacity_per_hour as f64 * per as f64;
+                match limit.last_mut() {
+                    Some(last) if last.0 == at => last.1 = value,
+                    _ => limit.push((at, value)),
+                }
+            }
             if !limit.is_empty() {
                 lines.push(Series {
-                    name: format!("{ip} limit/h"),
+                    name: format!("{ip} limit/{}", if daily { "d" } else { "h" }),
                     points: limit,
                     step: true,
                 });
@@ -1094,6 +801,23 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
                 .collect(),
         );
     }
+    let mut busiest: Vec<(&String, u64)> = queues
+        .iter()
+        .map(|(name, s)| (name, s.counts.delivered.saturating_add(s.counts.bounced)))
+        .collect();
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let connections = busiest
+        .iter()
+        .take(QUEUES_PER_CHART_MAX)
+        .filter_map(|(name, _)| {
+            let q = figures.queues.get(*name)?;
+            Some(Series {
+                name: (*name).clone(),
+                points: points(&q.connections[..q.connections.len().min(buckets)], 1.0),
+                step: false,
+            })
+        })
+        .collect();
 
     Report {
         summary: Summary {
@@ -1105,19 +829,14 @@ pub fn build(data: &RunData, rows: &[Row]) -> Report {
             start: crate::time::Time::from_secs(start).acct_format(),
             duration_s: data.duration_s,
             run,
-            providers: providers
-                .into_iter()
-                .map(|(name, counts)| {
-                    let summary = provider_summary(data, &name, counts);
-                    (name, summary)
-                })
-                .collect(),
+            providers,
             queues,
-            source_ips: ips,
+            source_ips: figures.source_ips.clone(),
             refused: data.refused.clone(),
             pattern_failures: data.pattern_failures.clone(),
         },
         bucket_s,
+        daily,
         outcomes,
         queue_depth,
         queue_age,
@@ -1141,7 +860,7 @@ impl ProviderSummary {
             .iter()
             .filter_map(|phase| {
                 let by_reply = self.refusals_by_phase.get(*phase)?;
-                let total = by_reply.values().sum();
+                let total = total(by_reply.values().copied());
                 let top = by_reply
                     .iter()
                     .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
@@ -1175,15 +894,20 @@ fn provider_summary(data: &RunData, name: &str, counts: Counts) -> ProviderSumma
         .unwrap_or_default();
     let mut refusals_by_phase: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for r in &data.replies {
-        let domain = r.queue.split('/').next().unwrap_or("");
+        let domain = data
+            .queues
+            .iter()
+            .find(|q| q.name == r.queue)
+            .map_or("", |q| q.domain.as_str());
         if r.reply.starts_with('2') || provider_of(data, domain) != name {
             continue;
         }
-        *refusals_by_phase
+        let count = refusals_by_phase
             .entry(r.phase.clone())
             .or_default()
             .entry(r.reply.clone())
-            .or_default() += r.count;
+            .or_default();
+        *count = count.saturating_add(r.count);
     }
     ProviderSummary {
         counts,
@@ -1193,125 +917,12 @@ fn provider_summary(data: &RunData, name: &str, counts: Counts) -> ProviderSumma
     }
 }
 
-/// For each minute a queue had mail waiting, which limit held it back, in order: the
-/// backoff limits while in backoff (its rate, its connections), the retry timer
-/// (`backoff-retry-after` in backoff, else `retry-after`), the receiver's penalty on one of
-/// its source IPs, `max-msg-rate` and `max-smtp-out` in normal mode, recipients waiting out
-/// `retry-recipients-after` after a deferral; a minute with none of them is "sending".
-/// `rows` are the queue's own accounting rows.
-fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> Binding {
-    let start = data.start_s;
-    let minutes = data.duration_s.div_ceil(60);
-    let attempts = sorted_times(rows.iter().copied(), |r| {
-        matches!(r.kind.as_str(), "d" | "b" | "t") && !r.source_ip.is_empty()
-    });
-    let in_window = |t: u64, per_s: u64| -> u64 {
-        let lo = attempts.partition_point(|a| *a + per_s <= t);
-        let hi = attempts.partition_point(|a| *a <= t);
-        (hi - lo) as u64
-    };
-    let ips: Vec<&str> = data
-        .connections
-        .iter()
-        .filter(|c| c.queue == queue.name)
-        .map(|c| c.source_ip.as_str())
-        .collect();
-    let throttles: Vec<&ThrottleWindow> = data
-        .providers
-        .iter()
-        .filter(|p| p.name == provider)
-        .flat_map(|p| &p.throttles)
-        .filter(|t| ips.contains(&t.source_ip.as_str()))
-        .collect();
-    let changes: Vec<&ModeChange> = data
-        .mode_changes
-        .iter()
-        .filter(|c| c.queue == queue.name)
-        .collect();
-    let retries: Vec<&RetryWait> = data
-        .retries
-        .iter()
-        .filter(|r| r.queue == queue.name)
-        .collect();
-    let conns: Vec<&Connection> = data
-        .connections
-        .iter()
-        .filter(|c| c.queue == queue.name)
-        .collect();
-    // Recipients waiting: entries so far minus final records so far.
-    let mut entered: Vec<(u64, u64)> = data
-        .queued
-        .iter()
-        .filter(|q| q.queue == queue.name)
-        .map(|q| (q.at_s, q.recipients))
-        .collect();
-    entered.sort();
-    let finished = sorted_times(rows.iter().copied(), |r| {
-        matches!(r.kind.as_str(), "d" | "b")
-    });
-    let deferrals = sorted_times(rows.iter().copied(), |r| r.kind == "t");
-    // Whether a recipient deferred in the last `retry-recipients-after` is still waiting.
-    let deferred_waiting = |t: u64| {
-        let lo = deferrals.partition_point(|d| d + queue.retry_recipients_after_s <= t);
-        let hi = deferrals.partition_point(|d| *d <= t);
-        hi > lo
-    };
-    let mut held: BTreeMap<String, u64> = BTreeMap::new();
-    let mut waiting_minutes = 0;
-    let (mut e, mut f, mut waiting) = (0usize, 0usize, 0i64);
-    let rate_name = |prefix: &str, r: RateLimit| format!("{prefix} {}", rate_text(r));
-    for m in 0..minutes {
-        let t = start + m * 60 + 59;
-        while e < entered.len() && entered[e].0 <= t {
-            waiting += entered[e].1 as i64;
-            e += 1;
-        }
-        while f < finished.len() && finished[f] <= t {
-            waiting -= 1;
-            f += 1;
-        }
-        if waiting <= 0 {
-            continue;
-        }
-        waiting_minutes += 1;
-        let backoff = changes
-            .iter()
-            .rev()
-            .find(|c| c.at_s <= t)
-            .is_some_and(|c| c.backoff);
-        let open = conns
-            .iter()
-            .filter(|c| c.opened_s <= t && c.closed_s.is_none_or(|end| end > t))
-            .count() as u64;
-        let backoff_rate = queue
-            .backoff_max_msg_rate
-            .filter(|r| backoff && in_window(t, r.per_s) >= r.count);
-        let reason = if let Some(r) = backoff_rate {
-            rate_name("backoff-max-msg-rate", r)
-        } else if backoff && open >= queue.backoff_max_smtp_out {
-            format!("backoff-max-smtp-out {}", queue.backoff_max_smtp_out)
-        } else if retries.iter().any(|r| r.at_s <= t && t < r.until_s) {
-            if backoff {
-                "backoff-retry-after".to_string()
-            } else {
-                "retry-after".to_string()
-            }
-        } else if throttles.iter().any(|w| w.at_s <= t && t < w.until_s) {
-            format!("{provider}'s throttle")
-        } else if let Some(r) = queue
-            .max_msg_rate
-            .filter(|r| !backoff && in_window(t, r.per_s) >= r.count)
-        {
-            rate_name("max-msg-rate", r)
-        } else if !backoff && open >= queue.max_smtp_out {
-            format!("max-smtp-out {}", queue.max_smtp_out)
-        } else if deferred_waiting(t) {
-            "retry-recipients-after".to_string()
-        } else {
-            "sending".to_string()
-        };
-        *held.entry(reason).or_default() += 1;
-    }
+/// A queue's binding limits, from the minutes the aggregator attributed while the run went
+/// (see [`aggregate`]): the shares, and one line naming the limit that held the queue back
+/// most (with the reply that switched it into backoff, when that limit is a backoff one).
+fn binding(data: &RunData, queue: &QueueData, figures: &QueueFigures) -> Binding {
+    let waiting_minutes = figures.waiting_minutes;
+    let held = &figures.held_minutes;
     let shares: BTreeMap<String, f64> = held
         .iter()
         .map(|(k, n)| (k.clone(), *n as f64 / waiting_minutes.max(1) as f64))
@@ -1323,18 +934,27 @@ fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> 
     let explanation = match top {
         None => format!("{}: never held back", queue.name),
         Some((limit, n)) => {
-            let share = (*n * 100).div_ceil(waiting_minutes.max(1));
-            let cause = changes
+            let share = n.saturating_mul(100).div_ceil(waiting_minutes.max(1));
+            let cause = data
+                .mode_changes
                 .iter()
+                .filter(|c| c.queue == queue.name)
                 .find(|c| c.backoff)
                 .filter(|_| limit.starts_with("backoff"))
                 .map(|c| {
-                    let reply = c.reason.split('`').nth(1).unwrap_or(&c.reason);
-                    let words: Vec<&str> = reply.split_whitespace().take(2).collect();
+                    let trigger = match &c.trigger {
+                        Trigger::Pattern { reply, .. } => {
+                            let words: Vec<&str> = reply.split_whitespace().take(2).collect();
+                            words.join(" ")
+                        }
+                        Trigger::AllSourceIpsDisabled => "all source IPs disabled".to_string(),
+                        Trigger::BackoffToNormalAfter | Trigger::DeliveryInBackoff => {
+                            "a switch".to_string()
+                        }
+                    };
                     format!(
-                        " after {} at {}",
-                        words.join(" "),
-                        clock(c.at_s.saturating_sub(start))
+                        " after {trigger} at {}",
+                        clock(c.at_s.saturating_sub(data.start_s))
                     )
                 })
                 .unwrap_or_default();
@@ -1351,14 +971,9 @@ fn binding(data: &RunData, rows: &[&Row], queue: &QueueData, provider: &str) -> 
     }
 }
 
-/// When the rows `keep` accepts were logged, in order.
-pub(crate) fn sorted_times<'r>(
-    rows: impl Iterator<Item = &'r Row>,
-    keep: impl Fn(&Row) -> bool,
-) -> Vec<u64> {
-    let mut times: Vec<u64> = rows.filter(|r| keep(r)).map(|r| r.logged_s).collect();
-    times.sort_unstable();
-    times
+/// The sum of `values`, saturating: a `run.json` from elsewhere may hold any number.
+pub(crate) fn total(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0, u64::saturating_add)
 }
 
 /// `10/m`, `60/h`, `5/30s`.
@@ -1389,345 +1004,4 @@ pub fn summary_json(summary: &Summary) -> String {
     let mut text = serde_json::to_string_pretty(summary).expect("a summary always serializes");
     text.push('\n');
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_of_counted_values_match_the_expanded_list() {
-        let cases: [&[(u64, u64)]; 4] = [
-            &[(5, 2), (1, 1), (9, 3)],
-            &[(7, 1)],
-            &[(3, 40), (100, 1), (2, 0)],
-            &[(1, 19), (2, 1), (3, 1)],
-        ];
-        for counted in cases {
-            let expanded: Vec<u64> = counted
-                .iter()
-                .flat_map(|(v, n)| std::iter::repeat_n(*v, *n as usize))
-                .collect();
-            assert_eq!(
-                Percentiles::of_counts(counted.to_vec()),
-                Percentiles::of(expanded),
-                "{counted:?}"
-            );
-        }
-        assert_eq!(
-            Percentiles::of_counts(vec![(4, u64::MAX)]).max,
-            4,
-            "a count too large to expand"
-        );
-    }
-
-    fn data(duration_s: u64) -> RunData {
-        RunData {
-            schema_version: SCHEMA_VERSION,
-            scenario: "t".into(),
-            seed: 1,
-            version: "0".into(),
-            config_sha256: String::new(),
-            start_s: 1_000_000,
-            duration_s,
-            providers: vec![ProviderData {
-                name: "p".into(),
-                domains: vec!["p.example".into()],
-                throttles: Vec::new(),
-                standings: Vec::new(),
-                feedback: "aggregate".into(),
-                daily: Vec::new(),
-            }],
-            queues: vec![QueueData {
-                name: "p.example/v".into(),
-                domain: "p.example".into(),
-                vmta: "v".into(),
-                max_msg_rate: Some(RateLimit {
-                    count: 60,
-                    per_s: 3600,
-                }),
-                backoff_max_msg_rate: Some(RateLimit {
-                    count: 10,
-                    per_s: 3600,
-                }),
-                max_smtp_out: 2,
-                backoff_max_smtp_out: 1,
-                backoff_at_end: false,
-                queued_at_end: 0,
-                retry_recipients_after_s: 600,
-            }],
-            mode_changes: Vec::new(),
-            retries: Vec::new(),
-            queued: Vec::new(),
-            connections: Vec::new(),
-            refused: Refusals::default(),
-            pattern_failures: Vec::new(),
-            replies: Vec::new(),
-        }
-    }
-
-    fn delivered(at_s: u64, queued_s: u64) -> Row {
-        Row {
-            kind: "d".into(),
-            logged_s: at_s,
-            queued_s,
-            rcpt_domain: "p.example".into(),
-            status: "2.0.0".into(),
-            diag: "smtp;250 ok".into(),
-            category: String::new(),
-            source_ip: "192.0.2.1".into(),
-            queue: "p.example/v".into(),
-        }
-    }
-
-    #[test]
-    fn a_constant_rate_draws_a_flat_line_at_that_rate() {
-        // One delivery a minute for four hours: 60 an hour in every bucket.
-        let d = data(4 * 3600);
-        let rows: Vec<Row> = (0..240)
-            .map(|m| delivered(d.start_s + m * 60 + 5, d.start_s))
-            .collect();
-        let report = build(&d, &rows);
-        let line = &report.outcomes["p"][0];
-        assert_eq!(line.name, "delivered per hour");
-        assert!(
-            line.points.iter().all(|(_, v)| (*v - 60.0).abs() < 1e-9),
-            "{:?}",
-            line.points
-        );
-        let rate = &report.source_ip_rates["p"][0];
-        assert_eq!(
-            rate.points,
-            vec![
-                (0.0, 60.0),
-                (3600.0, 60.0),
-                (7200.0, 60.0),
-                (10_800.0, 60.0)
-            ]
-        );
-        assert_eq!(report.summary.run.delivered, 240);
-        assert_eq!(report.summary.run.peak_delivered_per_hour, 60);
-        assert_eq!(report.summary.run.peak_delivered_per_minute, 1);
-    }
-
-    #[test]
-    fn a_backoff_band_spans_the_mode_changes_and_explains_the_queue() {
-        let mut d = data(3 * 3600);
-        let s = d.start_s;
-        d.queued.push(Queued {
-            at_s: s,
-            queue: "p.example/v".into(),
-            recipients: 100,
-        });
-        d.mode_changes.push(ModeChange {
-            at_s: s + 1800,
-            queue: "p.example/v".into(),
-            backoff: true,
-            reason: "/4\\.7\\.28/ matched `421 4.7.28 slow down`".into(),
-        });
-        d.mode_changes.push(ModeChange {
-            at_s: s + 5400,
-            queue: "p.example/v".into(),
-            backoff: false,
-            reason: "backoff-to-normal-after elapsed".into(),
-        });
-        // Ten deliveries fill the backoff rate of 10/h right after entering backoff.
-        let rows: Vec<Row> = (0..10).map(|i| delivered(s + 1800 + i, s)).collect();
-        let report = build(&d, &rows);
-        assert_eq!(
-            report.backoff_bands,
-            vec![Band {
-                row: "p.example/v".into(),
-                from_s: 1800.0,
-                to_s: 5400.0
-            }]
-        );
-        let q = &report.summary.queues["p.example/v"];
-        assert_eq!(
-            (q.counts.backoff_entries, q.counts.backoff_time_s),
-            (1, 3600)
-        );
-        assert_eq!(q.counts.queued_at_end, Some(0));
-        assert_eq!(q.counts.injected, Some(100));
-        // Backoff for 60 of the 180 waiting minutes, all of it under the backoff rate.
-        assert_eq!(q.binding.waiting_minutes, 180);
-        assert!((q.binding.shares["backoff-max-msg-rate 10/h"] - 60.0 / 180.0).abs() < 1e-9);
-        assert_eq!(
-            q.binding.explanation,
-            "p.example/v: held back by backoff-max-msg-rate 10/h for 34% of the time mail waited after 421 4.7.28 at 00:30"
-        );
-    }
-
-    #[test]
-    fn the_accounting_file_reads_back_as_written() {
-        let text = format!(
-            "{}\nd,2026-09-21 12:00:05+0000,2026-09-21 12:00:00+0000,a@x.example,u@p.example,,relayed,2.0.0,smtp;250 ok,mx,,api,,smtp,192.0.2.1,198.18.0.1,,100,v,j,e,p.example/v,\n",
-            HEADER.join(",")
-        );
-        let rows = read_acct("acct.csv", &text).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].logged_s - rows[0].queued_s, 5);
-        assert_eq!(rows[0].rcpt_domain, "p.example");
-        let bad = text.replace("2026-09-21 12:00:05+0000", "yesterday");
-        let err = read_acct("acct.csv", &bad).unwrap_err().to_string();
-        assert!(
-            err.contains("line 2: `yesterday` is not a timestamp"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn queue_depth_age_and_connections_follow_known_data() {
-        // 100 recipients at the start; one delivered a minute from minute 0; one connection
-        // open from 10 to 40 minutes.
-        let mut d = data(2 * 3600);
-        let s = d.start_s;
-        d.queued.push(Queued {
-            at_s: s,
-            queue: "p.example/v".into(),
-            recipients: 100,
-        });
-        d.connections.push(Connection {
-            queue: "p.example/v".into(),
-            source_ip: "192.0.2.1".into(),
-            opened_s: s + 600,
-            closed_s: Some(s + 2400),
-            messages: 30,
-        });
-        let rows: Vec<Row> = (0..100).map(|m| delivered(s + m * 60, s)).collect();
-        let report = build(&d, &rows);
-        assert_eq!(report.bucket_s, 60);
-        let depth = &report.queue_depth[0].points;
-        assert_eq!(depth[0], (0.0, 99.0));
-        assert_eq!(depth[49], (2940.0, 50.0));
-        assert_eq!(depth[99], (5940.0, 0.0));
-        // The oldest waiting recipient entered at the start: its age grows a minute a bucket
-        // until the queue is empty.
-        let age = &report.queue_age[0].points;
-        assert_eq!(age[0], (0.0, 1.0));
-        assert_eq!(age[49], (2940.0, 50.0));
-        assert_eq!(age[100], (6000.0, 0.0));
-        let open = &report.connections[0].points;
-        assert_eq!(open[9].1, 0.0);
-        assert!(
-            open[10..40].iter().all(|(_, n)| *n == 1.0),
-            "{:?}",
-            &open[8..42]
-        );
-        assert_eq!(open[40].1, 0.0);
-        assert_eq!(
-            report.summary.queues["p.example/v"].counts.max_connections,
-            1
-        );
-    }
-
-    #[test]
-    fn reputation_and_limits_come_from_the_providers_samples() {
-        let mut d = data(3 * 3600);
-        let s = d.start_s;
-        for (h, score, capacity) in [(0, 0.5, 20), (1, 0.5, 20), (2, 0.45, 16)] {
-            d.providers[0].standings.push(StandingPoint {
-                at_s: s + h * 3600 + 120,
-                identity: "ip:192.0.2.1".into(),
-                score,
-                capacity_per_hour: capacity,
-            });
-        }
-        let rows = vec![delivered(s + 10, s)];
-        let report = build(&d, &rows);
-        let reputation = &report.reputation["p"];
-        assert_eq!(reputation[0].name, "ip:192.0.2.1");
-        assert_eq!(
-            reputation[0].points,
-            vec![(120.0, 0.5), (3720.0, 0.5), (7320.0, 0.45)]
-        );
-        let limit = &report.source_ip_rates["p"][1];
-        assert_eq!(limit.name, "192.0.2.1 limit/h");
-        assert_eq!(
-            limit.points,
-            vec![(0.0, 20.0), (3600.0, 20.0), (7200.0, 16.0)]
-        );
-    }
-
-    #[test]
-    fn a_flat_rate_is_a_flat_line_in_the_drawn_svg() {
-        let d = data(2 * 3600);
-        let rows: Vec<Row> = (0..120)
-            .map(|m| delivered(d.start_s + m * 60 + 5, d.start_s))
-            .collect();
-        let report = build(&d, &rows);
-        let charts = charts::render(&report);
-        let outcomes = charts.iter().find(|c| c.name == "outcomes-p").unwrap();
-        // The first polyline is the delivered series: every point at the same height.
-        let points = outcomes
-            .svg
-            .split("<polyline")
-            .find(|p| p.contains("stroke-width=\"2\""))
-            .and_then(|p| p.split("points=\"").nth(1))
-            .and_then(|p| p.split('"').next())
-            .unwrap();
-        let ys: std::collections::BTreeSet<&str> = points
-            .split_whitespace()
-            .filter_map(|xy| xy.split(',').nth(1))
-            .collect();
-        assert_eq!(ys.len(), 1, "{points}");
-        assert!(outcomes.png.starts_with(b"\x89PNG"));
-    }
-
-    /// Issue 13 items 5 and 7: the summary shows each provider's daily aggregate spam rate
-    /// (what Gmail's Postmaster Tools shows, reference §4.7) and where it said no, by SMTP
-    /// step, from `run.json`.
-    #[test]
-    fn the_summary_shows_the_daily_spam_rate_and_where_a_provider_said_no() {
-        let mut d = data(2 * 86_400);
-        d.providers[0].daily = vec![
-            DailyMail {
-                day: "1970-01-12".into(),
-                delivered: 2000,
-                complaints: 7,
-            },
-            DailyMail {
-                day: "1970-01-13".into(),
-                delivered: 0,
-                complaints: 0,
-            },
-        ];
-        let reply = |phase: &str, reply: &str, count: u64| ReplyCount {
-            queue: "p.example/v".into(),
-            source_ip: "192.0.2.1".into(),
-            phase: phase.into(),
-            reply: reply.into(),
-            count,
-            first_at_s: d.start_s,
-            last_at_s: d.start_s,
-            example: format!("smtp;{reply} ..."),
-        };
-        d.replies = vec![
-            reply("data_end", "250 2.0.0", 100),
-            reply("data_end", "421 4.7.28", 40),
-            reply("rcpt", "550 5.1.1", 3),
-            reply("mail", "421 4.7.0", 1),
-        ];
-        let report = build(&d, &[]);
-        let p = &report.summary.providers["p"];
-        assert_eq!(p.feedback, "aggregate");
-        assert_eq!(p.spam_rate_daily[0].spam_rate, 7.0 / 2000.0);
-        assert_eq!(p.spam_rate_daily[1].spam_rate, 0.0);
-        assert_eq!(p.refusals_by_phase["data_end"]["421 4.7.28"], 40);
-        assert!(!p.refusals_by_phase["data_end"].contains_key("250 2.0.0"));
-        assert_eq!(
-            p.refusals(),
-            [
-                ("mail", 1, "421 4.7.0"),
-                ("rcpt", 3, "550 5.1.1"),
-                ("data_end", 40, "421 4.7.28")
-            ]
-        );
-        let json = summary_json(&report.summary);
-        assert!(json.contains("\"spam_rate\": 0.0035"), "{json}");
-        assert!(json.contains("\"refusals_by_phase\""));
-        let page = html::page(&report, &[]);
-        assert!(page.contains("<td>40 (421 4.7.28)</td>"));
-        assert!(page.contains("<td>0.350%</td>"));
-    }
 }

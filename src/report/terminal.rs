@@ -13,7 +13,7 @@ const YELLOW: &str = "\x1b[33m";
 const RESET: &str = "\x1b[0m";
 
 fn line(out: &mut String, name: &str, c: &Counts, colour: bool) {
-    let deferred: u64 = c.transient_by_class.values().sum();
+    let deferred = super::total(c.transient_by_class.values().copied());
     let paint = |text: String, code: &str, on: bool| {
         if colour && on {
             format!("{code}{text}{RESET}")

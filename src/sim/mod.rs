@@ -19,15 +19,20 @@ pub mod pump;
 pub mod server;
 pub mod world;
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use thiserror::Error;
 
-use self::output::{Collector, RunOutput};
+use self::output::{AcctOut, Collector, RunOutput};
 use self::pump::{Input, Pump, Transport};
 use self::world::World;
 use crate::config::Config;
+use crate::engine::accounting::{AcctFormat, CsvWriter};
 use crate::engine::{Engine, EngineOptions};
+use crate::isp::Provider;
+use crate::report::aggregate::{Aggregator, Setup};
 use crate::scenario::{Generated, Scenario};
 use crate::time::Time;
 
@@ -41,15 +46,31 @@ pub enum RunError {
     Simulation(String),
     #[error("source IP {0} is also an MX address in the simulated network")]
     AddressClash(IpAddr),
+    #[error("cannot write the accounting file: {0}")]
+    Acct(#[from] std::io::Error),
 }
 
 /// How a run is recorded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub struct RunOptions {
-    /// Keep every injected recipient (`RunOutput::injected`) and the time of every RCPT
-    /// (`ConnectionTrace::rcpt_times`): what whole-run checks need, and memory per message a
-    /// user's run does without.
+    /// Keep every record, event, injected recipient (`RunOutput::injected`) and connection
+    /// with the time of every RCPT (`ConnectionTrace::rcpt_times`), and the providers'
+    /// detailed logs: what whole-run checks need, and memory per message a user's run does
+    /// without.
     pub trace: bool,
+    /// Where the accounting records go as they come, in the format of the configuration's
+    /// `<acct-file>` (PowerMTA's CSV).
+    pub acct: Option<Box<dyn std::io::Write>>,
+}
+
+impl RunOptions {
+    /// Everything kept, for whole-run checks.
+    pub fn traced() -> RunOptions {
+        RunOptions {
+            trace: true,
+            acct: None,
+        }
+    }
 }
 
 /// How far a run is, for a progress display.
@@ -68,6 +89,8 @@ pub struct SimRun {
     pump: Pump,
     generated: Generated,
     output: Collector,
+    /// The providers by scenario name, asked after each step what they logged.
+    providers: Vec<(String, Rc<RefCell<Provider>>)>,
     start: Time,
     end: Time,
 }
@@ -86,13 +109,38 @@ impl SimRun {
                 backoff_clock: scenario.backoff_clock,
             },
         )?;
-        let world = World::build(scenario, engine.config(), engine.signer())?;
+        let world = World::build(scenario, engine.config(), engine.signer(), options.trace)?;
+        let acct: Option<AcctOut> = match options.acct {
+            Some(out) => Some(CsvWriter::with_format(
+                out,
+                AcctFormat::from_config(engine.config()),
+            )?),
+            None => None,
+        };
+        let setup = Setup {
+            start_s: scenario.start.unix_secs(),
+            duration_s: scenario.duration_s,
+            providers: scenario
+                .isps
+                .iter()
+                .map(|i| (i.name.clone(), i.domains.clone()))
+                .collect(),
+        };
+        let end = scenario.start.plus_secs(scenario.duration_s);
+        let aggregator = Aggregator::new(&setup, &scenario.expect);
+        let providers = scenario
+            .isps
+            .iter()
+            .zip(&world.providers)
+            .map(|(spec, p)| (spec.name.clone(), Rc::clone(p)))
+            .collect();
         let run = SimRun {
             pump: Pump::new(engine),
             generated: Generated::new(&scenario.workloads, scenario.seed, scenario.start),
-            output: Collector::new(options.trace),
+            output: Collector::new(aggregator, acct, options.trace, end),
+            providers,
             start: scenario.start,
-            end: scenario.start.plus_secs(scenario.duration_s),
+            end,
         };
         Ok((run, world))
     }
@@ -109,6 +157,7 @@ impl SimRun {
     /// Hands the engine every message of the workload due at or before `now`; mail it
     /// refuses is counted, never silent.
     pub fn inject_due(&mut self, now: Time, transport: &mut impl Transport) {
+        self.catch_up(now);
         for (_, injection) in self.generated.take_due(now) {
             let job = injection.job_id.clone();
             let env_id = injection.env_id.clone();
@@ -136,7 +185,24 @@ impl SimRun {
 
     /// Feeds the engine one input at `now`.
     pub fn handle(&mut self, now: Time, input: Input<'_>, transport: &mut impl Transport) {
+        self.catch_up(now);
         self.pump.handle(now, input, transport, &mut self.output);
+    }
+
+    /// Before anything at `now`: what the providers logged since the last step (it
+    /// happened before `now`), and the `f` records due before `now`.
+    fn catch_up(&mut self, now: Time) {
+        for (name, provider) in &self.providers {
+            let recent = {
+                let mut p = provider.borrow_mut();
+                if !p.has_recent() {
+                    continue;
+                }
+                p.take_recent()
+            };
+            self.output.provider_recent(name, recent);
+        }
+        self.output.advance(now);
     }
 
     /// The next time something is due without any input: the engine's timer, the next
@@ -158,14 +224,16 @@ impl SimRun {
         self.pump.poll_timeout()
     }
 
-    /// Everything the run produced, with the providers' logs.
-    pub fn finish(self, world: &World, scenario: &Scenario) -> RunOutput {
+    /// Everything the run produced, with the providers' logs; `Err` when the accounting
+    /// file could not be written.
+    pub fn finish(mut self, world: &World, scenario: &Scenario) -> Result<RunOutput, RunError> {
+        self.catch_up(self.end);
         let engine = self.pump.into_engine();
-        self.output.finish(
+        Ok(self.output.finish(
+            scenario,
             world.receiver_logs(scenario),
             engine.queue_snapshots(),
             engine.recipients_pending(),
-            self.end,
-        )
+        )?)
     }
 }

@@ -1,19 +1,24 @@
-//! What a simulated run produced, collected as it happens: the accounting records, the
-//! engine's events a report reads, each connection's trace, the mail refused at injection,
-//! and each provider's `f` records once their reports arrive.
+//! What a simulated run produced, collected as it happens: the accounting records (written
+//! to the accounting file as they come), the figures the report is built from, each
+//! provider's `f` records once their reports arrive, and the mail refused at injection;
+//! with a trace, also every record, event and connection for whole-run checks.
 //!
-//! Owns [`Collector`] (the [`Sink`] of a simulated run), [`RunOutput`] and its `run_data`
-//! for the report (`run.json`). Must not: read files or a clock; parse the engine's bytes or
-//! reason strings (everything comes from typed [`EngineEvent`]s and records).
+//! Owns [`Collector`] (the [`Sink`] of a simulated run) and [`RunOutput`]. Without a trace
+//! its memory follows the run's queues, connections and complaints awaiting their report,
+//! never its messages: records stream to the accounting file and into the
+//! [`report::aggregate::Aggregator`]. Must not: read files or a clock; parse the engine's
+//! bytes or reason strings (everything comes from typed [`EngineEvent`]s and records).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::IpAddr;
 
 use super::pump::Sink;
-use crate::engine::accounting::{AcctRecord, RecordType};
+use crate::engine::accounting::{AcctRecord, CsvWriter, RecordType};
 use crate::engine::{ConnectionId, EngineEvent, InjectError, QueueSnapshot};
-use crate::isp::ReceiverLog;
+use crate::isp::{Complaint, ReceiverLog, Recent};
 use crate::report;
+use crate::report::aggregate::Aggregator;
 use crate::scenario::Scenario;
 use crate::time::Time;
 
@@ -30,7 +35,8 @@ pub struct ConnectionTrace {
     pub messages: u64,
 }
 
-/// Everything a run produced.
+/// Everything a run produced. The lists (`records`, `events`, `injected`, `connections`)
+/// are filled only when the run was traced ([`super::RunOptions::trace`]).
 #[derive(Debug)]
 pub struct RunOutput {
     pub records: Vec<AcctRecord>,
@@ -46,31 +52,60 @@ pub struct RunOutput {
     pub refused: report::Refusals,
     /// Every connection the engine opened, in order.
     pub connections: Vec<ConnectionTrace>,
+    /// What the report is built from (`run.json`), its `config_sha256` left to the caller.
+    pub data: report::RunData,
+    /// The scenario's `[[expect]]`, measured.
+    pub outcomes: Vec<report::expect::Outcome>,
 }
 
-/// The [`Sink`] of a simulated run: keeps what [`RunOutput`] holds.
-#[derive(Debug, Default)]
+/// Where the accounting file goes while the run goes.
+pub type AcctOut = CsvWriter<Box<dyn Write>>;
+
+/// The [`Sink`] of a simulated run.
 pub struct Collector {
+    aggregator: Aggregator,
+    acct: Option<AcctOut>,
+    /// The first error writing the accounting file (nothing more is written after it).
+    acct_error: Option<std::io::Error>,
+    /// See [`Collector::new`].
+    trace: bool,
     records: Vec<AcctRecord>,
     events: Vec<EngineEvent>,
     traces: BTreeMap<ConnectionId, ConnectionTrace>,
     injected: Vec<(String, String)>,
     refused: report::Refusals,
-    /// See [`Collector::new`].
-    trace: bool,
     /// Per queue, the index in `events` of its last `Queued` event: entries in the same second
-    /// are folded into it (the report counts them per second), so the events kept grow with
-    /// the run's seconds, not its messages.
+    /// are folded into it, so the events kept grow with the run's seconds, not its messages.
     last_queued: BTreeMap<String, usize>,
+    /// Complaints a provider will report, waiting for the delivery they are about: by
+    /// (recipient, sender), their report times.
+    complaints: BTreeMap<(String, String), Vec<Time>>,
+    /// `f` records waiting for their time, in order.
+    feedback: BTreeMap<(Time, u64), AcctRecord>,
+    feedback_seq: u64,
+    end: Time,
 }
 
 impl Collector {
-    /// `trace` keeps every injected recipient and the time of every RCPT: what whole-run
-    /// checks need, and memory per message a user's run does without.
-    pub fn new(trace: bool) -> Collector {
+    /// `trace` keeps every record, event, injected recipient and connection (with the time
+    /// of each RCPT): what whole-run checks need, and memory per message a user's run does
+    /// without. `acct` receives each record of a type its format writes, as it comes.
+    pub fn new(aggregator: Aggregator, acct: Option<AcctOut>, trace: bool, end: Time) -> Collector {
         Collector {
+            aggregator,
+            acct,
+            acct_error: None,
             trace,
-            ..Collector::default()
+            records: Vec::new(),
+            events: Vec::new(),
+            traces: BTreeMap::new(),
+            injected: Vec::new(),
+            refused: report::Refusals::default(),
+            last_queued: BTreeMap::new(),
+            complaints: BTreeMap::new(),
+            feedback: BTreeMap::new(),
+            feedback_seq: 0,
+            end,
         }
     }
 
@@ -114,17 +149,92 @@ impl Collector {
         }
     }
 
-    /// Everything collected, with the providers' logs and the engine's end state.
+    /// What provider `name` logged since it was last asked: its throttles go to the figures
+    /// now, its reported complaints wait for the delivery they are about.
+    pub fn provider_recent(&mut self, name: &str, recent: Recent) {
+        let mut throttles = recent.throttles;
+        throttles.sort_by_key(|t| t.at);
+        for t in &throttles {
+            self.aggregator.throttle(
+                name,
+                t.at.unix_secs(),
+                t.until.unix_secs(),
+                t.peer,
+                &t.key,
+                &t.reply,
+            );
+        }
+        for Complaint {
+            rcpt,
+            mail_from,
+            report_at,
+            ..
+        } in recent.complaints
+        {
+            // Complaints a provider does not report (Gmail, iCloud) leave no record: the
+            // sender sees at most the provider's daily spam rate.
+            if let Some(at) = report_at.filter(|t| *t <= self.end) {
+                self.complaints
+                    .entry((rcpt, mail_from))
+                    .or_default()
+                    .push(at);
+            }
+        }
+    }
+
+    /// The clock reached `now`: `f` records due before it are written.
+    pub fn advance(&mut self, now: Time) {
+        while let Some(entry) = self.feedback.first_entry() {
+            if entry.key().0 >= now {
+                break;
+            }
+            let record = entry.remove();
+            self.keep(record);
+        }
+    }
+
+    /// A record, to the figures, the accounting file and (traced) the list.
+    fn keep(&mut self, record: AcctRecord) {
+        self.aggregator.record(&record);
+        if let Some(acct) = &mut self.acct
+            && self.acct_error.is_none()
+            && let Err(err) = acct.write(&record)
+        {
+            self.acct_error = Some(err);
+        }
+        if self.trace {
+            self.records.push(record);
+        }
+    }
+
+    /// Everything collected, with the providers' logs and the engine's end state; `Err` when
+    /// the accounting file could not be written.
     pub fn finish(
-        self,
+        mut self,
+        scenario: &Scenario,
         receivers: Vec<(String, ReceiverLog)>,
         queues: Vec<QueueSnapshot>,
         pending: usize,
-        end: Time,
-    ) -> RunOutput {
-        let records = with_feedback(self.records, &receivers, end);
-        RunOutput {
-            records,
+    ) -> Result<RunOutput, std::io::Error> {
+        // `f` records up to the end (the engine's records of that instant come first).
+        let end = self.end;
+        while let Some(entry) = self.feedback.first_entry() {
+            if entry.key().0 > end {
+                break;
+            }
+            let record = entry.remove();
+            self.keep(record);
+        }
+        if let Some(err) = self.acct_error.take() {
+            return Err(err);
+        }
+        if let Some(acct) = self.acct.take() {
+            acct.finish()?.flush()?;
+        }
+        let data = run_data(scenario, &receivers, &queues, self.refused.clone());
+        let (data, outcomes) = self.aggregator.finish(data);
+        Ok(RunOutput {
+            records: self.records,
             events: self.events,
             receivers,
             queues,
@@ -132,27 +242,25 @@ impl Collector {
             injected: self.injected,
             refused: self.refused,
             connections: self.traces.into_values().collect(),
-        }
-    }
-}
-
-impl Sink for Collector {
-    fn record(&mut self, record: AcctRecord) {
-        self.records.push(record);
+            data,
+            outcomes,
+        })
     }
 
-    fn event(&mut self, event: EngineEvent) {
+    /// Keeps an event for the trace.
+    fn trace_event(&mut self, event: EngineEvent) {
         match event {
             EngineEvent::ConnectionOpened {
                 at,
                 conn,
-                queue,
+                ref queue,
                 source_ip,
+                ..
             } => {
                 self.traces.insert(
                     conn,
                     ConnectionTrace {
-                        queue,
+                        queue: queue.clone(),
                         source_ip,
                         opened: at,
                         closed: None,
@@ -160,6 +268,7 @@ impl Sink for Collector {
                         messages: 0,
                     },
                 );
+                self.events.push(event);
             }
             EngineEvent::TransactionStarted {
                 at,
@@ -168,24 +277,25 @@ impl Sink for Collector {
             } => {
                 if let Some(trace) = self.traces.get_mut(&conn) {
                     trace.messages += 1;
-                    if self.trace {
-                        trace
-                            .rcpt_times
-                            .extend(std::iter::repeat_n(at, recipients as usize));
-                    }
+                    trace
+                        .rcpt_times
+                        .extend(std::iter::repeat_n(at, recipients as usize));
                 }
+                self.events.push(event);
             }
             EngineEvent::ConnectionClosed { at, conn, .. } => {
                 if let Some(trace) = self.traces.get_mut(&conn) {
                     trace.closed.get_or_insert(at);
                 }
+                self.events.push(event);
             }
             EngineEvent::Queued {
                 at,
-                queue,
+                ref queue,
                 recipients,
+                ..
             } => {
-                if let Some(&index) = self.last_queued.get(&queue)
+                if let Some(&index) = self.last_queued.get(queue)
                     && let EngineEvent::Queued {
                         at: last_at,
                         recipients: total,
@@ -197,60 +307,45 @@ impl Sink for Collector {
                     return;
                 }
                 self.last_queued.insert(queue.clone(), self.events.len());
-                self.events.push(EngineEvent::Queued {
-                    at,
-                    queue,
-                    recipients,
-                });
+                self.events.push(event);
             }
             other => self.events.push(other),
         }
     }
 }
 
-/// Adds an `f` record for every complaint a provider reports to the sender, at the time the
-/// report arrives (before the run's end), in time order (a stable sort keeps the engine's
-/// order among records of the same time). Complaints a provider does not report (Gmail,
-/// iCloud) leave no record: the sender sees at most the provider's daily spam rate.
-fn with_feedback(
-    mut records: Vec<AcctRecord>,
-    receivers: &[(String, ReceiverLog)],
-    end: Time,
-) -> Vec<AcctRecord> {
-    // The last delivery of each (recipient, sender): the record a complaint is about carries
-    // its queue and virtual MTA.
-    let mut last_delivery: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for (index, r) in records.iter().enumerate() {
-        if r.record_type == RecordType::Delivered {
-            last_delivery.insert((r.rcpt.as_str(), r.orig.as_str()), index);
-        }
-    }
-    let mut feedback = Vec::new();
-    for (_, log) in receivers {
-        for complaint in &log.complaints {
-            let Some(report_at) = complaint.report_at.filter(|t| *t <= end) else {
-                continue;
-            };
-            let delivery = last_delivery
-                .get(&(complaint.rcpt.as_str(), complaint.mail_from.as_str()))
-                .map(|i| &records[*i]);
-            if let Some(d) = delivery {
-                let mut f = d.clone();
+impl Sink for Collector {
+    fn record(&mut self, record: AcctRecord) {
+        self.advance(record.time_logged);
+        if record.record_type == RecordType::Delivered
+            && !self.complaints.is_empty()
+            && let Some(reports) = self
+                .complaints
+                .remove(&(record.rcpt.clone(), record.orig.clone()))
+        {
+            // Each complaint about this delivery becomes an `f` record when its report
+            // arrives (never before the delivery).
+            for report_at in reports {
+                let mut f = record.clone();
                 f.record_type = RecordType::Feedback;
-                f.time_logged = report_at.max(d.time_logged);
+                f.time_logged = report_at.max(record.time_logged);
                 f.phase = None;
                 f.dsn_status = String::new();
                 f.dsn_diag = "abuse".to_string();
                 f.bounce_category = String::new();
-                feedback.push(f);
+                self.feedback_seq += 1;
+                self.feedback.insert((f.time_logged, self.feedback_seq), f);
             }
         }
+        self.keep(record);
     }
-    if !feedback.is_empty() {
-        records.extend(feedback);
-        records.sort_by_key(|r| r.time_logged);
+
+    fn event(&mut self, event: EngineEvent) {
+        self.aggregator.event(&event);
+        if self.trace {
+            self.trace_event(event);
+        }
     }
-    records
 }
 
 fn rate_limit(rate: crate::config::value::Rate) -> Option<report::RateLimit> {
@@ -263,185 +358,86 @@ fn rate_limit(rate: crate::config::value::Rate) -> Option<report::RateLimit> {
     }
 }
 
-/// The replies behind the records, counted by queue, source IP, SMTP step and reply.
-fn reply_counts(records: &[AcctRecord]) -> Vec<report::ReplyCount> {
-    let mut counts: std::collections::BTreeMap<(&str, &str, &str, String), report::ReplyCount> =
-        std::collections::BTreeMap::new();
-    for r in records {
-        let Some(phase) = r.phase else {
-            continue;
-        };
-        let code: String = r
-            .dsn_diag
-            .strip_prefix("smtp;")
-            .unwrap_or("")
-            .chars()
-            .take(3)
-            .collect();
-        let reply = if code.len() == 3 {
-            format!("{code} {}", r.dsn_status)
-        } else {
-            // A failure without a reply (a refused connection, a timeout).
-            format!("none {}", r.dsn_status)
-        };
-        let at = r.time_logged.unix_secs();
-        counts
-            .entry((&r.queue, &r.dlv_source_ip, phase.name(), reply.clone()))
-            .and_modify(|c| {
-                c.count += 1;
-                c.last_at_s = at;
-            })
-            .or_insert_with(|| report::ReplyCount {
-                queue: r.queue.clone(),
-                source_ip: r.dlv_source_ip.clone(),
-                phase: phase.name().to_string(),
-                reply,
-                count: 1,
-                first_at_s: at,
-                last_at_s: at,
-                example: r.dsn_diag.clone(),
-            });
-    }
-    counts.into_values().collect()
-}
-
-impl RunOutput {
-    /// What the report needs beside `acct.csv` (saved as `run.json`).
-    pub fn run_data(&self, scenario: &Scenario, config_sha256: String) -> report::RunData {
-        let secs = |t: Time| t.unix_secs();
-        let mut data = report::RunData {
-            schema_version: report::SCHEMA_VERSION,
-            scenario: scenario.name.clone(),
-            seed: scenario.seed,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            config_sha256,
-            start_s: secs(scenario.start),
-            duration_s: scenario.duration_s,
-            providers: Vec::new(),
-            queues: Vec::new(),
-            mode_changes: Vec::new(),
-            retries: Vec::new(),
-            queued: Vec::new(),
-            connections: Vec::new(),
-            refused: self.refused.clone(),
-            pattern_failures: Vec::new(),
-            replies: reply_counts(&self.records),
-        };
-        for (name, log) in &self.receivers {
-            let spec = scenario.isps.iter().find(|i| &i.name == name);
-            let domains = spec.map(|i| i.domains.clone()).unwrap_or_default();
-            data.providers.push(report::ProviderData {
-                name: name.clone(),
-                domains,
-                throttles: log
-                    .throttles
-                    .iter()
-                    .map(|t| report::ThrottleWindow {
-                        at_s: secs(t.at),
-                        until_s: secs(t.until),
-                        source_ip: t.peer.to_string(),
-                        key: t.key.clone(),
-                        reply: t.reply.clone(),
-                    })
-                    .collect(),
-                standings: log
-                    .standings
-                    .iter()
-                    .map(|s| report::StandingPoint {
-                        at_s: secs(s.at),
-                        identity: s.identity.clone(),
-                        score: s.score,
-                        capacity_per_hour: s.capacity_per_hour,
-                    })
-                    .collect(),
-                feedback: spec.map_or("none", |i| i.feedback.kind()).to_string(),
-                daily: log
-                    .daily
-                    .iter()
-                    .map(|(day, mail)| report::DailyMail {
-                        day: Time::from_secs(day * 86_400).acct_format()[..10].to_string(),
-                        delivered: mail.delivered,
-                        complaints: mail.complaints,
-                    })
-                    .collect(),
-            });
-        }
-        for q in &self.queues {
-            let (domain, vmta) = q.name.split_once('/').unwrap_or((&q.name, ""));
-            data.queues.push(report::QueueData {
-                name: q.name.clone(),
-                domain: domain.to_string(),
-                vmta: vmta.to_string(),
-                max_msg_rate: rate_limit(q.settings.max_msg_rate),
-                backoff_max_msg_rate: rate_limit(q.settings.backoff_max_msg_rate),
-                max_smtp_out: q.settings.max_smtp_out,
-                backoff_max_smtp_out: q.settings.backoff_max_smtp_out,
-                backoff_at_end: q.mode == crate::config::model::QueueMode::Backoff,
-                queued_at_end: q.recipients_queued as u64,
-                retry_recipients_after_s: q.settings.retry_recipients_after_s,
-            });
-        }
-        for event in &self.events {
-            match event {
-                EngineEvent::ModeChanged {
-                    at,
-                    queue,
-                    mode,
-                    reason,
-                } => data.mode_changes.push(report::ModeChange {
-                    at_s: secs(*at),
-                    queue: queue.clone(),
-                    backoff: *mode == crate::config::model::QueueMode::Backoff,
-                    reason: reason.clone(),
-                }),
-                EngineEvent::RetryScheduled { at, queue, until } => {
-                    data.retries.push(report::RetryWait {
-                        at_s: secs(*at),
-                        queue: queue.clone(),
-                        until_s: secs(*until),
-                    })
+/// What `run.json` says of the providers and queues as the run left them; the aggregator
+/// adds the rest.
+fn run_data(
+    scenario: &Scenario,
+    receivers: &[(String, ReceiverLog)],
+    queues: &[QueueSnapshot],
+    refused: report::Refusals,
+) -> report::RunData {
+    let secs = |t: Time| t.unix_secs();
+    let start_s = secs(scenario.start);
+    let bucket_s = report::bucket_s(scenario.duration_s);
+    let mut data = report::RunData {
+        schema_version: report::SCHEMA_VERSION,
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_sha256: String::new(),
+        start_s,
+        duration_s: scenario.duration_s,
+        providers: Vec::new(),
+        queues: Vec::new(),
+        mode_changes: Vec::new(),
+        refused,
+        pattern_failures: Vec::new(),
+        replies: Vec::new(),
+        figures: report::Figures::default(),
+    };
+    for (name, log) in receivers {
+        let spec = scenario.isps.iter().find(|i| &i.name == name);
+        let domains = spec.map(|i| i.domains.clone()).unwrap_or_default();
+        // One sample per identity per chart bucket (the last): what the charts draw.
+        let mut standings: Vec<report::StandingPoint> = Vec::new();
+        let mut slot: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+        for s in &log.standings {
+            let point = report::StandingPoint {
+                at_s: secs(s.at),
+                identity: s.identity.clone(),
+                score: s.score,
+                capacity_per_hour: s.capacity_per_hour,
+            };
+            let bucket = secs(s.at).saturating_sub(start_s) / bucket_s;
+            match slot.get(&(s.identity.as_str(), bucket)) {
+                Some(index) => standings[*index] = point,
+                None => {
+                    slot.insert((s.identity.as_str(), bucket), standings.len());
+                    standings.push(point);
                 }
-                EngineEvent::Queued {
-                    at,
-                    queue,
-                    recipients,
-                } => data.queued.push(report::Queued {
-                    at_s: secs(*at),
-                    queue: queue.clone(),
-                    recipients: *recipients,
-                }),
-                EngineEvent::PatternFailed {
-                    at,
-                    context,
-                    position,
-                    pattern,
-                    subject,
-                    error,
-                } => data.pattern_failures.push(report::PatternFailure {
-                    at_s: secs(*at),
-                    context: context.clone(),
-                    position: position.clone(),
-                    pattern: pattern.clone(),
-                    subject: subject.clone(),
-                    error: error.clone(),
-                }),
-                EngineEvent::SourceIpDisabled { .. }
-                | EngineEvent::ConnectionOpened { .. }
-                | EngineEvent::TransactionStarted { .. }
-                | EngineEvent::ConnectionClosed { .. } => {}
             }
         }
-        data.connections = self
-            .connections
-            .iter()
-            .map(|c| report::Connection {
-                queue: c.queue.clone(),
-                source_ip: c.source_ip.to_string(),
-                opened_s: secs(c.opened),
-                closed_s: c.closed.map(secs),
-                messages: c.messages,
-            })
-            .collect();
-        data
+        data.providers.push(report::ProviderData {
+            name: name.clone(),
+            domains,
+            throttles: Vec::new(),
+            throttle_windows: 0,
+            standings,
+            feedback: spec.map_or("none", |i| i.feedback.kind()).to_string(),
+            daily: log
+                .daily
+                .iter()
+                .map(|(day, mail)| report::DailyMail {
+                    day: Time::from_secs(day * 86_400).acct_format()[..10].to_string(),
+                    delivered: mail.delivered,
+                    complaints: mail.complaints,
+                })
+                .collect(),
+        });
     }
+    for q in queues {
+        data.queues.push(report::QueueData {
+            name: q.name.clone(),
+            domain: q.domain.clone(),
+            vmta: q.vmta.clone(),
+            max_msg_rate: rate_limit(q.settings.max_msg_rate),
+            backoff_max_msg_rate: rate_limit(q.settings.backoff_max_msg_rate),
+            max_smtp_out: q.settings.max_smtp_out,
+            backoff_max_smtp_out: q.settings.backoff_max_smtp_out,
+            backoff_at_end: q.mode == crate::config::model::QueueMode::Backoff,
+            queued_at_end: q.recipients_queued as u64,
+            retry_recipients_after_s: q.settings.retry_recipients_after_s,
+        });
+    }
+    data
 }

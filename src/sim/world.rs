@@ -53,8 +53,14 @@ pub fn source_ips(config: &Config) -> Vec<IpAddr> {
 
 impl World {
     /// The world of `scenario` for an engine with `config` and `signer` (whose stand-in DKIM
-    /// keys the zone publishes).
-    pub fn build(scenario: &Scenario, config: &Config, signer: &Signer) -> Result<World, RunError> {
+    /// keys the zone publishes); `detailed` keeps the providers' per-connection and
+    /// per-recipient logs ([`crate::isp::ProviderBuilder::detailed_log`]).
+    pub fn build(
+        scenario: &Scenario,
+        config: &Config,
+        signer: &Signer,
+        detailed: bool,
+    ) -> Result<World, RunError> {
         let source_ips = source_ips(config);
         if source_ips.is_empty() {
             return Err(RunError::NoSourceIps);
@@ -100,11 +106,11 @@ impl World {
                 // Each provider draws from its own stream, so adding one shifts no other.
                 let seed = scenario.seed ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
                 let verifier = Rc::clone(&verifier);
-                let mut builder = Provider::builder(spec.clone(), seed).authenticator(Box::new(
-                    move |peer, helo, mail_from, message| {
+                let mut builder = Provider::builder(spec.clone(), seed)
+                    .detailed_log(detailed)
+                    .authenticator(Box::new(move |peer, helo, mail_from, message| {
                         verifier.check(peer, helo, mail_from, message)
-                    },
-                ));
+                    }));
                 for w in &scenario.workloads {
                     builder = builder.audience(&w.mail_from, w.complaint_rate, w.engagement);
                 }

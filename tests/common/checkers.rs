@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use pmta_sim::config::model::QueueMode;
 use pmta_sim::config::value::Rate;
 use pmta_sim::engine::accounting::{AcctRecord, RecordType};
-use pmta_sim::engine::{EngineEvent, QueueSnapshot, Time};
+use pmta_sim::engine::{EngineEvent, ModeTrigger, QueueSnapshot, Time};
 use pmta_sim::sim::output::RunOutput;
 
 use super::harness::Harness;
@@ -298,25 +298,27 @@ pub fn backoff_is_explained(h: &RunView<'_>) {
             at,
             queue,
             mode,
-            reason,
+            trigger,
+            ..
         } = event
         else {
             continue;
         };
         match mode {
             QueueMode::Backoff => {
-                if reason.starts_with('/') {
-                    let matched = h.records.iter().any(|r| {
-                        &r.queue == queue
-                            && r.time_logged == *at
-                            && r.dsn_status.starts_with(['4', '5'])
-                    });
-                    assert!(
-                        matched,
-                        "{queue} entered backoff at {at:?} without a negative reply then: {reason}"
-                    );
-                } else {
-                    assert_eq!(reason, "all source IPs disabled");
+                match trigger {
+                    ModeTrigger::Pattern { .. } => {
+                        let matched = h.records.iter().any(|r| {
+                            &r.queue == queue
+                                && r.time_logged == *at
+                                && r.dsn_status.starts_with(['4', '5'])
+                        });
+                        assert!(
+                            matched,
+                            "{queue} entered backoff at {at:?} without a negative reply then: {trigger}"
+                        );
+                    }
+                    other => assert_eq!(*other, ModeTrigger::AllSourceIpsDisabled),
                 }
                 entered.insert(queue.clone(), *at);
             }
@@ -325,18 +327,18 @@ pub fn backoff_is_explained(h: &RunView<'_>) {
                     .remove(queue)
                     .expect("left backoff without entering it");
                 let settings = &h.queues.iter().find(|s| &s.name == queue).unwrap().settings;
-                match reason.as_str() {
-                    "delivery while in backoff" => {
+                match trigger {
+                    ModeTrigger::DeliveryInBackoff => {
                         assert!(settings.backoff_to_normal_after_delivery);
                         assert!(h.records.iter().any(|r| &r.queue == queue
                             && r.time_logged == *at
                             && r.record_type == RecordType::Delivered));
                     }
-                    "backoff-to-normal-after elapsed" => assert!(*at > since),
-                    other => assert!(
-                        other.starts_with('/'),
-                        "unexplained return to normal: {other}"
-                    ),
+                    ModeTrigger::BackoffToNormalAfter => assert!(*at > since),
+                    ModeTrigger::Pattern { .. } => {}
+                    ModeTrigger::AllSourceIpsDisabled => {
+                        panic!("{queue} returned to normal because all source IPs were disabled")
+                    }
                 }
             }
         }
