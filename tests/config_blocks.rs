@@ -499,3 +499,38 @@ fn check_marks_exactly_the_directives_the_engine_reads_as_simulated() {
         ]
     );
 }
+
+/// `records` and `record-fields` are checked when read (reference §2.4: types
+/// d,b,t,tq,r,f,rb,rs or their long names; `record-fields TYPE FIELD,...`): a type that does
+/// not exist is an error with the closest type, a field PowerMTA does not document a warning
+/// (its column stays empty) with the closest field.
+#[test]
+fn acct_file_records_and_fields_are_checked() {
+    let text = "<acct-file /var/log/pmta/acct.csv>\n records d,bounce,tx\n record-fields delivery timeLoged,rcpt,header_X-Campaign\n record-fields q rcpt\n record-fields t\n</acct-file>\n";
+    let fs = pmta_sim::config::MemFs::new().with("/c", text.as_bytes());
+    let checked =
+        pmta_sim::config::load(std::path::Path::new("/c"), &fs, Default::default()).unwrap();
+    assert_diagnostics(
+        &checked,
+        &[
+            (2, "error", "`tx`"),
+            (3, "warning", "`timeLoged` is not an accounting field"),
+            (4, "error", "`q`"),
+            (5, "error", "fields after the record type"),
+        ],
+    );
+    let rendered: String = checked
+        .diagnostics
+        .iter()
+        .map(|d| d.render(&checked.config.sources))
+        .collect();
+    assert!(
+        rendered.contains("write `records d,bounce,t`"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("write `record-fields d rcpt`"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("did you mean `timeLogged`"), "{rendered}");
+}

@@ -144,3 +144,190 @@ fn run_json_keeps_each_replys_step_and_each_connections_messages() {
         "the provider took 20 on each; the 21st MAIL met the silent close"
     );
 }
+
+/// Where a run's accounting file goes in a test: memory shared with the test.
+struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Three days at 100 messages a day in fast mode, with an `<acct-file>` block keeping `d`
+/// and `t` records with a few fields each; every record is also traced for the checks.
+const DAYS: &str = r#"name = "days"
+seed = 3
+duration = "3d"
+start_time = "2026-09-21T00:00:00Z"
+mode = "fast"
+config_inline = """
+<acct-file /var/log/pmta/acct.csv>
+    records d,t
+    record-fields d timeLogged,rcpt,vmta
+    record-fields transient timeLogged,rcpt,dsnStatus
+</acct-file>
+<virtual-mta v1>
+    smtp-source-host 192.0.2.10 mta1.news.example.com
+</virtual-mta>
+"""
+
+[isps.example]
+domains = ["example.net"]
+greylist = { delay = "5m" }
+
+[[workload]]
+vmta = "v1"
+mail_from = "news@news.example.com"
+messages = 300
+over = "3d"
+domains = { "example.net" = 1.0 }
+unknown_user_rate = 0.1
+"#;
+
+/// The run of [`DAYS`]: its output and the accounting file it streamed.
+fn days_run() -> (pmta_sim::sim::output::RunOutput, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("pmta-sim-days-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("days.toml");
+    std::fs::write(&path, DAYS).unwrap();
+    let scenario = pmta_sim::driver::load_scenario(&path).unwrap();
+    let checked = pmta_sim::driver::load_config(&scenario, &path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+    let acct = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let options = pmta_sim::sim::RunOptions {
+        trace: true,
+        acct: Some(Box::new(Shared(std::rc::Rc::clone(&acct)))),
+    };
+    let out =
+        pmta_sim::driver::fast::run_with_progress(&scenario, checked.config, options, &mut |_| {})
+            .unwrap();
+    let bytes = acct.borrow().clone();
+    (out, bytes)
+}
+
+/// Reference §2.4: the accounting file holds the record types of `records` (here `d,t`:
+/// no `b` although mail bounced) with the fields `record-fields` gives each type; it is
+/// written while the run goes, the same bytes every time.
+#[test]
+fn the_acct_file_streams_the_types_and_fields_its_block_asks_for() {
+    use pmta_sim::engine::accounting::RecordType;
+    let (out, acct) = days_run();
+    let text = String::from_utf8(acct.clone()).unwrap();
+    let mut lines = text.split_terminator("\r\n");
+    assert_eq!(lines.next().unwrap(), "type,timeLogged,rcpt,vmta,dsnStatus");
+    let rows: Vec<&str> = lines.collect();
+    let count = |kind: RecordType| out.records.iter().filter(|r| r.record_type == kind).count();
+    let written = |prefix: &str| rows.iter().filter(|r| r.starts_with(prefix)).count();
+    assert!(count(RecordType::Bounced) > 0, "unknown users bounce");
+    assert!(count(RecordType::Transient) > 0, "greylisting defers");
+    assert_eq!(written("d,"), count(RecordType::Delivered));
+    assert_eq!(written("t,"), count(RecordType::Transient));
+    assert_eq!(rows.len(), written("d,") + written("t,"), "only d and t");
+    let first_d = out
+        .records
+        .iter()
+        .find(|r| r.record_type == RecordType::Delivered)
+        .unwrap();
+    assert!(
+        rows.contains(
+            &format!(
+                "d,{},{},v1,",
+                first_d.time_logged.acct_format(),
+                first_d.rcpt
+            )
+            .as_str()
+        )
+    );
+    // A `t` row leaves the `d` type's `vmta` column empty and fills its own `dsnStatus`.
+    assert!(
+        rows.iter()
+            .filter(|r| r.starts_with("t,"))
+            .all(|r| r.contains(",,4.")),
+        "{rows:?}"
+    );
+    // The same scenario and seed: the same bytes, and the same figures.
+    let (again, acct_again) = days_run();
+    assert_eq!(acct, acct_again);
+    assert_eq!(
+        serde_json::to_string(&out.data).unwrap(),
+        serde_json::to_string(&again.data).unwrap()
+    );
+}
+
+/// The figures kept while the run went agree with its records: counts exactly, latency
+/// percentiles within the sketch's precision (exact up to 2,047 s, 0.1% above).
+#[test]
+fn the_aggregates_agree_with_the_records() {
+    use pmta_sim::engine::accounting::RecordType;
+    let (out, _) = days_run();
+    let run = &out.data.figures.run;
+    let of = |kind: RecordType| out.records.iter().filter(|r| r.record_type == kind).count() as u64;
+    assert_eq!(run.delivered, of(RecordType::Delivered));
+    assert_eq!(run.bounced, of(RecordType::Bounced));
+    assert_eq!(
+        run.transient_by_class.values().sum::<u64>(),
+        of(RecordType::Transient) + of(RecordType::TransientQueue)
+    );
+    assert_eq!(run.injected, Some(300));
+    let mut latencies: Vec<u64> = out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .map(|r| r.time_logged.unix_secs() - r.time_queued.unix_secs())
+        .collect();
+    latencies.sort_unstable();
+    let at = |q: usize| latencies[((latencies.len() - 1) * q).div_ceil(100)];
+    let near = |sketch: u64, exact: u64| {
+        if exact <= 2047 {
+            sketch == exact
+        } else {
+            sketch.abs_diff(exact) as f64 <= exact as f64 * 0.001 + 1.0
+        }
+    };
+    let p = run.delivery_latency_s;
+    assert!(near(p.p50, at(50)), "p50 {} vs {}", p.p50, at(50));
+    assert!(near(p.p95, at(95)), "p95 {} vs {}", p.p95, at(95));
+    assert_eq!(p.max, *latencies.last().unwrap());
+    assert!(p.p95 > 300, "greylisted mail waited out the delay: {p:?}");
+}
+
+/// A run over two days is charted by day: one bucket a day, bars per day on a daily axis,
+/// not hundreds of spikes.
+#[test]
+fn a_multi_day_run_is_charted_by_day() {
+    let (out, _) = days_run();
+    let report = report::build(&out.data);
+    assert!(report.daily);
+    assert_eq!(report.bucket_s, 86_400);
+    let delivered = &report.outcomes["example"][0];
+    assert_eq!(delivered.name, "delivered per day");
+    assert_eq!(delivered.points.len(), 3);
+    assert!(
+        delivered.points.iter().all(|(_, n)| *n > 50.0),
+        "{delivered:?}"
+    );
+    let total: f64 = delivered.points.iter().map(|(_, n)| n).sum();
+    assert_eq!(total as u64, report.summary.run.delivered);
+    let charts = report::charts::render(&report);
+    let outcomes = charts
+        .iter()
+        .find(|c| c.name == "outcomes-example")
+        .unwrap();
+    assert!(outcomes.svg.contains("day 1") && outcomes.svg.contains("day 2"));
+    assert!(
+        !outcomes.svg.contains("stroke-width=\"2\""),
+        "per-day values are bars, not lines"
+    );
+    assert!(
+        outcomes.svg.matches("<rect").count() >= 9,
+        "three bars a day"
+    );
+    assert!(outcomes.svg.contains("recipients per day"));
+}

@@ -612,8 +612,20 @@ fn acct_record_type(word: &str) -> Result<&'static str, ValueError> {
 /// `records d,b,t` (commas, spaces or both): the record type codes, each once, in order.
 pub fn parse_acct_records(text: &str) -> Result<Vec<&'static str>, ValueError> {
     let mut codes: Vec<&'static str> = Vec::new();
-    for word in text.split([',', ' ', '\t']).filter(|w| !w.is_empty()) {
-        let code = acct_record_type(word)?;
+    let words: Vec<&str> = text
+        .split([',', ' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    for (index, word) in words.iter().enumerate() {
+        // The suggestion is the whole list with the closest type in place of this word.
+        let code = acct_record_type(word).map_err(|mut err| {
+            err.suggestion = err.suggestion.map(|close| {
+                let mut fixed = words.clone();
+                fixed[index] = close.as_str();
+                fixed.join(",")
+            });
+            err
+        })?;
         if !codes.contains(&code) {
             codes.push(code);
         }
@@ -631,8 +643,13 @@ pub fn parse_acct_fields(text: &str) -> Result<(&'static str, Vec<String>), Valu
     let Some(kind) = words.next() else {
         return Err(ValueError::new("a record type and its fields", text));
     };
-    let code = acct_record_type(kind)?;
     let fields: Vec<String> = words.map(str::to_string).collect();
+    let code = acct_record_type(kind).map_err(|mut err| {
+        err.suggestion = err
+            .suggestion
+            .map(|close| format!("{close} {}", fields.join(",")));
+        err
+    })?;
     if fields.is_empty() {
         return Err(ValueError::new(
             "fields after the record type, such as `d timeLogged,rcpt`",

@@ -374,9 +374,8 @@ impl<W: io::Write> CsvWriter<W> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn csv_row_has_every_default_field_in_order() {
-        let record = AcctRecord {
+    fn record() -> AcctRecord {
+        AcctRecord {
             record_type: RecordType::Delivered,
             time_logged: Time::from_secs(1_789_992_000),
             time_queued: Time::from_secs(1_789_991_940),
@@ -400,7 +399,12 @@ mod tests {
             queue: "gmail.com/vmta1".into(),
             vmta_pool: "pool1".into(),
             phase: Some(ReplyPhase::DataEnd),
-        };
+        }
+    }
+
+    #[test]
+    fn csv_row_has_every_default_field_in_order() {
+        let record = record();
         let mut writer = CsvWriter::new(Vec::new()).unwrap();
         writer.write(&record).unwrap();
         let text = String::from_utf8(writer.finish().unwrap()).unwrap();
@@ -410,5 +414,77 @@ mod tests {
             lines.next().unwrap(),
             "d,2026-09-21 12:00:00+0000,2026-09-21 11:59:00+0000,b@example.com,u0@gmail.com,,relayed,2.0.0,\"smtp;250 2.0.0 OK, \"\"queued\"\"\",mx.gmail.com,,api,,smtp,192.0.2.10,142.250.1.1,\"PIPELINING,8BITMIME\",1234,vmta1,job0,,gmail.com/vmta1,pool1"
         );
+    }
+
+    /// The file an `<acct-file>` block describes, with these records written to it.
+    fn written(block: &str, records: &[AcctRecord]) -> Vec<String> {
+        let text = format!("<acct-file /var/log/pmta/acct.csv>\n{block}</acct-file>\n");
+        let fs = crate::config::MemFs::new().with("/c", text.as_bytes());
+        let checked = crate::config::load(std::path::Path::new("/c"), &fs, Default::default())
+            .expect("readable");
+        assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+        let format = AcctFormat::from_config(&checked.config);
+        let mut writer = CsvWriter::with_format(Vec::new(), format).unwrap();
+        for r in records {
+            writer.write(r).unwrap();
+        }
+        let text = String::from_utf8(writer.finish().unwrap()).unwrap();
+        text.split_terminator("\r\n").map(str::to_string).collect()
+    }
+
+    fn transient() -> AcctRecord {
+        AcctRecord {
+            record_type: RecordType::Transient,
+            dsn_status: "4.7.28".into(),
+            ..record()
+        }
+    }
+
+    /// Reference §2.4: `records` defaults to `d,b` in an `<acct-file>` block; the other
+    /// types are not written.
+    #[test]
+    fn an_acct_file_block_writes_only_d_and_b_by_default() {
+        let lines = written(" max-size 50M\n", &[record(), transient()]);
+        assert_eq!(lines[0], HEADER.join(","));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].starts_with("d,"));
+    }
+
+    /// `record-fields TYPE FIELDS`: the header holds every column of the selected types,
+    /// in order of first appearance; a type fills only its own columns. `delivery` is the
+    /// long name of `d`; `totalSecondsQueued` is the queued time in whole seconds.
+    #[test]
+    fn record_fields_choose_the_columns_of_each_type() {
+        let lines = written(
+            " records d,t\n record-fields delivery timeLogged,rcpt,totalSecondsQueued\n record-fields t rcpt,dsnStatus\n",
+            &[record(), transient()],
+        );
+        assert_eq!(
+            lines,
+            [
+                "type,timeLogged,rcpt,totalSecondsQueued,dsnStatus",
+                "d,2026-09-21 12:00:00+0000,u0@gmail.com,60,",
+                "t,,u0@gmail.com,,4.7.28",
+            ]
+        );
+    }
+
+    /// `*` is the default set: the reference's example `*,envId,jobId,bounceCat` names
+    /// fields the default set has, so the file is PowerMTA's default file; an extra field
+    /// adds a column the other types leave empty.
+    #[test]
+    fn a_star_stands_for_the_default_fields() {
+        let lines = written(
+            " records d,b\n record-fields delivery *,envId,jobId,bounceCat\n",
+            &[record()],
+        );
+        assert_eq!(lines[0], HEADER.join(","));
+        let lines = written(
+            " records d,t\n record-fields d *,timeFirstAttempt\n",
+            &[record(), transient()],
+        );
+        assert_eq!(lines[0], format!("{},timeFirstAttempt", HEADER.join(",")));
+        assert!(lines[1].ends_with(",pool1,"), "{}", lines[1]);
+        assert!(lines[2].starts_with("t,") && lines[2].ends_with(",pool1,"));
     }
 }

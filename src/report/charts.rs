@@ -1,6 +1,10 @@
 //! The report's charts as SVG and PNG, drawn with plotters.
 //!
-//! Owns the chart list (names, titles, axes) and the drawing. Text in PNGs uses the DejaVu
+//! Owns the chart list (names, titles, axes) and the drawing. A multi-day run
+//! ([`Report::daily`]) is drawn by day: the x axis counts days, and what is counted per
+//! bucket (outcomes, deliveries per source IP, queue depth and age at each day's end, the
+//! most connections) is drawn as one bar per day, so thirty days read as thirty bars, not
+//! as hundreds of spikes. Text in PNGs uses the DejaVu
 //! Sans font committed in `assets/` (registered once; no system font is ever looked up); SVG
 //! text names `sans-serif` and the viewer supplies it. Pure: returns bytes, writes no file.
 
@@ -42,6 +46,8 @@ enum Kind<'a> {
     Lines {
         series: &'a [Series],
         y_label: &'a str,
+        /// Per-bucket values drawn as bars (a multi-day run), not lines.
+        bars: bool,
     },
     Bands {
         bands: &'a [Band],
@@ -57,6 +63,13 @@ pub fn render(report: &Report) -> Vec<Chart> {
             .expect("the committed font registers");
     });
     let duration_s = report.summary.duration_s as f64;
+    let (per, age_unit) = if report.daily {
+        ("per day", "hours")
+    } else {
+        ("per hour", "minutes")
+    };
+    let outcomes_label = format!("recipients {per}");
+    let bars = report.daily;
     let mut specs: Vec<(String, String, Kind<'_>)> = Vec::new();
     for (provider, series) in &report.outcomes {
         specs.push((
@@ -64,7 +77,8 @@ pub fn render(report: &Report) -> Vec<Chart> {
             format!("{provider}: deliveries, deferrals and bounces"),
             Kind::Lines {
                 series,
-                y_label: "recipients per hour",
+                y_label: &outcomes_label,
+                bars,
             },
         ));
     }
@@ -74,6 +88,7 @@ pub fn render(report: &Report) -> Vec<Chart> {
         Kind::Lines {
             series: &report.queue_depth,
             y_label: "recipients",
+            bars,
         },
     ));
     specs.push((
@@ -81,7 +96,8 @@ pub fn render(report: &Report) -> Vec<Chart> {
         "Age of the oldest queued recipient, per provider".into(),
         Kind::Lines {
             series: &report.queue_age,
-            y_label: "minutes",
+            y_label: age_unit,
+            bars,
         },
     ));
     specs.push((
@@ -90,6 +106,7 @@ pub fn render(report: &Report) -> Vec<Chart> {
         Kind::Lines {
             series: &report.connections,
             y_label: "connections",
+            bars,
         },
     ));
     specs.push((
@@ -102,10 +119,11 @@ pub fn render(report: &Report) -> Vec<Chart> {
     for (provider, series) in &report.source_ip_rates {
         specs.push((
             format!("source-ip-rate-{provider}"),
-            format!("{provider}: deliveries per hour by source IP, against its limit"),
+            format!("{provider}: deliveries {per} by source IP, against its limit"),
             Kind::Lines {
                 series,
-                y_label: "per hour",
+                y_label: per,
+                bars,
             },
         ));
     }
@@ -116,6 +134,7 @@ pub fn render(report: &Report) -> Vec<Chart> {
             Kind::Lines {
                 series,
                 y_label: "score (0.5 = neutral)",
+                bars: false,
             },
         ));
     }
@@ -128,6 +147,7 @@ pub fn render(report: &Report) -> Vec<Chart> {
                 &title,
                 &kind,
                 duration_s,
+                report.daily,
             );
             let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
             draw(
@@ -135,6 +155,7 @@ pub fn render(report: &Report) -> Vec<Chart> {
                 &title,
                 &kind,
                 duration_s,
+                report.daily,
             );
             Chart {
                 name,
@@ -161,12 +182,52 @@ fn draw<DB: DrawingBackend>(
     title: &str,
     kind: &Kind<'_>,
     duration_s: f64,
+    daily: bool,
 ) {
-    let _ = try_draw(area, title, kind, duration_s);
+    let _ = try_draw(area, title, kind, duration_s, daily);
 }
 
-fn x_label(x: &f64) -> String {
-    clock(*x as u64)
+/// The x axis: seconds since the start, or days in a multi-day run.
+struct Axis {
+    /// Seconds per unit of x.
+    unit_s: f64,
+    max: f64,
+    desc: &'static str,
+    /// Labels along the axis (plotters picks round values below it).
+    labels: usize,
+}
+
+impl Axis {
+    fn new(duration_s: f64, daily: bool) -> Axis {
+        if daily {
+            let days = (duration_s / 86_400.0).ceil().max(1.0);
+            Axis {
+                unit_s: 86_400.0,
+                max: days,
+                desc: "simulated day since start",
+                labels: (days as usize + 1).min(16),
+            }
+        } else {
+            Axis {
+                unit_s: 1.0,
+                max: duration_s.max(60.0),
+                desc: "simulated time since start",
+                labels: 10,
+            }
+        }
+    }
+
+    fn x(&self, seconds: f64) -> f64 {
+        seconds / self.unit_s
+    }
+
+    fn label(&self, x: &f64) -> String {
+        if self.unit_s > 1.0 {
+            format!("day {}", *x as u64)
+        } else {
+            clock(*x as u64)
+        }
+    }
 }
 
 fn try_draw<DB: DrawingBackend>(
@@ -174,11 +235,18 @@ fn try_draw<DB: DrawingBackend>(
     title: &str,
     kind: &Kind<'_>,
     duration_s: f64,
+    daily: bool,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     area.fill(&WHITE)?;
-    let x_max = duration_s.max(60.0);
+    let axis = Axis::new(duration_s, daily);
+    let x_max = axis.max;
+    let x_label = |x: &f64| axis.label(x);
     match kind {
-        Kind::Lines { series, y_label } => {
+        Kind::Lines {
+            series,
+            y_label,
+            bars,
+        } => {
             let y_max = series
                 .iter()
                 .flat_map(|s| s.points.iter().map(|(_, y)| *y))
@@ -192,14 +260,37 @@ fn try_draw<DB: DrawingBackend>(
                 .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
             chart
                 .configure_mesh()
-                .x_desc("simulated time since start")
+                .x_desc(axis.desc)
                 .y_desc(*y_label)
+                .x_labels(axis.labels)
                 .x_label_formatter(&x_label)
                 .label_style(("sans-serif", 13))
                 .draw()?;
+            // Bars share each bucket's width among the chart's bar series.
+            let bar_series = series.iter().filter(|s| !s.step).count().max(1) as f64;
+            let mut bar_slot = 0.0;
             for (i, s) in series.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
                 let dashed = s.step;
+                if *bars && !dashed {
+                    let width = 0.8 / bar_series;
+                    let left = 0.1 + bar_slot * width;
+                    bar_slot += 1.0;
+                    let rects = s.points.iter().map(|(x, y)| {
+                        let day = axis.x(*x).floor();
+                        Rectangle::new(
+                            [(day + left, 0.0), (day + left + width, *y)],
+                            color.filled(),
+                        )
+                    });
+                    chart
+                        .draw_series(rects)?
+                        .label(s.name.clone())
+                        .legend(move |(x, y)| {
+                            Rectangle::new([(x, y - 5), (x + 16, y + 5)], color.filled())
+                        });
+                    continue;
+                }
                 let style = if dashed {
                     color.stroke_width(1)
                 } else {
@@ -209,13 +300,16 @@ fn try_draw<DB: DrawingBackend>(
                     // A limit is a step: it holds for the hour it was sampled in.
                     let mut steps = Vec::new();
                     for (j, (x, y)) in s.points.iter().enumerate() {
-                        let next = s.points.get(j + 1).map_or(x_max, |(nx, _)| *nx);
-                        steps.push((*x, *y));
+                        let next = s.points.get(j + 1).map_or(x_max, |(nx, _)| axis.x(*nx));
+                        steps.push((axis.x(*x), *y));
                         steps.push((next, *y));
                     }
                     chart.draw_series(DashedLineSeries::new(steps, 6, 4, style))?
                 } else {
-                    chart.draw_series(LineSeries::new(s.points.iter().copied(), style))?
+                    chart.draw_series(LineSeries::new(
+                        s.points.iter().map(|(x, y)| (axis.x(*x), *y)),
+                        style,
+                    ))?
                 };
                 drawn.label(s.name.clone()).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
@@ -243,7 +337,8 @@ fn try_draw<DB: DrawingBackend>(
                 .build_cartesian_2d(0.0..x_max, 0.0..n)?;
             chart
                 .configure_mesh()
-                .x_desc("simulated time since start")
+                .x_desc(axis.desc)
+                .x_labels(axis.labels)
                 .x_label_formatter(&x_label)
                 .y_labels(rows.len().max(1))
                 .y_label_formatter(&|y: &f64| {
@@ -258,8 +353,8 @@ fn try_draw<DB: DrawingBackend>(
                 let color = PALETTE[row as usize % PALETTE.len()];
                 chart.draw_series(std::iter::once(Rectangle::new(
                     [
-                        (band.from_s, row + 0.15),
-                        (band.to_s.max(band.from_s + 1.0), row + 0.85),
+                        (axis.x(band.from_s), row + 0.15),
+                        (axis.x(band.to_s.max(band.from_s + 1.0)), row + 0.85),
                     ],
                     color.mix(0.6).filled(),
                 )))?;
