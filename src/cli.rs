@@ -314,7 +314,8 @@ fn run_one(
         .flat_map(|v| v.source_hosts().into_iter().map(|h| h.ip))
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    let estimate = driver::estimate::Estimate::of(&scenario, source_ips);
+    let bounce_after_s = crate::engine::settings::longest_bounce_after_s(&checked.config);
+    let estimate = driver::estimate::Estimate::of(&scenario, source_ips, bounce_after_s);
     if estimate.memory_bytes > memory_bytes {
         return Err(unreadable(format!(
             "error: {} needs about {} of memory ({} messages, {} recipients), more than the {} this run may use\n  = help: send fewer messages (`messages`), end sooner (`duration`), or raise --memory-limit",

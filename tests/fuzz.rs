@@ -170,7 +170,8 @@ fn check_scenario(text: &str) {
     )
     .unwrap();
     let _ = pmta_sim::scenario::check_against(path, text, &scenario, &checked.config);
-    let estimate = pmta_sim::driver::estimate::Estimate::of(&scenario, 1);
+    let bounce_after_s = pmta_sim::engine::settings::longest_bounce_after_s(&checked.config);
+    let estimate = pmta_sim::driver::estimate::Estimate::of(&scenario, 1, bounce_after_s);
     assert!(estimate.memory_bytes >= pmta_sim::driver::estimate::BASE_BYTES);
     assert!(pmta_sim::scenario::is_safe_name(&scenario.name));
     for isp in &scenario.isps {

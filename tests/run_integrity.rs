@@ -258,7 +258,7 @@ fn two_million_messages_are_refused_up_front_when_they_cannot_fit() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("needs about 4.3 GiB of memory (2000000 messages, 2000000 recipients), more than the 1.0 GiB this run may use"),
+        stderr.contains("needs about 1.9 GiB of memory (2000000 messages, 2000000 recipients), more than the 1.0 GiB this run may use"),
         "{stderr}"
     );
     assert!(stderr.contains("help: send fewer messages"), "{stderr}");

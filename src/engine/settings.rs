@@ -355,7 +355,7 @@ impl QueueSettings {
             backoff_retry_after_s: r.seconds_list("backoff-retry-after"),
             retry_recipients_after_s: r.seconds("retry-recipients-after").unwrap_or(600),
             retry_after_dns_error_s: r.seconds("retry-after-dns-error").unwrap_or(60),
-            bounce_after_s: r.seconds("bounce-after").unwrap_or(388_800),
+            bounce_after_s: r.seconds("bounce-after").unwrap_or(BOUNCE_AFTER_DEFAULT_S),
             backoff_to_normal_after_s: r.seconds("backoff-to-normal-after"),
             backoff_to_normal_after_delivery: r.flag("backoff-to-normal-after-delivery"),
             reenable_source_ip_after_s: r.seconds("reenable-source-ip-after"),
@@ -440,6 +440,28 @@ impl SourceSettings {
             default_virtual_mta: r.text("default-virtual-mta"),
         }
     }
+}
+
+/// PowerMTA's `bounce-after` when none is given: 4d12h.
+pub const BOUNCE_AFTER_DEFAULT_S: u64 = 388_800;
+
+/// The longest `bounce-after` any queue of `config` can have (written anywhere, or the
+/// default): no recipient stays queued longer, which bounds what a run holds at once.
+pub fn longest_bounce_after_s(config: &crate::config::Config) -> u64 {
+    let vmtas = config
+        .virtual_mtas
+        .values()
+        .flat_map(|v| std::iter::once(&v.settings).chain(v.domains.iter().map(|d| &d.settings)));
+    std::iter::once(&config.globals)
+        .chain(vmtas)
+        .chain(config.domains.iter().map(|d| &d.settings))
+        .filter_map(
+            |settings| match settings.get("bounce-after").map(|s| &s.value) {
+                Some(Value::Interval(i)) => Some(i.seconds),
+                _ => None,
+            },
+        )
+        .fold(BOUNCE_AFTER_DEFAULT_S, u64::max)
 }
 
 /// What an `<acct-file>` block says the accounting file holds: its record types (`records`,

@@ -178,6 +178,18 @@ impl Workload {
 }
 
 impl Workload {
+    /// The most of the stream's messages due within any `window_s` seconds of a run that
+    /// ends `end_s` seconds after the start (messages are evenly spaced, so a window holds
+    /// at most as many as its span's share, plus one).
+    pub fn most_due_within(&self, window_s: u64, end_s: u64) -> u64 {
+        let due = self.due_by(end_s);
+        if self.span_ms == 0 {
+            return due;
+        }
+        let bound = (window_s as u128 * 1000 + 1) * self.messages as u128;
+        bound.div_ceil(self.span_ms as u128).min(due as u128) as u64
+    }
+
     /// How many of the stream's messages are due at or before `end_s` seconds after the start.
     pub fn due_by(&self, end_s: u64) -> u64 {
         if self.start_s > end_s {
