@@ -130,7 +130,10 @@ mod tests {
             BASE_BYTES + 1_000 * (QUEUED_MESSAGE_BYTES + EXTRA_RECIPIENT_BYTES)
         );
         let big = Estimate::of(&scenario(2_000_000, "1h", 10, "10m"), 2, DAY_S);
-        assert!(big.memory_bytes > 2 << 30, "two million queued messages: over 2 GiB");
+        assert!(
+            big.memory_bytes > 2 << 30,
+            "two million queued messages: over 2 GiB"
+        );
         let fine = Estimate::of(&scenario(1_000, "1h", 1, "10m"), 2, DAY_S);
         assert_eq!(fine.steps, 10 * small.steps);
         assert!(fine.wall_s > small.wall_s);

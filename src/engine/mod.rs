@@ -1234,14 +1234,17 @@ impl Engine {
         self.expire(now, q);
         let queue = &self.queues[q.0 as usize];
         if queue.ready.is_empty() {
-            // Idle connections stay until their connection-idle-timeout.
-            match queue.waiting.first_key_value() {
-                Some(((until, _), _)) => {
-                    let until = *until;
-                    self.hold(now, q, HeldBy::RetryRecipientsAfter, Some(until));
-                }
-                None => self.hold(now, q, HeldBy::Sending, None),
-            }
+            // Idle connections stay until their connection-idle-timeout. Retry mode holds
+            // the queue first: deferred recipients could not leave before it ends either.
+            let (limit, until) = match (queue.retry_until, queue.waiting.first_key_value()) {
+                (Some(until), _) if until > now => (
+                    HeldBy::in_mode(queue.mode, HeldBy::RetryAfter, HeldBy::BackoffRetryAfter),
+                    Some(until),
+                ),
+                (_, Some(((until, _), _))) => (HeldBy::RetryRecipientsAfter, Some(*until)),
+                (_, None) => (HeldBy::Sending, None),
+            };
+            self.hold(now, q, limit, until);
             return;
         }
         // Retry mode holds back new connection attempts; connections already established

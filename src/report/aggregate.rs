@@ -28,6 +28,9 @@ use crate::scenario::Expectation;
 
 /// HdrHistogram's precision: values up to 2 × 10³ are kept exactly.
 const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+/// Latencies above this are recorded as this (no run is that long: 366 days and the drain
+/// are under 2²⁵ s); it bounds the sketch's size, which grows with the largest value.
+const LATENCY_MAX_S: u64 = 1 << 32;
 
 /// What the aggregator knows before the run: its span and its providers.
 #[derive(Clone, Debug)]
@@ -55,8 +58,11 @@ impl Latency {
     }
 
     pub(crate) fn record(&mut self, seconds: u64) {
-        // An auto-resizing histogram takes any u64.
-        self.sketch.saturating_record(seconds);
+        // The sketch grows to the largest value recorded (`saturating_record` would clamp to
+        // its current range instead, 2,047 at first, so it is not used).
+        self.sketch
+            .record(seconds.min(LATENCY_MAX_S))
+            .expect("an auto-resizing sketch takes any value up to LATENCY_MAX_S");
         self.max = self.max.max(seconds);
     }
 
@@ -1016,4 +1022,44 @@ fn holder_name(holder: Holder, queue: Option<&super::QueueData>, provider: &str)
         _ => None,
     });
     named.unwrap_or_else(|| limit.name().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sketch's percentiles are the exact ones up to 2,047 s and within 0.1% above,
+    /// however large the values (a sketch that clamped to its first range would say 2).
+    #[test]
+    fn latency_percentiles_are_within_the_sketchs_precision() {
+        let mut latency = Latency::new();
+        let values: Vec<u64> = (0..10_000u64).map(|i| i * 37 % 100_000).collect();
+        for v in &values {
+            latency.record(*v);
+        }
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        let exact = |q: usize| sorted[((sorted.len() - 1) * q).div_ceil(100)];
+        let p = latency.percentiles();
+        for (sketch, exact) in [(p.p50, exact(50)), (p.p95, exact(95))] {
+            assert!(exact > 2047);
+            assert!(
+                sketch.abs_diff(exact) as f64 <= exact as f64 * 0.001,
+                "{sketch} vs {exact}"
+            );
+        }
+        assert_eq!(p.max, *sorted.last().unwrap());
+        let mut small = Latency::new();
+        for v in [3, 1, 2, 2047, 5] {
+            small.record(v);
+        }
+        assert_eq!(
+            small.percentiles(),
+            Percentiles {
+                p50: 3,
+                p95: 2047,
+                max: 2047
+            }
+        );
+    }
 }

@@ -255,6 +255,7 @@ fn try_draw<DB: DrawingBackend>(
             let mut chart = ChartBuilder::on(&area)
                 .caption(title, ("sans-serif", 20))
                 .margin(12)
+                .margin_right(28)
                 .x_label_area_size(36)
                 .y_label_area_size(64)
                 .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
@@ -332,6 +333,7 @@ fn try_draw<DB: DrawingBackend>(
             let mut chart = ChartBuilder::on(&area)
                 .caption(title, ("sans-serif", 20))
                 .margin(12)
+                .margin_right(28)
                 .x_label_area_size(36)
                 .y_label_area_size(200)
                 .build_cartesian_2d(0.0..x_max, 0.0..n)?;
