@@ -169,41 +169,45 @@ fn output_is_byte_identical_across_runs() {
 }
 
 #[test]
-fn run_is_byte_identical_across_processes_and_seed_sensitive() {
+fn run_is_byte_identical_across_processes_and_seed_sensitive_in_both_modes() {
     let dir = std::env::temp_dir().join(format!("pmta-sim-determinism-{}", std::process::id()));
-    let out = |name: &str, seed: &str| {
-        let target = dir.join(name);
-        let result = run(&[
-            "run",
-            "scenarios/pool-rotation.toml",
-            "--seed",
-            seed,
-            "--out",
-            target.to_str().unwrap(),
-        ]);
-        assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
-        assert!(text(&result.stdout).contains("pool-rotation: seed"));
-        [
-            "acct.csv",
-            "summary.json",
-            "run.json",
-            "report.html",
-            "charts/queue-depth.png",
-        ]
-        .map(|f| std::fs::read(target.join(f)).unwrap())
-    };
-    let first = out("a", "7");
-    let second = out("b", "7");
-    let other = out("c", "8");
-    assert!(first[0].len() > 1000);
-    assert_eq!(
-        first, second,
-        "same scenario and seed, two processes: every file"
-    );
-    assert_ne!(
-        first[0], other[0],
-        "another seed changes latencies and recipients"
-    );
+    for mode in ["network", "fast"] {
+        let out = |name: &str, seed: &str| {
+            let target = dir.join(format!("{mode}-{name}"));
+            let result = run(&[
+                "run",
+                "scenarios/pool-rotation.toml",
+                "--mode",
+                mode,
+                "--seed",
+                seed,
+                "--out",
+                target.to_str().unwrap(),
+            ]);
+            assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+            assert!(text(&result.stdout).contains("pool-rotation: seed"));
+            [
+                "acct.csv",
+                "summary.json",
+                "run.json",
+                "report.html",
+                "charts/queue-depth.png",
+            ]
+            .map(|f| std::fs::read(target.join(f)).unwrap())
+        };
+        let first = out("a", "7");
+        let second = out("b", "7");
+        let other = out("c", "8");
+        assert!(first[0].len() > 1000);
+        assert_eq!(
+            first, second,
+            "{mode}: same scenario and seed, two processes: every file"
+        );
+        assert_ne!(
+            first[0], other[0],
+            "{mode}: another seed changes latencies and recipients"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

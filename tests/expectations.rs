@@ -1,5 +1,5 @@
 //! `[[expect]]`, `pmta-sim test`, `--seeds`, `--junit` and `pmta-sim diff`, as a CI job uses
-//! them.
+//! them. (That every shipped scenario passes its own, in both modes, is `tests/agreement.rs`.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -38,38 +38,6 @@ fn two_providers_with(dir: &Path, expectations: &str) -> PathBuf {
     let path = dir.join("q.toml");
     std::fs::write(&path, format!("{text}\n{expectations}")).unwrap();
     path
-}
-
-/// The project's own CI: every shipped scenario runs and its expectations hold.
-#[test]
-fn every_shipped_scenario_passes_its_expectations() {
-    let dir = temp("all");
-    let junit = dir.join("junit.xml");
-    let out = pmta(&[
-        "test",
-        "scenarios",
-        "--out",
-        dir.to_str().unwrap(),
-        "--junit",
-        junit.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let stdout = text(&out.stdout);
-    assert!(stdout.contains("scenarios: "), "{stdout}");
-    assert!(
-        !stdout.contains("FAIL") && !stdout.contains("ERROR"),
-        "{stdout}"
-    );
-    let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains("failures=\"0\""), "{xml}");
-    assert!(xml.matches("<testcase").count() >= 20, "{xml}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

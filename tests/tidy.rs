@@ -1,6 +1,6 @@
 //! Repository rules that the compiler cannot check.
 //!
-//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`, `inbound`, and the
+//! - The pure rooms (`engine`, `isp`, `smtp`, `config`, `scenario`, `report`, `auth`, `inbound`, `sim`, and the
 //!   shared `time.rs`, `rate.rs` and `printable.rs`) import no async runtime or simulator,
 //!   read no clock and draw no unseeded randomness, and use no `HashMap`/`HashSet`
 //!   (iteration order must be deterministic).
@@ -20,6 +20,7 @@ const PURE_ROOMS: &[&str] = &[
     "report",
     "auth",
     "inbound",
+    "sim",
     "time.rs",
     "rate.rs",
     "printable.rs",
@@ -35,6 +36,11 @@ const FORBIDDEN: &[&str] = &[
     "HashSet",
     "std::time::Instant",
 ];
+
+/// Named exceptions, each with its reason. mail-auth's resolver cache trait takes an expiry
+/// `std::time::Instant` in its signature; the simulated zone's cache ignores it and never
+/// reads a clock (`Instant::now` stays forbidden there too).
+const ALLOWED: &[(&str, &str)] = &[("src/sim/mailauth.rs", "std::time::Instant")];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -71,7 +77,10 @@ fn pure_rooms_stay_pure() {
             for (number, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or("");
                 for word in FORBIDDEN {
-                    if code.contains(word) {
+                    let allowed = ALLOWED
+                        .iter()
+                        .any(|(suffix, w)| file.ends_with(suffix) && w == word);
+                    if code.contains(word) && !allowed {
                         violations.push(format!("{}:{}: `{word}`", file.display(), number + 1));
                     }
                 }

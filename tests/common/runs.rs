@@ -1,14 +1,15 @@
 //! Running scenario files in tests: load with their provider models, run under the network
-//! driver, and check the engine's whole-run properties and the receivers' view of the limits.
+//! driver (or the fast one), and check the engine's whole-run properties and the receivers' view of the limits.
 
 use std::path::Path;
 
 use pmta_sim::config::value::Rate;
 use pmta_sim::config::{self, MemFs, Options, RealFs};
-use pmta_sim::driver::network;
+use pmta_sim::driver::{fast, network};
 use pmta_sim::engine::accounting::RecordType;
-use pmta_sim::scenario::{ConfigSource, Scenario};
+use pmta_sim::scenario::{ConfigSource, FaultKind, Mode, Scenario};
 use pmta_sim::sim::output::RunOutput;
+use pmta_sim::time::Time;
 
 use super::checkers::{RunView, check_run};
 
@@ -32,6 +33,11 @@ pub fn text(name: &str) -> String {
 }
 
 pub fn run(scenario: &Scenario) -> RunOutput {
+    run_in(scenario, Mode::Network)
+}
+
+/// [`run`] in either simulated mode.
+pub fn run_in(scenario: &Scenario, mode: Mode) -> RunOutput {
     let checked = match &scenario.config {
         ConfigSource::Path(path) => config::load(path, &RealFs, Options::default()).unwrap(),
         ConfigSource::Inline(text) => config::load(
@@ -42,7 +48,11 @@ pub fn run(scenario: &Scenario) -> RunOutput {
         .unwrap(),
     };
     assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
-    let out = network::run(scenario, checked.config).unwrap();
+    let out = match mode {
+        Mode::Network => network::run(scenario, checked.config),
+        Mode::Fast => fast::run(scenario, checked.config),
+    }
+    .unwrap();
     check_run(&RunView::of_run(&out));
     receivers_agree(scenario, &out);
     out
@@ -92,18 +102,34 @@ pub fn receivers_agree(scenario: &Scenario, out: &RunOutput) {
                 );
             }
         }
-        // Every message the receiver accepted is a delivery the engine recorded, and back.
-        let delivered: std::collections::BTreeSet<(&str, &str)> = out
+        // Every transaction the receiver accepted is a delivery the engine recorded (one
+        // transaction's recipients share their record time), and back. A link cut can lose
+        // the `250` after the receiver took the message (the engine retries: a duplicate, as
+        // with any MTA), so with such faults the receiver may have accepted more.
+        let delivered: std::collections::BTreeSet<(&str, &str, Time)> = out
             .records
             .iter()
             .filter(|r| r.record_type == RecordType::Delivered)
             .filter(|r| spec.mx.contains(&r.dsn_mta))
-            .map(|r| (r.env_id.as_str(), r.queue.as_str()))
+            .map(|r| (r.env_id.as_str(), r.queue.as_str(), r.time_logged))
             .collect();
-        assert_eq!(
-            log.messages_accepted,
-            delivered.len() as u64,
-            "{name}: accepted messages vs delivery records"
-        );
+        let cuts_links = scenario
+            .faults
+            .iter()
+            .any(|f| !matches!(f.kind, FaultKind::ReplyOverride { .. }));
+        if cuts_links {
+            assert!(
+                log.messages_accepted >= delivered.len() as u64,
+                "{name}: {} accepted messages, {} delivery transactions",
+                log.messages_accepted,
+                delivered.len()
+            );
+        } else {
+            assert_eq!(
+                log.messages_accepted,
+                delivered.len() as u64,
+                "{name}: accepted messages vs delivery transactions"
+            );
+        }
     }
 }
