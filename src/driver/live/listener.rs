@@ -453,6 +453,7 @@ async fn session(stream: TcpStream, peer: IpAddr, context: &ListenerState) {
         let _ = tokio::time::timeout(command_timeout, stream.shutdown()).await;
         linger(&mut stream, &mut buffer).await;
     }
+    session.close(wall_clock());
 }
 
 /// Most bytes and time spent discarding a closing client's input.
@@ -471,7 +472,6 @@ async fn linger(stream: &mut Conn, buffer: &mut [u8]) {
             _ => return,
         }
     }
-    session.close(wall_clock());
 }
 
 fn shutting_down() -> Reply {
