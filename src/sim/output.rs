@@ -203,6 +203,8 @@ impl Sink for Collector {
                     recipients,
                 });
             }
+            // Per recipient, and already in the records: what the live spool journals.
+            EngineEvent::RecipientSettled { .. } => {}
             other => self.events.push(other),
         }
     }
@@ -426,6 +428,7 @@ impl RunOutput {
                     error: error.clone(),
                 }),
                 EngineEvent::SourceIpDisabled { .. }
+                | EngineEvent::RecipientSettled { .. }
                 | EngineEvent::ConnectionOpened { .. }
                 | EngineEvent::TransactionStarted { .. }
                 | EngineEvent::ConnectionClosed { .. } => {}
