@@ -1780,8 +1780,7 @@ impl Engine {
             let waiting = self.loading.entry(msg).or_default();
             waiting.push(conn);
             if waiting.len() == 1 {
-                self.actions
-                    .push_back(Action::LoadMessage { message: msg });
+                self.actions.push_back(Action::LoadMessage { message: msg });
             }
             return true;
         }

@@ -13,8 +13,8 @@ use std::rc::Rc;
 use pmta_sim::config::{self, MemFs, Options};
 use pmta_sim::engine::accounting::{AcctRecord, RecordType};
 use pmta_sim::engine::{
-    ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MessageData, MessageId,
-    MxAnswer, MxHost, Time,
+    ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MessageData, MessageId, MxAnswer,
+    MxHost, Time,
 };
 use pmta_sim::sim::pump::{Connect, Input, Pump, Sink, Transport};
 use pmta_sim::smtp::Reply;

@@ -501,10 +501,10 @@ async fn store(
     envelope: crate::smtp::server::Envelope,
     data: Vec<u8>,
 ) -> Reply {
-    let spool = context.spool.clone();
     let queued_at = wall_clock();
-    let stored = tokio::task::spawn_blocking(move || {
-        let id = spool.store(&NewMessage {
+    let stored = context
+        .spool
+        .store_async(&NewMessage {
             mail_from: &envelope.mail_from,
             recipients: &envelope.recipients,
             data: &data,
@@ -513,13 +513,11 @@ async fn store(
             job_id: "",
             env_id: "",
             queued_at,
-        });
-        (id, envelope, data)
-    })
-    .await;
+        })
+        .await;
     let shared = &context.shared;
     match stored {
-        Ok((Ok(id), envelope, data)) => {
+        Ok(id) => {
             shared.accepted.fetch_add(1, Ordering::Relaxed);
             let accepted = Accepted {
                 id,
@@ -539,23 +537,15 @@ async fn store(
             let _ = context.sink.send(accepted).await;
             Reply::new(250, Some([2, 0, 0]), format!("ok id={id}"))
         }
-        Ok((Err(SpoolError::Full(_)), _, _)) => {
+        Err(SpoolError::Full(_)) => {
             shared.spool_failures.fetch_add(1, Ordering::Relaxed);
             Reply::new(452, Some([4, 3, 1]), "insufficient system storage")
         }
-        Ok((Err(error), _, _)) => {
+        Err(error) => {
             shared.spool_failures.fetch_add(1, Ordering::Relaxed);
             super::log(&format!(
                 "listener: message from {peer} not stored: {error}"
             ));
-            Reply::new(
-                451,
-                Some([4, 3, 0]),
-                "local error in processing, try again later",
-            )
-        }
-        Err(_) => {
-            shared.spool_failures.fetch_add(1, Ordering::Relaxed);
             Reply::new(
                 451,
                 Some([4, 3, 0]),
