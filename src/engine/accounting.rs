@@ -188,6 +188,24 @@ impl<W: io::Write> CsvWriter<W> {
         Ok(CsvWriter { inner })
     }
 
+    /// A writer that continues a file which already has its header.
+    pub fn without_header(out: W) -> CsvWriter<W> {
+        CsvWriter {
+            inner: csv::WriterBuilder::new()
+                .terminator(csv::Terminator::CRLF)
+                .from_writer(out),
+        }
+    }
+
+    /// Writes out the rows buffered so far.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    pub fn get_ref(&self) -> &W {
+        self.inner.get_ref()
+    }
+
     pub fn write(&mut self, record: &AcctRecord) -> io::Result<()> {
         self.inner
             .write_record(record.fields())

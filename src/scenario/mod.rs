@@ -918,7 +918,7 @@ impl Scenario {
                 r.span(
                     mode,
                     format!(
-                        "unknown mode `{}`; a run is `network` (turmoil) or `fast` (virtual time)",
+                        "unknown mode `{}`; a run is `network` (the simulated network) or `fast` (virtual time)",
                         mode.get_ref()
                     ),
                 )
