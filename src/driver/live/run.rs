@@ -186,7 +186,6 @@ pub async fn run(
     };
     let mut sink = LiveSink {
         acct,
-        now: clock.now(),
         settled: Vec::new(),
         failed: None,
     };
@@ -217,7 +216,7 @@ pub async fn run(
             Some(recovered.recipient_indices.into_boxed_slice()),
         );
         summary.recovered += 1;
-        after_drain(&mut pump, &mut live, &mut sink, &mut summary);
+        after_drain(&mut pump, &mut live, &mut sink, &mut clock, &mut summary);
     }
     log(&format!("recovered {} messages", summary.recovered));
 
@@ -284,10 +283,10 @@ pub async fn run(
             }
             () = tokio::time::sleep(Duration::from_millis(STOP_POLL_MS)), if stop_deadline.is_some() => {}
         }
-        after_drain(&mut pump, &mut live, &mut sink, &mut summary);
-        sink.now = clock.now();
+        after_drain(&mut pump, &mut live, &mut sink, &mut clock, &mut summary);
+        let now = clock.now();
         if let Some(acct) = &mut sink.acct
-            && let Err(error) = acct.flush(sink.now)
+            && let Err(error) = acct.flush(now)
         {
             sink.failed.get_or_insert(error);
         }
@@ -396,7 +395,13 @@ fn inject(
 /// Carries out what the engine's last inputs left for after the pump's drain: bodies to
 /// read, TLS handshakes to start, recipients to settle in the spool. Reading a body feeds
 /// the engine again, which may ask for more: repeat until nothing is left.
-fn after_drain(pump: &mut Pump, live: &mut Live, sink: &mut LiveSink, summary: &mut LiveSummary) {
+fn after_drain(
+    pump: &mut Pump,
+    live: &mut Live,
+    sink: &mut LiveSink,
+    clock: &mut Clock,
+    summary: &mut LiveSummary,
+) {
     loop {
         for (message, recipient, outcome) in std::mem::take(&mut sink.settled) {
             match outcome {
@@ -417,7 +422,7 @@ fn after_drain(pump: &mut Pump, live: &mut Live, sink: &mut LiveSink, summary: &
         }
         for message in loads {
             let data = live.read(message);
-            let now = sink.now;
+            let now = clock.now();
             pump.handle(now, Input::MessageData(message, data), live, sink);
         }
     }
@@ -637,7 +642,6 @@ impl Transport for Live {
 /// Where the engine's records and settled recipients go.
 struct LiveSink {
     acct: Option<AcctLog>,
-    now: Time,
     settled: Vec<(MessageId, u32, Settled)>,
     /// The first accounting write that failed: the run stops with it.
     failed: Option<AcctError>,
