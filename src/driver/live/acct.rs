@@ -253,10 +253,138 @@ fn open_writer(path: &Path) -> Result<CsvWriter<Counting>, AcctError> {
         .map_err(io_error)?;
     let bytes = file.metadata().map_err(io_error)?.len();
     let out = Counting { file, bytes };
-    let writer = if bytes == 0 {
-        CsvWriter::new(out)
+    let mut writer = if bytes == 0 {
+        CsvWriter::new(out).map_err(io_error)?
     } else {
-        Ok(CsvWriter::without_header(out))
+        CsvWriter::without_header(out)
     };
-    writer.map_err(io_error)
+    // A new file shows its header at once (a reader may open it before the first row).
+    writer.flush().map_err(io_error)?;
+    Ok(writer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::accounting::RecordType;
+
+    fn record(kind: RecordType, at: Time) -> AcctRecord {
+        AcctRecord {
+            record_type: kind,
+            time_logged: at,
+            time_queued: at,
+            orig: "a@example.com".into(),
+            rcpt: "b@example.net".into(),
+            orcpt: String::new(),
+            dsn_status: "2.0.0".into(),
+            dsn_diag: "smtp;250 ok".into(),
+            dsn_mta: "mx.example.net".into(),
+            bounce_category: String::new(),
+            src_type: "smtp".into(),
+            src_mta: "client".into(),
+            dlv_type: "smtp".into(),
+            dlv_source_ip: "192.0.2.1".into(),
+            dlv_destination_ip: "198.51.100.1".into(),
+            dlv_esmtp_available: String::new(),
+            dlv_size: 100,
+            vmta: "v".into(),
+            job_id: String::new(),
+            env_id: String::new(),
+            queue: "example.net/v".into(),
+            vmta_pool: String::new(),
+            phase: None,
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pmta-sim-acct-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn settings(dir: &Path) -> AcctSettings {
+        AcctSettings {
+            path: dir.join("acct.csv"),
+            records: vec!["d".into(), "b".into()],
+            move_interval_s: None,
+            max_size_bytes: None,
+            move_to: None,
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn writes_the_record_types_asked_for_and_appends_after_a_restart() {
+        let dir = temp("types");
+        let at = Time::from_secs(1_790_000_000);
+        let mut log = AcctLog::open(settings(&dir), at).unwrap();
+        log.write(at, &record(RecordType::Delivered, at)).unwrap();
+        log.write(at, &record(RecordType::Transient, at)).unwrap();
+        log.flush(at).unwrap();
+        drop(log);
+        let mut log = AcctLog::open(settings(&dir), at).unwrap();
+        log.write(at, &record(RecordType::Bounced, at)).unwrap();
+        log.flush(at).unwrap();
+        let lines = lines(&dir.join("acct.csv"));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("type,timeLogged"));
+        assert!(lines[1].starts_with("d,"));
+        assert!(lines[2].starts_with("b,"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn moves_the_file_at_the_interval_boundary_and_at_max_size() {
+        let dir = temp("rotate");
+        let moved = dir.join("old");
+        let mut by_time = settings(&dir);
+        by_time.move_interval_s = Some(3600);
+        by_time.move_to = Some(moved.clone());
+        // 2026-09-21 12:59:59, then 13:00:00: the hour boundary moves the file.
+        let before = Time::from_secs(1_789_995_599);
+        let after = before.plus_secs(1);
+        let mut log = AcctLog::open(by_time, before).unwrap();
+        log.write(before, &record(RecordType::Delivered, before))
+            .unwrap();
+        log.flush(before).unwrap();
+        log.flush(after).unwrap();
+        let name = |t: Time| {
+            let s = t.acct_format();
+            format!("acct-{}-{}{}.csv", &s[..10], &s[11..13], &s[14..16])
+        };
+        let rotated = moved.join(name(after));
+        assert_eq!(lines(&rotated).len(), 2, "{}", rotated.display());
+        assert_eq!(
+            lines(&dir.join("acct.csv")).len(),
+            1,
+            "a new file, header only"
+        );
+
+        let mut by_size = settings(&dir);
+        by_size.max_size_bytes = Some(600);
+        let mut log = AcctLog::open(by_size, after).unwrap();
+        for _ in 0..20 {
+            log.write(after, &record(RecordType::Delivered, after))
+                .unwrap();
+            log.flush(after).unwrap();
+        }
+        let moved_by_size: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                name.starts_with("acct-").then_some(name)
+            })
+            .collect();
+        assert!(moved_by_size.len() >= 2, "{moved_by_size:?}");
+        assert!(fs::metadata(dir.join("acct.csv")).unwrap().len() <= 600 + 200);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
