@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::live::{
     Client, Daemon, Postfix, TempDir, free_port, lab_python, postgrey, require, send_message,
-    wait_for_port,
+    test_cert, wait_for_port,
 };
 
 /// The live process, killed (by its PID) when dropped; its standard error collected.
@@ -185,26 +185,25 @@ fn route(domain: &str, addr: SocketAddr) -> String {
     format!("--route={domain}={addr}")
 }
 
-/// The aiosmtpd receiver with `args`; its stats file and message log in `dir`.
+/// The aiosmtpd receiver with `args` on a free loopback port; its stats file and message
+/// log in `dir`.
 fn receiver(dir: &TempDir, args: &[&str]) -> (Daemon, SocketAddr) {
-    let port = free_port();
+    receiver_at(dir, SocketAddr::from(([127, 0, 0, 1], free_port())), args)
+}
+
+fn receiver_at(dir: &TempDir, addr: SocketAddr, args: &[&str]) -> (Daemon, SocketAddr) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live/receiver.py");
     let daemon = Daemon::spawn(
         Command::new(lab_python())
             .arg(script)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--max-seconds",
-                "300",
-            ])
+            .args(["--listen", &addr.to_string(), "--max-seconds", "300"])
             .arg("--stats")
             .arg(dir.path().join("stats.json"))
             .arg("--log")
             .arg(dir.path().join("received.log"))
             .args(args),
     );
-    (daemon, SocketAddr::from(([127, 0, 0, 1], port)))
+    (daemon, addr)
 }
 
 fn stats(dir: &TempDir) -> serde_json::Value {
@@ -669,4 +668,78 @@ async fn sigkill_under_load_then_restart_delivers_every_acknowledged_message() {
     let (status, log) = live.stop();
     assert_eq!(status, 0, "{log}");
     assert!(log.contains("0 messages left in the spool"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_lookups_through_dnsmasq_in_preference_order_and_starttls_to_the_receiver() {
+    let dir = TempDir::new("live-dns");
+    // The preferred MX refuses connections (nothing on 127.0.1.10:25); the second is the
+    // receiver, with STARTTLS; implicit.lab.test has no MX, only an address.
+    let dns_port = free_port();
+    let _dnsmasq = Daemon::spawn(
+        Command::new(require("dnsmasq"))
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                "--local=/test/",
+                "--mx-host=mx.lab.test,near.mx.lab.test,10",
+                "--mx-host=mx.lab.test,far.mx.lab.test,20",
+                "--host-record=near.mx.lab.test,127.0.1.10",
+                "--host-record=far.mx.lab.test,127.0.1.11",
+                "--host-record=implicit.lab.test,127.0.1.11",
+            ])
+            .arg(format!("--port={dns_port}")),
+    );
+    let cert = test_cert(&["far.mx.lab.test"]);
+    let cert_file = dir.write("receiver.crt", &cert.cert_pem);
+    let key_file = dir.write("receiver.key", &cert.key_pem);
+    let (_receiver, addr) = receiver_at(
+        &dir,
+        "127.0.1.11:25".parse().unwrap(),
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    wait_for_port(addr).await;
+    let listen = free_port();
+    let conf = config(
+        &dir,
+        listen,
+        "<domain mx.lab.test>\n    require-starttls yes\n</domain>\n<domain implicit.lab.test>\n    use-starttls yes\n</domain>\n",
+    );
+    let live = LiveProcess::start(&conf, &[format!("--resolver=127.0.0.1:{dns_port}")]);
+    inject(live.addr, 2, |i| {
+        if i == 0 {
+            "a@mx.lab.test".to_string()
+        } else {
+            "b@implicit.lab.test".to_string()
+        }
+    })
+    .await;
+    let acct_file = dir.path().join("acct.csv");
+    wait_until(&live, Duration::from_secs(60), "2 d records", || {
+        rows(&acct_file, "d").len() == 2
+    })
+    .await;
+    for row in rows(&acct_file, "d") {
+        assert_eq!(&row[15], "127.0.1.11", "dlvDestinationIp: {row:?}");
+        assert_eq!(&row[14], "127.0.0.2", "dlvSourceIp: {row:?}");
+    }
+    let mx = rows(&acct_file, "d")
+        .into_iter()
+        .find(|r| &r[4] == "a@mx.lab.test")
+        .unwrap();
+    assert_eq!(&mx[9], "far.mx.lab.test", "dsnMta: {mx:?}");
+    assert_eq!(stats(&dir)["tls_sessions"], 2, "{}", stats(&dir));
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
 }
