@@ -676,25 +676,16 @@ async fn mx_lookups_through_dnsmasq_in_preference_order_and_starttls_to_the_rece
     // The preferred MX refuses connections (nothing on 127.0.1.10:25); the second is the
     // receiver, with STARTTLS; implicit.lab.test has no MX, only an address.
     let dns_port = free_port();
-    let _dnsmasq = Daemon::spawn(
-        Command::new(require("dnsmasq"))
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--user=root",
-                "--pid-file=",
-                "--local=/test/",
-                "--mx-host=mx.lab.test,near.mx.lab.test,10",
-                "--mx-host=mx.lab.test,far.mx.lab.test,20",
-                "--host-record=near.mx.lab.test,127.0.1.10",
-                "--host-record=far.mx.lab.test,127.0.1.11",
-                "--host-record=implicit.lab.test,127.0.1.11",
-            ])
-            .arg(format!("--port={dns_port}")),
+    let _dnsmasq = common::live::dnsmasq(
+        dns_port,
+        &[
+            "--mx-host=mx.lab.test,near.mx.lab.test,10",
+            "--mx-host=mx.lab.test,far.mx.lab.test,20",
+            "--host-record=near.mx.lab.test,127.0.1.10",
+            "--host-record=far.mx.lab.test,127.0.1.11",
+            "--host-record=implicit.lab.test,127.0.1.11",
+        ],
+        &[],
     );
     let cert = test_cert(&["far.mx.lab.test"]);
     let cert_file = dir.write("receiver.crt", &cert.cert_pem);

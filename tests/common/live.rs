@@ -338,3 +338,25 @@ pub async fn postgrey(dir: &TempDir, delay_s: u32) -> (Daemon, u16) {
     wait_for_port(SocketAddr::from(([127, 0, 0, 1], policy_port))).await;
     (postgrey, policy_port)
 }
+
+/// Debian's dnsmasq on 127.0.0.1:`port`, answering names under `.test` from `records`
+/// (`--mx-host=…`, `--host-record=…`) and NXDOMAIN for the rest; `extra` options after.
+pub fn dnsmasq(port: u16, records: &[&str], extra: &[String]) -> Daemon {
+    Daemon::spawn(
+        Command::new(require("dnsmasq"))
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                "--local=/test/",
+            ])
+            .arg(format!("--port={port}"))
+            .args(extra)
+            .args(records),
+    )
+}
