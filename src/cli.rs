@@ -52,10 +52,23 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
-    /// Run a scenario in the network simulator and write its accounting file.
+    /// Run a scenario in the network simulator and write its accounting file; with --live,
+    /// send real mail with a PowerMTA configuration until SIGTERM or SIGINT.
     Run {
-        /// The scenario file (scenarios/*.toml).
+        /// The scenario file (scenarios/*.toml); with --live, the PowerMTA configuration.
         scenario: PathBuf,
+        /// Live mode: listen, spool and deliver for real with the configuration given.
+        #[arg(long, conflicts_with_all = ["seed", "out", "json", "junit", "seeds", "memory_limit", "mode"])]
+        live: bool,
+        /// With --live: ask this DNS server (IP:PORT) instead of the system's resolver.
+        #[arg(long, value_name = "IP:PORT", requires = "live")]
+        resolver: Option<String>,
+        /// With --live: send mail for DOMAIN to HOST:PORT without DNS (repeatable).
+        #[arg(long, value_name = "DOMAIN=HOST:PORT", requires = "live")]
+        route: Vec<String>,
+        /// With --live: the spool directory instead of the configuration's `spool`.
+        #[arg(long, value_name = "DIR", requires = "live")]
+        spool: Option<PathBuf>,
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
@@ -156,6 +169,14 @@ pub fn main() -> ExitCode {
         } => ExitCode::from(classify(&reply, config.as_deref(), json)),
         Command::Run {
             scenario,
+            live: true,
+            resolver,
+            route,
+            spool,
+            ..
+        } => ExitCode::from(live(&scenario, resolver.as_deref(), &route, spool)),
+        Command::Run {
+            scenario,
             seed,
             out,
             quiet,
@@ -164,6 +185,7 @@ pub fn main() -> ExitCode {
             seeds,
             memory_limit,
             mode,
+            ..
         } => {
             let show = if quiet {
                 Show::Quiet
@@ -1047,6 +1069,98 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(stdout.as_bytes());
     EXIT_VALID
+}
+
+/// `run --live CONFIG`: checks the configuration as `check --live` does, then runs live
+/// mode until SIGTERM or SIGINT. Exit 0 after a clean stop, 1 when the configuration has
+/// errors or live mode cannot start (a port taken, an unwritable spool), 2 for an
+/// unreadable configuration or a bad `--resolver` / `--route`.
+fn live(
+    path: &std::path::Path,
+    resolver: Option<&str>,
+    routes: &[String],
+    spool: Option<PathBuf>,
+) -> u8 {
+    use crate::driver::live::{dns, run};
+    let resolver = match resolver.map(dns::parse_server).transpose() {
+        Ok(resolver) => resolver,
+        Err(err) => {
+            eprintln!("error: --resolver: {}", printable::escape(&err.to_string()));
+            return EXIT_UNREADABLE;
+        }
+    };
+    let mut parsed = Vec::new();
+    for route in routes {
+        match route.parse::<dns::Route>() {
+            Ok(route) => parsed.push(route),
+            Err(err) => {
+                eprintln!("error: --route: {}", printable::escape(&err.to_string()));
+                return EXIT_UNREADABLE;
+            }
+        }
+    }
+    let checked = match config::load(path, &RealFs, Options { live: true }) {
+        Ok(checked) => checked,
+        Err(err) => {
+            eprintln!("error: {}", printable::escape(&err.to_string()));
+            return EXIT_UNREADABLE;
+        }
+    };
+    eprint!("{}", render_diagnostics(&checked));
+    if checked.error_count() > 0 {
+        return EXIT_INVALID;
+    }
+    let options = run::LiveOptions {
+        resolver,
+        routes: parsed,
+        spool_dir: spool,
+        ..run::LiveOptions::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return EXIT_INVALID;
+        }
+    };
+    let result = runtime.block_on(run::run(checked.config, options, stop_signal()));
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "pmta-sim: stopped: {} recovered, {} accepted, {} recipients delivered, {} bounced; {} messages left in the spool",
+                summary.recovered,
+                summary.accepted,
+                summary.delivered,
+                summary.bounced,
+                summary.queued_at_stop
+            );
+            EXIT_VALID
+        }
+        Err(err) => {
+            eprintln!("error: {}", printable::escape(&err.to_string()));
+            EXIT_INVALID
+        }
+    }
+}
+
+/// SIGTERM or SIGINT, whichever comes first.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process stops as the default action says.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        biased;
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 /// Most diagnostics printed; the rest are counted, so a broken 10,000-line config does not

@@ -177,6 +177,7 @@ fn backoff_to_normal_after_counts_from_the_switch_or_from_the_last_match() {
             EngineOptions {
                 seed: 7,
                 backoff_clock: clock,
+                ..EngineOptions::default()
             },
         );
         throttling(

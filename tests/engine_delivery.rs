@@ -276,3 +276,100 @@ fn the_same_inputs_give_a_byte_identical_accounting_file() {
         );
     }
 }
+
+fn driver_keeps_bodies() -> Harness {
+    Harness::with_options(
+        common::harness::config_from(BASE),
+        pmta_sim::engine::EngineOptions {
+            seed: 7,
+            bodies: pmta_sim::engine::Bodies::Driver,
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_driver_that_keeps_the_bodies_is_asked_for_each_transaction() {
+    let data = b"From: a@sender.example\r\nSubject: kept outside\r\n\r\n.dot line\r\nhello\r\n";
+    let mut kept = driver_keeps_bodies();
+    let mut inside = Harness::new(BASE);
+    for h in [&mut kept, &mut inside] {
+        h.mx("gmail.com", "198.51.100.1", {
+            let mut first = true;
+            move || {
+                let defer = std::mem::replace(&mut first, false);
+                Box::new(Script {
+                    message: Some(Box::new(move |_| {
+                        if defer {
+                            Reply::new(451, Some([4, 3, 0]), "try later")
+                        } else {
+                            Reply::new(250, Some([2, 0, 0]), "OK")
+                        }
+                    })),
+                    ..Script::default()
+                })
+            }
+        });
+        h.inject_data(Some("vmta1"), &["u1@gmail.com"], data.to_vec());
+        h.run_for(3600);
+        check_all(h);
+    }
+    // Asked once per attempt: the first is deferred, the retry is delivered.
+    assert_eq!(kept.loads.len(), 2, "{:?}", kept.loads);
+    assert!(inside.loads.is_empty());
+    // The same bytes reach the receiver, a loaded body's latency later.
+    assert_eq!(kept.received(), inside.received());
+    assert_eq!(kept.received().len(), 2);
+    let delivered = |h: &Harness| h.times_of(RecordType::Delivered);
+    assert_eq!(delivered(&kept).len(), 1);
+    assert!(delivered(&kept)[0] > delivered(&inside)[0]);
+    // Settled recipients are reported by message and index, whether or not a record is.
+    let settled: Vec<_> = kept
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            pmta_sim::engine::EngineEvent::RecipientSettled {
+                recipient, outcome, ..
+            } => Some((*recipient, *outcome)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(settled, [(0, pmta_sim::engine::Settled::Delivered)]);
+}
+
+#[test]
+fn a_body_the_driver_cannot_read_defers_its_recipients() {
+    let mut h = driver_keeps_bodies();
+    h.accept_all("gmail.com", "198.51.100.1");
+    h.inject(Some("vmta1"), &["u1@gmail.com", "u2@gmail.com"]);
+    h.bodies.clear();
+    h.run_for(30);
+    let deferred = h.records_of(RecordType::Transient);
+    assert_eq!(deferred.len(), 2);
+    assert_eq!(
+        deferred[0].dsn_diag,
+        "smtp;451 4.3.0 message data unreadable: no such message file"
+    );
+    assert!(h.received().is_empty());
+    assert_eq!(h.engine().recipients_pending(), 2);
+    check_all(&h);
+}
+
+#[test]
+fn a_stop_lets_transactions_in_flight_finish_and_starts_nothing() {
+    let mut h = Harness::new(BASE);
+    h.accept_all("gmail.com", "198.51.100.1");
+    h.inject(Some("vmta1"), &["u1@gmail.com"]);
+    // The connection is open and its transaction under way (the greeting is at +20 ms).
+    h.run_for(0);
+    h.now = T0.plus_ms(50);
+    h.run_for(0);
+    h.stop();
+    h.inject(Some("vmta1"), &["u2@gmail.com"]);
+    h.run_for(60);
+    assert_eq!(h.records_of(RecordType::Delivered).len(), 1);
+    assert_eq!(h.engine().connections_open(), 0);
+    assert_eq!(h.engine().recipients_pending(), 1);
+    assert_eq!(h.conns.len(), 1, "no new connection after the stop");
+    check_all(&h);
+}

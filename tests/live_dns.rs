@@ -6,10 +6,9 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
-use common::live::{Daemon, free_port, require};
+use common::live::{Daemon, free_port};
 use pmta_sim::driver::live::dns::{Resolver, Route, parse_server};
 use pmta_sim::engine::{MxAnswer, MxHost};
 
@@ -25,26 +24,12 @@ fn dnsmasq(port: u16, dead_port: u16) -> Daemon {
         "--txt-record=textonly.test,v=spf1 -all",
         "--host-record=relay.route.test,127.0.0.24",
     ];
-    Daemon::spawn(
-        Command::new(require("dnsmasq"))
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-            ])
-            .args([
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--user=root",
-            ])
-            .arg(format!("--port={port}"))
-            .arg("--pid-file=")
-            // Names under .test are answered from the records here, NXDOMAIN otherwise;
-            // fail.test is forwarded to a port where nothing answers.
-            .arg("--local=/test/")
-            .arg(format!("--server=/fail.test/127.0.0.1#{dead_port}"))
-            .args(records),
+    // Names under .test are answered from the records here, NXDOMAIN otherwise; fail.test
+    // is forwarded to a port where nothing answers.
+    common::live::dnsmasq(
+        port,
+        &records,
+        &[format!("--server=/fail.test/127.0.0.1#{dead_port}")],
     )
 }
 

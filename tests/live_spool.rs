@@ -1,6 +1,7 @@
 //! The durable spool: recovery of exactly the unsettled recipients with their queue time,
-//! quarantine of damaged files, limits, and crash safety proved by killing a listener
-//! process with SIGKILL under load (`examples/live_listener.rs`).
+//! space given back by segments (open messages carried forward), quarantine of damaged
+//! records, limits, and crash safety proved by killing a listener process with SIGKILL
+//! under load (`examples/live_listener.rs`).
 
 mod common;
 
@@ -34,16 +35,12 @@ fn open(dir: &Path) -> (Spool, pmta_sim::driver::live::spool::Recovery) {
     Spool::open(dir, SpoolLimits::default(), SpoolSync::default()).expect("spool opens")
 }
 
-fn files(dir: &Path, extension: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for shard in std::fs::read_dir(dir.join("q")).unwrap() {
-        for entry in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == extension) {
-                found.push(path);
-            }
-        }
-    }
+/// The log's segment files, in order.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     found.sort();
     found
 }
@@ -68,6 +65,10 @@ fn a_restart_requeues_exactly_the_unsettled_recipients_with_their_queue_time() {
         .store(&message(&three, b"Subject: three\r\n\r\n", 3_000))
         .unwrap();
     assert_eq!(spool.len(), 3);
+    assert_eq!(
+        spool.read_data(second).unwrap(),
+        b"Subject: two\r\n\r\nbody\r\n"
+    );
     assert!(!spool.settle(first, 1, Outcome::Delivered).unwrap());
     assert!(
         !spool.settle(first, 1, Outcome::Delivered).unwrap(),
@@ -88,12 +89,16 @@ fn a_restart_requeues_exactly_the_unsettled_recipients_with_their_queue_time() {
         spool.settle(second, 0, Outcome::Delivered),
         Err(SpoolError::Unknown(_))
     ));
+    assert!(matches!(
+        spool.read_data(second),
+        Err(SpoolError::Unknown(_))
+    ));
     assert_eq!(spool.len(), 1);
-    assert_eq!(files(&path, "msg").len(), 1, "settled messages are removed");
     drop(spool);
 
     let (spool, recovery) = open(&path);
     assert_eq!(recovery.messages.len(), 1);
+    assert_eq!(recovery.settled, 2);
     assert!(recovery.quarantined.is_empty());
     let recovered = &recovery.messages[0];
     assert_eq!(recovered.id, first);
@@ -101,7 +106,7 @@ fn a_restart_requeues_exactly_the_unsettled_recipients_with_their_queue_time() {
     assert_eq!(recovered.recipient_indices, [0, 2]);
     assert_eq!(recovered.injection.queued_at, Some(Time::from_secs(1_000)));
     assert_eq!(
-        recovered.injection.data.to_vec(),
+        spool.read_data(first).unwrap(),
         b"Subject: one\r\n\r\nbody\r\n"
     );
     assert_eq!(recovered.injection.virtual_mta.as_deref(), Some("vmta1"));
@@ -122,7 +127,50 @@ fn a_restart_requeues_exactly_the_unsettled_recipients_with_their_queue_time() {
 }
 
 #[test]
-fn damaged_files_are_quarantined_and_the_rest_recovers() {
+fn space_comes_back_by_segments_and_old_open_messages_are_carried_forward() {
+    let dir = TempDir::new("spool-collect");
+    let path = dir.path().join("spool");
+    let limits = SpoolLimits {
+        segment_bytes: 64 * 1024,
+        ..SpoolLimits::default()
+    };
+    let (spool, _) = Spool::open(&path, limits, SpoolSync::default()).unwrap();
+    let rcpts: Vec<String> = ["a@x.test", "b@x.test"].map(String::from).to_vec();
+    let body = vec![b'x'; 4096];
+    // One message stays open with one recipient settled; thousands pass through.
+    let old = spool.store(&message(&rcpts, &body, 1)).unwrap();
+    spool.settle(old, 0, Outcome::Delivered).unwrap();
+    for i in 0..400 {
+        let id = spool.store(&message(&rcpts, &body, 2 + i)).unwrap();
+        spool.settle(id, 0, Outcome::Delivered).unwrap();
+        spool.settle(id, 1, Outcome::Bounced).unwrap();
+    }
+    spool.flush();
+    assert_eq!(spool.len(), 1);
+    // 1.6 MB went through 64 KiB segments; the log keeps about twice what is open, plus
+    // two segments.
+    assert!(
+        spool.disk_bytes() < 4 * 64 * 1024,
+        "{} bytes on disk",
+        spool.disk_bytes()
+    );
+    assert!(segments(&path).len() <= 4, "{:?}", segments(&path));
+    assert_eq!(spool.read_data(old).unwrap(), body);
+    drop(spool);
+    let (spool, recovery) = Spool::open(&path, limits, SpoolSync::default()).unwrap();
+    assert!(recovery.quarantined.is_empty());
+    assert_eq!(recovery.messages.len(), 1);
+    let recovered = &recovery.messages[0];
+    assert_eq!(
+        (recovered.id, recovered.recipient_indices.clone()),
+        (old, vec![1])
+    );
+    assert_eq!(recovered.injection.queued_at, Some(Time::from_secs(1)));
+    assert_eq!(spool.read_data(old).unwrap(), body);
+}
+
+#[test]
+fn damaged_records_are_quarantined_and_the_rest_recovers() {
     let dir = TempDir::new("spool-damage");
     let path = dir.path().join("spool");
     let rcpts: Vec<String> = ["a@x.test", "b@x.test"].map(String::from).to_vec();
@@ -132,7 +180,7 @@ fn damaged_files_are_quarantined_and_the_rest_recovers() {
             spool
                 .store(&message(
                     &rcpts,
-                    format!("Subject: {i}\r\n\r\n").as_bytes(),
+                    format!("Subject: {i}\r\n\r\n{}", "y".repeat(200)).as_bytes(),
                     i,
                 ))
                 .unwrap()
@@ -140,56 +188,60 @@ fn damaged_files_are_quarantined_and_the_rest_recovers() {
         .collect();
     spool.settle(ids[3], 0, Outcome::Delivered).unwrap();
     drop(spool);
-    let messages = files(&path, "msg");
-    // One flipped byte, one truncated file, one damaged journal, and a stray file.
-    let mut bytes = std::fs::read(&messages[0]).unwrap();
-    bytes[40] ^= 0x55;
-    std::fs::write(&messages[0], bytes).unwrap();
-    let bytes = std::fs::read(&messages[1]).unwrap();
-    std::fs::write(&messages[1], &bytes[..bytes.len() / 2]).unwrap();
-    let journal = files(&path, "jnl");
-    assert_eq!(journal.len(), 1);
-    std::fs::write(&journal[0], b"garbage!").unwrap();
-    std::fs::write(path.join("q/00/notes.txt"), b"hello").unwrap();
-    // An unfinished write (never acknowledged) is simply removed.
-    std::fs::write(path.join("tmp/00000000000000ff.msg"), b"PMTASIM1 partial").unwrap();
+    let log = segments(&path);
+    assert_eq!(log.len(), 1);
+    let mut bytes = std::fs::read(&log[0]).unwrap();
+    // A flipped byte in the first message's data, and a write cut short at the end.
+    let first_data = bytes.windows(10).position(|w| w == b"Subject: 0").unwrap();
+    bytes[first_data + 20] ^= 0x55;
+    bytes.extend_from_slice(b"PSR2M\x40\x00\x00\x00partial");
+    std::fs::write(&log[0], &bytes).unwrap();
+    std::fs::write(path.join("log/notes.txt"), b"hello").unwrap();
 
     let (spool, recovery) = open(&path);
     let reasons: Vec<String> = recovery.quarantined.iter().map(|q| q.to_string()).collect();
-    assert_eq!(reasons.len(), 4, "{reasons:#?}");
+    assert_eq!(reasons.len(), 2, "{reasons:#?}");
     assert!(
-        reasons.iter().any(|r| r.contains("checksum mismatch")),
-        "{reasons:#?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("malformed journal record")),
+        reasons.iter().any(|r| r.contains("checksum mismatch")
+            && r.starts_with("spool: quarantined a damaged record of ")),
         "{reasons:#?}"
     );
     assert!(
         reasons.iter().any(|r| r.contains("not a spool file name")),
         "{reasons:#?}"
     );
-    assert!(
-        reasons[0].starts_with("spool: quarantined damaged file "),
-        "{}",
-        reasons[0]
-    );
-    assert_eq!(recovery.unfinished_removed, 1);
-    // The two whole messages recover; the one whose journal was lost is sent again to both
-    // recipients (a duplicate, not a loss).
+    assert_eq!(recovery.unfinished_bytes, 16);
     let recovered: Vec<_> = recovery
         .messages
         .iter()
-        .map(|m| (m.id, m.injection.recipients.len()))
+        .map(|m| (m.id, m.recipient_indices.clone()))
         .collect();
-    assert_eq!(recovered, [(ids[2], 2), (ids[3], 2)]);
-    assert_eq!(spool.len(), 2);
+    assert_eq!(
+        recovered,
+        [
+            (ids[1], vec![0, 1]),
+            (ids[2], vec![0, 1]),
+            (ids[3], vec![1])
+        ]
+    );
+    assert_eq!(spool.len(), 3);
     let quarantine: Vec<_> = std::fs::read_dir(path.join("quarantine"))
         .unwrap()
         .collect();
-    assert_eq!(quarantine.len(), 4);
+    assert_eq!(quarantine.len(), 2);
+    drop(spool);
+    // The damaged segment was rewritten without the damage: the next start finds none.
+    let (spool, recovery) = open(&path);
+    assert!(
+        recovery.quarantined.is_empty(),
+        "{:?}",
+        recovery.quarantined
+    );
+    assert_eq!(recovery.messages.len(), 3);
+    assert_eq!(
+        spool.read_data(ids[3]).unwrap(),
+        format!("Subject: 3\r\n\r\n{}", "y".repeat(200)).as_bytes()
+    );
 }
 
 #[test]
@@ -198,6 +250,7 @@ fn the_spool_is_bounded() {
     let limits = SpoolLimits {
         messages_max: 2,
         bytes_max: 1 << 20,
+        ..SpoolLimits::default()
     };
     let (spool, _) = Spool::open(&dir.path().join("spool"), limits, SpoolSync::default()).unwrap();
     let rcpt = vec!["a@x.test".to_string()];
@@ -221,6 +274,13 @@ fn the_spool_is_bounded() {
     assert!(matches!(
         Spool::open(other.path(), SpoolLimits::default(), SpoolSync::default()),
         Err(SpoolError::NotASpool(_))
+    ));
+    // So is a spool of another format.
+    let old = TempDir::new("spool-format1");
+    old.write("pmta-sim-spool", "pmta-sim spool, format 1\n");
+    assert!(matches!(
+        Spool::open(old.path(), SpoolLimits::default(), SpoolSync::default()),
+        Err(SpoolError::OtherFormat(..))
     ));
 }
 
@@ -347,7 +407,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         .messages
         .iter()
         .map(|m| {
-            let text = String::from_utf8_lossy(&m.injection.data.to_vec()).into_owned();
+            let text = String::from_utf8_lossy(&spool.read_data(m.id).unwrap()).into_owned();
             let line = text
                 .lines()
                 .find(|l| l.starts_with("X-Token: "))

@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::live::{
-    Client, Daemon, TempDir, free_port, lab_python, start_listener, test_cert, wait_for_port,
+    Client, Daemon, Postfix, TempDir, free_port, lab_python, postgrey, start_listener, test_cert,
+    wait_for_port,
 };
 use pmta_sim::driver::live::tls::{self, TlsClient, TlsMode};
 use pmta_sim::inbound::{CertificateFile, ListenerLimits};
@@ -196,35 +197,6 @@ async fn outbound_starttls_against_the_projects_listener() {
     assert!(again.starts_with("503 5.5.1"), "{again}");
 }
 
-/// A private Postfix instance (`scripts/lab.sh postfix-start`), stopped when dropped.
-struct Postfix(std::path::PathBuf);
-
-impl Postfix {
-    fn start(dir: &Path, port: u16, args: &[&str]) -> Postfix {
-        let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh");
-        let output = Command::new(&lab)
-            .arg("postfix-start")
-            .arg(dir)
-            .arg(port.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Postfix(dir.to_path_buf())
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh");
-        let _ = Command::new(lab).arg("postfix-stop").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_starttls_to_postfix_which_greylists_through_postgrey() {
     let dir = TempDir::new("tls-postfix");
@@ -232,30 +204,7 @@ async fn outbound_starttls_to_postfix_which_greylists_through_postgrey() {
     let cert = test_cert(&["postfix.lab.test"]);
     let cert_file = dir.write("postfix.crt", &cert.cert_pem);
     let key_file = dir.write("postfix.key", &cert.key_pem);
-    // postgrey runs as its own user: its database directory must be its own.
-    let db = dir.path().join("postgrey-db");
-    std::fs::create_dir_all(&db).unwrap();
-    let owned = Command::new("chown")
-        .arg("postgrey")
-        .arg(&db)
-        .status()
-        .unwrap();
-    assert!(owned.success());
-    let empty = dir.write("empty-whitelist", "");
-    let policy_port = free_port();
-    let _postgrey = Daemon::spawn(
-        Command::new(common::live::require("postgrey"))
-            .arg(format!("--inet=127.0.0.1:{policy_port}"))
-            .arg(format!("--dbdir={}", db.display()))
-            .args([
-                "--delay=1",
-                "--auto-whitelist-clients=0",
-                "--lookup-by-host",
-            ])
-            .arg(format!("--whitelist-clients={}", empty.display()))
-            .arg(format!("--whitelist-recipients={}", empty.display())),
-    );
-    wait_for_port(SocketAddr::from(([127, 0, 0, 1], policy_port))).await;
+    let (_postgrey, policy_port) = postgrey(&dir, 1).await;
     let port = free_port();
     let _postfix = Postfix::start(
         &dir.path().join("postfix"),

@@ -353,6 +353,26 @@ impl<W: io::Write> CsvWriter<W> {
         Ok(CsvWriter { inner, format })
     }
 
+    /// A writer that continues a file which already has its header (every record type,
+    /// the default fields, as [`CsvWriter::new`]).
+    pub fn without_header(out: W) -> CsvWriter<W> {
+        CsvWriter {
+            inner: csv::WriterBuilder::new()
+                .terminator(csv::Terminator::CRLF)
+                .from_writer(out),
+            format: AcctFormat::all(),
+        }
+    }
+
+    /// Writes out the rows buffered so far.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    pub fn get_ref(&self) -> &W {
+        self.inner.get_ref()
+    }
+
     /// Writes the record, if the format keeps its type.
     pub fn write(&mut self, record: &AcctRecord) -> io::Result<()> {
         if !self.format.writes(record.record_type) {

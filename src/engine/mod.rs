@@ -197,6 +197,12 @@ pub enum Action {
     Close {
         conn: ConnectionId,
     },
+    /// Hand back the data of `message` with [`Engine::handle_message_data`]: asked only by
+    /// an engine whose driver keeps the bodies ([`Bodies::Driver`]), when a transaction
+    /// needs them.
+    LoadMessage {
+        message: MessageId,
+    },
 }
 
 /// One mail host of a domain, with its addresses.
@@ -218,10 +224,26 @@ pub enum MxAnswer {
     TempFail(String),
 }
 
+/// How a recipient was settled for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Delivered,
+    Bounced,
+}
+
 /// Things that happened to queues and connections, for reports and checkers: the facts
 /// drivers and the report read, so none of them sniffs bytes or parses reason strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineEvent {
+    /// Recipient `recipient` (its index in the [`Injection`]'s list) of `message` is
+    /// delivered or bounced: the engine forgets it (a live driver journals it, so a restart
+    /// does not send it again). Written whether or not its accounting record is.
+    RecipientSettled {
+        at: Time,
+        message: MessageId,
+        recipient: u32,
+        outcome: Settled,
+    },
     /// The engine asked for a connection for `queue` from `source_ip` ([`Action::Connect`]).
     ConnectionOpened {
         at: Time,
@@ -435,7 +457,9 @@ pub struct QueueSnapshot {
 struct Message {
     mail_from: String,
     recipients: Vec<String>,
-    data: MessageData,
+    /// `None` while the driver keeps the body ([`Bodies::Driver`]): it is loaded for each
+    /// transaction and dropped again once the bytes to send are made.
+    data: Option<MessageData>,
     size: u64,
     eight_bit: bool,
     queued_at: Time,
@@ -606,6 +630,8 @@ struct Connection {
     state: ConnState,
     session: ClientSession,
     in_flight: Option<Entry>,
+    /// The transaction in flight waits for its message's data ([`Action::LoadMessage`]).
+    loading: bool,
     transactions: u64,
     errors: u64,
     deadline: Option<Time>,
@@ -625,6 +651,21 @@ pub struct EngineOptions {
     pub seed: u64,
     /// What `backoff-to-normal-after` counts from (PowerMTA's guide does not say).
     pub backoff_clock: BackoffClock,
+    /// Who keeps the message bodies while they wait.
+    pub bodies: Bodies,
+}
+
+/// Who keeps a queued message's body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bodies {
+    /// The engine, in memory (simulation: the workload's bodies share their bytes).
+    #[default]
+    Engine,
+    /// The driver (live mode: the spool has them on disk). The engine reads the headers at
+    /// injection, drops the body, and asks for it with [`Action::LoadMessage`] when a
+    /// transaction needs it, so a million queued messages do not hold their bodies in
+    /// memory.
+    Driver,
 }
 
 /// Where `backoff-to-normal-after` counts from.
@@ -673,6 +714,11 @@ pub struct Engine {
     /// The top-level directives the engine reads.
     globals: GlobalSettings,
     backoff_clock: BackoffClock,
+    bodies: Bodies,
+    /// Connections waiting for a message's data, by message.
+    loading: BTreeMap<MessageId, Vec<ConnectionId>>,
+    /// [`Engine::handle_stop`] was called: no new connection or transaction.
+    stopping: bool,
     mx_requested: BTreeSet<String>,
     decisions: u64,
     last_now: Time,
@@ -705,6 +751,9 @@ impl Engine {
             events: VecDeque::new(),
             globals,
             backoff_clock: options.backoff_clock,
+            bodies: options.bodies,
+            loading: BTreeMap::new(),
+            stopping: false,
             mx_requested: BTreeSet::new(),
             decisions: 0,
             last_now: Time::default(),
@@ -718,6 +767,11 @@ impl Engine {
 
     pub fn signer(&self) -> &Signer {
         &self.signer
+    }
+
+    /// Who keeps the message bodies.
+    pub fn bodies(&self) -> Bodies {
+        self.bodies
     }
 
     // --- outputs -----------------------------------------------------------------------------
@@ -747,6 +801,11 @@ impl Engine {
     /// Recipients not yet delivered or bounced.
     pub fn recipients_pending(&self) -> usize {
         self.messages.values().map(|m| m.open).sum()
+    }
+
+    /// Connections open or being opened.
+    pub fn connections_open(&self) -> usize {
+        self.connections.len()
     }
 
     pub fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
@@ -839,12 +898,17 @@ impl Engine {
             per_queue.entry(queue).or_default().push(index as u32);
         }
         let count = injection.recipients.len();
-        let data = injection.data;
+        let size = injection.data.len() as u64;
+        let eight_bit = injection.data.is_eight_bit();
+        let data = match self.bodies {
+            Bodies::Engine => Some(injection.data),
+            Bodies::Driver => None,
+        };
         let queued_at = injection.queued_at.map_or(now, |t| t.min(now));
         let message = Message {
             mail_from: injection.mail_from,
-            size: data.len() as u64,
-            eight_bit: data.is_eight_bit(),
+            size,
+            eight_bit,
             open: injection.recipients.len(),
             recipients: injection.recipients,
             has_x_dkim_options,
@@ -1136,6 +1200,81 @@ impl Engine {
                     phase,
                 );
             }
+        }
+        self.run(now);
+    }
+
+    /// The answer to [`Action::LoadMessage`]: the message's data as injected, or why it
+    /// could not be read. The transactions waiting for it begin; if it could not be read,
+    /// their recipients are deferred (`451 4.3.0`) and retried as any deferral is.
+    pub fn handle_message_data(
+        &mut self,
+        now: Time,
+        message: MessageId,
+        data: Result<MessageData, String>,
+    ) {
+        self.advance(now);
+        let waiting = self.loading.remove(&message).unwrap_or_default();
+        let still_waiting = |engine: &Engine, conn: &ConnectionId| {
+            engine.connections.get(conn).is_some_and(|c| {
+                c.loading && c.in_flight.as_ref().is_some_and(|e| e.msg == message)
+            })
+        };
+        match data {
+            Ok(data) => {
+                if let Some(m) = self.messages.get_mut(&message) {
+                    m.data = Some(data);
+                }
+                for conn in waiting {
+                    if still_waiting(self, &conn) {
+                        self.begin_transaction(now, conn);
+                    }
+                }
+                // The bytes to send are made; the body goes back to the driver.
+                if self.bodies == Bodies::Driver
+                    && let Some(m) = self.messages.get_mut(&message)
+                {
+                    m.data = None;
+                }
+            }
+            Err(reason) => {
+                let reply = Reply::new(
+                    451,
+                    Some([4, 3, 0]),
+                    format!("message data unreadable: {reason}"),
+                );
+                for conn in waiting {
+                    if !still_waiting(self, &conn) {
+                        continue;
+                    }
+                    let c = self.connections.get_mut(&conn).expect("checked above");
+                    c.loading = false;
+                    let q = c.queue;
+                    if let Some(entry) = c.in_flight.take() {
+                        self.defer_recipients(now, q, &entry, &reply, Some(conn), None);
+                    }
+                    self.feed(now, conn);
+                }
+            }
+        }
+        self.run(now);
+    }
+
+    /// The driver is shutting down: no new connection or transaction from now on. Idle
+    /// connections quit now, the others after the transaction they carry, so what was sent
+    /// is settled (and journalled by a live driver) rather than sent again after a restart.
+    /// Recipients stay queued.
+    pub fn handle_stop(&mut self, now: Time) {
+        self.advance(now);
+        self.stopping = true;
+        let idle: Vec<ConnectionId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.ready)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in idle {
+            self.quit(now, conn);
         }
         self.run(now);
     }
@@ -1498,6 +1637,9 @@ impl Engine {
 
     /// Opens connections while the queue has work and its limits allow.
     fn open_connections(&mut self, now: Time, q: QueueId) {
+        if self.stopping {
+            return;
+        }
         loop {
             let queue = &mut self.queues[q.0 as usize];
             let mode = queue.mode;
@@ -1728,6 +1870,7 @@ impl Engine {
                 state: ConnState::Connecting,
                 session,
                 in_flight: None,
+                loading: false,
                 transactions: 0,
                 errors: 0,
                 deadline: None,
@@ -1760,6 +1903,10 @@ impl Engine {
             return true;
         };
         if c.session.is_done() || c.state == ConnState::Quitting || c.session.is_resetting() {
+            return true;
+        }
+        if self.stopping {
+            self.quit(now, conn);
             return true;
         }
         let q = c.queue;
@@ -1842,6 +1989,35 @@ impl Engine {
             per_ip.rcpt_window.record(now, entry.rcpts.len() as u64);
         }
         self.set_state(&entry, RcptState::Sending);
+        let msg = entry.msg;
+        let c = self.connections.get_mut(&conn).expect("checked above");
+        c.ready = false;
+        c.transactions += 1;
+        c.in_flight = Some(entry);
+        if self.messages[&msg].data.is_none() {
+            // The driver keeps the body: the transaction begins when it hands it back.
+            c.loading = true;
+            self.set_deadline(conn, None);
+            let waiting = self.loading.entry(msg).or_default();
+            waiting.push(conn);
+            if waiting.len() == 1 {
+                self.actions.push_back(Action::LoadMessage { message: msg });
+            }
+            return true;
+        }
+        self.begin_transaction(now, conn);
+        true
+    }
+
+    /// Starts the transaction of the recipients `conn` carries, whose message data is here.
+    fn begin_transaction(&mut self, now: Time, conn: ConnectionId) {
+        let Some(c) = self.connections.get(&conn) else {
+            return;
+        };
+        let q = c.queue;
+        let Some(entry) = c.in_flight.clone() else {
+            return;
+        };
         let data = self.message_data(now, q, entry.msg);
         let message = &self.messages[&entry.msg];
         let transaction = Transaction {
@@ -1857,18 +2033,14 @@ impl Engine {
             eight_bit: message.eight_bit,
         };
         let c = self.connections.get_mut(&conn).expect("checked above");
-        c.ready = false;
-        c.transactions += 1;
-        let recipients = entry.rcpts.len() as u64;
-        c.in_flight = Some(entry);
+        c.loading = false;
         c.session.start_transaction(transaction);
         self.events.push_back(EngineEvent::TransactionStarted {
             at: now,
             conn,
-            recipients,
+            recipients: entry.rcpts.len() as u64,
         });
         self.pump(now, conn);
-        true
     }
 
     /// The message as sent by this queue: DKIM-signed when the queue signs, dot-stuffed. Made
@@ -1876,9 +2048,13 @@ impl Engine {
     fn message_data(&mut self, now: Time, q: QueueId, msg: MessageId) -> Arc<Vec<u8>> {
         let queue = &self.queues[q.0 as usize];
         let message = &self.messages[&msg];
+        let data = message
+            .data
+            .as_ref()
+            .expect("a transaction begins once its message's data is here");
         if let Some((_, header)) = message.signed.iter().find(|(by, _)| *by == q) {
             let mut signed = header.as_bytes().to_vec();
-            signed.extend_from_slice(&crate::auth::to_crlf(&message.data.to_vec()));
+            signed.extend_from_slice(&crate::auth::to_crlf(&data.to_vec()));
             return Arc::new(smtp::dot_stuff(&signed));
         }
         let sign = match queue.settings.dkim_sign {
@@ -1890,7 +2066,7 @@ impl Engine {
             .then(|| self.signer.for_domain(&message.from_domain))
             .flatten();
         let Some(signer) = signer else {
-            return Arc::new(message.data.dot_stuffed());
+            return Arc::new(data.dot_stuffed());
         };
         let mut options = SignOptions::from_settings(
             &queue.settings.dkim_headers_canon,
@@ -1898,7 +2074,7 @@ impl Engine {
             queue.settings.dkim_headers.as_deref(),
         );
         options.identity = queue.settings.dkim_identity.clone();
-        let crlf = crate::auth::to_crlf(&message.data.to_vec());
+        let crlf = crate::auth::to_crlf(&data.to_vec());
         match signer.sign(&crlf, now.unix_secs(), &options) {
             Ok(header) => {
                 let mut signed = header.as_bytes().to_vec();
@@ -2166,8 +2342,20 @@ impl Engine {
         kind: RecordType,
         phase: Option<ReplyPhase>,
     ) {
+        let outcome = match kind {
+            RecordType::Bounced => Settled::Bounced,
+            _ => Settled::Delivered,
+        };
         for rcpt in &entry.rcpts {
             self.record(now, q, entry.msg, Some(*rcpt), reply, conn, kind, phase);
+            if self.messages.contains_key(&entry.msg) {
+                self.events.push_back(EngineEvent::RecipientSettled {
+                    at: now,
+                    message: entry.msg,
+                    recipient: *rcpt,
+                    outcome,
+                });
+            }
         }
         self.set_state(entry, RcptState::Done);
         let queue = &mut self.queues[q.0 as usize];

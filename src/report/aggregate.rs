@@ -763,6 +763,8 @@ impl Aggregator {
                 };
                 self.meters.connection_opened(at_s, &at, &self.ips[ip].0);
             }
+            // Per recipient, and already counted from its accounting record.
+            EngineEvent::RecipientSettled { .. } => {}
             EngineEvent::TransactionStarted { at, conn, .. } => {
                 self.tick(at.unix_secs());
                 if let Some(c) = self.open.get_mut(&conn.0) {

@@ -107,6 +107,7 @@ impl SimRun {
             EngineOptions {
                 seed: scenario.seed,
                 backoff_clock: scenario.backoff_clock,
+                bodies: crate::engine::Bodies::Engine,
             },
         )?;
         let world = World::build(scenario, engine.config(), engine.signer(), options.trace)?;

@@ -309,6 +309,8 @@ impl Collector {
                 self.last_queued.insert(queue.clone(), self.events.len());
                 self.events.push(event);
             }
+            // Per recipient, and already in the records: what the live spool journals.
+            EngineEvent::RecipientSettled { .. } => {}
             other => self.events.push(other),
         }
     }

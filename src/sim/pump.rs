@@ -13,7 +13,8 @@ use std::net::IpAddr;
 
 use crate::engine::accounting::AcctRecord;
 use crate::engine::{
-    Action, ConnectionId, Engine, EngineEvent, InjectError, Injection, MessageId, MxAnswer,
+    Action, ConnectionId, Engine, EngineEvent, InjectError, Injection, MessageData, MessageId,
+    MxAnswer,
 };
 use crate::time::Time;
 
@@ -33,6 +34,16 @@ pub trait Transport {
     fn start_tls(&mut self, now: Time, conn: ConnectionId, server_name: &str) -> bool;
     /// The engine is done with `conn`.
     fn close(&mut self, now: Time, conn: ConnectionId);
+    /// The data of `message`, for an engine whose driver keeps the bodies
+    /// (`Bodies::Driver`): `Some` when it is read now, `None` when it comes later as
+    /// [`Input::MessageData`]. Engines that keep their bodies never ask.
+    fn load_message(
+        &mut self,
+        _now: Time,
+        _message: MessageId,
+    ) -> Option<Result<MessageData, String>> {
+        Some(Err("this transport keeps no message bodies".into()))
+    }
 }
 
 /// A connection the engine asks for.
@@ -64,8 +75,12 @@ pub enum Input<'a> {
     /// The peer closed the connection, or the transport lost it.
     Closed(ConnectionId),
     Mx(&'a str, MxAnswer),
+    /// The answer to [`Transport::load_message`] when it came later.
+    MessageData(MessageId, Result<MessageData, String>),
     /// The time [`Pump::poll_timeout`] named has come.
     Timeout,
+    /// The driver is shutting down: no new connection or transaction.
+    Stop,
 }
 
 /// The engine and its call order.
@@ -121,7 +136,11 @@ impl Pump {
             Input::TlsEstablished(conn) => self.engine.handle_tls_established(now, conn),
             Input::Closed(conn) => self.engine.handle_closed(now, conn),
             Input::Mx(domain, answer) => self.engine.handle_mx(now, domain, answer),
+            Input::MessageData(message, data) => {
+                self.engine.handle_message_data(now, message, data)
+            }
             Input::Timeout => self.engine.handle_timeout(now),
+            Input::Stop => self.engine.handle_stop(now),
         }
         self.drain(now, transport, sink);
     }
@@ -164,6 +183,11 @@ impl Pump {
                     }
                 }
                 Action::Close { conn } => transport.close(now, conn),
+                Action::LoadMessage { message } => {
+                    if let Some(data) = transport.load_message(now, message) {
+                        self.engine.handle_message_data(now, message, data);
+                    }
+                }
             }
         }
         while let Some(record) = self.engine.poll_record() {

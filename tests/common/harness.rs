@@ -13,7 +13,8 @@ use std::rc::Rc;
 use pmta_sim::config::{self, MemFs, Options};
 use pmta_sim::engine::accounting::{AcctRecord, RecordType};
 use pmta_sim::engine::{
-    ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MxAnswer, MxHost, Time,
+    ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MessageData, MessageId, MxAnswer,
+    MxHost, Time,
 };
 use pmta_sim::sim::pump::{Connect, Input, Pump, Sink, Transport};
 use pmta_sim::smtp::Reply;
@@ -131,6 +132,7 @@ enum NetEvent {
     Closed(ConnectionId),
     Tls(ConnectionId),
     Mx(String, MxAnswer),
+    Data(MessageId, Result<MessageData, String>),
 }
 
 /// One connection's life, as the harness saw it.
@@ -166,6 +168,11 @@ pub struct Harness {
     /// Every message the receivers took in, as received (dot-unstuffed).
     pub received_log: Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
     next_job: u64,
+    /// The bodies, kept by the harness for an engine with `Bodies::Driver`: a load is
+    /// answered one latency later; a message missing here cannot be read.
+    pub bodies: BTreeMap<MessageId, Vec<u8>>,
+    /// Every message the engine asked to load, in order.
+    pub loads: Vec<MessageId>,
 }
 
 /// The harness's network, borrowed from it for one pump call.
@@ -181,6 +188,8 @@ struct Net<'a> {
     tls_names: &'a mut Vec<String>,
     clock: &'a Cell<Time>,
     received_log: &'a Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+    bodies: &'a BTreeMap<MessageId, Vec<u8>>,
+    loads: &'a mut Vec<MessageId>,
 }
 
 /// What the engine reports, borrowed from the harness for one pump call.
@@ -308,6 +317,21 @@ impl Transport for Net<'_> {
             log.closed.get_or_insert(now);
         }
     }
+
+    fn load_message(
+        &mut self,
+        now: Time,
+        message: MessageId,
+    ) -> Option<Result<MessageData, String>> {
+        self.loads.push(message);
+        let data = self
+            .bodies
+            .get(&message)
+            .map(|b| MessageData::from(b.clone()))
+            .ok_or_else(|| "no such message file".to_string());
+        self.push(now.plus_ms(LATENCY_MS), NetEvent::Data(message, data));
+        None
+    }
 }
 
 /// Loads a config from text (files beside it optional) and asserts it is clean.
@@ -366,6 +390,8 @@ impl Harness {
             injected: Vec::new(),
             received_log: Rc::default(),
             next_job: 0,
+            bodies: BTreeMap::new(),
+            loads: Vec::new(),
         }
     }
 
@@ -422,6 +448,8 @@ impl Harness {
         for rcpt in rcpts {
             self.injected.push((job.clone(), rcpt.to_string()));
         }
+        let keep = self.pump.engine().bodies() == pmta_sim::engine::Bodies::Driver;
+        let body = keep.then(|| data.clone());
         let injection = Injection {
             mail_from: "a@sender.example".into(),
             recipients: rcpts.iter().map(|r| r.to_string()).collect(),
@@ -434,12 +462,21 @@ impl Harness {
         };
         let now = self.now;
         let (pump, mut net, mut log) = self.split();
-        pump.inject(now, injection, &mut net, &mut log).unwrap();
+        let id = pump.inject(now, injection, &mut net, &mut log).unwrap();
+        if let Some(body) = body {
+            self.bodies.insert(id, body);
+        }
     }
 
     /// The engine the harness drives.
     pub fn engine(&self) -> &Engine {
         self.pump.engine()
+    }
+
+    /// Tells the engine the driver is shutting down.
+    pub fn stop(&mut self) {
+        let now = self.now;
+        self.feed(now, Input::Stop);
     }
 
     /// The pump, the harness's network and its log, borrowed apart for one call.
@@ -458,6 +495,8 @@ impl Harness {
                 tls_names: &mut self.tls_names,
                 clock: &self.clock,
                 received_log: &self.received_log,
+                bodies: &self.bodies,
+                loads: &mut self.loads,
             },
             Log {
                 records: &mut self.records,
@@ -506,6 +545,9 @@ impl Harness {
                     }
                     NetEvent::Tls(c) => self.feed(next, Input::TlsEstablished(c)),
                     NetEvent::Mx(domain, answer) => self.feed(next, Input::Mx(&domain, answer)),
+                    NetEvent::Data(message, data) => {
+                        self.feed(next, Input::MessageData(message, data))
+                    }
                 }
             } else {
                 self.feed(next, Input::Timeout);

@@ -279,3 +279,84 @@ pub async fn send_message(client: &mut Client, from: &str, to: &[&str], body: &s
     client.send(format!("{body}\r\n.\r\n").as_bytes()).await;
     client.reply().await.expect("a reply to the message")
 }
+
+/// A private Postfix instance (`scripts/lab.sh postfix-start`), stopped when dropped.
+pub struct Postfix(pub std::path::PathBuf);
+
+impl Postfix {
+    pub fn start(dir: &Path, port: u16, args: &[&str]) -> Postfix {
+        let lab = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh");
+        let output = Command::new(&lab)
+            .arg("postfix-start")
+            .arg(dir)
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Postfix(dir.to_path_buf())
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let lab = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lab.sh");
+        let _ = Command::new(lab).arg("postfix-stop").arg(&self.0).status();
+    }
+}
+
+/// postgrey on a loopback port, greylisting every new triplet for `delay_s` seconds (no
+/// whitelists, no auto-whitelisting), its database in `dir`. Returns it and its port.
+pub async fn postgrey(dir: &TempDir, delay_s: u32) -> (Daemon, u16) {
+    // postgrey runs as its own user: its database directory must be its own.
+    let db = dir.path().join("postgrey-db");
+    std::fs::create_dir_all(&db).unwrap();
+    let owned = Command::new("chown")
+        .arg("postgrey")
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(owned.success());
+    let empty = dir.write("empty-whitelist", "");
+    let policy_port = free_port();
+    let postgrey = Daemon::spawn(
+        Command::new(require("postgrey"))
+            .arg(format!("--inet=127.0.0.1:{policy_port}"))
+            .arg(format!("--dbdir={}", db.display()))
+            .args([
+                &format!("--delay={delay_s}"),
+                "--auto-whitelist-clients=0",
+                "--lookup-by-host",
+            ])
+            .arg(format!("--whitelist-clients={}", empty.display()))
+            .arg(format!("--whitelist-recipients={}", empty.display())),
+    );
+    wait_for_port(SocketAddr::from(([127, 0, 0, 1], policy_port))).await;
+    (postgrey, policy_port)
+}
+
+/// Debian's dnsmasq on 127.0.0.1:`port`, answering names under `.test` from `records`
+/// (`--mx-host=…`, `--host-record=…`) and NXDOMAIN for the rest; `extra` options after.
+pub fn dnsmasq(port: u16, records: &[&str], extra: &[String]) -> Daemon {
+    Daemon::spawn(
+        Command::new(require("dnsmasq"))
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--user=root",
+                "--pid-file=",
+                "--local=/test/",
+            ])
+            .arg(format!("--port={port}"))
+            .args(extra)
+            .args(records),
+    )
+}

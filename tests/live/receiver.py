@@ -9,6 +9,11 @@ A picky mail host on loopback that a sending MTA's retry and backoff logic meets
   --fail-for SECS        ... for SECS, then accept N more (0: for ever)
   --max-msgs-per-conn N  the (N+1)th MAIL on one connection gets 421 4.7.0 and a close
   --tls-cert/--tls-key   offer STARTTLS with this certificate (OpenSSL, through Python)
+  --reject-prefix P      550 5.1.1 at RCPT for every local part that starts with P
+  --log FILE             one line per accepted message: its X-Test-Id header and the time
+
+The counters include the most connections open at once (max_open) and, with --log, the
+log lets a test count messages per second as the receiver saw them.
 
 Counters are written as JSON to --stats after every change. It listens only on loopback
 and exits after --max-seconds. Stopped by its PID (SIGTERM).
@@ -31,7 +36,8 @@ class Receiver:
         self.accepted_since_window = 0
         self.failing_until = None
         self.counts = dict(connections=0, mail=0, greylisted=0, fail_after_421=0,
-                           per_conn_421=0, accepted=0, accepted_rcpts=0, tls_sessions=0)
+                           per_conn_421=0, accepted=0, accepted_rcpts=0, tls_sessions=0,
+                           open=0, max_open=0, rejected_rcpts=0)
 
     def save(self):
         if self.args.stats:
@@ -70,6 +76,11 @@ class Receiver:
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(self, server, session, envelope, address, options):
+        prefix = self.args.reject_prefix
+        if prefix and address.lower().startswith(prefix.lower()):
+            self.counts["rejected_rcpts"] += 1
+            self.save()
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if self.args.greylist is not None:
             key = (session.peer[0], (envelope.mail_from or "").lower(), address.lower())
             now = time.time()
@@ -86,6 +97,15 @@ class Receiver:
         self.counts["accepted_rcpts"] += len(envelope.rcpt_tos)
         self.accepted_since_window += 1
         session.messages = getattr(session, "messages", 0) + 1
+        if self.args.log:
+            test_id = ""
+            for line in envelope.content.split(b"\r\n"):
+                if not line:
+                    break
+                if line.lower().startswith(b"x-test-id:"):
+                    test_id = line.split(b":", 1)[1].strip().decode("ascii", "replace")
+            with open(self.args.log, "a") as out:
+                out.write(f"{test_id} {time.time():.3f}\n")
         self.save()
         return f"250 2.0.0 Ok: queued as r{self.counts['accepted']}"
 
@@ -97,9 +117,19 @@ class CountingSMTP(SMTP):
         # Called again for the same connection once STARTTLS has wrapped it.
         if not getattr(self, "counted", False):
             self.counted = True
-            self.receiver.counts["connections"] += 1
+            counts = self.receiver.counts
+            counts["connections"] += 1
+            counts["open"] += 1
+            counts["max_open"] = max(counts["max_open"], counts["open"])
             self.receiver.save()
         super().connection_made(transport)
+
+    def connection_lost(self, error):
+        if getattr(self, "counted", False) and not getattr(self, "lost", False):
+            self.lost = True
+            self.receiver.counts["open"] -= 1
+            self.receiver.save()
+        super().connection_lost(error)
 
 
 async def main(args):
@@ -141,6 +171,8 @@ def parse():
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--stats")
+    p.add_argument("--reject-prefix")
+    p.add_argument("--log")
     p.add_argument("--max-seconds", type=float, default=600.0)
     return p.parse_args()
 

@@ -14,15 +14,13 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ServerConfig;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, timeout_at};
@@ -301,50 +299,7 @@ impl Drop for Slot {
 }
 
 /// A client connection, in clear or upgraded by STARTTLS.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+type Conn = tls::MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// Why a session ended early.
 enum Ending {
@@ -501,10 +456,10 @@ async fn store(
     envelope: crate::smtp::server::Envelope,
     data: Vec<u8>,
 ) -> Reply {
-    let spool = context.spool.clone();
     let queued_at = wall_clock();
-    let stored = tokio::task::spawn_blocking(move || {
-        let id = spool.store(&NewMessage {
+    let stored = context
+        .spool
+        .store_async(&NewMessage {
             mail_from: &envelope.mail_from,
             recipients: &envelope.recipients,
             data: &data,
@@ -513,13 +468,11 @@ async fn store(
             job_id: "",
             env_id: "",
             queued_at,
-        });
-        (id, envelope, data)
-    })
-    .await;
+        })
+        .await;
     let shared = &context.shared;
     match stored {
-        Ok((Ok(id), envelope, data)) => {
+        Ok(id) => {
             shared.accepted.fetch_add(1, Ordering::Relaxed);
             let accepted = Accepted {
                 id,
@@ -539,23 +492,15 @@ async fn store(
             let _ = context.sink.send(accepted).await;
             Reply::new(250, Some([2, 0, 0]), format!("ok id={id}"))
         }
-        Ok((Err(SpoolError::Full(_)), _, _)) => {
+        Err(SpoolError::Full(_)) => {
             shared.spool_failures.fetch_add(1, Ordering::Relaxed);
             Reply::new(452, Some([4, 3, 1]), "insufficient system storage")
         }
-        Ok((Err(error), _, _)) => {
+        Err(error) => {
             shared.spool_failures.fetch_add(1, Ordering::Relaxed);
             super::log(&format!(
                 "listener: message from {peer} not stored: {error}"
             ));
-            Reply::new(
-                451,
-                Some([4, 3, 0]),
-                "local error in processing, try again later",
-            )
-        }
-        Err(_) => {
-            shared.spool_failures.fetch_add(1, Ordering::Relaxed);
             Reply::new(
                 451,
                 Some([4, 3, 0]),

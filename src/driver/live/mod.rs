@@ -6,8 +6,10 @@
 //! engine for delivery); this room only does I/O, reads the wall clock, and keeps every
 //! buffer, wait and file bounded. It must not copy a decision from those rooms.
 
+pub mod acct;
 pub mod dns;
 pub mod listener;
+pub mod run;
 pub mod spool;
 pub mod tls;
 

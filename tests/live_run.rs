@@ -1,0 +1,736 @@
+//! `pmta-sim run --live` as a process against real receivers: Postfix's smtp-sink, a
+//! private Postfix that greylists through postgrey, and the aiosmtpd receiver that fails on
+//! demand (`tests/live/receiver.py`). Mail comes in over SMTP, is delivered over real TCP
+//! from the virtual MTA's source IP, and every outcome is read back from the `<acct-file>`
+//! and from what the receivers saw. Loopback only; `scripts/lab.sh install` provides the
+//! software.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::live::{
+    Client, Daemon, Postfix, TempDir, free_port, lab_python, postgrey, require, send_message,
+    test_cert, wait_for_port,
+};
+
+/// The live process, killed (by its PID) when dropped; its standard error collected.
+struct LiveProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    addr: SocketAddr,
+}
+
+impl LiveProcess {
+    /// Starts `pmta-sim run --live CONFIG ARGS` and waits until it listens.
+    fn start(config: &Path, args: &[String]) -> LiveProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
+            .args(["run", "--live"])
+            .arg(config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pmta-sim starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = collected.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let started = Instant::now();
+        let addr = loop {
+            let text = stderr.lock().unwrap().clone();
+            if let Some(rest) = text.split("listening on ").nth(1) {
+                break rest.lines().next().unwrap().parse().unwrap();
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("pmta-sim exited with {status} before listening:\n{text}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "pmta-sim did not listen within 30 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        LiveProcess {
+            child,
+            stderr,
+            addr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// SIGTERM, then the exit status and everything it wrote (waits up to 60 s).
+    fn stop(mut self) -> (i32, String) {
+        self.signal("TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code().unwrap_or(-1), self.stderr());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "pmta-sim did not stop within 60 s of SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LiveProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The rows of an accounting file (header first).
+fn acct(path: &Path) -> Vec<csv::StringRecord> {
+    match std::fs::read(path) {
+        Ok(bytes) => csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(&bytes[..])
+            .records()
+            .map(|r| r.unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Rows of type `kind` (header column `type`).
+fn rows(path: &Path, kind: &str) -> Vec<csv::StringRecord> {
+    acct(path).into_iter().filter(|r| &r[0] == kind).collect()
+}
+
+/// Seconds since the epoch of an accounting time, `2026-09-21 12:00:00+0000`.
+fn seconds(text: &str) -> i64 {
+    let rfc3339 = format!("{}T{}Z", &text[..10], &text[11..19]);
+    pmta_sim::scenario::parse_utc(&rfc3339).unwrap_or_else(|| panic!("time {text}")) as i64
+}
+
+/// Waits until `done` holds, up to `limit`.
+async fn wait_until(
+    live: &LiveProcess,
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out waiting for {what}; pmta-sim said:\n{}",
+            live.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A live configuration: listens on `listen`, spools in `dir/spool`, writes `dir/acct.csv`
+/// (every record type), lets 127.0.0.1 relay through virtual MTA `mta1` at 127.0.0.2, and
+/// appends `extra`.
+fn config(dir: &TempDir, listen: u16, extra: &str) -> PathBuf {
+    let root = dir.path().display();
+    dir.write(
+        "pmta.conf",
+        &format!(
+            "host-name pmta.lab.test
+smtp-listener 127.0.0.1:{listen}
+spool {root}/spool
+<acct-file {root}/acct.csv>
+    records d,b,t,tq
+</acct-file>
+<source 127.0.0.1>
+    always-allow-relaying yes
+    default-virtual-mta mta1
+</source>
+<source 0/0>
+    always-allow-relaying no
+</source>
+<virtual-mta mta1>
+    smtp-source-host 127.0.0.2 mta1.pmta.lab.test
+</virtual-mta>
+{extra}"
+        ),
+    )
+}
+
+fn route(domain: &str, addr: SocketAddr) -> String {
+    format!("--route={domain}={addr}")
+}
+
+/// The aiosmtpd receiver with `args` on a free loopback port; its stats file and message
+/// log in `dir`.
+fn receiver(dir: &TempDir, args: &[&str]) -> (Daemon, SocketAddr) {
+    receiver_at(dir, SocketAddr::from(([127, 0, 0, 1], free_port())), args)
+}
+
+fn receiver_at(dir: &TempDir, addr: SocketAddr, args: &[&str]) -> (Daemon, SocketAddr) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live/receiver.py");
+    let daemon = Daemon::spawn(
+        Command::new(lab_python())
+            .arg(script)
+            .args(["--listen", &addr.to_string(), "--max-seconds", "300"])
+            .arg("--stats")
+            .arg(dir.path().join("stats.json"))
+            .arg("--log")
+            .arg(dir.path().join("received.log"))
+            .args(args),
+    );
+    (daemon, addr)
+}
+
+fn stats(dir: &TempDir) -> serde_json::Value {
+    std::fs::read(dir.path().join("stats.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The receiver's log: (X-Test-Id, seconds) per accepted message.
+fn received(dir: &TempDir) -> Vec<(String, f64)> {
+    std::fs::read_to_string(dir.path().join("received.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (id, at) = l.split_once(' ')?;
+            Some((id.to_string(), at.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sends `count` messages to `to(i)` over one connection to the live listener; the test id
+/// of each message acknowledged with a 250.
+async fn inject(addr: SocketAddr, count: usize, to: impl Fn(usize) -> String) -> Vec<String> {
+    let mut client = Client::connect(addr).await;
+    assert_eq!(client.reply().await.unwrap().code, 220);
+    assert_eq!(client.command("EHLO client.lab.test").await.code, 250);
+    let mut acknowledged = Vec::new();
+    for i in 0..count {
+        let id = format!("m{i}");
+        let body = format!(
+            "From: sender@news.example.com\r\nTo: {}\r\nSubject: test {i}\r\nX-Test-Id: {id}\r\n\r\nHello {i}.",
+            to(i)
+        );
+        let reply = send_message(&mut client, "sender@news.example.com", &[&to(i)], &body).await;
+        assert_eq!(reply.code, 250, "{reply}");
+        acknowledged.push(id);
+    }
+    client.command("QUIT").await;
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_to_smtp_sink_signed_from_the_source_ip_and_stops_cleanly() {
+    let dir = TempDir::new("live-sink");
+    let sink_port = free_port();
+    let dump = dir.path().join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    // smtp-sink: accept everything, one file per transaction (its `-d` template).
+    let _sink = Daemon::spawn(
+        Command::new(require("smtp-sink"))
+            .args(["-u", "root", "-d"])
+            .arg(format!("{}/%H%M%S.", dump.display()))
+            .arg(format!("127.0.0.1:{sink_port}"))
+            .arg("100"),
+    );
+    let sink = SocketAddr::from(([127, 0, 0, 1], sink_port));
+    wait_for_port(sink).await;
+    let key = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios/configs/production/keys/s2026.news.example.com.pem");
+    let listen = free_port();
+    let conf = config(
+        &dir,
+        listen,
+        &format!(
+            "domain-key s2026,news.example.com,{}\n<domain sink.lab.test>\n    dkim-sign yes\n    max-smtp-out 2\n</domain>\n",
+            key.display()
+        ),
+    );
+    let live = LiveProcess::start(&conf, &[route("sink.lab.test", sink)]);
+    let started = pmta_sim::driver::live::wall_clock();
+    let acknowledged = inject(live.addr, 20, |i| format!("user{i}@sink.lab.test")).await;
+    assert_eq!(acknowledged.len(), 20);
+    let acct_file = dir.path().join("acct.csv");
+    wait_until(&live, Duration::from_secs(30), "20 d records", || {
+        rows(&acct_file, "d").len() == 20
+    })
+    .await;
+    let header = &acct(&acct_file)[0];
+    assert_eq!(&header[0], "type");
+    for row in rows(&acct_file, "d") {
+        assert_eq!(&row[14], "127.0.0.2", "dlvSourceIp: {row:?}");
+        assert_eq!(&row[18], "mta1", "vmta: {row:?}");
+        assert_eq!(&row[21], "sink.lab.test/mta1", "queue: {row:?}");
+        assert!(row[8].starts_with("smtp;250"), "dsnDiag: {row:?}");
+    }
+    // What smtp-sink received is signed, with t= the real time.
+    let files: Vec<_> = std::fs::read_dir(&dump)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty(), "smtp-sink dumped nothing");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("DKIM-Signature:"), "{text}");
+    assert!(text.contains("d=news.example.com"), "{text}");
+    let t: u64 = text
+        .split("t=")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("t= in the signature");
+    assert!(
+        t.abs_diff(started.unix_secs()) < 60,
+        "t={t}, started {}",
+        started.unix_secs()
+    );
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+    assert!(log.contains("stopping"), "{log}");
+    assert!(
+        log.contains(
+            "20 accepted, 20 recipients delivered, 0 bounced; 0 messages left in the spool"
+        ),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_bounces_with_a_b_record_and_the_rest_is_delivered() {
+    let dir = TempDir::new("live-bounce");
+    let (_receiver, addr) = receiver(&dir, &["--reject-prefix", "nouser"]);
+    wait_for_port(addr).await;
+    let listen = free_port();
+    let conf = config(&dir, listen, "");
+    let live = LiveProcess::start(&conf, &[route("rcv.lab.test", addr)]);
+    inject(live.addr, 4, |i| {
+        if i % 2 == 0 {
+            format!("nouser{i}@rcv.lab.test")
+        } else {
+            format!("user{i}@rcv.lab.test")
+        }
+    })
+    .await;
+    let acct_file = dir.path().join("acct.csv");
+    wait_until(
+        &live,
+        Duration::from_secs(30),
+        "2 d and 2 b records",
+        || rows(&acct_file, "d").len() == 2 && rows(&acct_file, "b").len() == 2,
+    )
+    .await;
+    for row in rows(&acct_file, "b") {
+        assert!(row[4].starts_with("nouser"), "{row:?}");
+        assert_eq!(&row[6], "failed", "dsnAction: {row:?}");
+        assert_eq!(&row[7], "5.1.1", "dsnStatus: {row:?}");
+        assert!(row[8].contains("550 5.1.1"), "dsnDiag: {row:?}");
+        assert_eq!(&row[10], "bad-mailbox", "bounceCat: {row:?}");
+    }
+    assert_eq!(stats(&dir)["rejected_rcpts"], 2);
+    assert_eq!(stats(&dir)["accepted"], 2);
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+    assert!(
+        log.contains("2 recipients delivered, 2 bounced; 0 messages left"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_relay_probe_gets_550_and_nothing_is_queued() {
+    let dir = TempDir::new("live-relay");
+    let listen = free_port();
+    let conf = config(&dir, listen, "");
+    let live = LiveProcess::start(&conf, &[]);
+    // 127.0.0.9 falls in `<source 0/0>`: no relaying.
+    let mut probe = Client::connect_from("127.0.0.9".parse().unwrap(), live.addr).await;
+    assert_eq!(probe.reply().await.unwrap().code, 220);
+    assert_eq!(probe.command("EHLO probe.example").await.code, 250);
+    assert_eq!(
+        probe.command("MAIL FROM:<spam@probe.example>").await.code,
+        250
+    );
+    let rcpt = probe.command("RCPT TO:<victim@elsewhere.example>").await;
+    assert_eq!(rcpt.code, 550, "{rcpt}");
+    assert_eq!(rcpt.enhanced, Some([5, 7, 1]), "{rcpt}");
+    assert_eq!(probe.command("DATA").await.code / 100, 5);
+    probe.command("QUIT").await;
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+    assert!(log.contains(" 0 accepted,"), "{log}");
+    assert!(log.contains("0 messages left in the spool"), "{log}");
+    assert!(rows(&dir.path().join("acct.csv"), "d").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_smtp_out_and_max_msg_rate_hold_at_the_receiver() {
+    let dir = TempDir::new("live-limits");
+    let (_receiver, addr) = receiver(&dir, &[]);
+    wait_for_port(addr).await;
+    let listen = free_port();
+    let conf = config(
+        &dir,
+        listen,
+        "<domain rcv.lab.test>\n    max-smtp-out 2\n    max-msg-rate 10/s\n</domain>\n",
+    );
+    let live = LiveProcess::start(&conf, &[route("rcv.lab.test", addr)]);
+    inject(live.addr, 50, |i| format!("user{i}@rcv.lab.test")).await;
+    wait_until(
+        &live,
+        Duration::from_secs(60),
+        "50 messages at the receiver",
+        || received(&dir).len() == 50,
+    )
+    .await;
+    let s = stats(&dir);
+    assert!(
+        s["max_open"].as_u64().unwrap() <= 2,
+        "max-smtp-out 2, the receiver saw {} at once",
+        s["max_open"]
+    );
+    let times: Vec<f64> = received(&dir).iter().map(|(_, at)| *at).collect();
+    let span = times.last().unwrap() - times.first().unwrap();
+    // 50 messages at 10 per second: at least 4 seconds from the first to the last.
+    assert!(
+        span >= 3.9,
+        "50 messages in {span:.2} s at max-msg-rate 10/s"
+    );
+    // A sliding window of 10 per second: the 11th message after any message comes at
+    // least a second after it, as the engine counts (at the transaction's start). The
+    // receiver logs at the end of data, up to a few hundred milliseconds later under load.
+    for pair in times.windows(11) {
+        let gap = pair[10] - pair[0];
+        assert!(gap >= 0.7, "11 messages within {gap:.3} s: {times:?}");
+    }
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_storm_puts_the_queue_into_backoff_and_out_again() {
+    let dir = TempDir::new("live-storm");
+    // After 5 messages, 421 at MAIL for 3 seconds, then 5 more, and so on.
+    let (_receiver, addr) = receiver(&dir, &["--fail-after", "5", "--fail-for", "3"]);
+    wait_for_port(addr).await;
+    let listen = free_port();
+    let conf = config(
+        &dir,
+        listen,
+        "<smtp-pattern-list storms>
+    reply /421 4\\.7\\.0 Too many messages/ mode=backoff
+</smtp-pattern-list>
+<domain rcv.lab.test>
+    max-smtp-out 1
+    backoff-max-smtp-out 1
+    smtp-pattern-list storms
+    retry-recipients-after 1s
+    retry-after 1s
+    backoff-retry-after 1s
+    backoff-max-msg-rate 2/s
+    backoff-to-normal-after 4s
+</domain>
+",
+    );
+    let live = LiveProcess::start(&conf, &[route("rcv.lab.test", addr)]);
+    inject(live.addr, 12, |i| format!("user{i}@rcv.lab.test")).await;
+    let acct_file = dir.path().join("acct.csv");
+    wait_until(&live, Duration::from_secs(90), "12 d records", || {
+        rows(&acct_file, "d").len() == 12
+    })
+    .await;
+    let log = live.stderr();
+    let backoff = log
+        .find("queue rcv.lab.test/mta1: backoff mode")
+        .unwrap_or_else(|| panic!("no backoff:\n{log}"));
+    let normal = log[backoff..]
+        .find("queue rcv.lab.test/mta1: normal mode")
+        .unwrap_or_else(|| panic!("never back to normal:\n{log}"));
+    assert!(normal > 0);
+    assert!(stats(&dir)["fail_after_421"].as_u64().unwrap() >= 1);
+    // The 421s were deferrals (t or tq records), not bounces.
+    assert!(rows(&acct_file, "b").is_empty());
+    assert!(!rows(&acct_file, "t").is_empty() || !rows(&acct_file, "tq").is_empty());
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greylisted_by_postgrey_then_delivered_after_the_retry_interval() {
+    let dir = TempDir::new("live-grey");
+    // postgrey asks for 3 seconds; the queue retries deferred recipients every 4.
+    let (_postgrey, policy_port) = postgrey(&dir, 3).await;
+    let port = free_port();
+    let _postfix = Postfix::start(
+        &dir.path().join("postfix"),
+        port,
+        &["--discard", "--policy", &format!("127.0.0.1:{policy_port}")],
+    );
+    let listen = free_port();
+    let conf = config(
+        &dir,
+        listen,
+        "<domain grey.lab.test>\n    retry-recipients-after 4s\n</domain>\n",
+    );
+    let live = LiveProcess::start(
+        &conf,
+        &[route(
+            "grey.lab.test",
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )],
+    );
+    inject(live.addr, 3, |i| format!("user{i}@grey.lab.test")).await;
+    let acct_file = dir.path().join("acct.csv");
+    wait_until(&live, Duration::from_secs(60), "3 d records", || {
+        rows(&acct_file, "d").len() == 3
+    })
+    .await;
+    let deferred = rows(&acct_file, "t");
+    assert!(deferred.len() >= 3, "{deferred:?}");
+    for row in &deferred {
+        assert!(row[8].contains("450 4.2.0"), "{row:?}");
+        assert!(row[8].contains("Greylisted"), "{row:?}");
+    }
+    // Each recipient: greylisted first, delivered no sooner than the retry interval after.
+    for row in rows(&acct_file, "d") {
+        let first_t = deferred
+            .iter()
+            .find(|t| t[4] == row[4])
+            .unwrap_or_else(|| panic!("{} delivered without being greylisted", &row[4]));
+        let (t, d) = (seconds(&first_t[1]), seconds(&row[1]));
+        // Record times are whole seconds: 4 s of interval shows as at least 3.
+        assert!(
+            d - t >= 3,
+            "{}: greylisted at {}, delivered at {}",
+            &row[4],
+            &first_t[1],
+            &row[1]
+        );
+    }
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+}
+
+/// Sends `count` messages, one connection each, `parallel` at a time, and returns the test
+/// ids acknowledged with a 250 (a connection cut by the kill acknowledges nothing).
+async fn inject_until_cut(addr: SocketAddr, count: usize, parallel: usize) -> Vec<String> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel {
+        let next = next.clone();
+        let acknowledged = acknowledged.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                if let Some(id) = one_message(addr, i).await {
+                    acknowledged.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(acknowledged).unwrap().into_inner().unwrap()
+}
+
+/// One message over its own connection; `None` unless it got a 250 at the end of data.
+async fn one_message(addr: SocketAddr, i: usize) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let id = format!("k{i}");
+    let script = format!(
+        "EHLO client.lab.test\r\nMAIL FROM:<s@news.example.com>\r\nRCPT TO:<u{i}@rcv.lab.test>\r\nDATA\r\n"
+    );
+    stream.write_all(script.as_bytes()).await.ok()?;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Greeting, EHLO, MAIL, RCPT, DATA (354).
+    while !String::from_utf8_lossy(&seen).contains("\r\n354 ") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    let body = format!(
+        "Subject: crash {i}\r\nX-Test-Id: {id}\r\n\r\n{}\r\n.\r\n",
+        format!("{}\r\n", "x".repeat(70)).repeat(20)
+    );
+    stream.write_all(body.as_bytes()).await.ok()?;
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buffer[..n]);
+    }
+    reply.starts_with(b"250").then_some(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_then_restart_delivers_every_acknowledged_message() {
+    let dir = TempDir::new("live-crash");
+    let (_receiver, addr) = receiver(&dir, &[]);
+    wait_for_port(addr).await;
+    let listen = free_port();
+    // A slow queue, so the kill finds messages spooled and not yet delivered, while
+    // clients are still sending.
+    let conf = config(
+        &dir,
+        listen,
+        "<domain rcv.lab.test>\n    max-smtp-out 2\n    max-msg-rate 50/s\n</domain>\n",
+    );
+    let args = [route("rcv.lab.test", addr)];
+    let live = LiveProcess::start(&conf, &args);
+    let count = 5_000;
+    let sending = tokio::spawn(inject_until_cut(live.addr, count, 8));
+    wait_until(&live, Duration::from_secs(60), "100 deliveries", || {
+        received(&dir).len() >= 100
+    })
+    .await;
+    live.signal("KILL");
+    let acknowledged = sending.await.unwrap();
+    let before = received(&dir).len();
+    assert!(
+        acknowledged.len() > before && acknowledged.len() < count,
+        "the kill should come while clients send and the queue is behind: {} of {count} acknowledged, {before} delivered",
+        acknowledged.len()
+    );
+    drop(live);
+    // Restart on the same spool, without the rate limit: the rest goes out.
+    let conf = config(&dir, listen, "");
+    let live = LiveProcess::start(&conf, &args);
+    let log = live.stderr();
+    assert!(!log.contains("recovered 0 messages"), "{log}");
+    wait_until(
+        &live,
+        Duration::from_secs(120),
+        "every acknowledged message",
+        || {
+            let got: std::collections::BTreeSet<String> =
+                received(&dir).into_iter().map(|(id, _)| id).collect();
+            acknowledged.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    let all = received(&dir);
+    let distinct: std::collections::BTreeSet<&str> =
+        all.iter().map(|(id, _)| id.as_str()).collect();
+    let duplicates = all.len() - distinct.len();
+    // At least once: duplicates are the deliveries in flight at the kill, reported.
+    println!(
+        "sigkill: {} acknowledged, {} delivered before the kill, {} deliveries in all, {duplicates} duplicates",
+        acknowledged.len(),
+        before,
+        all.len()
+    );
+    assert!(
+        duplicates <= 16,
+        "{duplicates} duplicates: more than the transactions in flight"
+    );
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+    assert!(log.contains("0 messages left in the spool"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_lookups_through_dnsmasq_in_preference_order_and_starttls_to_the_receiver() {
+    let dir = TempDir::new("live-dns");
+    // The preferred MX refuses connections (nothing on 127.0.1.10:25); the second is the
+    // receiver, with STARTTLS; implicit.lab.test has no MX, only an address.
+    let dns_port = free_port();
+    let _dnsmasq = common::live::dnsmasq(
+        dns_port,
+        &[
+            "--mx-host=mx.lab.test,near.mx.lab.test,10",
+            "--mx-host=mx.lab.test,far.mx.lab.test,20",
+            "--host-record=near.mx.lab.test,127.0.1.10",
+            "--host-record=far.mx.lab.test,127.0.1.11",
+            "--host-record=implicit.lab.test,127.0.1.11",
+        ],
+        &[],
+    );
+    let cert = test_cert(&["far.mx.lab.test"]);
+    let cert_file = dir.write("receiver.crt", &cert.cert_pem);
+    let key_file = dir.write("receiver.key", &cert.key_pem);
+    let (_receiver, addr) = receiver_at(
+        &dir,
+        "127.0.1.11:25".parse().unwrap(),
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    wait_for_port(addr).await;
+    let listen = free_port();
+    let conf = config(
+        &dir,
+        listen,
+        "<domain mx.lab.test>\n    require-starttls yes\n</domain>\n<domain implicit.lab.test>\n    use-starttls yes\n</domain>\n",
+    );
+    let live = LiveProcess::start(&conf, &[format!("--resolver=127.0.0.1:{dns_port}")]);
+    inject(live.addr, 2, |i| {
+        if i == 0 {
+            "a@mx.lab.test".to_string()
+        } else {
+            "b@implicit.lab.test".to_string()
+        }
+    })
+    .await;
+    let acct_file = dir.path().join("acct.csv");
+    wait_until(&live, Duration::from_secs(60), "2 d records", || {
+        rows(&acct_file, "d").len() == 2
+    })
+    .await;
+    for row in rows(&acct_file, "d") {
+        assert_eq!(&row[15], "127.0.1.11", "dlvDestinationIp: {row:?}");
+        assert_eq!(&row[14], "127.0.0.2", "dlvSourceIp: {row:?}");
+    }
+    let mx = rows(&acct_file, "d")
+        .into_iter()
+        .find(|r| &r[4] == "a@mx.lab.test")
+        .unwrap();
+    assert_eq!(&mx[9], "far.mx.lab.test", "dsnMta: {mx:?}");
+    assert_eq!(stats(&dir)["tls_sessions"], 2, "{}", stats(&dir));
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+}
