@@ -18,10 +18,13 @@
 //!   message that misses a window waits one retry step more; the shortest retry step in any
 //!   shipped configuration is 60 s (checked below), and latencies are whole seconds.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
 
 use serde_json::Value;
+
+use common::cli::{pmta_sim, scratch};
 
 /// The shortest retry step (`retry-after`, `retry-recipients-after`, `backoff-retry-after`)
 /// of any shipped configuration; `shipped_retry_steps_are_at_least_a_minute` holds it true.
@@ -31,29 +34,14 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn pmta(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("binary runs")
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pmta-sim-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Runs `pmta-sim test scenarios` in one mode; every expectation must hold.
 fn run_suite(mode: &str, out: &Path) {
     let junit = out.join("junit.xml");
-    let output = pmta(&[
+    let output = pmta_sim(&[
         "test",
         "scenarios",
         "--mode",
@@ -154,7 +142,7 @@ fn disagreements(network: &Value, fast: &Value) -> Vec<String> {
 
 #[test]
 fn every_shipped_scenario_passes_and_agrees_in_both_modes() {
-    let dir = temp("agreement");
+    let dir = scratch("agreement");
     let (network_dir, fast_dir) = (dir.join("network"), dir.join("fast"));
     run_suite("network", &network_dir);
     run_suite("fast", &fast_dir);
