@@ -53,7 +53,7 @@ pub enum RunError {
 /// How a run is recorded.
 #[derive(Default)]
 pub struct RunOptions {
-    /// Keep every record, event, injected recipient (`RunOutput::injected`) and connection
+    /// Keep every record, event (but `QueueHeld`), injected recipient (`RunOutput::injected`) and connection
     /// with the time of every RCPT (`ConnectionTrace::rcpt_times`), and the providers'
     /// detailed logs: what whole-run checks need, and memory per message a user's run does
     /// without.

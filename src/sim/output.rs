@@ -247,7 +247,7 @@ impl Collector {
         })
     }
 
-    /// Keeps an event for the trace.
+    /// Keeps an event for the trace (every one but [`EngineEvent::QueueHeld`]).
     fn trace_event(&mut self, event: EngineEvent) {
         match event {
             EngineEvent::ConnectionOpened {
@@ -311,6 +311,9 @@ impl Collector {
             }
             // Per recipient, and already in the records: what the live spool journals.
             EngineEvent::RecipientSettled { .. } => {}
+            // What held a queue changes with nearly every message of a rate-limited queue;
+            // the aggregator reads it, whole-run checks do not.
+            EngineEvent::QueueHeld { .. } => {}
             other => self.events.push(other),
         }
     }
