@@ -823,7 +823,7 @@ fn report_and_diff_reject_wrong_shaped_run_directories() {
         *v = serde_json::json!([])
     });
     let summary_schema = damaged(&run, "sschema", "summary.json", |v| {
-        v["schema_version"] = serde_json::json!(2)
+        v["schema_version"] = serde_json::json!(1)
     });
     let summary_shape = damaged(&run, "sshape", "summary.json", |v| {
         v["queues"] = serde_json::json!(3)
@@ -881,7 +881,7 @@ fn report_and_diff_reject_wrong_shaped_run_directories() {
             "no such directory",
             &["report", "no/such/run"],
             2,
-            &["cannot read `no/such/run/acct.csv`"],
+            &["cannot read `no/such/run/run.json`"],
         ),
         case(
             "summary.json that is not an object",
@@ -893,7 +893,7 @@ fn report_and_diff_reject_wrong_shaped_run_directories() {
             "summary.json of another schema",
             &["diff", &summary_schema, &good],
             2,
-            &["has schema version 2"],
+            &["has schema version 1"],
         ),
         case(
             "summary.json with the wrong shape",

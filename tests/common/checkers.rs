@@ -142,40 +142,42 @@ pub fn each_recipient_settles_once(h: &RunView<'_>) {
 /// The queue's modes at `at`: before and after any change at that very instant. Within one
 /// instant the driver may hand the engine a reply that writes a command on one connection
 /// before another connection's reply changes the mode, and the trace cannot tell which came
-/// first, so a limit holds at `at` if it holds under either mode.
-fn modes_at(h: &RunView<'_>, queue: &str, at: Time) -> [QueueMode; 2] {
-    let mut before = QueueMode::Normal;
-    let mut after = QueueMode::Normal;
+/// first, so a limit holds at `at` if it holds under either mode. `changes` is the queue's
+/// mode changes in time order.
+fn modes_at(changes: &[(Time, QueueMode)], at: Time) -> [QueueMode; 2] {
+    let before = changes.partition_point(|(t, _)| *t < at);
+    let upto = changes.partition_point(|(t, _)| *t <= at);
+    let mode = |n: usize| n.checked_sub(1).map_or(QueueMode::Normal, |i| changes[i].1);
+    [mode(before), mode(upto)]
+}
+
+/// Every queue's mode changes, in time order.
+fn mode_changes<'a>(h: &'a RunView<'_>) -> BTreeMap<&'a str, Vec<(Time, QueueMode)>> {
+    let mut changes: BTreeMap<&str, Vec<(Time, QueueMode)>> = BTreeMap::new();
     for event in h.events {
         if let EngineEvent::ModeChanged {
-            at: t,
-            queue: q,
-            mode: m,
-            ..
+            at, queue, mode, ..
         } = event
-            && q == queue
-            && *t <= at
         {
-            if *t < at {
-                before = *m;
-            }
-            after = *m;
+            changes
+                .entry(queue.as_str())
+                .or_default()
+                .push((*at, *mode));
         }
     }
-    [before, after]
+    changes
 }
 
 /// Whether `n` events in the window ending at `at` fit the rate `rate_of(mode)` of either
 /// mode at that instant.
 fn rate_holds(
-    h: &RunView<'_>,
-    queue: &str,
+    changes: &[(Time, QueueMode)],
     at: Time,
     times: &[Time],
     rate_of: impl Fn(QueueMode) -> Rate,
 ) -> Result<(), String> {
     let mut failure = None;
-    for mode in modes_at(h, queue, at) {
+    for mode in modes_at(changes, at) {
         if let Rate::Limit { count, per_seconds } = rate_of(mode) {
             let n = count_in_window(times, at, per_seconds) as u64;
             if n > count {
@@ -190,25 +192,52 @@ fn rate_holds(
     Err(failure.unwrap_or_default())
 }
 
+/// How many of the sorted `times` fall in the `per_seconds` window ending at `at`.
 fn count_in_window(times: &[Time], at: Time, per_seconds: u64) -> usize {
-    times
-        .iter()
-        .filter(|t| **t <= at && at.since(**t) < per_seconds * 1000)
-        .count()
+    let upto = times.partition_point(|t| *t <= at);
+    let too_old = times.partition_point(|t| *t <= at && at.since(*t) >= per_seconds * 1000);
+    upto - too_old
+}
+
+/// For each connection (as `opened`, `closed` pairs), how many were open at its opening
+/// instant, itself included: a sweep in time order.
+fn open_at_each_opening(conns: &[(Time, Option<Time>)]) -> Vec<(Time, u64)> {
+    let mut order: Vec<usize> = (0..conns.len()).collect();
+    order.sort_by_key(|&i| conns[i].0);
+    // Close times, soonest first; a connection still open at the end (`None`) sorts last.
+    let mut open: std::collections::BinaryHeap<std::cmp::Reverse<(bool, Option<Time>)>> =
+        std::collections::BinaryHeap::new();
+    let mut next = 0;
+    let mut out = Vec::with_capacity(conns.len());
+    for &i in &order {
+        let at = conns[i].0;
+        while next < order.len() && conns[order[next]].0 <= at {
+            let end = conns[order[next]].1;
+            open.push(std::cmp::Reverse((end.is_none(), end)));
+            next += 1;
+        }
+        while let Some(std::cmp::Reverse((false, Some(end)))) = open.peek() {
+            if *end > at {
+                break;
+            }
+            open.pop();
+        }
+        out.push((at, open.len() as u64));
+    }
+    out
 }
 
 pub fn limits_hold(h: &RunView<'_>) {
+    let changes = mode_changes(h);
     for snapshot in &h.queues {
         let s = &snapshot.settings;
         let name = &snapshot.name;
+        let changes = changes.get(name.as_str()).map_or(&[][..], |c| &c[..]);
         let conns: Vec<_> = h.conns.iter().filter(|c| &c.queue == name).collect();
         // Connections: at each open, count those open at that instant.
-        for c in &conns {
-            let open = conns
-                .iter()
-                .filter(|o| o.opened <= c.opened && o.closed.is_none_or(|end| end > c.opened))
-                .count() as u64;
-            let limit = modes_at(h, name, c.opened)
+        let spans: Vec<_> = conns.iter().map(|c| (c.opened, c.closed)).collect();
+        for (opened, open) in open_at_each_opening(&spans) {
+            let limit = modes_at(changes, opened)
                 .map(|mode| match mode {
                     QueueMode::Normal => s.max_smtp_out,
                     QueueMode::Backoff => s.backoff_max_smtp_out,
@@ -218,34 +247,27 @@ pub fn limits_hold(h: &RunView<'_>) {
                 .unwrap_or(0);
             assert!(
                 open <= limit,
-                "{name}: {open} connections open at {:?}, limit {limit}",
-                c.opened
+                "{name}: {open} connections open at {opened:?}, limit {limit}"
             );
         }
         // Per source IP: connections and attempted recipients within `source-ip-*`.
+        let mut by_ip: BTreeMap<_, Vec<_>> = BTreeMap::new();
         for c in &conns {
-            if let Some(limit) = s.source_ip_max_smtp_out.get(c.source_ip) {
-                let open = conns
-                    .iter()
-                    .filter(|o| {
-                        o.source_ip == c.source_ip
-                            && o.opened <= c.opened
-                            && o.closed.is_none_or(|end| end > c.opened)
-                    })
-                    .count() as u64;
-                assert!(
-                    open <= limit,
-                    "{name}: {open} connections from {} at {:?}, limit {limit}",
-                    c.source_ip,
-                    c.opened
-                );
+            by_ip.entry(c.source_ip).or_default().push(*c);
+        }
+        for (ip, ip_conns) in &by_ip {
+            if let Some(limit) = s.source_ip_max_smtp_out.get(*ip) {
+                let spans: Vec<_> = ip_conns.iter().map(|c| (c.opened, c.closed)).collect();
+                for (opened, open) in open_at_each_opening(&spans) {
+                    assert!(
+                        open <= limit,
+                        "{name}: {open} connections from {ip} at {opened:?}, limit {limit}"
+                    );
+                }
             }
-            if let Some(Rate::Limit { count, per_seconds }) =
-                s.source_ip_max_msg_rate.get(c.source_ip)
-            {
-                let mut times: Vec<Time> = conns
+            if let Some(Rate::Limit { count, per_seconds }) = s.source_ip_max_msg_rate.get(*ip) {
+                let mut times: Vec<Time> = ip_conns
                     .iter()
-                    .filter(|o| o.source_ip == c.source_ip)
                     .flat_map(|o| o.rcpt_times.iter().copied())
                     .collect();
                 times.sort();
@@ -253,15 +275,14 @@ pub fn limits_hold(h: &RunView<'_>) {
                     let n = count_in_window(&times, *t, per_seconds) as u64;
                     assert!(
                         n <= count,
-                        "{name}: {n} recipients from {} in {per_seconds}s, limit {count}",
-                        c.source_ip
+                        "{name}: {n} recipients from {ip} in {per_seconds}s, limit {count}"
                     );
                 }
             }
         }
         let rcpts = h.rcpt_times(name);
         for t in &rcpts {
-            let held = rate_holds(h, name, *t, &rcpts, |mode| match mode {
+            let held = rate_holds(changes, *t, &rcpts, |mode| match mode {
                 QueueMode::Normal => s.max_msg_rate,
                 QueueMode::Backoff => s.backoff_max_msg_rate,
             });
@@ -274,7 +295,7 @@ pub fn limits_hold(h: &RunView<'_>) {
         let mut opens: Vec<Time> = conns.iter().map(|c| c.opened).collect();
         opens.sort();
         for t in &opens {
-            let held = rate_holds(h, name, *t, &opens, |mode| match mode {
+            let held = rate_holds(changes, *t, &opens, |mode| match mode {
                 QueueMode::Normal => s.max_connect_rate,
                 QueueMode::Backoff => s.backoff_max_connect_rate,
             });
