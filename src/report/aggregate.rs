@@ -698,13 +698,7 @@ impl Aggregator {
                 qt.waiting += *recipients as i64;
                 *qt.pending.entry(at_s).or_default() += *recipients as i64;
                 self.providers[provider].depth[b] += *recipients as i64;
-                let qt = &self.queues[q];
-                let at = expect::QueueView {
-                    name: &qt.name,
-                    domain: &qt.domain,
-                    vmta: &qt.vmta,
-                    provider: &self.providers[provider].name,
-                };
+                let at = queue_view(&self.queues, &self.providers, q);
                 self.meters.queued(at_s, &at, *recipients);
             }
             EngineEvent::QueueHeld {
@@ -754,13 +748,7 @@ impl Aggregator {
                         messages: 0,
                     },
                 );
-                let qt = &self.queues[q];
-                let at = expect::QueueView {
-                    name: &qt.name,
-                    domain: &qt.domain,
-                    vmta: &qt.vmta,
-                    provider: &self.providers[provider].name,
-                };
+                let at = queue_view(&self.queues, &self.providers, q);
                 self.meters.connection_opened(at_s, &at, &self.ips[ip].0);
             }
             // Per recipient, and already counted from its accounting record.
@@ -796,13 +784,7 @@ impl Aggregator {
                     .per_connection
                     .entry(c.messages)
                     .or_default() += 1;
-                let qt = &self.queues[c.queue];
-                let at = expect::QueueView {
-                    name: &qt.name,
-                    domain: &qt.domain,
-                    vmta: &qt.vmta,
-                    provider: &self.providers[provider].name,
-                };
+                let at = queue_view(&self.queues, &self.providers, c.queue);
                 self.meters
                     .connection_closed(c.opened_s, at_s, &at, &self.ips[c.source_ip].0);
             }
@@ -924,15 +906,8 @@ impl Aggregator {
         let pending: Vec<(expect::QueueView<'_>, &BTreeMap<u64, i64>)> = self
             .queues
             .iter()
-            .map(|q| {
-                let view = expect::QueueView {
-                    name: &q.name,
-                    domain: &q.domain,
-                    vmta: &q.vmta,
-                    provider: &self.providers[q.provider].name,
-                };
-                (view, &q.pending)
-            })
+            .enumerate()
+            .map(|(i, q)| (queue_view(&self.queues, &self.providers, i), &q.pending))
             .collect();
         let outcomes = self.meters.finish(&data, end, &pending);
         drop(pending);
@@ -1024,6 +999,21 @@ fn holder_name(holder: Holder, queue: Option<&super::QueueData>, provider: &str)
         _ => None,
     });
     named.unwrap_or_else(|| limit.name().to_string())
+}
+
+/// How expectation filters see queue `q`: its name, domain, virtual MTA and provider.
+fn queue_view<'a>(
+    queues: &'a [QueueTally],
+    providers: &'a [ProviderTally],
+    q: usize,
+) -> expect::QueueView<'a> {
+    let qt = &queues[q];
+    expect::QueueView {
+        name: &qt.name,
+        domain: &qt.domain,
+        vmta: &qt.vmta,
+        provider: &providers[qt.provider].name,
+    }
 }
 
 #[cfg(test)]
