@@ -104,4 +104,25 @@ proptest! {
     fn reader_never_panics_on_config_like_text(text in config_like(), include in config_like()) {
         check_bytes(text.into_bytes(), include.into_bytes());
     }
+
+    /// The engine stuffs a shared body once and appends it after each message's own part
+    /// when that part ends a line: the result must be the stuffing of the whole message.
+    #[test]
+    fn a_body_stuffed_alone_continues_any_part_that_ends_a_line(
+        head in prop::collection::vec(prop::sample::select(vec![b'.', b'a', b'\r', b'\n']), 0..40),
+        body in prop::collection::vec(prop::sample::select(vec![b'.', b'b', b'\r', b'\n']), 1..40),
+    ) {
+        let mut whole = head.clone();
+        whole.extend_from_slice(&body);
+        let mut out = Vec::new();
+        let mut stuffer = pmta_sim::smtp::Stuffer::default();
+        stuffer.push(&mut out, &head);
+        if stuffer.at_line_start() {
+            out.extend_from_slice(&pmta_sim::smtp::dot_stuff(&body));
+        } else {
+            stuffer.push(&mut out, &body);
+            stuffer.finish(&mut out);
+        }
+        prop_assert_eq!(out, pmta_sim::smtp::dot_stuff(&whole));
+    }
 }

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::{RawWorkload, Reporter, ScenarioError, interval};
 use crate::config::value;
-use crate::engine::{Injection, MessageData};
+use crate::engine::{Injection, MessageData, SharedBody};
 use crate::time::Time;
 
 /// Largest generated message.
@@ -214,7 +214,7 @@ struct Stream {
     rng: ChaCha8Rng,
     total_weight: f64,
     /// The body every message of the stream shares (one copy however many are queued).
-    body: std::sync::Arc<[u8]>,
+    body: std::sync::Arc<SharedBody>,
 }
 
 /// The line a generated body repeats.
@@ -258,7 +258,7 @@ impl Generated {
                     total_weight: w.domains.iter().map(|(_, v)| v).sum(),
                     workload: w.clone(),
                     next: 0,
-                    body: BODY_LINE.repeat(lines).into(),
+                    body: std::sync::Arc::new(SharedBody::new(BODY_LINE.repeat(lines))),
                 }
             })
             .collect();

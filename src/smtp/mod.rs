@@ -357,24 +357,62 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 pub fn dot_stuff_parts(parts: &[&[u8]]) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(len + len / 64 + 5);
-    let mut at_line_start = true;
-    let mut previous = 0u8;
-    for &byte in parts.iter().flat_map(|p| p.iter()) {
-        if at_line_start && byte == b'.' {
-            out.push(b'.');
-        }
-        if byte == b'\n' && previous != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(byte);
-        at_line_start = byte == b'\n';
-        previous = byte;
+    let mut stuffer = Stuffer::default();
+    for part in parts {
+        stuffer.push(&mut out, part);
     }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    stuffer.finish(&mut out);
     out
+}
+
+/// Dot-stuffing as a stream: parts pushed one after the other come out as [`dot_stuff`] of
+/// their concatenation would. A part pushed when [`Stuffer::at_line_start`] is true stuffs
+/// the same whatever came before it, which lets a body shared by many messages be stuffed
+/// once and appended after each message's own header block.
+#[derive(Clone, Copy, Debug)]
+pub struct Stuffer {
+    at_line_start: bool,
+    previous: u8,
+}
+
+impl Default for Stuffer {
+    fn default() -> Stuffer {
+        Stuffer {
+            at_line_start: true,
+            previous: 0,
+        }
+    }
+}
+
+impl Stuffer {
+    /// Appends `part`, CRLF-normalized and with leading dots doubled, to `out`.
+    pub fn push(&mut self, out: &mut Vec<u8>, part: &[u8]) {
+        out.reserve(part.len() + part.len() / 64);
+        for &byte in part {
+            if self.at_line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            if byte == b'\n' && self.previous != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(byte);
+            self.at_line_start = byte == b'\n';
+            self.previous = byte;
+        }
+    }
+
+    /// Whether the next byte starts a line (nothing pushed yet, or the last byte was LF).
+    pub fn at_line_start(&self) -> bool {
+        self.at_line_start
+    }
+
+    /// Ends the data: a CRLF if the last line lacks one, then `.\r\n`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
 }
 
 /// Most bytes of a reply given as text (a reply read from a file or typed by a user).
