@@ -65,19 +65,17 @@ impl Reply {
 
     /// The reply in wire form, every line ending in CRLF.
     pub fn to_wire(&self) -> Vec<u8> {
-        let lines: Vec<&str> = self.text.split('\n').collect();
-        let mut out = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
-            let separator = if i + 1 == lines.len() { ' ' } else { '-' };
-            let status = self.enhanced.map(|_| format!("{} ", self.status()));
-            out.extend_from_slice(
-                format!(
-                    "{}{separator}{}{line}\r\n",
-                    self.code,
-                    status.unwrap_or_default()
-                )
-                .as_bytes(),
-            );
+        use std::io::Write as _;
+        // Written in place: a simulated server answers every command with one of these.
+        let mut out = Vec::with_capacity(self.text.len() + 16);
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let separator = if lines.peek().is_none() { ' ' } else { '-' };
+            let written = match self.enhanced {
+                Some([a, b, c]) => write!(out, "{}{separator}{a}.{b}.{c} {line}\r\n", self.code),
+                None => write!(out, "{}{separator}{line}\r\n", self.code),
+            };
+            written.expect("writing to a Vec cannot fail");
         }
         out
     }
