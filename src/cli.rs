@@ -1058,21 +1058,11 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
             return EXIT_UNREADABLE;
         }
     };
-    let mut stderr = render_diagnostics(&checked);
-    let errors = checked.error_count();
-    let warnings = checked.diagnostics.len() - errors;
-    if errors > 0 {
-        let _ = writeln!(
-            stderr,
-            "{}: {errors} error{}, {warnings} warning{}",
-            printable::path(path),
-            plural(errors),
-            plural(warnings)
-        );
-        eprint!("{stderr}");
+    let (stderr, warnings) = diagnostics_report(&checked, path);
+    eprint!("{stderr}");
+    if checked.error_count() > 0 {
         return EXIT_INVALID;
     }
-    eprint!("{stderr}");
     let stdout = match explain {
         Some(queue) => match queue::explain(&checked.config, queue) {
             Ok(view) if json => explain_json(&checked, &view),
@@ -1174,10 +1164,19 @@ fn live(
 fn reload_config(path: &std::path::Path) -> Result<config::model::Config, String> {
     let checked = config::load(path, &RealFs, Options { live: true })
         .map_err(|err| printable::escape(&err.to_string()).into_owned())?;
+    if checked.error_count() > 0 {
+        return Err(diagnostics_report(&checked, path).0);
+    }
+    Ok(checked.config)
+}
+
+/// `check`'s diagnostics, closed by the `FILE: N errors, M warnings` line when there are
+/// errors; and the number of warnings.
+fn diagnostics_report(checked: &Checked, path: &std::path::Path) -> (String, usize) {
+    let mut text = render_diagnostics(checked);
     let errors = checked.error_count();
+    let warnings = checked.diagnostics.len() - errors;
     if errors > 0 {
-        let mut text = render_diagnostics(&checked);
-        let warnings = checked.diagnostics.len() - errors;
         let _ = writeln!(
             text,
             "{}: {errors} error{}, {warnings} warning{}",
@@ -1185,9 +1184,8 @@ fn reload_config(path: &std::path::Path) -> Result<config::model::Config, String
             plural(errors),
             plural(warnings)
         );
-        return Err(text);
     }
-    Ok(checked.config)
+    (text, warnings)
 }
 
 /// SIGTERM or SIGINT, whichever comes first.
