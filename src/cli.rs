@@ -115,6 +115,21 @@ enum Command {
         #[arg(long, value_parser = parse_mode)]
         mode: Option<Mode>,
     },
+    /// Control a live daemon over its management API with PowerMTA's `pmta` verbs:
+    /// show status, show queues [--mode=backoff] [Q], show topdomains,
+    /// set queue --mode=normal|backoff Q, pause queue Q, resume queue Q, schedule Q,
+    /// delete --queue=Q, reload.
+    Ctl {
+        /// The management API (the daemon's `http-mgmt-port`).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+        api: std::net::SocketAddr,
+        /// Connect from this address (its `http-access` level is the one that counts).
+        #[arg(long, value_name = "IP")]
+        bind: Option<std::net::IpAddr>,
+        /// The verb and its arguments, as `pmta` takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        words: Vec<String>,
+    },
     /// Compare two run directories: metric deltas per provider and queue, and the first line
     /// where their accounting files differ.
     Diff { a: PathBuf, b: PathBuf },
@@ -218,6 +233,9 @@ pub fn main() -> ExitCode {
                 paths
             };
             ExitCode::from(test(&paths, out, junit, memory_limit, mode))
+        }
+        Command::Ctl { api, bind, words } => {
+            ExitCode::from(crate::ctl::main(crate::ctl::Target { api, bind }, &words))
         }
         Command::Diff { a, b } => ExitCode::from(diff(&a, &b)),
         Command::Report { dir } => ExitCode::from(rebuild_report(&dir)),
@@ -1040,21 +1058,11 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
             return EXIT_UNREADABLE;
         }
     };
-    let mut stderr = render_diagnostics(&checked);
-    let errors = checked.error_count();
-    let warnings = checked.diagnostics.len() - errors;
-    if errors > 0 {
-        let _ = writeln!(
-            stderr,
-            "{}: {errors} error{}, {warnings} warning{}",
-            printable::path(path),
-            plural(errors),
-            plural(warnings)
-        );
-        eprint!("{stderr}");
+    let (stderr, warnings) = diagnostics_report(&checked, path);
+    eprint!("{stderr}");
+    if checked.error_count() > 0 {
         return EXIT_INVALID;
     }
-    eprint!("{stderr}");
     let stdout = match explain {
         Some(queue) => match queue::explain(&checked.config, queue) {
             Ok(view) if json => explain_json(&checked, &view),
@@ -1110,10 +1118,15 @@ fn live(
     if checked.error_count() > 0 {
         return EXIT_INVALID;
     }
+    let reload_path = path.to_path_buf();
+    let reloader = crate::driver::live::mgmt::Reloader(std::sync::Arc::new(move || {
+        reload_config(&reload_path)
+    }));
     let options = run::LiveOptions {
         resolver,
         routes: parsed,
         spool_dir: spool,
+        reloader: Some(reloader),
         ..run::LiveOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -1144,6 +1157,35 @@ fn live(
             EXIT_INVALID
         }
     }
+}
+
+/// The management API's reload: the configuration read and checked as `check --live`
+/// does, or every mistake as `check` prints them.
+fn reload_config(path: &std::path::Path) -> Result<config::model::Config, String> {
+    let checked = config::load(path, &RealFs, Options { live: true })
+        .map_err(|err| printable::escape(&err.to_string()).into_owned())?;
+    if checked.error_count() > 0 {
+        return Err(diagnostics_report(&checked, path).0);
+    }
+    Ok(checked.config)
+}
+
+/// `check`'s diagnostics, closed by the `FILE: N errors, M warnings` line when there are
+/// errors; and the number of warnings.
+fn diagnostics_report(checked: &Checked, path: &std::path::Path) -> (String, usize) {
+    let mut text = render_diagnostics(checked);
+    let errors = checked.error_count();
+    let warnings = checked.diagnostics.len() - errors;
+    if errors > 0 {
+        let _ = writeln!(
+            text,
+            "{}: {errors} error{}, {warnings} warning{}",
+            printable::path(path),
+            plural(errors),
+            plural(warnings)
+        );
+    }
+    (text, warnings)
 }
 
 /// SIGTERM or SIGINT, whichever comes first.

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod driver;
 pub mod engine;
 pub mod inbound;

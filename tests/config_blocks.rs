@@ -390,6 +390,7 @@ fn sample(spec: &pmta_sim::config::directives::DirectiveSpec) -> String {
         K::SourceIpDataRate => "192.0.2.0/24 10M/h".into(),
         K::DomainKey => "s1,example.com,/etc/pmta/s1.pem".into(),
         K::Listener => "127.0.0.1:2525".into(),
+        K::HttpAccess => "127.0.0.1 admin".into(),
         K::AcctRecords => "d,b,t".into(),
         K::AcctFields => "d timeLogged,rcpt".into(),
         K::Text => match spec.name {
@@ -533,4 +534,40 @@ fn acct_file_records_and_fields_are_checked() {
         "{rendered}"
     );
     assert!(rendered.contains("did you mean `timeLogged`"), "{rendered}");
+}
+
+/// `http-access CIDR LEVEL` lines add up; a wrong level or network is an error at its line.
+#[test]
+fn http_access_lines_accumulate_and_bad_ones_are_errors() {
+    let text = "http-mgmt-port 8080\nhttp-access 127.0.0.1 admin\nhttp-access 10.0.0.0/8 monitor\nhttp-access 10.0.0.1/8 monitor\nhttp-access 192.0.2.1 root\n";
+    let fs = pmta_sim::config::MemFs::new().with("/c", text.as_bytes());
+    let checked =
+        pmta_sim::config::load(std::path::Path::new("/c"), &fs, Default::default()).unwrap();
+    assert_diagnostics(
+        &checked,
+        &[
+            (4, "error", "10.0.0.1/8"),
+            (5, "error", "monitor, admin or none"),
+        ],
+    );
+    let settings =
+        pmta_sim::driver::live::mgmt::MgmtSettings::from_config(&checked.config).unwrap();
+    use pmta_sim::config::value::HttpAccess;
+    assert_eq!(settings.port, 8080);
+    assert_eq!(
+        settings.access("127.0.0.1".parse().unwrap()),
+        HttpAccess::Admin
+    );
+    assert_eq!(
+        settings.access("10.1.2.3".parse().unwrap()),
+        HttpAccess::Monitor
+    );
+    assert_eq!(
+        settings.access("::ffff:10.1.2.3".parse().unwrap()),
+        HttpAccess::Monitor
+    );
+    assert_eq!(
+        settings.access("192.0.2.1".parse().unwrap()),
+        HttpAccess::None
+    );
 }

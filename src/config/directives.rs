@@ -209,6 +209,9 @@ pub enum ValueKind {
     /// `IP:PORT`, `[IPV6]:PORT` or `0/0:PORT` (every IPv4 address): where to listen for
     /// SMTP; repeatable, one line per address.
     Listener,
+    /// `CIDR monitor|admin|none`: who may use the HTTP management API; repeatable, one
+    /// line per network.
+    HttpAccess,
     /// `<acct-file>` `records`: record types, `d,b,t,tq`.
     AcctRecords,
     /// `<acct-file>` `record-fields TYPE FIELD,FIELD,...`; repeatable, one line per type.
@@ -228,6 +231,7 @@ impl ValueKind {
                 ValueKind::IpHost
                     | ValueKind::DomainKey
                     | ValueKind::Listener
+                    | ValueKind::HttpAccess
                     | ValueKind::AcctFields
             )
     }
@@ -509,7 +513,7 @@ pub static DIRECTIVES: &[DirectiveSpec] = &[
     d("spool", GLOBAL, K::Text, Unset),
     d("smtp-port", GLOBAL, K::Count, Def("25")),
     d("http-mgmt-port", GLOBAL, K::Count, Unset),
-    d("http-access", GLOBAL, K::Text, Unset),
+    d("http-access", GLOBAL, K::HttpAccess, Unset),
     d("http-redirect-to-https", GLOBAL, K::Bool, Def("no")),
     d("run-as-root", GLOBAL, K::Bool, Def("no")),
     d("log-file", GLOBAL, K::Text, Unset),

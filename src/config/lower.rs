@@ -380,6 +380,10 @@ impl Lowerer<'_> {
             ValueKind::DomainKey => parse_domain_key(&text).map(Value::DomainKey),
             ValueKind::Listener => one_word(self)
                 .then(|| value::parse_listener(&text).map(|addr| Value::Text(addr.to_string())))?,
+            // Kept as written once valid; the management API reads it with the same parser.
+            ValueKind::HttpAccess => {
+                value::parse_http_access(&text).map(|_| Value::Text(text.clone()))
+            }
             ValueKind::AcctRecords => {
                 value::parse_acct_records(&text).map(|codes| Value::Text(codes.join(",")))
             }

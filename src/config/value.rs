@@ -381,6 +381,46 @@ pub enum Cidr {
     },
 }
 
+/// What an `http-access` line allows a network (PowerMTA's levels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HttpAccess {
+    None,
+    /// Read: status, queues, metrics.
+    Monitor,
+    /// Read and act: pause, delete, reload, ...
+    Admin,
+}
+
+impl HttpAccess {
+    pub fn name(self) -> &'static str {
+        match self {
+            HttpAccess::None => "none",
+            HttpAccess::Monitor => "monitor",
+            HttpAccess::Admin => "admin",
+        }
+    }
+}
+
+/// `http-access CIDR monitor|admin|none`.
+pub fn parse_http_access(text: &str) -> Result<(Cidr, HttpAccess), ValueError> {
+    const EXPECTED: &str =
+        "a network and an access level, such as `127.0.0.1 admin` or `10.0.0.0/8 monitor`";
+    let mut words = text.split_whitespace();
+    let (Some(cidr), Some(level), None) = (words.next(), words.next(), words.next()) else {
+        return Err(ValueError::new(EXPECTED, text));
+    };
+    let cidr = parse_cidr(cidr)?;
+    let level = match level.to_ascii_lowercase().as_str() {
+        "none" => HttpAccess::None,
+        "monitor" => HttpAccess::Monitor,
+        "admin" => HttpAccess::Admin,
+        _ => {
+            return Err(ValueError::new("monitor, admin or none", level));
+        }
+    };
+    Ok((cidr, level))
+}
+
 const CIDR_EXPECTED: &str = "an IP address or network such as 192.0.2.10, 10.0.0.0/8 or 0/0";
 
 pub fn parse_cidr(text: &str) -> Result<Cidr, ValueError> {

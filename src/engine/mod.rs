@@ -9,6 +9,7 @@
 
 pub mod accounting;
 pub mod classify;
+pub mod control;
 pub mod session;
 pub mod settings;
 
@@ -385,6 +386,8 @@ pub enum ModeTrigger {
     DeliveryInBackoff,
     /// Every source IP of the queue was disabled, with `backoff-upon-all-sources-disabled`.
     AllSourceIpsDisabled,
+    /// An operator set the mode (`pmta-sim ctl set queue --mode=...`).
+    Operator,
 }
 
 impl std::fmt::Display for ModeTrigger {
@@ -394,6 +397,7 @@ impl std::fmt::Display for ModeTrigger {
             ModeTrigger::BackoffToNormalAfter => f.write_str("backoff-to-normal-after elapsed"),
             ModeTrigger::DeliveryInBackoff => f.write_str("delivery while in backoff"),
             ModeTrigger::AllSourceIpsDisabled => f.write_str("all source IPs disabled"),
+            ModeTrigger::Operator => f.write_str("set by the operator"),
         }
     }
 }
@@ -434,6 +438,8 @@ pub enum HeldBy {
     SourceIpMaxMsgRate,
     /// Only recipients waiting out `retry-recipients-after` after a deferral are left.
     RetryRecipientsAfter,
+    /// An operator paused the queue or its domain ([`control::Control::Pause`]).
+    Paused,
 }
 
 impl HeldBy {
@@ -458,6 +464,7 @@ impl HeldBy {
             HeldBy::SourceIpMaxConnectRate => "source-ip-max-connect-rate",
             HeldBy::SourceIpMaxMsgRate => "source-ip-max-msg-rate",
             HeldBy::RetryRecipientsAfter => "retry-recipients-after",
+            HeldBy::Paused => "paused",
         }
     }
 
@@ -770,6 +777,8 @@ pub struct Engine {
     last_now: Time,
     /// Patterns already reported as failing (each is reported once).
     failed_patterns: BTreeSet<(classify::RuleOrigin, Span)>,
+    /// Queue names and domains an operator paused ([`control::Control::Pause`]).
+    paused: BTreeSet<String>,
 }
 
 impl Engine {
@@ -804,6 +813,7 @@ impl Engine {
             decisions: 0,
             last_now: Time::default(),
             failed_patterns: BTreeSet::new(),
+            paused: BTreeSet::new(),
         })
     }
 
@@ -1417,6 +1427,14 @@ impl Engine {
         self.reenable_sources(now, q);
         self.promote_waiting(now, q);
         self.expire(now, q);
+        if self.is_paused(q) {
+            // Transactions in flight finish; idle connections close; nothing new starts.
+            for conn in std::mem::take(&mut self.queues[q.0 as usize].idle) {
+                self.quit(now, conn);
+            }
+            self.hold(now, q, HeldBy::Paused, None);
+            return;
+        }
         let queue = &self.queues[q.0 as usize];
         if queue.ready.is_empty() {
             // Idle connections stay until their connection-idle-timeout. Retry mode holds
@@ -1951,11 +1969,11 @@ impl Engine {
         if c.session.is_done() || c.state == ConnState::Quitting || c.session.is_resetting() {
             return true;
         }
-        if self.stopping {
+        let q = c.queue;
+        if self.stopping || self.is_paused(q) {
             self.quit(now, conn);
             return true;
         }
-        let q = c.queue;
         let queue = &self.queues[q.0 as usize];
         let settings = &queue.settings;
         let limit_reached = (settings.max_msg_per_connection > 0

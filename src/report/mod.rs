@@ -218,6 +218,8 @@ pub enum Trigger {
     DeliveryInBackoff,
     /// Every source IP disabled (`backoff-upon-all-sources-disabled`).
     AllSourceIpsDisabled,
+    /// An operator set the mode (live mode's management API).
+    Operator,
 }
 
 impl From<&crate::engine::ModeTrigger> for Trigger {
@@ -231,6 +233,7 @@ impl From<&crate::engine::ModeTrigger> for Trigger {
             M::BackoffToNormalAfter => Trigger::BackoffToNormalAfter,
             M::DeliveryInBackoff => Trigger::DeliveryInBackoff,
             M::AllSourceIpsDisabled => Trigger::AllSourceIpsDisabled,
+            M::Operator => Trigger::Operator,
         }
     }
 }
@@ -948,6 +951,7 @@ fn binding(data: &RunData, queue: &QueueData, figures: &QueueFigures) -> Binding
                             words.join(" ")
                         }
                         Trigger::AllSourceIpsDisabled => "all source IPs disabled".to_string(),
+                        Trigger::Operator => "set by the operator".to_string(),
                         Trigger::BackoffToNormalAfter | Trigger::DeliveryInBackoff => {
                             "a switch".to_string()
                         }

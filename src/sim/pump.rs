@@ -119,6 +119,20 @@ impl Pump {
         result
     }
 
+    /// Runs an operator's call on the engine (`handle_control`, `reload`), then carries
+    /// out what it asks.
+    pub fn with_engine<R>(
+        &mut self,
+        now: Time,
+        call: impl FnOnce(&mut Engine) -> R,
+        transport: &mut impl Transport,
+        sink: &mut impl Sink,
+    ) -> R {
+        let result = call(&mut self.engine);
+        self.drain(now, transport, sink);
+        result
+    }
+
     /// Feeds the engine one input at `now`, then carries out what it asks.
     pub fn handle(
         &mut self,

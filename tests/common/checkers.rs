@@ -360,6 +360,9 @@ pub fn backoff_is_explained(h: &RunView<'_>) {
                     ModeTrigger::AllSourceIpsDisabled => {
                         panic!("{queue} returned to normal because all source IPs were disabled")
                     }
+                    ModeTrigger::Operator => {
+                        panic!("{queue} returned to normal by an operator in a run without one")
+                    }
                 }
             }
         }

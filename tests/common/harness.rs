@@ -473,6 +473,25 @@ impl Harness {
         self.pump.engine()
     }
 
+    /// An operator's request at the current time (as the live management API makes it).
+    pub fn control(
+        &mut self,
+        control: &pmta_sim::engine::control::Control,
+    ) -> Result<pmta_sim::engine::control::ControlOutcome, pmta_sim::engine::control::ControlError>
+    {
+        let now = self.now;
+        let (pump, mut net, mut log) = self.split();
+        pump.with_engine(now, |e| e.handle_control(now, control), &mut net, &mut log)
+    }
+
+    /// A reload with `config` at the current time.
+    pub fn reload(&mut self, config: config::Config) {
+        let now = self.now;
+        let (pump, mut net, mut log) = self.split();
+        pump.with_engine(now, |e| e.reload(now, config), &mut net, &mut log)
+            .unwrap();
+    }
+
     /// Tells the engine the driver is shutting down.
     pub fn stop(&mut self) {
         let now = self.now;

@@ -9,6 +9,8 @@
 pub mod acct;
 pub mod dns;
 pub mod listener;
+pub mod mgmt;
+pub mod observe;
 pub mod run;
 pub mod spool;
 pub mod tls;

@@ -31,6 +31,8 @@ use tokio_rustls::client::TlsStream;
 use super::acct::{AcctError, AcctLog, AcctSettings};
 use super::dns::{Resolver, ResolverError, Route};
 use super::listener::{Accepted, Listener, ListenerConfig, ListenerError};
+use super::mgmt::{self, MgmtError, MgmtSettings, Reloader, SpoolStats};
+use super::observe::Observer;
 use super::spool::{Outcome, Spool, SpoolError, SpoolId, SpoolLimits, SpoolSync};
 use super::tls::{self, TlsClient, TlsError, TlsMode};
 use super::{log, wall_clock};
@@ -81,6 +83,8 @@ pub enum LiveError {
     Tls(#[from] TlsError),
     #[error("DKIM: {0}")]
     Dkim(String),
+    #[error(transparent)]
+    Mgmt(#[from] MgmtError),
 }
 
 /// What live mode takes beside the configuration.
@@ -95,6 +99,8 @@ pub struct LiveOptions {
     /// How long a stop waits for transfers and transactions in flight.
     pub stop_grace: Duration,
     pub limits: ListenerLimits,
+    /// Reads the configuration again for the management API's reload.
+    pub reloader: Option<Reloader>,
 }
 
 impl Default for LiveOptions {
@@ -105,6 +111,7 @@ impl Default for LiveOptions {
             spool_dir: None,
             stop_grace: Duration::from_secs(30),
             limits: ListenerLimits::default(),
+            reloader: None,
         }
     }
 }
@@ -154,6 +161,7 @@ pub async fn run(
     }
     .with_routes(options.routes.clone());
     let tls_client = TlsClient::with_system_roots(Vec::new())?;
+    let mgmt_settings = MgmtSettings::from_config(&config);
     let engine = Engine::new(
         config,
         EngineOptions {
@@ -185,6 +193,7 @@ pub async fn run(
         acct,
         settled: Vec::new(),
         failed: None,
+        observer: Observer::default(),
     };
     let mut pump = Pump::new(engine);
     let mut summary = LiveSummary::default();
@@ -231,6 +240,13 @@ pub async fn run(
     for addr in listener.local_addrs() {
         log(&format!("listening on {addr}"));
     }
+    let (requests_tx, mut requests) = mpsc::channel(mgmt::REQUESTS_MAX);
+    let mut mgmt_on = false;
+    if let Some(settings) = mgmt_settings {
+        let addr = mgmt::start(settings, requests_tx).await?;
+        log(&format!("management API on {addr}"));
+        mgmt_on = true;
+    }
     let mut listener = Some(listener);
     let mut listener_stop = None;
     let mut accepting = true;
@@ -267,12 +283,22 @@ pub async fn run(
                     while let Some(message) = next {
                         let now = clock.now();
                         summary.accepted += 1;
+                        sink.observer.received(now, message.injection.recipients.len());
                         inject(&mut pump, &mut live, &mut sink, now, message.id, message.injection, None);
                         handled += 1;
                         next = if handled < BATCH_MAX { accepted.try_recv().ok() } else { None };
                     }
                 }
                 None => accepting = false,
+            },
+            request = requests.recv(), if mgmt_on => match request {
+                Some(request) => {
+                    let now = clock.now();
+                    let stats = SpoolStats { messages: spool.len(), bytes: spool.bytes() };
+                    let reloader = options.reloader.as_ref();
+                    mgmt::answer(request, now, &mut pump, &mut live, &mut sink, |s| &s.observer, stats, reloader);
+                }
+                None => mgmt_on = false,
             },
             () = sleep_until(timeout), if timeout.is_some() => {
                 let now = clock.now();
@@ -642,10 +668,12 @@ struct LiveSink {
     settled: Vec<(MessageId, u32, Settled)>,
     /// The first accounting write that failed: the run stops with it.
     failed: Option<AcctError>,
+    observer: Observer,
 }
 
 impl Sink for LiveSink {
     fn record(&mut self, record: AcctRecord) {
+        self.observer.record(&record);
         if let Some(acct) = &mut self.acct
             && let Err(error) = acct.write(record.time_logged, &record)
         {
@@ -654,6 +682,7 @@ impl Sink for LiveSink {
     }
 
     fn event(&mut self, event: EngineEvent) {
+        self.observer.event(&event);
         match event {
             EngineEvent::RecipientSettled {
                 message,
