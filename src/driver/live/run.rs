@@ -139,7 +139,7 @@ pub async fn run(
         create: global_flag(&config, "sync-msg-create"),
         update: global_flag(&config, "sync-msg-update"),
     };
-    let acct = match AcctSettings::from_config(&config)?.into_iter().next() {
+    let acct = match AcctSettings::from_config(&config)? {
         Some(settings) => Some(AcctLog::open(settings, wall_clock())?),
         None => {
             log("no <acct-file> in the configuration: accounting records are not written");
