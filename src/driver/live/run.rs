@@ -44,8 +44,9 @@ use crate::inbound::{InboundError, InboundSettings, ListenerLimits};
 use crate::sim::pump::{Connect, Input, Pump, Sink, Transport};
 use crate::time::Time;
 
-/// Bytes read from a remote server at a time.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes read from a remote server at a time (replies are small; read into spare capacity,
+/// never zeroed).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Events from connection and lookup tasks waiting for the engine; a task waits when it is
 /// full, so a fast peer cannot make the driver buffer without bound.
 const EVENTS_MAX: usize = 4096;
@@ -742,7 +743,7 @@ async fn connection(
     if events.send(Event::Connected(conn)).await.is_err() {
         return;
     }
-    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    let mut buffer = Vec::with_capacity(READ_BUFFER_BYTES);
     loop {
         tokio::select! {
             biased;
@@ -771,9 +772,11 @@ async fn connection(
                     return;
                 }
             },
-            read = stream.read(&mut buffer) => match read {
+            read = stream.read_buf(&mut buffer) => match read {
                 Ok(n) if n > 0 => {
-                    if events.send(Event::Bytes(conn, buffer[..n].to_vec())).await.is_err() {
+                    let bytes = buffer.to_vec();
+                    buffer.clear();
+                    if events.send(Event::Bytes(conn, bytes)).await.is_err() {
                         return;
                     }
                 }

@@ -227,10 +227,12 @@ pub struct Recovery {
     pub settled: usize,
 }
 
-/// An open message: where its record is and which recipients are not settled.
+/// An open message: where its record is and which recipients are not settled. One per
+/// queued message, so kept small (48 bytes, and nothing on the heap until a recipient of a
+/// message with several is settled): a million queued messages must fit in memory.
 struct Open {
-    /// Spool indices of the recipients not yet settled.
-    pending: Vec<u32>,
+    /// Spool indices of the recipients not yet settled; `None`: all of `0..recipients`.
+    pending: Option<Box<[u32]>>,
     recipients: u32,
     segment: u64,
     /// The record's first byte in its segment, and its length.
@@ -239,6 +241,16 @@ struct Open {
     /// The message data within the record.
     data_at: u32,
     data_len: u32,
+}
+
+impl Open {
+    /// The spool indices of the recipients not yet settled.
+    fn pending_list(&self) -> Vec<u32> {
+        match &self.pending {
+            Some(pending) => pending.to_vec(),
+            None => (0..self.recipients).collect(),
+        }
+    }
 }
 
 struct Segment {
@@ -460,11 +472,13 @@ impl Spool {
             if index >= open.recipients {
                 return Err(SpoolError::NoSuchRecipient { id, index });
             }
-            let Some(position) = open.pending.iter().position(|&i| i == index) else {
+            let pending = open.pending_list();
+            if !pending.contains(&index) {
                 return Ok(false);
-            };
-            open.pending.remove(position);
-            let last = open.pending.is_empty();
+            }
+            let left: Box<[u32]> = pending.into_iter().filter(|&i| i != index).collect();
+            let last = left.is_empty();
+            open.pending = Some(left);
             if last {
                 let open = state.open.remove(&id.0).expect("present");
                 state.bytes -= u64::from(open.len);
@@ -632,7 +646,7 @@ impl Committer {
                     state.open.insert(
                         id,
                         Open {
-                            pending: (0..recipients).collect(),
+                            pending: None,
                             recipients,
                             segment: self.active,
                             at,
@@ -724,7 +738,7 @@ impl Committer {
                 .iter()
                 .filter(|(_, o)| o.segment == oldest)
                 .take(CARRY_BATCH_MAX)
-                .map(|(id, o)| (*id, o.at, o.len, o.pending.clone()))
+                .map(|(id, o)| (*id, o.at, o.len, o.pending_list()))
                 .collect();
             let file = segment.file.clone();
             drop(state);
@@ -1040,7 +1054,7 @@ fn recover(dir: &Path, segment_bytes: u64) -> Result<(State, Recovery, u64), Spo
         state.open.insert(
             *id,
             Open {
-                pending: pending.clone(),
+                pending: (pending.len() < f.settled.len()).then(|| pending.clone().into()),
                 recipients: f.settled.len() as u32,
                 segment,
                 at,
