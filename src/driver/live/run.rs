@@ -386,6 +386,7 @@ fn inject(
                     log(&format!("spool: {error}"));
                 }
             }
+            live.spool.commit_settled();
         }
     }
 }
@@ -401,12 +402,16 @@ fn after_drain(
     summary: &mut LiveSummary,
 ) {
     loop {
-        for (message, recipient, outcome) in std::mem::take(&mut sink.settled) {
+        let settled = std::mem::take(&mut sink.settled);
+        for &(message, recipient, outcome) in &settled {
             match outcome {
                 Settled::Delivered => summary.delivered += 1,
                 Settled::Bounced => summary.bounced += 1,
             }
             live.settle(message, recipient, outcome);
+        }
+        if !settled.is_empty() {
+            live.spool.commit_settled();
         }
         for (conn, server_name, queue) in std::mem::take(&mut live.handshakes) {
             let mode = live.tls_mode(pump.engine().config(), &queue);

@@ -463,8 +463,9 @@ impl Spool {
     /// Records that recipient `index` of message `id` is settled. Returns true when that
     /// was its last open recipient: the message is then closed (its space comes back with
     /// its segment, and the id is unknown from then on). Settling twice is harmless. Does
-    /// not wait: the settle record goes out with the next commit (a crash before it costs a
-    /// duplicate delivery, never a loss).
+    /// not wait, nor wake the committer: the settle record goes out with the next commit,
+    /// started by a store, [`Spool::commit_settled`] or the spool's drop (a crash before it
+    /// costs a duplicate delivery, never a loss).
     pub fn settle(&self, id: SpoolId, index: u32, outcome: Outcome) -> Result<bool, SpoolError> {
         let last = {
             let mut state = self.shared.state();
@@ -490,8 +491,17 @@ impl Spool {
             last
         };
         self.shared
-            .submit(Request::Settle(encode_settle(id.0, index, outcome)));
+            .queue()
+            .requests
+            .push(Request::Settle(encode_settle(id.0, index, outcome)));
         Ok(last)
+    }
+
+    /// Starts a commit of the settle records waiting: the driver calls it once per batch of
+    /// engine work, so the recipients settled in one batch share one wake of the committer
+    /// (and one sync) instead of one each.
+    pub fn commit_settled(&self) {
+        self.shared.wake.notify_one();
     }
 
     /// The data of open message `id`, read back from its record (checked again).
