@@ -160,6 +160,23 @@ async fn wait_until(
 /// (every record type), lets 127.0.0.1 relay through virtual MTA `mta1` at 127.0.0.2, and
 /// appends `extra`.
 fn config(dir: &TempDir, listen: u16, extra: &str) -> PathBuf {
+    config_with(
+        dir,
+        listen,
+        &format!(
+            "<source 0/0>
+    always-allow-relaying no
+</source>
+<virtual-mta mta1>
+    smtp-source-host 127.0.0.2 mta1.pmta.lab.test
+</virtual-mta>
+{extra}"
+        ),
+    )
+}
+
+/// The listener, spool, accounting file and relaying source of [`config`], then `body`.
+fn config_with(dir: &TempDir, listen: u16, body: &str) -> PathBuf {
     let root = dir.path().display();
     dir.write(
         "pmta.conf",
@@ -174,13 +191,7 @@ spool {root}/spool
     always-allow-relaying yes
     default-virtual-mta mta1
 </source>
-<source 0/0>
-    always-allow-relaying no
-</source>
-<virtual-mta mta1>
-    smtp-source-host 127.0.0.2 mta1.pmta.lab.test
-</virtual-mta>
-{extra}"
+{body}"
         ),
     )
 }
@@ -607,6 +618,19 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[rank - 1]
 }
 
+/// The deferrals among `records`: `t` and `tq`.
+fn deferrals(records: &[AcctRecord]) -> usize {
+    records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.record_type,
+                RecordType::Transient | RecordType::TransientQueue
+            )
+        })
+        .count()
+}
+
 /// An accounting row of the live file as the engine's record (the checkers' input).
 fn record_of(row: &csv::StringRecord) -> AcctRecord {
     let kind = RecordType::ALL
@@ -663,16 +687,7 @@ async fn live_and_simulated_agree_on_the_lab_receiver() {
         .iter()
         .filter(|r| r.record_type == RecordType::Delivered)
         .collect();
-    let sim_deferred = sim
-        .records
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.record_type,
-                RecordType::Transient | RecordType::TransientQueue
-            )
-        })
-        .count();
+    let sim_deferred = deferrals(&sim.records);
     let sim_latency_s: Vec<f64> = sim_delivered
         .iter()
         .map(|r| r.time_logged.since(r.time_queued) as f64 / 1000.0)
@@ -698,24 +713,7 @@ async fn live_and_simulated_agree_on_the_lab_receiver() {
     };
     // The simulated sender's documentation address is a loopback one here.
     let inline = inline.replace("smtp-source-host 192.0.2.16", "smtp-source-host 127.0.0.2");
-    let listen = free_port();
-    let root = dir.path().display();
-    let conf = dir.write(
-        "pmta.conf",
-        &format!(
-            "host-name pmta.lab.test
-smtp-listener 127.0.0.1:{listen}
-spool {root}/spool
-<acct-file {root}/acct.csv>
-    records d,b,t,tq
-</acct-file>
-<source 127.0.0.1>
-    always-allow-relaying yes
-    default-virtual-mta mta1
-</source>
-{inline}"
-        ),
-    );
+    let conf = config_with(&dir, free_port(), &inline);
     let live = LiveProcess::start(&conf, &[route(&domain, addr)]);
     // One message per recipient, as the workload sends them; each one's queue time is
     // when its 250 came back.
@@ -750,15 +748,7 @@ spool {root}/spool
     assert_eq!(status, 0, "{log}");
 
     let live_records: Vec<AcctRecord> = acct(&acct_file).iter().skip(1).map(record_of).collect();
-    let live_deferred = live_records
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.record_type,
-                RecordType::Transient | RecordType::TransientQueue
-            )
-        })
-        .count();
+    let live_deferred = deferrals(&live_records);
     let live_latency_s: Vec<f64> = received(&dir)
         .iter()
         .map(|(id, at)| at - queued[id])
