@@ -69,6 +69,15 @@ enum Command {
         /// With --live: the spool directory instead of the configuration's `spool`.
         #[arg(long, value_name = "DIR", requires = "live")]
         spool: Option<PathBuf>,
+        /// With --live: how long a stop (SIGTERM, SIGINT) waits for transfers and
+        /// transactions in flight, as a PowerMTA interval (`30s`, `2m`).
+        #[arg(
+            long,
+            value_name = "INTERVAL",
+            requires = "live",
+            default_value = "30s"
+        )]
+        stop_grace: String,
         /// Override the scenario's seed.
         #[arg(long)]
         seed: Option<u64>,
@@ -188,8 +197,15 @@ pub fn main() -> ExitCode {
             resolver,
             route,
             spool,
+            stop_grace,
             ..
-        } => ExitCode::from(live(&scenario, resolver.as_deref(), &route, spool)),
+        } => ExitCode::from(live(
+            &scenario,
+            resolver.as_deref(),
+            &route,
+            spool,
+            &stop_grace,
+        )),
         Command::Run {
             scenario,
             seed,
@@ -1082,12 +1098,13 @@ fn check(path: &std::path::Path, explain: Option<&str>, json: bool, options: Opt
 /// `run --live CONFIG`: checks the configuration as `check --live` does, then runs live
 /// mode until SIGTERM or SIGINT. Exit 0 after a clean stop, 1 when the configuration has
 /// errors or live mode cannot start (a port taken, an unwritable spool), 2 for an
-/// unreadable configuration or a bad `--resolver` / `--route`.
+/// unreadable configuration or a bad `--resolver` / `--route` / `--stop-grace`.
 fn live(
     path: &std::path::Path,
     resolver: Option<&str>,
     routes: &[String],
     spool: Option<PathBuf>,
+    stop_grace: &str,
 ) -> u8 {
     use crate::driver::live::{dns, run};
     let resolver = match resolver.map(dns::parse_server).transpose() {
@@ -1107,6 +1124,16 @@ fn live(
             }
         }
     }
+    let stop_grace = match config::value::parse_interval(stop_grace) {
+        Ok(interval) => std::time::Duration::from_secs(interval.seconds),
+        Err(err) => {
+            eprintln!(
+                "error: --stop-grace: {}",
+                printable::escape(&err.to_string())
+            );
+            return EXIT_UNREADABLE;
+        }
+    };
     let checked = match config::load(path, &RealFs, Options { live: true }) {
         Ok(checked) => checked,
         Err(err) => {
@@ -1127,6 +1154,7 @@ fn live(
         routes: parsed,
         spool_dir: spool,
         reloader: Some(reloader),
+        stop_grace,
         ..run::LiveOptions::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -14,6 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pmta_sim::engine::accounting::{AcctRecord, RecordType};
+use pmta_sim::scenario::ConfigSource;
+use pmta_sim::time::Time;
+
 use common::live::{
     Client, Daemon, Postfix, TempDir, free_port, lab_python, postgrey, require, send_message,
     test_cert, wait_for_port,
@@ -156,6 +160,23 @@ async fn wait_until(
 /// (every record type), lets 127.0.0.1 relay through virtual MTA `mta1` at 127.0.0.2, and
 /// appends `extra`.
 fn config(dir: &TempDir, listen: u16, extra: &str) -> PathBuf {
+    config_with(
+        dir,
+        listen,
+        &format!(
+            "<source 0/0>
+    always-allow-relaying no
+</source>
+<virtual-mta mta1>
+    smtp-source-host 127.0.0.2 mta1.pmta.lab.test
+</virtual-mta>
+{extra}"
+        ),
+    )
+}
+
+/// The listener, spool, accounting file and relaying source of [`config`], then `body`.
+fn config_with(dir: &TempDir, listen: u16, body: &str) -> PathBuf {
     let root = dir.path().display();
     dir.write(
         "pmta.conf",
@@ -170,13 +191,7 @@ spool {root}/spool
     always-allow-relaying yes
     default-virtual-mta mta1
 </source>
-<source 0/0>
-    always-allow-relaying no
-</source>
-<virtual-mta mta1>
-    smtp-source-host 127.0.0.2 mta1.pmta.lab.test
-</virtual-mta>
-{extra}"
+{body}"
         ),
     )
 }
@@ -534,6 +549,264 @@ async fn greylisted_by_postgrey_then_delivered_after_the_retry_interval() {
     }
     let (status, log) = live.stop();
     assert_eq!(status, 0, "{log}");
+}
+
+/// `--stop-grace`: a stop waits that long for a transaction that does not finish (a mail
+/// host that never answers its greeting), then closes it and exits cleanly; a bad value is
+/// refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_grace_bounds_how_long_a_stop_waits() {
+    let dir = TempDir::new("live-grace");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in silent.incoming().map_while(Result::ok) {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let listen = free_port();
+    let conf = config(&dir, listen, "");
+    let bad = Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
+        .args(["run", "--live"])
+        .arg(&conf)
+        .arg("--stop-grace=soon")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("error: --stop-grace: expected a time interval"),
+        "{stderr}"
+    );
+
+    let live = LiveProcess::start(
+        &conf,
+        &[
+            route("silent.lab.test", silent_addr),
+            "--stop-grace=1s".into(),
+        ],
+    );
+    inject(live.addr, 1, |_| "user@silent.lab.test".into()).await;
+    let started = Instant::now();
+    while held.lock().unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            live.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    let (status, log) = live.stop();
+    let took = stopping.elapsed();
+    assert_eq!(status, 0, "{log}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "stopped after {took:?}:\n{log}"
+    );
+    assert!(log.contains("still open at the deadline, closed"), "{log}");
+    assert!(log.contains("1 messages left in the spool"), "{log}");
+}
+
+/// Nearest-rank percentile `p` (0..=100) of `values` (sorted here).
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank - 1]
+}
+
+/// The deferrals among `records`: `t` and `tq`.
+fn deferrals(records: &[AcctRecord]) -> usize {
+    records
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.record_type,
+                RecordType::Transient | RecordType::TransientQueue
+            )
+        })
+        .count()
+}
+
+/// An accounting row of the live file as the engine's record (the checkers' input).
+fn record_of(row: &csv::StringRecord) -> AcctRecord {
+    let kind = RecordType::ALL
+        .into_iter()
+        .find(|t| t.code() == &row[0])
+        .unwrap_or_else(|| panic!("record type {row:?}"));
+    let time = |text: &str| Time::from_secs(seconds(text) as u64);
+    AcctRecord {
+        record_type: kind,
+        time_logged: time(&row[1]),
+        time_queued: time(&row[2]),
+        orig: row[3].into(),
+        rcpt: row[4].into(),
+        orcpt: row[5].into(),
+        dsn_status: row[7].into(),
+        dsn_diag: row[8].into(),
+        dsn_mta: row[9].into(),
+        bounce_category: row[10].into(),
+        src_type: row[11].into(),
+        src_mta: row[12].into(),
+        dlv_type: row[13].into(),
+        dlv_source_ip: row[14].into(),
+        dlv_destination_ip: row[15].into(),
+        dlv_esmtp_available: row[16].into(),
+        dlv_size: row[17].parse().unwrap_or(0),
+        vmta: row[18].into(),
+        job_id: row[19].into(),
+        env_id: row[20].into(),
+        queue: row[21].into(),
+        vmta_pool: row[22].into(),
+        phase: None,
+    }
+}
+
+/// The proof that live and simulated are one engine: `tests/live/twin.toml` run in the
+/// simulator against its `lab-receiver` model and live against the receiver that model
+/// describes (aiosmtpd asking a real postgrey, started with the model's values) agree
+/// within 5 % on delivered and deferred counts and on the delivery-time percentiles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_and_simulated_agree_on_the_lab_receiver() {
+    let scenario =
+        pmta_sim::driver::load_scenario(&common::fixture("tests/live/twin.toml")).unwrap();
+    let spec = &scenario.isps[0];
+    let grey = spec.greylist.clone().expect("the model greylists");
+    let pause = spec.pause.clone().expect("the model pauses");
+    let domain = spec.domains[0].clone();
+    let messages = scenario.workloads[0].messages as usize;
+
+    // Simulated (turmoil runs its own runtime: on a thread of its own).
+    let sim =
+        std::thread::scope(|scope| scope.spawn(|| common::runs::run(&scenario)).join().unwrap());
+    let sim_delivered: Vec<&AcctRecord> = sim
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+        .collect();
+    let sim_deferred = deferrals(&sim.records);
+    let sim_latency_s: Vec<f64> = sim_delivered
+        .iter()
+        .map(|r| r.time_logged.since(r.time_queued) as f64 / 1000.0)
+        .collect();
+
+    // Live: the same receiver, the same configuration.
+    let dir = TempDir::new("live-twin");
+    let (_postgrey, policy_port) = postgrey(&dir, grey.delay_s as u32).await;
+    let (_receiver, addr) = receiver(
+        &dir,
+        &[
+            "--policy",
+            &format!("127.0.0.1:{policy_port}"),
+            "--fail-after",
+            &pause.after_messages.to_string(),
+            "--fail-for",
+            &pause.duration_s.to_string(),
+        ],
+    );
+    wait_for_port(addr).await;
+    let ConfigSource::Inline(inline) = &scenario.config else {
+        panic!("the twin's configuration is inline");
+    };
+    // The simulated sender's documentation address is a loopback one here.
+    let inline = inline.replace("smtp-source-host 192.0.2.16", "smtp-source-host 127.0.0.2");
+    let conf = config_with(&dir, free_port(), &inline);
+    let live = LiveProcess::start(&conf, &[route(&domain, addr)]);
+    // One message per recipient, as the workload sends them; each one's queue time is
+    // when its 250 came back.
+    let mut client = Client::connect(live.addr).await;
+    assert_eq!(client.reply().await.unwrap().code, 220);
+    assert_eq!(client.command("EHLO client.lab.test").await.code, 250);
+    let mut queued = std::collections::BTreeMap::new();
+    for i in 0..messages {
+        let id = format!("m{i}");
+        let to = format!("user{i}@{domain}");
+        let body = format!(
+            "From: sender@news.example.com\r\nTo: {to}\r\nSubject: twin {i}\r\nX-Test-Id: {id}\r\n\r\nHello {i}."
+        );
+        let reply = send_message(&mut client, "sender@news.example.com", &[&to], &body).await;
+        assert_eq!(reply.code, 250, "{reply}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        queued.insert(id, now);
+    }
+    client.command("QUIT").await;
+    let acct_file = dir.path().join("acct.csv");
+    wait_until(
+        &live,
+        Duration::from_secs(50),
+        "every message delivered",
+        || rows(&acct_file, "d").len() == messages,
+    )
+    .await;
+    let (status, log) = live.stop();
+    assert_eq!(status, 0, "{log}");
+
+    let live_records: Vec<AcctRecord> = acct(&acct_file).iter().skip(1).map(record_of).collect();
+    let live_deferred = deferrals(&live_records);
+    let live_latency_s: Vec<f64> = received(&dir)
+        .iter()
+        .map(|(id, at)| at - queued[id])
+        .collect();
+    // The engine's whole-run check on the live run's records: every recipient injected
+    // ends in exactly one d or b record, none is left.
+    let injected: Vec<(String, String)> = (0..messages)
+        .map(|i| (String::new(), format!("user{i}@{domain}")))
+        .collect();
+    common::checkers::each_recipient_settles_once(&common::checkers::RunView {
+        records: &live_records,
+        events: &[],
+        injected: &injected,
+        pending: 0,
+        queues: Vec::new(),
+        conns: Vec::new(),
+    });
+    // Both receivers did what the model says: greylisted every recipient once, paused.
+    let counts = stats(&dir);
+    assert_eq!(
+        counts["greylisted"].as_u64(),
+        Some(messages as u64),
+        "{counts}"
+    );
+    assert!(counts["fail_after_421"].as_u64().unwrap() >= 1, "{counts}");
+
+    let within = |what: &str, live: f64, sim: f64| {
+        assert!(
+            (live - sim).abs() <= 0.05 * live.max(sim),
+            "{what}: live {live:.3}, simulated {sim:.3} (more than 5 % apart)\nlive latencies {live_latency_s:?}\nsimulated {sim_latency_s:?}\n{log}"
+        );
+    };
+    let summary = format!(
+        "delivered {}/{}, deferred {live_deferred}/{sim_deferred}, p50 {:.3}/{:.3}, p90 {:.3}/{:.3}, max {:.3}/{:.3} (live/simulated)",
+        live_latency_s.len(),
+        sim_delivered.len(),
+        percentile(&live_latency_s, 50.0),
+        percentile(&sim_latency_s, 50.0),
+        percentile(&live_latency_s, 90.0),
+        percentile(&sim_latency_s, 90.0),
+        percentile(&live_latency_s, 100.0),
+        percentile(&sim_latency_s, 100.0),
+    );
+    eprintln!("twin: {summary}");
+    within(
+        "delivered",
+        live_latency_s.len() as f64,
+        sim_delivered.len() as f64,
+    );
+    assert_eq!(sim_delivered.len(), messages, "{summary}");
+    within("deferred", live_deferred as f64, sim_deferred as f64);
+    for p in [50.0, 90.0, 100.0] {
+        within(
+            &format!("p{p} delivery time"),
+            percentile(&live_latency_s, p),
+            percentile(&sim_latency_s, p),
+        );
+    }
 }
 
 /// Sends `count` messages, one connection each, `parallel` at a time, and returns the test

@@ -353,14 +353,13 @@ impl<W: io::Write> CsvWriter<W> {
         Ok(CsvWriter { inner, format })
     }
 
-    /// A writer that continues a file which already has its header (every record type,
-    /// the default fields, as [`CsvWriter::new`]).
-    pub fn without_header(out: W) -> CsvWriter<W> {
+    /// A writer that continues a file which already has its header (written in `format`).
+    pub fn without_header(out: W, format: AcctFormat) -> CsvWriter<W> {
         CsvWriter {
             inner: csv::WriterBuilder::new()
                 .terminator(csv::Terminator::CRLF)
                 .from_writer(out),
-            format: AcctFormat::all(),
+            format,
         }
     }
 

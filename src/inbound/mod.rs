@@ -413,6 +413,10 @@ impl InboundPolicy {
 }
 
 impl ServerPolicy for InboundPolicy {
+    fn host_name(&self) -> &str {
+        &self.settings.host_name
+    }
+
     fn greeting(&mut self, _now: Time) -> Reply {
         if self.source.smtp_service {
             Reply::new(
@@ -572,6 +576,19 @@ mod tests {
         let source = s.source_for(ip("192.0.2.1"));
         assert!(source.smtp_service && !source.always_allow_relaying);
         assert_eq!(s.spool_dir, None);
+    }
+
+    #[test]
+    fn the_greeting_and_ehlo_name_the_host_name() {
+        let s = Arc::new(settings("host-name mta.example.com\n").unwrap());
+        let limits = ServerLimits::default();
+        let mut session =
+            ServerSession::new(InboundPolicy::new(s, ip("192.0.2.7"), false, &limits), T0);
+        session.handle_bytes(T0, b"EHLO c\r\nHELO c\r\n");
+        let out = String::from_utf8(session.take_output().unwrap()).unwrap();
+        assert!(out.starts_with("220 mta.example.com ESMTP"), "{out}");
+        assert!(out.contains("250-mta.example.com Hello c\r\n"), "{out}");
+        assert!(out.ends_with("250 mta.example.com Hello\r\n"), "{out}");
     }
 
     #[test]

@@ -153,6 +153,10 @@ pub struct Provider {
     greylist: BTreeMap<(String, String, String), (Time, bool)>,
     /// Greylist passes per client network (/24), and when the last one was counted.
     passes: BTreeMap<String, (u32, Time)>,
+    /// Messages accepted since the last pause (`spec.pause`), and the pause's end once one
+    /// has begun.
+    accepted_since_pause: u64,
+    paused_until: Option<Time>,
     buckets: BTreeMap<String, Window>,
     penalties: BTreeMap<String, Time>,
     /// Per-mailbox receive windows, for `messages_per_mailbox_per_minute`.
@@ -327,6 +331,8 @@ impl Provider {
             open: BTreeMap::new(),
             rates: BTreeMap::new(),
             greylist: BTreeMap::new(),
+            accepted_since_pause: 0,
+            paused_until: None,
             passes: BTreeMap::new(),
             buckets: BTreeMap::new(),
             penalties: BTreeMap::new(),
@@ -733,6 +739,24 @@ impl Provider {
         Reply::new(reply.code, reply.enhanced, lines.join("\n"))
     }
 
+    /// The pause's reply to a MAIL (`spec.pause`): once `after_messages` were accepted,
+    /// every MAIL gets it until `duration_s` after the first refused one; the count starts
+    /// again at the first MAIL after that (as `tests/live/receiver.py` counts).
+    fn paused(&mut self, now: Time) -> Option<Reply> {
+        let pause = self.spec.pause.as_ref()?;
+        if self.paused_until.is_some_and(|until| now >= until) {
+            self.paused_until = None;
+            self.accepted_since_pause = 0;
+        }
+        if self.accepted_since_pause < pause.after_messages {
+            return None;
+        }
+        if self.paused_until.is_none() && pause.duration_s > 0 {
+            self.paused_until = Some(now.plus_secs(pause.duration_s));
+        }
+        Some(pause.reply.clone())
+    }
+
     fn forced(&self, now: Time, phase: SmtpPhase) -> Option<Reply> {
         self.overrides
             .iter()
@@ -891,6 +915,9 @@ impl ServerPolicy for Receiver {
             .is_some_and(|max| self.messages >= max)
         {
             return p.spec.replies.max_messages.clone();
+        }
+        if let Some(reply) = p.paused(now) {
+            return reply;
         }
         if let Some(reply) = p.gate(now, self.peer, SmtpPhase::Mail, None, false) {
             return reply;
@@ -1062,6 +1089,7 @@ impl ServerPolicy for Receiver {
             Ok(accepted) => accepted,
         };
         self.message_counted(now, &mut p, &domain);
+        p.accepted_since_pause += 1;
         let sender = envelope.mail_from.to_ascii_lowercase();
         let engagement = p.engagement_rates.get(&sender).copied().unwrap_or(0.0);
         let mut complaint_rate = p.complaint_rates.get(&sender).copied().unwrap_or(0.0);
@@ -1315,6 +1343,46 @@ mod tests {
         assert_eq!(log.connections.len(), 2);
         assert!(log.connections[1].refused);
         assert_eq!(log.accepted_rcpts.len(), 1);
+    }
+
+    #[test]
+    fn a_pause_after_every_n_messages_answers_mail_with_421_for_its_duration() {
+        let mut spec = spec();
+        spec.greylist = None;
+        spec.max_connections_per_ip = None;
+        spec.pause = Some(crate::scenario::Pause {
+            after_messages: 2,
+            duration_s: 10,
+            reply: Reply::new(421, Some([4, 7, 0]), "Too many messages, try again later"),
+        });
+        let provider = Rc::new(RefCell::new(Provider::builder(spec, 1).build()));
+        set_now(Time::from_secs(1000));
+        let mail = b"MAIL FROM:<s@x.example>\r\nRCPT TO:<u@t.example>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\n";
+        let mut s = session(&provider, "192.0.2.7");
+        for _ in 0..2 {
+            let out = talk(&mut s, mail);
+            assert!(out.starts_with("250 2.1.0"), "{out}");
+            assert!(!out.contains("421"), "{out}");
+        }
+        // The third MAIL, on this connection or another: 421, and the connection closes.
+        let out = talk(&mut s, mail);
+        assert!(
+            out.starts_with("421 4.7.0 Too many messages, try again later\r\n"),
+            "{out}"
+        );
+        s.close(now());
+        set_now(Time::from_secs(1009));
+        let mut s = session(&provider, "192.0.2.8");
+        assert!(talk(&mut s, b"MAIL FROM:<s@x.example>\r\n").starts_with("421 "));
+        s.close(now());
+        // Ten seconds after the first refusal: two more, then the next pause.
+        set_now(Time::from_secs(1010));
+        let mut s = session(&provider, "192.0.2.7");
+        for _ in 0..2 {
+            let out = talk(&mut s, mail);
+            assert!(out.starts_with("250 2.1.0"), "{out}");
+        }
+        assert!(talk(&mut s, b"MAIL FROM:<s@x.example>\r\n").starts_with("421 "));
     }
 
     #[test]

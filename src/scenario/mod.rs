@@ -335,6 +335,8 @@ pub struct IspSpec {
     pub max_recipients_per_transaction: Option<u64>,
     pub rate_limit: Option<RateLimit>,
     pub greylist: Option<Greylist>,
+    /// A receiver that answers MAIL with a 421 after every so many messages, for a while.
+    pub pause: Option<Pause>,
     pub reject_unknown_users: bool,
     pub starttls: bool,
     pub fixed_reply: Option<(SmtpPhase, Reply)>,
@@ -537,6 +539,17 @@ pub struct Greylist {
     pub whitelist_spacing_s: u64,
 }
 
+/// A receiver that takes `after_messages` messages (counted at the end of DATA, from every
+/// client), then answers each MAIL with `reply` and closes for `duration_s` (0: for good),
+/// then takes `after_messages` more: the project's aiosmtpd receiver's `--fail-after N
+/// --fail-for SECS` (tests/live/receiver.py), which the live twin test runs against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pause {
+    pub after_messages: u64,
+    pub duration_s: u64,
+    pub reply: Reply,
+}
+
 /// How a provider tells a sender about complaints (reference §4.7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Feedback {
@@ -687,6 +700,7 @@ impl IspSpec {
             max_recipients_per_transaction: None,
             rate_limit: None,
             greylist: None,
+            pause: None,
             reject_unknown_users: true,
             starttls: true,
             fixed_reply: None,

@@ -11,8 +11,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AuthRule, AuthRules, Enforcement, Enrolment, Feedback, Greylist, IspReplies, IspSpec, Reporter,
-    Reports, Reputation, Requirement, ScenarioError, SmtpPhase, Throttle, interval, reply,
+    AuthRule, AuthRules, Enforcement, Enrolment, Feedback, Greylist, IspReplies, IspSpec, Pause,
+    Reporter, Reports, Reputation, Requirement, ScenarioError, SmtpPhase, Throttle, interval,
+    reply,
 };
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +28,8 @@ struct RawModel {
     throttle: Option<Spanned<RawThrottle>>,
     #[serde(default)]
     greylist: Option<Spanned<RawGreylist>>,
+    #[serde(default)]
+    pause: Option<Spanned<RawPause>>,
     #[serde(default)]
     auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
@@ -177,6 +180,14 @@ struct RawGreylist {
     retry_window: String,
     whitelist_after: u32,
     whitelist_spacing: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPause {
+    after_messages: u64,
+    duration: String,
+    reply: String,
 }
 
 /// Parses a model file into the provider's defaults.
@@ -396,6 +407,23 @@ pub fn parse_model(file: &Path, text: &str) -> Result<IspSpec, ScenarioError> {
             ));
         }
         spec.greylist = Some(grey);
+    }
+    if let Some(pause) = &raw.pause {
+        let at = pause.span().start;
+        let pause = pause.get_ref();
+        let err = |m: String| r.at(at, m);
+        if pause.after_messages == 0 {
+            return Err(r.at(at, "after_messages must be above 0"));
+        }
+        let reply = reply(&pause.reply).map_err(err)?;
+        if reply.code / 100 != 4 {
+            return Err(r.at(at, "a pause answers with a 4xx reply"));
+        }
+        spec.pause = Some(Pause {
+            after_messages: pause.after_messages,
+            duration_s: interval(&pause.duration).map_err(err)?,
+            reply,
+        });
     }
     if let Some(a) = &raw.auth {
         let at = a.span().start;

@@ -67,6 +67,10 @@ pub struct Envelope {
 
 /// What a server answers. Every method has the answer of a plain, accepting server.
 pub trait ServerPolicy {
+    /// The server's name at the start of the EHLO and HELO replies.
+    fn host_name(&self) -> &str {
+        "mx"
+    }
     fn greeting(&mut self, _now: Time) -> Reply {
         Reply::new(220, None, "mx.example ESMTP")
     }
@@ -480,16 +484,15 @@ impl<P: ServerPolicy> ServerSession<P> {
                     self.reply(&reply);
                     return;
                 }
-                let mut lines = vec![format!("mx Hello {host}")];
+                let mut lines = vec![format!("{} Hello {host}", self.policy.host_name())];
                 lines.extend(self.policy.capabilities(self.envelope.tls));
                 self.reply(&Reply::new(250, None, lines.join("\n")));
             }
             Request::Helo { host } => {
                 self.envelope.helo = host.clone();
-                let reply = self
-                    .policy
-                    .ehlo(self.now, &host)
-                    .unwrap_or_else(|| Reply::new(250, None, "mx Hello"));
+                let reply = self.policy.ehlo(self.now, &host).unwrap_or_else(|| {
+                    Reply::new(250, None, format!("{} Hello", self.policy.host_name()))
+                });
                 self.reply(&reply);
             }
             Request::StartTls => {

@@ -5,6 +5,9 @@ A picky mail host on loopback that a sending MTA's retry and backoff logic meets
 
   --greylist SECS        450 4.2.0 to each new (client IP, sender, recipient) triplet until
                          SECS have passed since it was first seen (postgrey's reply style)
+  --policy HOST:PORT     ask this Postfix policy server (a real postgrey) at each RCPT, as
+                         Postfix's check_policy_service does: DEFER_IF_PERMIT/DEFER become
+                         450 4.2.0 (Postfix's wording for a greylisted recipient), REJECT 550
   --fail-after N         after N accepted messages, answer MAIL with 421 4.7.0 and close ...
   --fail-for SECS        ... for SECS, then accept N more (0: for ever)
   --max-msgs-per-conn N  the (N+1)th MAIL on one connection gets 421 4.7.0 and a close
@@ -20,6 +23,7 @@ and exits after --max-seconds. Stopped by its PID (SIGTERM).
 """
 import argparse
 import asyncio
+import re
 import json
 import os
 import signal
@@ -89,8 +93,38 @@ class Receiver:
                 self.counts["greylisted"] += 1
                 self.save()
                 return f"450 4.2.0 <{address}>: Recipient address rejected: Greylisted"
+        if self.args.policy:
+            refusal = await self.ask_policy(session, envelope, address)
+            if refusal:
+                self.counts["greylisted"] += 1
+                self.save()
+                return refusal
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Recipient OK"
+
+    async def ask_policy(self, session, envelope, address):
+        """Postfix's policy delegation protocol (SMTPD_POLICY_README): attributes, an empty
+        line; the answer is `action=...` and an empty line. A refusal's reply, or None."""
+        host, _, port = self.args.policy.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        request = (
+            "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+            f"client_address={session.peer[0]}\nclient_name=unknown\n"
+            f"helo_name={session.host_name or ''}\n"
+            f"sender={envelope.mail_from or ''}\nrecipient={address}\n\n"
+        )
+        writer.write(request.encode())
+        await writer.drain()
+        answer = (await reader.readuntil(b"\n\n")).decode()
+        writer.close()
+        action = answer.split("action=", 1)[1].strip()
+        verb, _, text = action.partition(" ")
+        verb = verb.upper()
+        if verb in ("DEFER_IF_PERMIT", "DEFER", "DEFER_IF_REJECT"):
+            return f"450 4.2.0 <{address}>: Recipient address rejected: {text}"
+        if verb == "REJECT" or re.fullmatch(r"5\d\d", verb):
+            return f"550 5.7.1 <{address}>: Recipient address rejected: {text}"
+        return None
 
     async def handle_DATA(self, server, session, envelope):
         self.counts["accepted"] += 1
@@ -165,6 +199,7 @@ def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", required=True)
     p.add_argument("--greylist", type=float)
+    p.add_argument("--policy")
     p.add_argument("--fail-after", type=int, default=0)
     p.add_argument("--fail-for", type=float, default=0.0)
     p.add_argument("--max-msgs-per-conn", type=int, default=0)

@@ -1,16 +1,16 @@
 //! The live accounting file: the engine's records written as they happen to the config's
 //! `<acct-file PATH>`, in PowerMTA's CSV format, with its rotation.
 //!
-//! Owns the open file, which record types it takes (`records`, PowerMTA's default `d,b`),
-//! and when it is moved aside: at every `move-interval` boundary (counted from the epoch,
-//! so `1d` moves at midnight UTC, as PowerMTA does) and when it reaches `max-size`. A moved
+//! Owns the open file and when it is moved aside: at every `move-interval` boundary
+//! (counted from the epoch, so `1d` moves at midnight UTC, as PowerMTA does) and when it reaches `max-size`. A moved
 //! file is renamed `NAME-YYYY-MM-DD-HHMM.EXT` into `move-to` (default: its own directory)
 //! and a new file with a header takes its place. Rows are buffered and written out by
 //! [`AcctLog::flush`] (the driver calls it after every batch of engine work), so a reader
 //! tailing the file sees each outcome within one batch.
 //!
-//! Must not: decide what a record says (the engine does) or read a clock (the driver passes
-//! `now`).
+//! Must not: decide what a record says (the engine does), which types and columns the file
+//! has (`records`, `record-fields`: the engine's [`AcctFormat`], shared with the simulated
+//! run's acct.csv) or read a clock (the driver passes `now`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -18,14 +18,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::model::{Config, NamedBlock, Value};
-use crate::engine::accounting::{AcctRecord, CsvWriter};
+use crate::config::model::{Config, Value};
+use crate::engine::accounting::{AcctFormat, AcctRecord, CsvWriter};
 use crate::time::Time;
-
-/// Record types PowerMTA writes when `records` is not given.
-const RECORDS_DEFAULT: &str = "d,b";
-/// Every record type the engine writes, for checking `records`.
-const RECORD_TYPES: [&str; 5] = ["d", "b", "t", "tq", "f"];
 
 #[derive(Debug, Error)]
 pub enum AcctError {
@@ -35,39 +30,27 @@ pub enum AcctError {
         "<acct-file {0}>: writing to a program is not supported in live mode\n  = help: write to a file and have the program read it"
     )]
     Pipe(String),
-    #[error(
-        "<acct-file {path}>: `records {value}` names `{kind}`, which is not a record type live mode writes ({known})"
-    )]
-    UnknownRecordType {
-        path: String,
-        value: String,
-        kind: String,
-        known: String,
-    },
 }
 
-/// What one `<acct-file>` block says.
+/// What the configuration's `<acct-file>` block says (live mode writes the first one, as
+/// the simulated run does).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcctSettings {
     pub path: PathBuf,
-    /// Record type codes written (`d`, `b`, `t`, `tq`, `f`).
-    pub records: Vec<String>,
+    /// The record types and the columns of each (`records`, `record-fields`): the same
+    /// [`AcctFormat`] the simulated run's acct.csv is written in.
+    pub format: AcctFormat,
     pub move_interval_s: Option<u64>,
     pub max_size_bytes: Option<u64>,
     pub move_to: Option<PathBuf>,
 }
 
 impl AcctSettings {
-    /// The settings of every `<acct-file>` block of `config`, in file order.
-    pub fn from_config(config: &Config) -> Result<Vec<AcctSettings>, AcctError> {
-        config
-            .acct_files
-            .iter()
-            .map(AcctSettings::from_block)
-            .collect()
-    }
-
-    fn from_block(block: &NamedBlock) -> Result<AcctSettings, AcctError> {
+    /// The settings of the configuration's first `<acct-file>` block, if it has one.
+    pub fn from_config(config: &Config) -> Result<Option<AcctSettings>, AcctError> {
+        let Some(block) = config.acct_files.first() else {
+            return Ok(None);
+        };
         if block.name.starts_with('|') {
             return Err(AcctError::Pipe(block.name.clone()));
         }
@@ -75,23 +58,9 @@ impl AcctSettings {
             Some(Value::Text(t)) => Some(t.clone()),
             _ => None,
         };
-        let records_text = text("records").unwrap_or_else(|| RECORDS_DEFAULT.to_string());
-        let mut records = Vec::new();
-        for kind in records_text.split([',', ' ']).filter(|k| !k.is_empty()) {
-            let kind = kind.trim().to_ascii_lowercase();
-            if !RECORD_TYPES.contains(&kind.as_str()) {
-                return Err(AcctError::UnknownRecordType {
-                    path: block.name.clone(),
-                    value: records_text.clone(),
-                    kind,
-                    known: RECORD_TYPES.join(", "),
-                });
-            }
-            records.push(kind);
-        }
-        Ok(AcctSettings {
+        Ok(Some(AcctSettings {
             path: PathBuf::from(&block.name),
-            records,
+            format: AcctFormat::from_config(config),
             move_interval_s: match block.settings.get("move-interval").map(|s| &s.value) {
                 Some(Value::Interval(i)) if i.seconds > 0 => Some(i.seconds),
                 _ => None,
@@ -101,7 +70,7 @@ impl AcctSettings {
                 _ => None,
             },
             move_to: text("move-to").map(PathBuf::from),
-        })
+        }))
     }
 }
 
@@ -137,7 +106,7 @@ impl Write for Counting {
 impl AcctLog {
     /// Opens (appending to) the file; a new or empty file gets the header.
     pub fn open(settings: AcctSettings, now: Time) -> Result<AcctLog, AcctError> {
-        let writer = open_writer(&settings.path)?;
+        let writer = open_writer(&settings.path, &settings.format)?;
         Ok(AcctLog {
             settings,
             writer,
@@ -153,8 +122,7 @@ impl AcctLog {
     /// Writes `record` if its type is one the file takes, moving the file aside first when
     /// it is due.
     pub fn write(&mut self, now: Time, record: &AcctRecord) -> Result<(), AcctError> {
-        let code = record.record_type.code();
-        if !self.settings.records.iter().any(|r| r == code) {
+        if !self.settings.format.writes(record.record_type) {
             return Ok(());
         }
         self.rotate_if_due(now)?;
@@ -231,14 +199,14 @@ impl AcctLog {
             path: target.clone(),
             error,
         })?;
-        self.writer = open_writer(path)?;
+        self.writer = open_writer(path, &self.settings.format)?;
         self.opened = now;
         self.dirty = false;
         Ok(())
     }
 }
 
-fn open_writer(path: &Path) -> Result<CsvWriter<Counting>, AcctError> {
+fn open_writer(path: &Path, format: &AcctFormat) -> Result<CsvWriter<Counting>, AcctError> {
     let io_error = |error| AcctError::Io {
         path: path.to_path_buf(),
         error,
@@ -254,9 +222,9 @@ fn open_writer(path: &Path) -> Result<CsvWriter<Counting>, AcctError> {
     let bytes = file.metadata().map_err(io_error)?.len();
     let out = Counting { file, bytes };
     let mut writer = if bytes == 0 {
-        CsvWriter::new(out).map_err(io_error)?
+        CsvWriter::with_format(out, format.clone()).map_err(io_error)?
     } else {
-        CsvWriter::without_header(out)
+        CsvWriter::without_header(out, format.clone())
     };
     // A new file shows its header at once (a reader may open it before the first row).
     writer.flush().map_err(io_error)?;
@@ -303,14 +271,20 @@ mod tests {
         dir
     }
 
+    /// The settings of `<acct-file DIR/acct.csv>` with `body` inside.
+    fn settings_with(dir: &Path, body: &str) -> AcctSettings {
+        let text = format!(
+            "<acct-file {}>\n{body}</acct-file>\n",
+            dir.join("acct.csv").display()
+        );
+        let fs = crate::config::MemFs::new().with("/c", text.as_bytes());
+        let checked = crate::config::load(Path::new("/c"), &fs, Default::default()).unwrap();
+        assert_eq!(checked.error_count(), 0, "{:?}", checked.diagnostics);
+        AcctSettings::from_config(&checked.config).unwrap().unwrap()
+    }
+
     fn settings(dir: &Path) -> AcctSettings {
-        AcctSettings {
-            path: dir.join("acct.csv"),
-            records: vec!["d".into(), "b".into()],
-            move_interval_s: None,
-            max_size_bytes: None,
-            move_to: None,
-        }
+        settings_with(dir, "records d,b\n")
     }
 
     fn lines(path: &Path) -> Vec<String> {
@@ -338,6 +312,32 @@ mod tests {
         assert!(lines[0].starts_with("type,timeLogged"));
         assert!(lines[1].starts_with("d,"));
         assert!(lines[2].starts_with("b,"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn record_fields_choose_the_columns_as_in_the_simulated_run() {
+        let dir = temp("fields");
+        let at = Time::from_secs(1_790_000_000);
+        let settings = settings_with(
+            &dir,
+            "records d,b\nrecord-fields d timeLogged,rcpt,dsnStatus\n",
+        );
+        let mut log = AcctLog::open(settings, at).unwrap();
+        log.write(at, &record(RecordType::Delivered, at)).unwrap();
+        log.flush(at).unwrap();
+        let lines = lines(&dir.join("acct.csv"));
+        // d's own columns first, then b's (the default set) not yet named.
+        assert!(
+            lines[0].starts_with("type,timeLogged,rcpt,dsnStatus,timeQueued,orig,"),
+            "{lines:?}"
+        );
+        let row: Vec<&str> = lines[1].split(',').collect();
+        assert_eq!(
+            &row[..4],
+            ["d", &at.acct_format(), "b@example.net", "2.0.0"]
+        );
+        assert!(row[4..].iter().all(|f| f.is_empty()), "{lines:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

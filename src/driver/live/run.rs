@@ -46,8 +46,9 @@ use crate::inbound::{InboundError, InboundSettings, ListenerLimits};
 use crate::sim::pump::{Connect, Input, Pump, Sink, Transport};
 use crate::time::Time;
 
-/// Bytes read from a remote server at a time.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Bytes read from a remote server at a time (replies are small; read into spare capacity,
+/// never zeroed).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Events from connection and lookup tasks waiting for the engine; a task waits when it is
 /// full, so a fast peer cannot make the driver buffer without bound.
 const EVENTS_MAX: usize = 4096;
@@ -146,7 +147,7 @@ pub async fn run(
         create: global_flag(&config, "sync-msg-create"),
         update: global_flag(&config, "sync-msg-update"),
     };
-    let acct = match AcctSettings::from_config(&config)?.into_iter().next() {
+    let acct = match AcctSettings::from_config(&config)? {
         Some(settings) => Some(AcctLog::open(settings, wall_clock())?),
         None => {
             log("no <acct-file> in the configuration: accounting records are not written");
@@ -411,6 +412,7 @@ fn inject(
                     log(&format!("spool: {error}"));
                 }
             }
+            live.spool.commit_settled();
         }
     }
 }
@@ -426,12 +428,16 @@ fn after_drain(
     summary: &mut LiveSummary,
 ) {
     loop {
-        for (message, recipient, outcome) in std::mem::take(&mut sink.settled) {
+        let settled = std::mem::take(&mut sink.settled);
+        for &(message, recipient, outcome) in &settled {
             match outcome {
                 Settled::Delivered => summary.delivered += 1,
                 Settled::Bounced => summary.bounced += 1,
             }
             live.settle(message, recipient, outcome);
+        }
+        if !settled.is_empty() {
+            live.spool.commit_settled();
         }
         for (conn, server_name, queue) in std::mem::take(&mut live.handshakes) {
             let mode = live.tls_mode(pump.engine().config(), &queue);
@@ -771,7 +777,7 @@ async fn connection(
     if events.send(Event::Connected(conn)).await.is_err() {
         return;
     }
-    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    let mut buffer = Vec::with_capacity(READ_BUFFER_BYTES);
     loop {
         tokio::select! {
             biased;
@@ -800,9 +806,11 @@ async fn connection(
                     return;
                 }
             },
-            read = stream.read(&mut buffer) => match read {
+            read = stream.read_buf(&mut buffer) => match read {
                 Ok(n) if n > 0 => {
-                    if events.send(Event::Bytes(conn, buffer[..n].to_vec())).await.is_err() {
+                    let bytes = buffer.to_vec();
+                    buffer.clear();
+                    if events.send(Event::Bytes(conn, bytes)).await.is_err() {
                         return;
                     }
                 }

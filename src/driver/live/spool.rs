@@ -227,10 +227,12 @@ pub struct Recovery {
     pub settled: usize,
 }
 
-/// An open message: where its record is and which recipients are not settled.
+/// An open message: where its record is and which recipients are not settled. One per
+/// queued message, so kept small (48 bytes, and nothing on the heap until a recipient of a
+/// message with several is settled): a million queued messages must fit in memory.
 struct Open {
-    /// Spool indices of the recipients not yet settled.
-    pending: Vec<u32>,
+    /// Spool indices of the recipients not yet settled; `None`: all of `0..recipients`.
+    pending: Option<Box<[u32]>>,
     recipients: u32,
     segment: u64,
     /// The record's first byte in its segment, and its length.
@@ -239,6 +241,16 @@ struct Open {
     /// The message data within the record.
     data_at: u32,
     data_len: u32,
+}
+
+impl Open {
+    /// The spool indices of the recipients not yet settled.
+    fn pending_list(&self) -> Vec<u32> {
+        match &self.pending {
+            Some(pending) => pending.to_vec(),
+            None => (0..self.recipients).collect(),
+        }
+    }
 }
 
 struct Segment {
@@ -451,8 +463,9 @@ impl Spool {
     /// Records that recipient `index` of message `id` is settled. Returns true when that
     /// was its last open recipient: the message is then closed (its space comes back with
     /// its segment, and the id is unknown from then on). Settling twice is harmless. Does
-    /// not wait: the settle record goes out with the next commit (a crash before it costs a
-    /// duplicate delivery, never a loss).
+    /// not wait, nor wake the committer: the settle record goes out with the next commit,
+    /// started by a store, [`Spool::commit_settled`] or the spool's drop (a crash before it
+    /// costs a duplicate delivery, never a loss).
     pub fn settle(&self, id: SpoolId, index: u32, outcome: Outcome) -> Result<bool, SpoolError> {
         let last = {
             let mut state = self.shared.state();
@@ -460,11 +473,13 @@ impl Spool {
             if index >= open.recipients {
                 return Err(SpoolError::NoSuchRecipient { id, index });
             }
-            let Some(position) = open.pending.iter().position(|&i| i == index) else {
+            let pending = open.pending_list();
+            if !pending.contains(&index) {
                 return Ok(false);
-            };
-            open.pending.remove(position);
-            let last = open.pending.is_empty();
+            }
+            let left: Box<[u32]> = pending.into_iter().filter(|&i| i != index).collect();
+            let last = left.is_empty();
+            open.pending = Some(left);
             if last {
                 let open = state.open.remove(&id.0).expect("present");
                 state.bytes -= u64::from(open.len);
@@ -476,8 +491,17 @@ impl Spool {
             last
         };
         self.shared
-            .submit(Request::Settle(encode_settle(id.0, index, outcome)));
+            .queue()
+            .requests
+            .push(Request::Settle(encode_settle(id.0, index, outcome)));
         Ok(last)
+    }
+
+    /// Starts a commit of the settle records waiting: the driver calls it once per batch of
+    /// engine work, so the recipients settled in one batch share one wake of the committer
+    /// (and one sync) instead of one each.
+    pub fn commit_settled(&self) {
+        self.shared.wake.notify_one();
     }
 
     /// The data of open message `id`, read back from its record (checked again).
@@ -632,7 +656,7 @@ impl Committer {
                     state.open.insert(
                         id,
                         Open {
-                            pending: (0..recipients).collect(),
+                            pending: None,
                             recipients,
                             segment: self.active,
                             at,
@@ -724,7 +748,7 @@ impl Committer {
                 .iter()
                 .filter(|(_, o)| o.segment == oldest)
                 .take(CARRY_BATCH_MAX)
-                .map(|(id, o)| (*id, o.at, o.len, o.pending.clone()))
+                .map(|(id, o)| (*id, o.at, o.len, o.pending_list()))
                 .collect();
             let file = segment.file.clone();
             drop(state);
@@ -1040,7 +1064,7 @@ fn recover(dir: &Path, segment_bytes: u64) -> Result<(State, Recovery, u64), Spo
         state.open.insert(
             *id,
             Open {
-                pending: pending.clone(),
+                pending: (pending.len() < f.settled.len()).then(|| pending.clone().into()),
                 recipients: f.settled.len() as u32,
                 segment,
                 at,
