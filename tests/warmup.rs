@@ -128,3 +128,100 @@ fn daily_volumes_follow_the_list_inside_the_window() {
         assert!(*last < 9 * 3600, "day {day}: engaged until {last}s");
     }
 }
+
+fn pmta_scenario(name: &str, duration: &str, config: &str, workloads: &str) -> String {
+    format!(
+        "name = \"{name}\"\nseed = 5\nduration = \"{duration}\"\nmode = \"fast\"\nstart_time = \"2026-09-21T00:00:00Z\"\ntick_ms = 100\nconfig_inline = \"\"\"\ndomain-key s1,sender.example,/etc/pmta/dkim/s.pem\n<virtual-mta old>\n    smtp-source-host 192.0.2.1 mta1.sender.example\n</virtual-mta>\n{config}\"\"\"\n\n[isps.gmail]\nmodel = \"gmail\"\nhistory = \"warm\"\n\n{workloads}"
+    )
+}
+
+/// PowerMTA's `cold-virtual-mta`: the cold twin takes the day's first
+/// `max-cold-virtual-mta-msg` messages per domain, the list advancing a day at a time.
+#[test]
+fn cold_virtual_mta_takes_the_days_first_messages() {
+    let config = "<virtual-mta new>\n    smtp-source-host 192.0.2.2 mta2.sender.example\n</virtual-mta>\n<virtual-mta main>\n    smtp-source-host 192.0.2.1 mta1.sender.example\n    cold-virtual-mta new\n</virtual-mta>\n<domain *>\n    dkim-sign yes\n    max-smtp-out 2\n    max-cold-virtual-mta-msg 10/day,25/day\n</domain>\n";
+    let workloads = "[[workload]]\nvmta = \"main\"\nmail_from = \"news@sender.example\"\ndaily = [100]\nwindow = \"08:00-12:00\"\ndomains = { \"gmail.com\" = 1.0 }\nengagement = 0.3\n";
+    let scenario = load_edited(
+        "cold-vmta",
+        &pmta_scenario("cold-vmta", "3d", config, workloads),
+    );
+    let out = run_in(&scenario, Mode::Fast);
+    let start = scenario.start.unix_secs();
+    let mut per_day = std::collections::BTreeMap::<(u64, String), u64>::new();
+    for r in out
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+    {
+        let day = (r.time_queued.unix_secs() - start) / 86_400;
+        *per_day.entry((day, r.vmta.clone())).or_default() += 1;
+    }
+    let got: Vec<_> = per_day.into_iter().collect();
+    let want: Vec<((u64, String), u64)> = [
+        (0, "main", 90),
+        (0, "new", 10),
+        (1, "main", 75),
+        (1, "new", 25),
+        (2, "main", 75),
+        (2, "new", 25),
+    ]
+    .into_iter()
+    .map(|(d, v, n)| ((d, v.to_string()), n))
+    .collect();
+    assert_eq!(got, want);
+    assert!(
+        out.records
+            .iter()
+            .filter(|r| r.vmta == "new")
+            .all(|r| r.dlv_source_ip == "192.0.2.2")
+    );
+}
+
+/// `reroute-to-virtual-mta` moves every message; `backoff-reroute-to-virtual-mta` moves the
+/// queue's mail once a backoff pattern matches (a cold IP throttled at Gmail hands its
+/// mail to the warm one).
+#[test]
+fn reroutes_move_mail_to_another_virtual_mta() {
+    let config = "<virtual-mta new>\n    smtp-source-host 198.51.100.2 mta2.sender.example\n    <domain gmail.com>\n        reroute-to-virtual-mta old\n    </domain>\n</virtual-mta>\n<domain *>\n    dkim-sign yes\n    max-smtp-out 2\n</domain>\n";
+    let workloads = "[[workload]]\nvmta = \"new\"\nmail_from = \"news@sender.example\"\nmessages = 50\nover = \"30m\"\ndomains = { \"gmail.com\" = 1.0 }\n";
+    let out = run_in(
+        &load_edited(
+            "reroute",
+            &pmta_scenario("reroute", "1h", config, workloads),
+        ),
+        Mode::Fast,
+    );
+    assert_eq!(out.records.len(), 50);
+    assert!(out.records.iter().all(|r| r.vmta == "old"
+        && r.dlv_source_ip == "192.0.2.1"
+        && r.record_type == RecordType::Delivered));
+
+    let config = "<smtp-pattern-list gm>\n    reply /4\\\\.7\\\\.28/ mode=backoff\n</smtp-pattern-list>\n<virtual-mta new>\n    smtp-source-host 198.51.100.2 mta2.sender.example\n</virtual-mta>\n<domain *>\n    dkim-sign yes\n    max-smtp-out 2\n    retry-recipients-after 10m\n    smtp-pattern-list gm\n    backoff-reroute-to-virtual-mta old\n</domain>\n";
+    let workloads = "[[identity]]\nsource_ip = \"198.51.100.2\"\nhistory = \"cold\"\n\n[[identity]]\nnetblock = \"198.51.100.0/24\"\nhistory = \"cold\"\n\n[[workload]]\nvmta = \"new\"\nmail_from = \"news@sender.example\"\nmessages = 300\nover = \"50m\"\ndomains = { \"gmail.com\" = 1.0 }\nengagement = 0.3\n";
+    let out = run_in(
+        &load_edited(
+            "backoff-reroute",
+            &pmta_scenario("backoff-reroute", "2h", config, workloads),
+        ),
+        Mode::Fast,
+    );
+    let delivered = |vmta: &str| {
+        out.records
+            .iter()
+            .filter(|r| r.vmta == vmta && r.record_type == RecordType::Delivered)
+            .count()
+    };
+    let throttled = out
+        .records
+        .iter()
+        .filter(|r| r.vmta == "new" && r.dsn_diag.contains("4.7.28"))
+        .count();
+    assert!(throttled > 0, "the cold IP meets Gmail's rate limit");
+    assert!(
+        delivered("new") < 100 && delivered("old") > 200,
+        "the rest rerouted to the warm IP: new {}, old {}",
+        delivered("new"),
+        delivered("old")
+    );
+    assert_eq!(delivered("new") + delivered("old"), 300);
+}
