@@ -230,17 +230,25 @@ impl Ledger {
     }
 
     pub fn record(&mut self, identity: &str, now: Time, signal: Signal) {
+        self.record_many(identity, now, signal, 1);
+    }
+
+    /// `signal` `count` times over (a day's mail at once, as the warmup planner feeds it).
+    pub fn record_many(&mut self, identity: &str, now: Time, signal: Signal, count: u64) {
+        if count == 0 {
+            return;
+        }
         let today = now.unix_secs() / 86_400;
         let history = self.identities.get(identity).unwrap_or(&self.history);
         let day = entry(&mut self.standings, &self.model, history, identity, today).today(today);
         match signal {
             Signal::Accepted { engagement } => {
-                day.sent += 1;
-                day.engaged += engagement;
+                day.sent += count;
+                day.engaged += engagement * count as f64;
             }
             Signal::Throttled => day.throttled = true,
-            Signal::UnknownUser => day.unknown_users += 1,
-            Signal::Complaint => day.complaints += 1,
+            Signal::UnknownUser => day.unknown_users += count,
+            Signal::Complaint => day.complaints += count,
         }
     }
 
