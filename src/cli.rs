@@ -37,6 +37,37 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum WarmupCommand {
+    /// Search the fastest schedule the models allow; write schedule.csv, replay.toml and
+    /// pmta-warmup.conf into --out.
+    Plan {
+        /// The planner input (target_per_day, new_ips, mail_from, [providers] shares, list quality).
+        input: PathBuf,
+        #[arg(long, default_value = "warmup-plan")]
+        out: PathBuf,
+        /// Where the provider models are.
+        #[arg(long, default_value = "isp-models")]
+        models: PathBuf,
+    },
+    /// Replay a schedule CSV (with the planner input it was made for) or a scenario in fast
+    /// mode and report each day at each provider, risk days with their reason.
+    Check {
+        /// schedule.csv (day,provider,ip,messages) or a scenario (.toml).
+        schedule: PathBuf,
+        /// With a CSV: the planner input (mail_from, providers, list quality).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Replay only the first N days.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        #[arg(long, default_value = "isp-models")]
+        models: PathBuf,
+        #[arg(long, default_value = "warmup-check")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Check a PowerMTA configuration and summarize it, or explain one queue's settings.
     Check {
@@ -148,6 +179,11 @@ enum Command {
         /// A directory `pmta-sim run` wrote.
         dir: PathBuf,
     },
+    /// Plan an IP warmup against the provider models, or replay a schedule and judge it.
+    Warmup {
+        #[command(subcommand)]
+        command: WarmupCommand,
+    },
     /// Classify an SMTP reply as the engine would: disposition, bounce category, and the
     /// smtp-pattern-list action it would fire.
     Classify {
@@ -255,6 +291,16 @@ pub fn main() -> ExitCode {
         }
         Command::Diff { a, b } => ExitCode::from(diff(&a, &b)),
         Command::Report { dir } => ExitCode::from(rebuild_report(&dir)),
+        Command::Warmup { command } => ExitCode::from(match command {
+            WarmupCommand::Plan { input, out, models } => warmup_plan(&input, &out, &models),
+            WarmupCommand::Check {
+                schedule,
+                input,
+                days,
+                models,
+                out,
+            } => warmup_check(&schedule, input.as_deref(), days, &models, &out),
+        }),
     }
 }
 
@@ -1405,4 +1451,168 @@ fn summary(checked: &Checked, path: &std::path::Path, warnings: usize) -> String
         );
     }
     out
+}
+
+/// The provider models a warmup input names, loaded from `dir`.
+fn warmup_models(
+    dir: &std::path::Path,
+    names: &[String],
+) -> Result<Vec<crate::scenario::IspSpec>, String> {
+    let mut out = Vec::new();
+    for name in names {
+        let file = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("{}: cannot read: {e}", printable::path(&file)))?;
+        let mut spec = crate::scenario::parse_model(&file, &text).map_err(|e| e.to_string())?;
+        spec.name = name.clone();
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+fn warmup_input(
+    path: &std::path::Path,
+    models: &std::path::Path,
+) -> Result<crate::warmup::Input, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", printable::path(path)))?;
+    let known = |name: &str| {
+        crate::scenario::is_safe_name(name) && models.join(format!("{name}.toml")).is_file()
+    };
+    crate::warmup::Input::parse(&printable::path(path), &text, &known).map_err(|e| e.to_string())
+}
+
+fn warmup_plan(input: &std::path::Path, out: &std::path::Path, models: &std::path::Path) -> u8 {
+    let result = (|| -> Result<String, String> {
+        let input = warmup_input(input, models)?;
+        let names: Vec<String> = input.providers.iter().map(|(n, _)| n.clone()).collect();
+        let specs = warmup_models(models, &names)?;
+        let plan = crate::warmup::plan(&input, &specs);
+        let days = plan.schedule.days();
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
+        let write = |name: &str, text: &str| {
+            std::fs::write(out.join(name), text).map_err(|e| format!("{name}: {e}"))
+        };
+        write("schedule.csv", &plan.schedule.to_csv())?;
+        write(
+            "replay.toml",
+            &crate::warmup::replay_scenario(&input, &plan.schedule, &specs, days, 1),
+        )?;
+        write(
+            "pmta-warmup.conf",
+            &crate::warmup::pmta_snippet(&input, &plan.schedule, &specs),
+        )?;
+        let mut text = format!(
+            "plan: {} IPs to {} a day in {days} days (deferral bound {:.0}% a day)\n",
+            input.new_ips.len(),
+            input.target_per_day,
+            crate::warmup::DEFERRAL_BOUND * 100.0
+        );
+        for (name, day) in &plan.warm_day {
+            let _ = writeln!(
+                text,
+                "  {name:<10} warm on day {}",
+                day.map_or("(not within 90 days)".to_string(), |d| (d + 1).to_string())
+            );
+        }
+        text.push_str("rules:\n");
+        for rule in crate::warmup::RULES {
+            let _ = writeln!(text, "  - {rule}");
+        }
+        write("plan.txt", &text)?;
+        let _ = writeln!(
+            text,
+            "wrote {}/schedule.csv, replay.toml, pmta-warmup.conf",
+            printable::path(out)
+        );
+        Ok(text)
+    })();
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}
+
+fn warmup_check(
+    schedule: &std::path::Path,
+    input: Option<&std::path::Path>,
+    days: u32,
+    models: &std::path::Path,
+    out: &std::path::Path,
+) -> u8 {
+    let result = (|| -> Result<(String, bool), String> {
+        let input_path =
+            input.ok_or("a schedule CSV needs --input (the planner input it was made for)")?;
+        let input = warmup_input(input_path, models)?;
+        let names: Vec<String> = input.providers.iter().map(|(n, _)| n.clone()).collect();
+        let specs = warmup_models(models, &names)?;
+        let text = std::fs::read_to_string(schedule)
+            .map_err(|e| format!("{}: cannot read: {e}", printable::path(schedule)))?;
+        let known = |name: &str| names.iter().any(|n| n == name);
+        let sched = crate::warmup::Schedule::parse_csv(&printable::path(schedule), &text, &known)
+            .map_err(|e| e.to_string())?;
+        let days = days.clamp(1, sched.days().max(1));
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
+        let scenario_path = out.join("replay.toml");
+        let scenario_text = crate::warmup::replay_scenario(&input, &sched, &specs, days, 1);
+        std::fs::write(&scenario_path, &scenario_text).map_err(|e| e.to_string())?;
+        // The replay's models come from --models: copy none, load them from there.
+        let loaded = driver::load_with_models(&scenario_path, models).map_err(|e| e.to_string())?;
+        let output = driver::fast::run(&loaded.scenario, loaded.checked.config)
+            .map_err(|e| e.to_string())?;
+        let start = input.start_s;
+        let provider_of = |rcpt: &str| {
+            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+            specs
+                .iter()
+                .find(|s| s.domains.iter().any(|d| d == domain))
+                .map(|s| s.name.clone())
+        };
+        // A recipient counts as deferred once, however many retries it took.
+        let mut deferred = std::collections::BTreeSet::new();
+        let outcomes: Vec<(u32, String, char, String)> = output
+            .records
+            .iter()
+            .filter_map(|r| {
+                let kind = match r.record_type {
+                    crate::engine::accounting::RecordType::Delivered => 'd',
+                    crate::engine::accounting::RecordType::Transient
+                        if deferred.insert(r.rcpt.as_str()) =>
+                    {
+                        't'
+                    }
+                    crate::engine::accounting::RecordType::Bounced => 'b',
+                    _ => return None,
+                };
+                let day = (r.time_queued.unix_secs().saturating_sub(start) / 86_400) as u32;
+                Some((day, provider_of(&r.rcpt)?, kind, r.dsn_diag.clone()))
+            })
+            .collect();
+        let mut judged_sched = sched.clone();
+        judged_sched.rows.retain(|r| r.day < days);
+        let results = crate::warmup::judge(&input, &judged_sched, &specs, &outcomes);
+        let json = serde_json::to_string_pretty(&crate::warmup::summary_json(&results))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(out.join("summary.json"), json + "\n").map_err(|e| e.to_string())?;
+        let table = crate::warmup::table(&results);
+        std::fs::write(out.join("warmup.txt"), &table).map_err(|e| e.to_string())?;
+        let risky = results.iter().any(|r| !r.risks.is_empty());
+        Ok((table, risky))
+    })();
+    match result {
+        Ok((table, risky)) => {
+            print!("{table}");
+            u8::from(risky)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
 }

@@ -17,3 +17,4 @@ pub mod scenario;
 pub mod sim;
 pub mod smtp;
 pub mod time;
+pub mod warmup;

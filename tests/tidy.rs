@@ -21,6 +21,7 @@ const PURE_ROOMS: &[&str] = &[
     "auth",
     "inbound",
     "sim",
+    "warmup",
     "time.rs",
     "rate.rs",
     "printable.rs",

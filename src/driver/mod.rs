@@ -57,8 +57,11 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
 
 /// [`load_scenario`], with the scenario's text.
 fn read_scenario(path: &Path) -> Result<(Scenario, String), ScenarioError> {
+    read_scenario_with(path, &models_dir(path))
+}
+
+fn read_scenario_with(path: &Path, dir: &Path) -> Result<(Scenario, String), ScenarioError> {
     let text = read_text(path, SCENARIO_FILE_MAX_BYTES)?;
-    let dir = models_dir(path);
     let load = |name: &str| -> Result<IspSpec, ScenarioError> {
         if name.is_empty()
             || !name
@@ -119,7 +122,12 @@ pub enum LoadError {
 
 /// Reads a scenario, its models and its configuration, and checks them against each other.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    let (scenario, text) = read_scenario(path)?;
+    load_with_models(path, &models_dir(path))
+}
+
+/// [`load`], with the provider models from `models`.
+pub fn load_with_models(path: &Path, models: &Path) -> Result<Loaded, LoadError> {
+    let (scenario, text) = read_scenario_with(path, models)?;
     let checked = load_config(&scenario, path)?;
     let mut problems = scenario.warnings.clone();
     if checked.error_count() == 0 {

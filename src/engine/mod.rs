@@ -27,6 +27,7 @@ use self::session::{
 };
 use self::settings::{
     DeliveryType, DkimSign, GlobalSettings, NoMxPolicy, QueueSettings, SourceSettings,
+    VirtualMtaSettings,
 };
 use crate::auth::{SignOptions, Signer};
 use crate::config::model::{Config, PatternAction, QueueMode};
@@ -48,6 +49,8 @@ pub const QUEUES_MAX: usize = 1_000_000;
 pub const MX_TARGETS_MAX: usize = 64;
 /// The longest window a per-source-IP rate may use (PowerMTA's largest unit is a day).
 const DAY_MS: u64 = 86_400_000;
+/// Most `reroute-to-virtual-mta` hops one recipient follows (PowerMTA detects loops).
+const REROUTE_HOPS_MAX: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageId(pub u64);
@@ -761,6 +764,9 @@ pub struct Engine {
     queues: Vec<Queue>,
     routes: IndexMap<(String, String), QueueId>,
     pool_next: IndexMap<String, usize>,
+    /// `cold-virtual-mta` use per (domain, virtual MTA): the day of first use, the current
+    /// day and the messages sent to the cold twin on it.
+    cold_use: BTreeMap<(String, String), (u64, u64, u64)>,
     connections: BTreeMap<ConnectionId, Connection>,
     next_connection: u64,
     total_connections: usize,
@@ -801,6 +807,7 @@ impl Engine {
             queues: Vec::new(),
             routes: IndexMap::new(),
             pool_next: IndexMap::new(),
+            cold_use: BTreeMap::new(),
             connections: BTreeMap::new(),
             next_connection: 1,
             total_connections: 0,
@@ -956,7 +963,7 @@ impl Engine {
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
-            let queue = self.queue_for(&domain, &vmta, &pool)?;
+            let queue = self.queue_routed(now, &domain, &vmta, &pool)?;
             per_queue.entry(queue).or_default().push(index as u32);
         }
         let count = injection.recipients.len();
@@ -1063,6 +1070,11 @@ impl Engine {
             .or(source.default_virtual_mta)
             .or_else(|| self.globals.default_virtual_mta.clone())
             .ok_or(InjectError::NoVirtualMta)?;
+        self.member_of(name)
+    }
+
+    /// The virtual MTA `name` names, or the next member of pool `name`, with the pool.
+    fn member_of(&mut self, name: String) -> Result<(String, String), InjectError> {
         if self.config.virtual_mtas.contains_key(&name) {
             return Ok((name, String::new()));
         }
@@ -1074,6 +1086,103 @@ impl Engine {
         let member = pool.members[*next % pool.members.len()].value.clone();
         *next = (*next + 1) % pool.members.len();
         Ok((member, name))
+    }
+
+    /// The queue a recipient at `domain` routed to `vmta` ends in: `reroute-to-virtual-mta`
+    /// (always) and `backoff-reroute-to-virtual-mta` (while the queue is in backoff) followed
+    /// for at most `REROUTE_HOPS_MAX` hops, a loop stopping where it closes; then the
+    /// virtual MTA's `cold-virtual-mta` twin takes the day's first `max-cold-virtual-mta-msg`
+    /// messages per domain (the list advancing a day at a time from the first use, the last
+    /// value repeating).
+    fn queue_routed(
+        &mut self,
+        now: Time,
+        domain: &str,
+        vmta: &str,
+        pool: &str,
+    ) -> Result<QueueId, InjectError> {
+        let mut id = self.queue_for(domain, vmta, pool)?;
+        let mut seen = vec![id];
+        for _ in 0..REROUTE_HOPS_MAX {
+            let q = &self.queues[id.0 as usize];
+            let target = q.settings.reroute_to_virtual_mta.clone().or_else(|| {
+                (q.mode == QueueMode::Backoff)
+                    .then(|| q.settings.backoff_reroute_to_virtual_mta.clone())
+                    .flatten()
+            });
+            let Some(target) = target else {
+                break;
+            };
+            let (member, pool) = self.member_of(target)?;
+            let next = self.queue_for(domain, &member, &pool)?;
+            if seen.contains(&next) {
+                break;
+            }
+            seen.push(next);
+            id = next;
+        }
+        let q = &self.queues[id.0 as usize];
+        let limits = &q.settings.max_cold_virtual_mta_msg_per_day;
+        let cold = self
+            .config
+            .virtual_mtas
+            .get(&q.vmta)
+            .and_then(|v| VirtualMtaSettings::read(&v.settings, None).cold_virtual_mta)
+            .filter(|cold| self.config.virtual_mtas.contains_key(cold));
+        if let (Some(cold), false) = (cold, limits.is_empty()) {
+            let today = now.unix_secs() / 86_400;
+            let use_ = self
+                .cold_use
+                .entry((q.domain.clone(), q.vmta.clone()))
+                .or_insert((today, today, 0));
+            if use_.1 != today {
+                *use_ = (use_.0, today, 0);
+            }
+            let day = (today - use_.0) as usize;
+            let limit = limits[day.min(limits.len() - 1)];
+            if use_.2 < limit {
+                use_.2 += 1;
+                let pool = q.pool.clone();
+                id = self.queue_for(domain, &cold, &pool)?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// `backoff-reroute-to-virtual-mta`: on the switch into backoff, the queue's waiting
+    /// recipients move to the target's queue for their domain (those in a transaction stay
+    /// and come back here if deferred).
+    fn reroute_on_backoff(&mut self, q: QueueId) {
+        let queue = &mut self.queues[q.0 as usize];
+        let Some(target) = queue.settings.backoff_reroute_to_virtual_mta.clone() else {
+            return;
+        };
+        let domain = queue.domain.clone();
+        let Ok((member, pool)) = self.member_of(target) else {
+            return;
+        };
+        let Ok(to) = self.queue_for(&domain, &member, &pool) else {
+            return;
+        };
+        if to == q {
+            return;
+        }
+        let from = &mut self.queues[q.0 as usize];
+        let entries: Vec<Entry> = from
+            .ready
+            .drain(..)
+            .chain(std::mem::take(&mut from.waiting).into_values())
+            .collect();
+        let expiries = std::mem::take(&mut from.expiries);
+        let moved: usize = entries.iter().map(|e| e.rcpts.len()).sum();
+        from.queued_rcpts = from.queued_rcpts.saturating_sub(moved);
+        let to_queue = &mut self.queues[to.0 as usize];
+        to_queue.queued_rcpts += moved;
+        to_queue.ready.extend(entries);
+        for (key, rcpts) in expiries {
+            to_queue.expiries.entry(key).or_default().extend(rcpts);
+        }
+        self.dirty.insert(to);
     }
 
     fn queue_for(&mut self, domain: &str, vmta: &str, pool: &str) -> Result<QueueId, InjectError> {
@@ -2556,6 +2665,9 @@ impl Engine {
             trigger,
         });
         self.dirty.insert(q);
+        if mode == QueueMode::Backoff {
+            self.reroute_on_backoff(q);
+        }
     }
 
     /// Puts the queue into retry mode for its next retry interval.

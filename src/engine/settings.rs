@@ -49,6 +49,7 @@ pub fn simulated() -> Vec<Read> {
     GlobalSettings::read(&Settings::default(), Some(&mut reads));
     SourceSettings::read(&Settings::default(), Some(&mut reads));
     AcctFileSettings::read(&Settings::default(), Some(&mut reads));
+    VirtualMtaSettings::read(&Settings::default(), Some(&mut reads));
     reads.extend_from_slice(STRUCTURAL);
     reads.sort();
     reads.dedup();
@@ -122,6 +123,25 @@ impl<'a, 't> Reader<'a, 't> {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A daily list (`1/day,2/day,...`) as messages per day, the last value repeating.
+    fn per_day_list(&mut self, name: &'static str) -> Vec<u64> {
+        match self.value(name) {
+            Some(Value::RateList(list)) => list
+                .iter()
+                .map(|rate| match rate {
+                    Rate::Unlimited => u64::MAX,
+                    Rate::Limit { count, per_seconds } => {
+                        (*count as u128 * 86_400 / (*per_seconds).max(1) as u128) as u64
+                    }
+                })
+                .collect(),
+            Some(Value::Rate(Rate::Limit { count, per_seconds })) => {
+                vec![(*count as u128 * 86_400 / (*per_seconds).max(1) as u128) as u64]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn text(&mut self, name: &'static str) -> Option<String> {
@@ -265,6 +285,13 @@ pub struct QueueSettings {
     /// `None`: never.
     pub backoff_to_normal_after_s: Option<u64>,
     pub backoff_to_normal_after_delivery: bool,
+    /// `reroute-to-virtual-mta`: every message of the queue goes to this virtual MTA or pool.
+    pub reroute_to_virtual_mta: Option<String>,
+    /// `backoff-reroute-to-virtual-mta`: while in backoff, to this virtual MTA or pool.
+    pub backoff_reroute_to_virtual_mta: Option<String>,
+    /// `max-cold-virtual-mta-msg`: messages per day to the virtual MTA's cold twin, day by
+    /// day from its first use (the last value repeats); empty: none.
+    pub max_cold_virtual_mta_msg_per_day: Vec<u64>,
     /// `None`: never.
     pub reenable_source_ip_after_s: Option<u64>,
     pub backoff_upon_all_sources_disabled: bool,
@@ -358,6 +385,9 @@ impl QueueSettings {
             bounce_after_s: r.seconds("bounce-after").unwrap_or(BOUNCE_AFTER_DEFAULT_S),
             backoff_to_normal_after_s: r.seconds("backoff-to-normal-after"),
             backoff_to_normal_after_delivery: r.flag("backoff-to-normal-after-delivery"),
+            reroute_to_virtual_mta: r.text("reroute-to-virtual-mta"),
+            backoff_reroute_to_virtual_mta: r.text("backoff-reroute-to-virtual-mta"),
+            max_cold_virtual_mta_msg_per_day: r.per_day_list("max-cold-virtual-mta-msg"),
             reenable_source_ip_after_s: r.seconds("reenable-source-ip-after"),
             backoff_upon_all_sources_disabled: r.flag("backoff-upon-all-sources-disabled"),
             connect_timeout_s: r.seconds("connect-timeout").unwrap_or(120),
@@ -491,6 +521,24 @@ impl AcctFileSettings {
         AcctFileSettings {
             records,
             record_fields,
+        }
+    }
+}
+
+/// What the engine reads from a `<virtual-mta>` block beyond its source hosts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VirtualMtaSettings {
+    /// `cold-virtual-mta NAME`: the warmup twin that takes the first
+    /// `max-cold-virtual-mta-msg` messages per domain per day.
+    pub cold_virtual_mta: Option<String>,
+}
+
+impl VirtualMtaSettings {
+    pub fn read(settings: &Settings, trace: Option<&mut Vec<Read>>) -> VirtualMtaSettings {
+        let get = |name: &str| settings.get(name).map(|s| &s.value);
+        let mut r = Reader::of(Some(BlockKind::VirtualMta), &get, trace);
+        VirtualMtaSettings {
+            cold_virtual_mta: r.text("cold-virtual-mta"),
         }
     }
 }

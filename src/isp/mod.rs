@@ -174,6 +174,8 @@ pub struct Provider {
     complaint_rates: BTreeMap<String, f64>,
     /// The share of each sender's recipients who engage (open, read), 0..1.
     engagement_rates: BTreeMap<String, f64>,
+    /// The engaged segment's engagement by sender (see `engaged_segment`).
+    engaged_rates: BTreeMap<String, f64>,
     /// Checks DKIM, SPF, DMARC and PTR against the simulated DNS (mail-auth, in the `sim`
     /// room); `None` finds nothing authenticated.
     authenticator: Option<Authenticator>,
@@ -218,6 +220,14 @@ impl ProviderBuilder {
         let p = &mut self.provider;
         p.complaint_rates.insert(sender.clone(), complaint_rate);
         p.engagement_rates.insert(sender, engagement);
+        self
+    }
+
+    /// The engagement of `sender`'s engaged segment (recipients `engaged…@`, sent first on a
+    /// warmup day), where it differs from the rest of its audience.
+    pub fn engaged_segment(mut self, sender: &str, engagement: f64) -> Self {
+        let sender = sender.to_ascii_lowercase();
+        self.provider.engaged_rates.insert(sender, engagement);
         self
     }
 
@@ -307,6 +317,9 @@ impl Provider {
             spec.reputation.clone().unwrap_or_default(),
             spec.history.clone(),
         );
+        for (identity, history) in &spec.identities {
+            ledger.set_history(identity, history.clone());
+        }
         if let Some(t) = &throttle {
             let growth = t.growth_percent_per_clean_day.unwrap_or(100) as f64 / 100.0;
             for (prefix, base) in [
@@ -342,6 +355,7 @@ impl Provider {
             ledger,
             complaint_rates: BTreeMap::new(),
             engagement_rates: BTreeMap::new(),
+            engaged_rates: BTreeMap::new(),
             authenticator: None,
             domain_days: BTreeMap::new(),
             bulk_domains: BTreeSet::new(),
@@ -1092,6 +1106,7 @@ impl ServerPolicy for Receiver {
         p.accepted_since_pause += 1;
         let sender = envelope.mail_from.to_ascii_lowercase();
         let engagement = p.engagement_rates.get(&sender).copied().unwrap_or(0.0);
+        let engaged = p.engaged_rates.get(&sender).copied().unwrap_or(engagement);
         let mut complaint_rate = p.complaint_rates.get(&sender).copied().unwrap_or(0.0);
         if let Some(model) = &p.spec.reputation
             && p.bulk_domains.contains(&domain_of(&envelope.mail_from))
@@ -1107,6 +1122,11 @@ impl ServerPolicy for Receiver {
         let day = p.log.daily.entry(now.unix_secs() / 86_400).or_default();
         day.delivered += envelope.recipients.len() as u64;
         for rcpt in &envelope.recipients {
+            let engagement = if rcpt.starts_with("engaged") {
+                engaged
+            } else {
+                engagement
+            };
             for identity in &identities {
                 p.ledger
                     .record(identity, now, Signal::Accepted { engagement });

@@ -163,6 +163,8 @@ pub struct Curve {
 pub struct Ledger {
     model: Reputation,
     history: History,
+    /// Identities with a history of their own (a cold IP joining a warm pool), by key.
+    identities: BTreeMap<String, History>,
     /// Capacity curves by identity prefix (`ip:`, `domain:`).
     curves: Vec<(&'static str, Curve)>,
     standings: BTreeMap<String, Standing>,
@@ -176,9 +178,16 @@ impl Ledger {
         Ledger {
             model,
             history,
+            identities: BTreeMap::new(),
             curves: Vec::new(),
             standings: BTreeMap::new(),
         }
+    }
+
+    /// `identity` (`ip:…`, `net:…/24`, `domain:…`) starts from `history` instead of the
+    /// provider's.
+    pub fn set_history(&mut self, identity: &str, history: History) {
+        self.identities.insert(identity.to_string(), history);
     }
 
     /// Identities starting with `prefix` grow along `curve`.
@@ -194,9 +203,11 @@ impl Ledger {
         let Ledger {
             model,
             history,
+            identities,
             standings,
             ..
         } = self;
+        let history = identities.get(identity).unwrap_or(history);
         let standing = entry(standings, model, history, identity, today);
         standing.catch_up(model, today, |days, score| {
             capacity(model, curve, days, score).saturating_mul(24)
@@ -219,23 +230,25 @@ impl Ledger {
     }
 
     pub fn record(&mut self, identity: &str, now: Time, signal: Signal) {
+        self.record_many(identity, now, signal, 1);
+    }
+
+    /// `signal` `count` times over (a day's mail at once, as the warmup planner feeds it).
+    pub fn record_many(&mut self, identity: &str, now: Time, signal: Signal, count: u64) {
+        if count == 0 {
+            return;
+        }
         let today = now.unix_secs() / 86_400;
-        let day = entry(
-            &mut self.standings,
-            &self.model,
-            &self.history,
-            identity,
-            today,
-        )
-        .today(today);
+        let history = self.identities.get(identity).unwrap_or(&self.history);
+        let day = entry(&mut self.standings, &self.model, history, identity, today).today(today);
         match signal {
             Signal::Accepted { engagement } => {
-                day.sent += 1;
-                day.engaged += engagement;
+                day.sent += count;
+                day.engaged += engagement * count as f64;
             }
             Signal::Throttled => day.throttled = true,
-            Signal::UnknownUser => day.unknown_users += 1,
-            Signal::Complaint => day.complaints += 1,
+            Signal::UnknownUser => day.unknown_users += count,
+            Signal::Complaint => day.complaints += count,
         }
     }
 
@@ -372,6 +385,25 @@ mod tests {
         assert_eq!(
             lifted, 9,
             "seven days of mitigation wait, then drift back to neutral"
+        );
+    }
+
+    #[test]
+    fn an_identity_with_its_own_history_starts_from_it() {
+        let mut ledger = ledger(History::named("warm").unwrap());
+        ledger.set_history("ip:new", History::default());
+        let warm = ledger.capacity("ip:old", day(0));
+        let cold = ledger.capacity("ip:new", day(0));
+        assert_eq!(cold, 20, "the new IP is cold");
+        assert!(warm > 20 * 100, "the pool's old IP is warm: {warm}/h");
+        // The new IP warms from its own start: a clean day grows it by the curve.
+        for _ in 0..200 {
+            ledger.record("ip:new", day(0), Signal::Accepted { engagement: 0.5 });
+        }
+        let grown = ledger.capacity("ip:new", day(1));
+        assert!(
+            (28..100).contains(&grown),
+            "a clean day: ×1.4 and a better score, {grown}/h"
         );
     }
 

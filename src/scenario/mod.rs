@@ -9,6 +9,7 @@
 mod check;
 pub mod expect;
 mod model;
+pub mod shape;
 mod workload;
 
 use std::net::IpAddr;
@@ -116,6 +117,29 @@ struct Raw {
     dns_txt: Vec<RawTxt>,
     #[serde(default)]
     engine: Option<Spanned<RawEngine>>,
+    #[serde(default)]
+    identity: Vec<Spanned<RawIdentity>>,
+}
+
+/// `[[identity]]`: the history one source IP, /24 or sending domain has with every provider,
+/// or with one (`isp`), overriding the provider's `history` for that identity alone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default)]
+    source_ip: Option<String>,
+    #[serde(default)]
+    netblock: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    isp: Option<Spanned<String>>,
+    #[serde(default)]
+    history: Option<Spanned<String>>,
+    #[serde(default)]
+    reputation: Option<f64>,
+    #[serde(default)]
+    clean_days: Option<u32>,
 }
 
 /// `[engine]`: choices PowerMTA's documentation leaves open, made per scenario.
@@ -244,7 +268,22 @@ struct RawFixedReply {
 struct RawWorkload {
     vmta: Spanned<String>,
     mail_from: String,
-    messages: u64,
+    #[serde(default)]
+    messages: Option<u64>,
+    #[serde(default)]
+    daily: Option<Vec<u64>>,
+    #[serde(default)]
+    growth: Option<RawGrowth>,
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default)]
+    tz: Option<String>,
+    #[serde(default)]
+    weekdays: Option<Vec<String>>,
+    #[serde(default)]
+    engaged_share: Option<f64>,
+    #[serde(default)]
+    engaged_engagement: Option<f64>,
     #[serde(default)]
     start: Option<String>,
     #[serde(default)]
@@ -270,6 +309,15 @@ struct RawWorkload {
     one_click_unsubscribe: Option<bool>,
     #[serde(default)]
     header_from: Option<String>,
+}
+
+/// `growth = { start = 200, factor = 1.4, max = 100000 }`: day n sends start × factorⁿ.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrowth {
+    start: u64,
+    factor: f64,
+    max: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +409,10 @@ pub struct IspSpec {
     pub reputation: Option<Reputation>,
     /// The sender's standing with this provider when the run starts.
     pub history: History,
+    /// Identities whose standing differs from `history` (`[[identity]]`): the reputation
+    /// ledger's key (`ip:…`, `net:…/24`, `domain:…`) and its own history, later entries
+    /// winning.
+    pub identities: Vec<(String, History)>,
     /// Wrap replies the provider's way: lines of at most this many characters, each with
     /// the code repeated (Gmail: `421-4.7.28 ...`), 0 for one line.
     pub reply_wrap_chars: usize,
@@ -714,6 +766,7 @@ impl IspSpec {
             auth: None,
             reputation: None,
             history: History::default(),
+            identities: Vec::new(),
             reply_wrap_chars: 0,
             reply_suffix: String::new(),
         }
@@ -891,6 +944,113 @@ pub fn parse_utc(text: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(days as u64 * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// A history from `history = "cold|warm|damaged"`, `reputation` and `clean_days`.
+fn history_of<T>(
+    r: &Reporter<'_>,
+    spanned: &Spanned<T>,
+    name: &Option<Spanned<String>>,
+    reputation: Option<f64>,
+    clean_days: Option<u32>,
+) -> Result<History, ScenarioError> {
+    let mut history = match name {
+        Some(h) => History::named(h.get_ref()).ok_or_else(|| {
+            r.span(
+                h,
+                format!("history is cold, warm or damaged, not `{}`", h.get_ref()),
+            )
+        })?,
+        None => History::default(),
+    };
+    if let Some(score) = reputation {
+        if !(0.0..=1.0).contains(&score) {
+            return Err(r.span(
+                spanned,
+                format!("reputation is between 0 and 1, not {score}"),
+            ));
+        }
+        history.score = Some(score);
+    }
+    if let Some(days) = clean_days {
+        history.clean_days = days;
+    }
+    Ok(history)
+}
+
+/// One `[[identity]]`: the provider it is limited to (if any), the reputation ledger's key
+/// and its history.
+fn identity_of(
+    r: &Reporter<'_>,
+    spanned: &Spanned<RawIdentity>,
+    isps: &[IspSpec],
+) -> Result<(Option<String>, String, History), ScenarioError> {
+    let id = spanned.get_ref();
+    let key = match (&id.source_ip, &id.netblock, &id.domain) {
+        (Some(ip), None, None) => {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| r.span(spanned, format!("source_ip `{ip}` is not an IP address")))?;
+            format!("ip:{ip}")
+        }
+        (None, Some(net), None) => {
+            // The providers keep one standing per IPv4 /24 (`a.b.c.0/24`).
+            let parsed = net
+                .strip_suffix("/24")
+                .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+                .filter(|a| a.octets()[3] == 0);
+            match parsed {
+                Some(a) => format!("net:{a}/24"),
+                None => {
+                    return Err(r.span(
+                        spanned,
+                        format!("netblock `{net}` is not an IPv4 /24 such as `192.0.2.0/24`"),
+                    ));
+                }
+            }
+        }
+        (None, None, Some(domain)) if value::is_host_name(domain) => {
+            format!("domain:{}", domain.to_ascii_lowercase())
+        }
+        (None, None, Some(domain)) => {
+            return Err(r.span(spanned, format!("domain `{domain}` is not a domain name")));
+        }
+        _ => {
+            return Err(r.span(
+                spanned,
+                "an identity is one of source_ip, netblock or domain",
+            ));
+        }
+    };
+    let isp = match &id.isp {
+        Some(name) => {
+            let spec = isps.iter().find(|i| i.name == *name.get_ref());
+            match spec {
+                Some(spec) if spec.throttle.is_some() || spec.reputation.is_some() => {
+                    Some(spec.name.clone())
+                }
+                Some(_) => {
+                    return Err(r.span(
+                        name,
+                        format!("history needs a model with [throttle] or [reputation]; ISP `{}` has neither", name.get_ref()),
+                    ));
+                }
+                None => {
+                    let names: Vec<&str> = isps.iter().map(|i| i.name.as_str()).collect();
+                    let hint =
+                        crate::config::diag::did_you_mean(name.get_ref(), names.iter().copied())
+                            .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
+                    return Err(r.span(
+                        name,
+                        format!("no ISP `{}` in this scenario{hint}", name.get_ref()),
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    let history = history_of(r, spanned, &id.history, id.reputation, id.clean_days)?;
+    Ok((isp, key, history))
 }
 
 impl Scenario {
@@ -1072,27 +1232,7 @@ impl Scenario {
                 }
                 None => base.greylist.clone(),
             };
-            let mut history = match &isp.history {
-                Some(h) => History::named(h.get_ref()).ok_or_else(|| {
-                    r.span(
-                        h,
-                        format!("history is cold, warm or damaged, not `{}`", h.get_ref()),
-                    )
-                })?,
-                None => History::default(),
-            };
-            if let Some(score) = isp.reputation {
-                if !(0.0..=1.0).contains(&score) {
-                    return Err(r.span(
-                        spanned,
-                        format!("reputation is between 0 and 1, not {score}"),
-                    ));
-                }
-                history.score = Some(score);
-            }
-            if let Some(days) = isp.clean_days {
-                history.clean_days = days;
-            }
+            let history = history_of(&r, spanned, &isp.history, isp.reputation, isp.clean_days)?;
             if (isp.history.is_some() || isp.reputation.is_some() || isp.clean_days.is_some())
                 && base.throttle.is_none()
                 && base.reputation.is_none()
@@ -1226,11 +1366,20 @@ impl Scenario {
                 ..base
             });
         }
+        for spanned in &raw.identity {
+            let (isp, key, history) = identity_of(&r, spanned, &isps)?;
+            for spec in isps.iter_mut() {
+                if isp.as_ref().is_none_or(|name| *name == spec.name) {
+                    spec.identities.push((key.clone(), history.clone()));
+                }
+            }
+        }
         let mut workloads = Vec::new();
         let mut total: u64 = 0;
         for (index, spanned) in raw.workload.iter().enumerate() {
             let w = spanned.get_ref();
-            let workload = Workload::from_raw(index, w, &r, spanned)?;
+            let workload =
+                Workload::from_raw(index, w, &r, spanned, start.unix_secs(), duration_s)?;
             total = total.saturating_add(workload.messages);
             // A stream that sends nothing because of the scenario's own settings says so.
             let due = workload.due_by(duration_s);

@@ -4,12 +4,16 @@
 //! index, so adding a stream never changes another stream's draws. Message `i` of a stream
 //! is injected at `start + i × spacing`; recipients are drawn from the domain mix, a share of
 //! them unknown users (local part `nouser…`), full mailboxes (`full…`) and disabled accounts
-//! (`disabled…`), which the simulated receivers answer as their models say.
+//! (`disabled…`), which the simulated receivers answer as their models say. A stream with a
+//! daily shape (`daily`, `growth`, `window`, `tz`, `weekdays`) spaces each sending day's
+//! messages over that day's window instead (`shape`), the day's engaged segment first
+//! (local part `engaged…`).
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use toml::Spanned;
 
+use super::shape::{self, DayPlan};
 use super::{RawWorkload, Reporter, ScenarioError, interval};
 use crate::config::value;
 use crate::engine::{Injection, MessageData, SharedBody};
@@ -33,6 +37,12 @@ pub struct Workload {
     pub start_s: u64,
     /// Milliseconds between messages × `messages` (so spacing stays exact): the stream's span.
     pub span_ms: u64,
+    /// With a daily shape, its sending days (then `span_ms` is unused); empty otherwise.
+    pub days: Vec<DayPlan>,
+    /// Share of each sending day's recipients in the engaged segment, sent first.
+    pub engaged_share: f64,
+    /// The engagement of the engaged segment (`engagement` is the rest's).
+    pub engaged_engagement: f64,
     pub recipients_per_message: u32,
     pub size_bytes: u64,
     /// Domains with their weights, in file order.
@@ -59,12 +69,83 @@ impl Workload {
         w: &RawWorkload,
         r: &Reporter<'_>,
         spanned: &Spanned<RawWorkload>,
+        run_start_s: u64,
+        duration_s: u64,
     ) -> Result<Workload, ScenarioError> {
         let err = |m: String| r.span(spanned, m);
         let start_s = match &w.start {
             Some(text) => interval(text).map_err(err)?,
             None => 0,
         };
+        let daily = match (&w.daily, &w.growth) {
+            (Some(_), Some(_)) => return Err(err("give `daily` or `growth`, not both".into())),
+            (Some(list), None) => Some(shape::list(list).map_err(err)?),
+            (None, Some(g)) => Some(shape::growth(g.start, g.factor, g.max).map_err(err)?),
+            (None, None) => None,
+        };
+        let shaped = w.window.is_some() || w.tz.is_some() || w.weekdays.is_some();
+        let days = match &daily {
+            Some(_) if w.messages.is_some() || w.over.is_some() || w.rate.is_some() => {
+                return Err(err(
+                    "a stream with `daily` or `growth` takes its volume from them: leave out messages, over and rate".into(),
+                ));
+            }
+            Some(daily) => {
+                let window = match &w.window {
+                    Some(text) => shape::parse_window(text).map_err(err)?,
+                    None => (0, 86_400),
+                };
+                let tz = match &w.tz {
+                    Some(text) => shape::parse_tz(text).map_err(err)?,
+                    None => 0,
+                };
+                let weekdays = match &w.weekdays {
+                    Some(names) => shape::parse_weekdays(names).map_err(err)?,
+                    None => 0x7f,
+                };
+                shape::plan(
+                    daily,
+                    window,
+                    tz,
+                    weekdays,
+                    run_start_s,
+                    run_start_s + start_s,
+                    run_start_s + duration_s,
+                )
+            }
+            None if shaped => {
+                return Err(err(
+                    "window, tz and weekdays shape a daily volume: give `daily` or `growth` too"
+                        .into(),
+                ));
+            }
+            None => Vec::new(),
+        };
+        let messages = match (w.messages, days.last()) {
+            (Some(n), _) => n,
+            (None, Some(last)) => last.first + last.count,
+            (None, None) if daily.is_some() => 0,
+            (None, None) => {
+                return Err(err(
+                    "a stream needs `messages`, or a daily volume (`daily` or `growth`)".into(),
+                ));
+            }
+        };
+        let share = |name: &str, v: Option<f64>, default: f64| match v.unwrap_or(default) {
+            v if (0.0..=1.0).contains(&v) => Ok(v),
+            v => Err(err(format!("{name} is between 0 and 1, not {v}"))),
+        };
+        let engaged_share = share("engaged_share", w.engaged_share, 0.0)?;
+        let engaged_engagement = share(
+            "engaged_engagement",
+            w.engaged_engagement,
+            w.engagement.unwrap_or(0.0),
+        )?;
+        if w.engaged_engagement.is_some() && w.engaged_share.is_none() {
+            return Err(err(
+                "engaged_engagement applies to the engaged segment: give engaged_share too".into(),
+            ));
+        }
         let span_ms = match (&w.over, &w.rate) {
             (Some(_), Some(_)) => return Err(err("give `over` or `rate`, not both".into())),
             (Some(over), None) => interval(over).map_err(err)? * 1000,
@@ -75,7 +156,7 @@ impl Workload {
                     )));
                 }
                 value::Rate::Limit { count, per_seconds } => {
-                    w.messages.saturating_mul(per_seconds.saturating_mul(1000)) / count
+                    messages.saturating_mul(per_seconds.saturating_mul(1000)) / count
                 }
                 value::Rate::Unlimited => 0,
             },
@@ -126,7 +207,7 @@ impl Workload {
         // The longest recipient this stream generates must be one the engine accepts.
         let longest_local = format!(
             "disabled{index}.{}.{}",
-            w.messages.saturating_sub(1),
+            messages.saturating_sub(1),
             recipients_per_message - 1
         );
         for domain in w.domains.keys() {
@@ -143,9 +224,12 @@ impl Workload {
             index,
             vmta: w.vmta.get_ref().clone(),
             mail_from: w.mail_from.clone(),
-            messages: w.messages,
+            messages,
             start_s,
             span_ms,
+            days,
+            engaged_share,
+            engaged_engagement,
             recipients_per_message,
             size_bytes,
             domains: w
@@ -183,6 +267,20 @@ impl Workload {
     /// at most as many as its span's share, plus one).
     pub fn most_due_within(&self, window_s: u64, end_s: u64) -> u64 {
         let due = self.due_by(end_s);
+        if !self.days.is_empty() {
+            // A window may straddle two sending days.
+            let window_ms = window_s.saturating_mul(1000);
+            let most = self
+                .days
+                .iter()
+                .zip(self.days.iter().skip(1).map(Some).chain([None]))
+                .map(|(a, b)| {
+                    a.most_within_ms(window_ms) + b.map_or(0, |b| b.most_within_ms(window_ms))
+                })
+                .max()
+                .unwrap_or(0);
+            return most.min(due);
+        }
         if self.span_ms == 0 {
             return due;
         }
@@ -192,6 +290,10 @@ impl Workload {
 
     /// How many of the stream's messages are due at or before `end_s` seconds after the start.
     pub fn due_by(&self, end_s: u64) -> u64 {
+        if !self.days.is_empty() {
+            let end_ms = end_s.saturating_mul(1000);
+            return self.days.iter().map(|d| d.due_by_ms(end_ms)).sum();
+        }
         if self.start_s > end_s {
             return 0;
         }
@@ -222,7 +324,17 @@ const BODY_LINE: &[u8] =
     b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n";
 
 impl Stream {
+    /// The sending day of message `n` of a shaped stream.
+    fn day_of(&self, n: u64) -> Option<&DayPlan> {
+        let days = &self.workload.days;
+        days.get(days.partition_point(|d| d.first + d.count <= n))
+    }
+
     fn due(&self, start: Time) -> Option<Time> {
+        if !self.workload.days.is_empty() {
+            let day = self.day_of(self.next)?;
+            return Some(start.plus_ms(day.offset_ms(self.next - day.first)));
+        }
         (self.next < self.workload.messages).then(|| {
             let offset_ms = (self.next as u128 * self.workload.span_ms as u128
                 / self.workload.messages.max(1) as u128) as u64;
@@ -296,6 +408,10 @@ impl Generated {
     fn make(&mut self, index: usize, at: Time) -> Injection {
         let stream = &mut self.streams[index];
         let n = stream.next;
+        // The engaged segment of the day comes first, as the published warmup guides send it.
+        let engaged = stream.day_of(n).is_some_and(|d| {
+            ((n - d.first) as f64) < stream.workload.engaged_share * d.count as f64
+        });
         stream.next += 1;
         let w = &stream.workload;
         let mut recipients = Vec::with_capacity(w.recipients_per_message as usize);
@@ -317,6 +433,8 @@ impl Generated {
                 "full"
             } else if draw < w.unknown_user_rate + w.full_mailbox_rate + w.disabled_rate {
                 "disabled"
+            } else if engaged {
+                "engaged"
             } else {
                 "u"
             };

@@ -113,6 +113,9 @@ impl World {
                     }));
                 for w in &scenario.workloads {
                     builder = builder.audience(&w.mail_from, w.complaint_rate, w.engagement);
+                    if w.engaged_share > 0.0 {
+                        builder = builder.engaged_segment(&w.mail_from, w.engaged_engagement);
+                    }
                 }
                 for fault in &scenario.faults {
                     if let FaultKind::ReplyOverride { isp, phase, reply } = &fault.kind

@@ -1,0 +1,759 @@
+//! IP warmup planning: the planner's input, the day-by-day schedule it searches against the
+//! provider models, the schedule as CSV, as a replay scenario and as a PowerMTA snippet, and
+//! the judgement of a replayed schedule (per day and provider: planned, accepted, deferred,
+//! risk days with their reason).
+//!
+//! Pure: the caller reads files, loads provider models and runs the replay. The planner steps
+//! each provider's reputation ledger (`isp::reputation`, the same code the simulated
+//! providers use) one day at a time with the day's planned mail, so a 30-day plan at 1M a
+//! day costs milliseconds; the replay (`warmup check`) then sends the schedule through the
+//! engine and the provider models in fast mode. It must not read files or a clock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::isp::reputation::{Curve, Ledger, Signal};
+use crate::scenario::{History, IspSpec};
+use crate::time::Time;
+
+/// Longest plan, in days (the SES ramp is 45 days; twice that is a failed plan).
+pub const DAYS_MAX: usize = 90;
+/// Most source IPs a plan warms.
+pub const IPS_MAX: usize = 256;
+/// Share of a provider's hourly capacity the plan uses (the rest absorbs the day's jitter).
+pub const CAPACITY_MARGIN: f64 = 0.8;
+/// Share of the spike rule's allowance the plan uses.
+pub const SPIKE_MARGIN: f64 = 0.9;
+/// The deferral rate over which a replayed day is a risk day (and the bound a plan states).
+pub const DEFERRAL_BOUND: f64 = 0.05;
+/// Most schedule rows read from a CSV.
+pub const ROWS_MAX: usize = 1_000_000;
+
+/// A bad planner input or schedule, at `FILE:LINE`.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{file}:{line}: error: {message}")]
+pub struct WarmupError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    target_per_day: u64,
+    new_ips: Vec<String>,
+    mail_from: String,
+    #[serde(default)]
+    window: Option<String>,
+    providers: indexmap::IndexMap<String, toml::Spanned<f64>>,
+    #[serde(default)]
+    unknown_user_rate: Option<f64>,
+    #[serde(default)]
+    complaint_rate: Option<f64>,
+    #[serde(default)]
+    engagement: Option<f64>,
+    #[serde(default)]
+    start_time: Option<String>,
+}
+
+/// What the user wants warmed: target volume, provider mix, new IPs, list quality.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub target_per_day: u64,
+    pub new_ips: Vec<Ipv4Addr>,
+    pub mail_from: String,
+    /// Sending window, seconds of the UTC day.
+    pub window: (u64, u64),
+    /// Provider (an `isp-models/` name) and its share of the list, in file order.
+    pub providers: Vec<(String, f64)>,
+    pub unknown_user_rate: f64,
+    pub complaint_rate: f64,
+    pub engagement: f64,
+    /// Day 0, midnight UTC (seconds since the epoch).
+    pub start_s: u64,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Input {
+    /// Parses a planner input; `known` says whether a provider model exists.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<Input, WarmupError> {
+        let err = |offset: usize, message: String| WarmupError {
+            file: file.to_string(),
+            line: line_of(text, offset),
+            message,
+        };
+        let raw: RawInput = toml::from_str(text)
+            .map_err(|e| err(e.span().map_or(0, |s| s.start), e.message().to_string()))?;
+        let whole = |m: String| err(0, m);
+        if raw.target_per_day == 0 || raw.target_per_day > 100_000_000 {
+            return Err(whole(format!(
+                "target_per_day is 1 to 100000000, not {}",
+                raw.target_per_day
+            )));
+        }
+        if raw.new_ips.is_empty() || raw.new_ips.len() > IPS_MAX {
+            return Err(whole(format!(
+                "new_ips lists 1 to {IPS_MAX} IPv4 addresses"
+            )));
+        }
+        let mut new_ips = Vec::new();
+        for ip in &raw.new_ips {
+            new_ips.push(
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| whole(format!("new_ips: `{ip}` is not an IPv4 address")))?,
+            );
+        }
+        if crate::config::value::parse_address(&raw.mail_from).is_err() {
+            return Err(whole(format!(
+                "mail_from `{}` is not an address",
+                raw.mail_from
+            )));
+        }
+        let window = match &raw.window {
+            Some(w) => crate::scenario::shape::parse_window(w).map_err(whole)?,
+            None => (8 * 3600, 20 * 3600),
+        };
+        let mut providers = Vec::new();
+        for (name, share) in &raw.providers {
+            let at = share.span().start;
+            if !known(name) {
+                return Err(err(
+                    at,
+                    format!("unknown provider `{name}`: no isp-models/{name}.toml"),
+                ));
+            }
+            let v = *share.get_ref();
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(err(
+                    at,
+                    format!("the share of `{name}` is above 0 and at most 1, not {v}"),
+                ));
+            }
+            providers.push((name.clone(), v));
+        }
+        let sum: f64 = providers.iter().map(|(_, v)| v).sum();
+        if providers.is_empty() || (sum - 1.0).abs() > 1e-6 {
+            let at = raw.providers.values().next().map_or(0, |s| s.span().start);
+            return Err(err(at, format!("the provider shares sum to {sum}, not 1")));
+        }
+        let rate = |name: &str, v: Option<f64>, default: f64| match v.unwrap_or(default) {
+            v if (0.0..=1.0).contains(&v) => Ok(v),
+            v => Err(whole(format!("{name} is between 0 and 1, not {v}"))),
+        };
+        let start_s = match &raw.start_time {
+            Some(t) => crate::scenario::parse_utc(t)
+                .ok_or_else(|| whole(format!("start_time `{t}` is not a UTC time")))?,
+            None => crate::scenario::parse_utc("2026-10-05T00:00:00Z").expect("a valid date"),
+        };
+        Ok(Input {
+            target_per_day: raw.target_per_day,
+            new_ips,
+            mail_from: raw.mail_from.to_ascii_lowercase(),
+            window,
+            providers,
+            unknown_user_rate: rate("unknown_user_rate", raw.unknown_user_rate, 0.005)?,
+            complaint_rate: rate("complaint_rate", raw.complaint_rate, 0.0005)?,
+            engagement: rate("engagement", raw.engagement, 0.2)?,
+            start_s: start_s - start_s % 86_400,
+        })
+    }
+
+    fn window_hours(&self) -> f64 {
+        (self.window.1 - self.window.0) as f64 / 3600.0
+    }
+}
+
+/// One row of a schedule: what one IP sends to one provider on one day.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Row {
+    pub day: u32,
+    pub provider: String,
+    pub ip: Ipv4Addr,
+    pub messages: u64,
+}
+
+/// A day-by-day, per-IP, per-provider schedule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Schedule {
+    pub rows: Vec<Row>,
+}
+
+impl Schedule {
+    pub fn days(&self) -> u32 {
+        self.rows.iter().map(|r| r.day + 1).max().unwrap_or(0)
+    }
+
+    /// Messages per (day, provider).
+    pub fn per_provider(&self) -> BTreeMap<(u32, String), u64> {
+        let mut out = BTreeMap::new();
+        for r in &self.rows {
+            *out.entry((r.day, r.provider.clone())).or_insert(0) += r.messages;
+        }
+        out
+    }
+
+    /// `day,provider,ip,messages` with a header.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("day,provider,ip,messages\n");
+        for r in &self.rows {
+            let _ = writeln!(out, "{},{},{},{}", r.day + 1, r.provider, r.ip, r.messages);
+        }
+        out
+    }
+
+    /// Reads a schedule CSV (days from 1); every bad line is an error with its number.
+    pub fn parse_csv(
+        file: &str,
+        text: &str,
+        known: &dyn Fn(&str) -> bool,
+    ) -> Result<Schedule, WarmupError> {
+        let mut rows = Vec::new();
+        let err = |line: usize, message: String| WarmupError {
+            file: file.to_string(),
+            line,
+            message,
+        };
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if line.is_empty() || (n == 1 && line.starts_with("day")) {
+                continue;
+            }
+            if rows.len() >= ROWS_MAX {
+                return Err(err(n, format!("more than {ROWS_MAX} rows")));
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [day, provider, ip, messages] = fields[..] else {
+                return Err(err(n, format!("`{line}` is not day,provider,ip,messages")));
+            };
+            let day: u32 = day
+                .parse()
+                .ok()
+                .filter(|d| (1..=DAYS_MAX as u32).contains(d))
+                .ok_or_else(|| err(n, format!("day `{day}` is not 1 to {DAYS_MAX}")))?;
+            if !known(provider) {
+                return Err(err(n, format!("unknown provider `{provider}`")));
+            }
+            let ip: Ipv4Addr = ip
+                .parse()
+                .map_err(|_| err(n, format!("`{ip}` is not an IPv4 address")))?;
+            let messages: u64 = messages
+                .parse()
+                .ok()
+                .filter(|m| *m <= 100_000_000)
+                .ok_or_else(|| err(n, format!("messages `{messages}` is not a count")))?;
+            rows.push(Row {
+                day: day - 1,
+                provider: provider.to_string(),
+                ip,
+                messages,
+            });
+        }
+        if rows.is_empty() {
+            return Err(err(1, "the schedule has no rows".into()));
+        }
+        rows.sort();
+        Ok(Schedule { rows })
+    }
+}
+
+/// The plan: the schedule, the day each provider reaches its share of the target (if it
+/// does within `DAYS_MAX`), and the rules it followed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub schedule: Schedule,
+    pub warm_day: Vec<(String, Option<u32>)>,
+}
+
+/// The rules the planner follows, stated in the output.
+pub const RULES: &[&str] = &[
+    "each provider is planned on its own model: its reputation ledger (score, clean days, capacity C_cold·G^clean_days·(r/r0)², the /24 and DKIM-domain buckets) is stepped one day at a time with the day's planned mail",
+    "a day uses at most 80% of the provider's hourly capacity over the sending window, for the IPs, their /24s and the DKIM domain at once",
+    "a day's hourly volume stays under 90% of the spike rule's allowance (spike factor × the mean of the trailing 7 sending days)",
+    "a stage advances only on a clean day (under capacity, complaints under 0.1%): otherwise it is held",
+    "the volume is spread evenly over the new IPs and over the sending window",
+];
+
+/// Searches the fastest schedule the provider models allow (see [`RULES`]).
+pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
+    let mut rows = Vec::new();
+    let mut warm_day = Vec::new();
+    let domain = input
+        .mail_from
+        .rsplit_once('@')
+        .map_or(String::new(), |(_, d)| d.to_string());
+    let hours = input.window_hours();
+    let n_ips = input.new_ips.len() as u64;
+    for (name, share) in &input.providers {
+        let Some(spec) = models.iter().find(|m| m.name == *name) else {
+            continue;
+        };
+        let target = (input.target_per_day as f64 * share).round() as u64;
+        let mut ledger = ledger_for(spec);
+        let spike = spec
+            .throttle
+            .as_ref()
+            .and_then(|t| t.spike_percent)
+            .map(|p| p as f64 / 100.0);
+        let mut history: Vec<u64> = Vec::new();
+        let mut reached = None;
+        for day in 0..DAYS_MAX as u32 {
+            let now = Time::from_secs(input.start_s + day as u64 * 86_400 + input.window.0);
+            let per_ip_cap: u64 = input
+                .new_ips
+                .iter()
+                .map(|ip| ledger.capacity(&format!("ip:{ip}"), now))
+                .min()
+                .unwrap_or(0);
+            let mut hourly = (per_ip_cap * n_ips) as f64;
+            let mut nets: Vec<[u8; 3]> = input
+                .new_ips
+                .iter()
+                .map(|ip| {
+                    let o = ip.octets();
+                    [o[0], o[1], o[2]]
+                })
+                .collect();
+            nets.sort();
+            nets.dedup();
+            if spec
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.messages_per_netblock_per_hour.is_some())
+            {
+                let net_cap: u64 = nets
+                    .iter()
+                    .map(|n| ledger.capacity(&format!("net:{}.{}.{}.0/24", n[0], n[1], n[2]), now))
+                    .sum();
+                hourly = hourly.min(net_cap as f64);
+            }
+            if spec
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.messages_per_domain_per_hour.is_some())
+            {
+                hourly = hourly.min(ledger.capacity(&format!("domain:{domain}"), now) as f64);
+            }
+            let mut volume = (hourly * CAPACITY_MARGIN * hours) as u64;
+            let active: Vec<u64> = history
+                .iter()
+                .rev()
+                .take(7)
+                .copied()
+                .filter(|v| *v > 0)
+                .collect();
+            if let (Some(factor), true) = (spike, active.len() >= 3) {
+                let mean = active.iter().sum::<u64>() as f64 / active.len() as f64;
+                volume = volume.min((mean * factor * SPIKE_MARGIN) as u64);
+            }
+            let volume = volume.min(target).max(n_ips);
+            history.push(volume);
+            let per_ip = volume / n_ips;
+            for (i, ip) in input.new_ips.iter().enumerate() {
+                let messages = per_ip + u64::from((i as u64) < volume % n_ips);
+                rows.push(Row {
+                    day,
+                    provider: name.clone(),
+                    ip: *ip,
+                    messages,
+                });
+                let o = ip.octets();
+                for key in [
+                    format!("ip:{ip}"),
+                    format!("net:{}.{}.{}.0/24", o[0], o[1], o[2]),
+                    format!("domain:{domain}"),
+                ] {
+                    feed(&mut ledger, &key, now, messages, input);
+                }
+            }
+            if volume >= target {
+                reached = Some(day);
+                break;
+            }
+        }
+        warm_day.push((name.clone(), reached));
+    }
+    // A warm provider holds its target while the others finish.
+    let last = warm_day.iter().filter_map(|(_, d)| *d).max().unwrap_or(0);
+    for (name, day) in &warm_day {
+        let Some(day) = day else { continue };
+        let held: Vec<Row> = rows
+            .iter()
+            .filter(|r| r.day == *day && r.provider == *name)
+            .cloned()
+            .collect();
+        for d in day + 1..=last {
+            rows.extend(held.iter().map(|r| Row {
+                day: d,
+                ..r.clone()
+            }));
+        }
+    }
+    rows.sort();
+    Plan {
+        schedule: Schedule { rows },
+        warm_day,
+    }
+}
+
+/// A fresh ledger for `spec`'s reputation model and throttle curves (as `isp::Provider`
+/// builds its own).
+fn ledger_for(spec: &IspSpec) -> Ledger {
+    let mut ledger = Ledger::new(
+        spec.reputation.clone().unwrap_or_default(),
+        History::default(),
+    );
+    if let Some(t) = &spec.throttle {
+        let growth = t.growth_percent_per_clean_day.unwrap_or(100) as f64 / 100.0;
+        for (prefix, base) in [
+            ("ip:", Some(t.messages_per_ip_per_hour)),
+            ("net:", t.messages_per_netblock_per_hour),
+            ("domain:", t.messages_per_domain_per_hour),
+        ] {
+            if let Some(base_per_hour) = base {
+                ledger.set_curve(
+                    prefix,
+                    Curve {
+                        base_per_hour,
+                        growth,
+                        max_per_hour: t.messages_max_per_hour,
+                    },
+                );
+            }
+        }
+    }
+    ledger
+}
+
+/// A day's mail from one identity as the provider's ledger sees it: accepted messages, the
+/// list's expected unknown users and complaints.
+fn feed(ledger: &mut Ledger, key: &str, now: Time, messages: u64, input: &Input) {
+    ledger.record_many(
+        key,
+        now,
+        Signal::Accepted {
+            engagement: input.engagement,
+        },
+        messages,
+    );
+    let unknown = (messages as f64 * input.unknown_user_rate).round() as u64;
+    ledger.record_many(key, now, Signal::UnknownUser, unknown);
+    let complaints = (messages as f64 * input.complaint_rate).round() as u64;
+    ledger.record_many(key, now, Signal::Complaint, complaints);
+}
+
+/// The replay scenario of `schedule`: one virtual MTA per IP, one stream per IP and
+/// provider with its daily list over the window, `days` days long.
+pub fn replay_scenario(
+    input: &Input,
+    schedule: &Schedule,
+    models: &[IspSpec],
+    days: u32,
+    seed: u64,
+) -> String {
+    let domain = input
+        .mail_from
+        .rsplit_once('@')
+        .map_or("sender.example", |(_, d)| d);
+    let mut config = format!("domain-key s1,{domain},/etc/pmta/dkim/{domain}.pem\n");
+    let mut ips: Vec<Ipv4Addr> = schedule.rows.iter().map(|r| r.ip).collect();
+    ips.sort();
+    ips.dedup();
+    for (i, ip) in ips.iter().enumerate() {
+        let _ = write!(
+            config,
+            "<virtual-mta w{}>\n    smtp-source-host {ip} mta{}.{domain}\n</virtual-mta>\n",
+            i + 1,
+            i + 1
+        );
+    }
+    // Deferred recipients wait 30 minutes: longer than the providers' usual penalty windows,
+    // so a throttle is not made worse by early retries.
+    config.push_str("<domain *>\n    dkim-sign yes\n    max-smtp-out 10\n    retry-after 30m\n    retry-recipients-after 30m\n</domain>\n");
+    let mut out = format!(
+        "# Replays a warmup schedule: one stream per IP and provider, each day's volume from the schedule.\nname = \"warmup-replay\"\nseed = {seed}\nduration = \"{days}d\"\nmode = \"fast\"\nstart_time = \"{}\"\ntick_ms = 100\nconfig_inline = \"\"\"\n{config}\"\"\"\n\n",
+        utc(input.start_s)
+    );
+    for (name, _) in &input.providers {
+        let _ = write!(out, "[isps.{name}]\nmodel = \"{name}\"\n\n");
+    }
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        input.window.0 / 3600,
+        input.window.0 % 3600 / 60,
+        input.window.1 / 3600,
+        input.window.1 % 3600 / 60
+    );
+    for (name, _) in &input.providers {
+        let Some(spec) = models.iter().find(|m| m.name == *name) else {
+            continue;
+        };
+        let rcpt_domain = &spec.domains[0];
+        for (i, ip) in ips.iter().enumerate() {
+            let daily: Vec<u64> = (0..days)
+                .map(|d| {
+                    schedule
+                        .rows
+                        .iter()
+                        .filter(|r| r.day == d && r.provider == *name && r.ip == *ip)
+                        .map(|r| r.messages)
+                        .sum()
+                })
+                .collect();
+            if daily.iter().all(|v| *v == 0) {
+                continue;
+            }
+            let list: Vec<String> = daily.iter().map(u64::to_string).collect();
+            let _ = write!(
+                out,
+                "[[workload]]\nvmta = \"w{}\"\nmail_from = \"{}\"\ndaily = [{}]\nwindow = \"{window}\"\ndomains = {{ \"{rcpt_domain}\" = 1.0 }}\nunknown_user_rate = {}\ncomplaint_rate = {}\nengagement = {}\none_click_unsubscribe = true\n\n",
+                i + 1,
+                input.mail_from,
+                list.join(", "),
+                input.unknown_user_rate,
+                input.complaint_rate,
+                input.engagement
+            );
+        }
+    }
+    out
+}
+
+fn utc(s: u64) -> String {
+    let t = Time::from_secs(s).acct_format();
+    // `YYYY-MM-DD HH:MM:SS±0000` → RFC 3339.
+    format!("{}T{}Z", &t[..10], &t[11..19])
+}
+
+/// A PowerMTA snippet implementing the schedule: per IP, a `<virtual-mta>` and, per
+/// provider domain, `max-msg-rate` lists are not daily, so the snippet writes the daily
+/// volume as a `max-cold-virtual-mta-msg` list on a cold twin beside a warm virtual MTA.
+pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> String {
+    let domain = input
+        .mail_from
+        .rsplit_once('@')
+        .map_or("sender.example", |(_, d)| d);
+    let mut out = String::from(
+        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin of the\n# virtual MTA `warm`; PowerMTA sends the day's first N messages per domain through it\n# (max-cold-virtual-mta-msg, one value per day, the last repeating) and the rest through `warm`.\n",
+    );
+    let mut ips: Vec<Ipv4Addr> = schedule.rows.iter().map(|r| r.ip).collect();
+    ips.sort();
+    ips.dedup();
+    out.push_str("<virtual-mta-pool cold>\n");
+    for (i, _) in ips.iter().enumerate() {
+        let _ = writeln!(out, "    virtual-mta cold{}", i + 1);
+    }
+    out.push_str("</virtual-mta-pool>\n");
+    for (i, ip) in ips.iter().enumerate() {
+        let _ = write!(
+            out,
+            "<virtual-mta cold{n}>\n    smtp-source-host {ip} mta{n}.{domain}\n</virtual-mta>\n",
+            n = i + 1
+        );
+    }
+    out.push_str("<virtual-mta warm>\n    # smtp-source-host <your warm IP> <its name>\n    cold-virtual-mta cold\n</virtual-mta>\n");
+    let per_provider = schedule.per_provider();
+    for (name, _) in &input.providers {
+        let Some(spec) = models.iter().find(|m| m.name == *name) else {
+            continue;
+        };
+        let days: Vec<String> = (0..schedule.days())
+            .map(|d| {
+                let v = per_provider.get(&(d, name.clone())).copied().unwrap_or(0);
+                format!("{v}/d")
+            })
+            .collect();
+        for d in &spec.domains {
+            let _ = write!(
+                out,
+                "<domain {d}>\n    # {name}: day 1 .. day {}\n    max-cold-virtual-mta-msg {}\n</domain>\n",
+                days.len(),
+                days.join(",")
+            );
+        }
+    }
+    out
+}
+
+/// One day at one provider after a replay.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DayResult {
+    pub day: u32,
+    pub provider: String,
+    pub planned: u64,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    /// The most frequent deferral reply.
+    pub top_deferral: String,
+    pub risks: Vec<String>,
+}
+
+impl DayResult {
+    /// Share of the day's recipients deferred at least once.
+    pub fn deferral_rate(&self) -> f64 {
+        let tried = self.delivered + self.bounced;
+        if tried == 0 {
+            0.0
+        } else {
+            (self.deferred as f64 / tried.max(self.deferred) as f64).min(1.0)
+        }
+    }
+}
+
+/// What a replay saw, per day (from the run's start) and provider: `(day, provider,
+/// kind, diag)` with kind `d`, `t` or `b`.
+pub fn judge(
+    input: &Input,
+    schedule: &Schedule,
+    models: &[IspSpec],
+    outcomes: &[(u32, String, char, String)],
+) -> Vec<DayResult> {
+    let planned = schedule.per_provider();
+    let mut out: BTreeMap<(u32, String), (DayResult, BTreeMap<String, u64>)> = BTreeMap::new();
+    for ((day, provider), n) in &planned {
+        let e = out.entry((*day, provider.clone())).or_default();
+        e.0.day = *day;
+        e.0.provider = provider.clone();
+        e.0.planned = *n;
+    }
+    for (day, provider, kind, diag) in outcomes {
+        let Some((r, replies)) = out.get_mut(&(*day, provider.clone())) else {
+            continue;
+        };
+        match kind {
+            'd' => r.delivered += 1,
+            't' => {
+                r.deferred += 1;
+                *replies.entry(diag.clone()).or_insert(0) += 1;
+            }
+            _ => r.bounced += 1,
+        }
+    }
+    let mut results = Vec::new();
+    let mut trailing: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for ((_, provider), (mut r, replies)) in out {
+        r.top_deferral = replies
+            .iter()
+            .max_by_key(|(reply, n)| (**n, std::cmp::Reverse((*reply).clone())))
+            .map(|(reply, _)| reply.clone())
+            .unwrap_or_default();
+        let spec = models.iter().find(|m| m.name == provider);
+        let prior = trailing.entry(provider.clone()).or_default();
+        let active: Vec<u64> = prior
+            .iter()
+            .rev()
+            .take(7)
+            .copied()
+            .filter(|v| *v > 0)
+            .collect();
+        if let Some(factor) = spec
+            .and_then(|s| s.throttle.as_ref())
+            .and_then(|t| t.spike_percent)
+            .map(|p| p as f64 / 100.0)
+            && active.len() >= 3
+        {
+            let mean = active.iter().sum::<u64>() as f64 / active.len() as f64;
+            if r.planned as f64 >= factor * mean {
+                r.risks.push(format!(
+                    "step above the spike rule: {} planned, {:.1}× the trailing mean of {:.0} (limit {factor}×)",
+                    r.planned,
+                    r.planned as f64 / mean,
+                    mean
+                ));
+            }
+        }
+        prior.push(r.planned);
+        if r.deferral_rate() > DEFERRAL_BOUND {
+            r.risks.push(format!(
+                "throttled: {:.1}% deferred (bound {:.0}%), mostly `{}`",
+                r.deferral_rate() * 100.0,
+                DEFERRAL_BOUND * 100.0,
+                crate::printable::escape(&r.top_deferral)
+            ));
+        }
+        if r.planned > 0 && r.delivered < r.planned / 2 && r.deferral_rate() <= DEFERRAL_BOUND {
+            r.risks.push(format!(
+                "only {} of {} planned delivered",
+                r.delivered, r.planned
+            ));
+        }
+        results.push(r);
+    }
+    if input.complaint_rate >= 0.003 {
+        for r in &mut results {
+            r.risks.push(format!(
+                "complaints projected at {:.2}%: at or over 0.3%, reputation falls and stays down 7 days",
+                input.complaint_rate * 100.0
+            ));
+        }
+    } else if input.complaint_rate >= 0.001 {
+        for r in &mut results {
+            r.risks.push(format!(
+                "complaints projected at {:.2}%: over 0.1%, clean days stop counting",
+                input.complaint_rate * 100.0
+            ));
+        }
+    }
+    if input.unknown_user_rate > 0.02 {
+        for r in &mut results {
+            r.risks.push(format!(
+                "unknown users at {:.1}%: over 2%",
+                input.unknown_user_rate * 100.0
+            ));
+        }
+    }
+    results.sort_by(|a, b| (a.day, &a.provider).cmp(&(b.day, &b.provider)));
+    results
+}
+
+/// The terminal table of a judged replay: one line per day and provider.
+pub fn table(results: &[DayResult]) -> String {
+    let mut out = format!(
+        "{:>4}  {:<10} {:>10} {:>10} {:>9} {:>7}  risk\n",
+        "day", "provider", "planned", "delivered", "deferred", "defer%"
+    );
+    for r in results {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<10} {:>10} {:>10} {:>9} {:>6.1}%  {}",
+            r.day + 1,
+            r.provider,
+            r.planned,
+            r.delivered,
+            r.deferred,
+            r.deferral_rate() * 100.0,
+            r.risks.join("; ")
+        );
+    }
+    out
+}
+
+/// `summary.json` of a judged replay.
+pub fn summary_json(results: &[DayResult]) -> serde_json::Value {
+    serde_json::json!({
+        "deferral_bound": DEFERRAL_BOUND,
+        "days": results.iter().map(|r| serde_json::json!({
+            "day": r.day + 1,
+            "provider": r.provider,
+            "planned": r.planned,
+            "delivered": r.delivered,
+            "deferred": r.deferred,
+            "bounced": r.bounced,
+            "deferral_rate": r.deferral_rate(),
+            "risks": r.risks,
+        })).collect::<Vec<_>>(),
+    })
+}
