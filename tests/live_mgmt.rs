@@ -5,75 +5,36 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::live::{Client, Daemon, TempDir, free_port, require, send_message, wait_for_port};
+use common::live::{
+    Client, Daemon, LiveProcess, TempDir, free_port, require, send_message, wait_for_port,
+};
 
-/// `pmta-sim run --live`, killed when dropped; its standard error collected.
+/// `pmta-sim run --live` with its management API.
 struct Node {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+    process: LiveProcess,
     smtp: SocketAddr,
     api: SocketAddr,
 }
 
 impl Node {
     fn start(config: &Path, args: &[String]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
-            .args(["run", "--live"])
-            .arg(config)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("pmta-sim starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut text = collected.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        let started = Instant::now();
-        let after = |text: &str, marker: &str| -> Option<SocketAddr> {
-            text.split(marker).nth(1)?.lines().next()?.parse().ok()
-        };
-        loop {
-            let text = stderr.lock().unwrap().clone();
-            if let (Some(smtp), Some(api)) = (
-                after(&text, "listening on "),
-                after(&text, "management API on "),
-            ) {
-                let api = SocketAddr::from(([127, 0, 0, 1], api.port()));
-                return Node {
-                    child,
-                    stderr,
-                    smtp,
-                    api,
-                };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("pmta-sim exited with {status}:\n{text}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "pmta-sim did not start within 30 s:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut process = LiveProcess::start(config, args);
+        let api = process.logged_address("management API on ");
+        Node {
+            smtp: process.addr,
+            api: SocketAddr::from(([127, 0, 0, 1], api.port())),
+            process,
         }
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.process.stderr()
     }
 
     /// `pmta-sim ctl --api ... [--bind FROM] WORDS`: exit status, stdout, stderr.
@@ -101,13 +62,6 @@ impl Node {
     /// One HTTP GET from `from`: status and body.
     fn get(&self, from: &str, path: &str) -> (u16, String) {
         http(from, self.api, "GET", path, "")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,100 +18,9 @@ use pmta_sim::scenario::ConfigSource;
 use pmta_sim::time::Time;
 
 use common::live::{
-    Client, Daemon, Postfix, TempDir, free_port, lab_python, postgrey, require, send_message,
-    test_cert, wait_for_port,
+    Client, Daemon, LiveProcess, Postfix, TempDir, free_port, lab_python, postgrey, require,
+    send_message, test_cert, wait_for_port,
 };
-
-/// The live process, killed (by its PID) when dropped; its standard error collected.
-struct LiveProcess {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    addr: SocketAddr,
-}
-
-impl LiveProcess {
-    /// Starts `pmta-sim run --live CONFIG ARGS` and waits until it listens.
-    fn start(config: &Path, args: &[String]) -> LiveProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
-            .args(["run", "--live"])
-            .arg(config)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("pmta-sim starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut text = collected.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        let started = Instant::now();
-        let addr = loop {
-            let text = stderr.lock().unwrap().clone();
-            if let Some(rest) = text.split("listening on ").nth(1) {
-                break rest.lines().next().unwrap().parse().unwrap();
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("pmta-sim exited with {status} before listening:\n{text}");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "pmta-sim did not listen within 30 s:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        LiveProcess {
-            child,
-            stderr,
-            addr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    }
-
-    /// SIGTERM, then the exit status and everything it wrote (waits up to 60 s).
-    fn stop(mut self) -> (i32, String) {
-        self.signal("TERM");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
-                return (status.code().unwrap_or(-1), self.stderr());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "pmta-sim did not stop within 60 s of SIGTERM:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for LiveProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The rows of an accounting file (header first).
 fn acct(path: &Path) -> Vec<csv::StringRecord> {

@@ -31,6 +31,16 @@ fn every_scenario_file_parses() {
     }
 }
 
+/// The long-run benchmark's scenario is documented as a command, not run by the suite: it
+/// must still load, with the 30 days and the million a day it promises.
+#[test]
+fn the_month_benchmark_scenario_loads_as_documented() {
+    let path = common::fixture("benches/scenarios/month.toml");
+    let scenario = pmta_sim::driver::load_scenario(&path).unwrap();
+    assert_eq!(scenario.duration_s, 30 * 86_400);
+    assert_eq!(scenario.isps.len(), 5);
+}
+
 #[test]
 fn two_providers_delivers_everything_it_can() {
     let s = load("two-providers");

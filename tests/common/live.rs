@@ -2,12 +2,13 @@
 //! test certificates (rcgen), a listener on a loopback port with its spool, and a raw SMTP
 //! client that can misbehave on purpose. `scripts/lab.sh install` provides the software.
 
+use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pmta_sim::config::{self, Options, RealFs};
 use pmta_sim::driver::live::listener::{Accepted, Listener, ListenerConfig};
@@ -359,4 +360,106 @@ pub fn dnsmasq(port: u16, records: &[&str], extra: &[String]) -> Daemon {
             .args(extra)
             .args(records),
     )
+}
+
+/// The live process, killed (by its PID) when dropped; its standard error collected.
+pub struct LiveProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// The SMTP listener's address, as the process logged it.
+    pub addr: SocketAddr,
+}
+
+impl LiveProcess {
+    /// Starts `pmta-sim run --live CONFIG ARGS` and waits until it listens.
+    pub fn start(config: &Path, args: &[String]) -> LiveProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pmta-sim"))
+            .args(["run", "--live"])
+            .arg(config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pmta-sim starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut text = collected.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut process = LiveProcess {
+            child,
+            stderr,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        process.addr = process.logged_address("listening on ");
+        process
+    }
+
+    /// The address the process logs after `marker` (waits up to 30 s for the line).
+    pub fn logged_address(&mut self, marker: &str) -> SocketAddr {
+        let started = Instant::now();
+        loop {
+            let text = self.stderr();
+            if let Some(addr) = text
+                .split(marker)
+                .nth(1)
+                .and_then(|rest| rest.lines().next()?.parse().ok())
+            {
+                return addr;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("pmta-sim exited with {status} before logging `{marker}`:\n{text}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "pmta-sim did not log `{marker}` within 30 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// SIGTERM, then the exit status and everything it wrote (waits up to 60 s).
+    pub fn stop(mut self) -> (i32, String) {
+        self.signal("TERM");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code().unwrap_or(-1), self.stderr());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "pmta-sim did not stop within 60 s of SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LiveProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
