@@ -262,6 +262,26 @@ impl ProviderBuilder {
     }
 }
 
+/// Gives `ledger` the capacity curves of a model's throttle: per source IP, per /24 and per
+/// signing domain, each growing with clean days. The planner's ledgers use the same curves.
+pub fn set_throttle_curves(ledger: &mut Ledger, t: &crate::scenario::Throttle) {
+    let growth = t.growth_percent_per_clean_day.unwrap_or(100) as f64 / 100.0;
+    for (prefix, base) in [
+        ("ip:", Some(t.messages_per_ip_per_hour)),
+        ("net:", t.messages_per_netblock_per_hour),
+        ("domain:", t.messages_per_domain_per_hour),
+    ] {
+        if let Some(base_per_hour) = base {
+            let curve = Curve {
+                base_per_hour,
+                growth,
+                max_per_hour: t.messages_max_per_hour,
+            };
+            ledger.set_curve(prefix, curve);
+        }
+    }
+}
+
 impl Provider {
     /// A provider of model `spec` whose random draws (penalty lengths, complaints, report
     /// delays) come from `seed`.
@@ -321,21 +341,7 @@ impl Provider {
             ledger.set_history(identity, history.clone());
         }
         if let Some(t) = &throttle {
-            let growth = t.growth_percent_per_clean_day.unwrap_or(100) as f64 / 100.0;
-            for (prefix, base) in [
-                ("ip:", Some(t.messages_per_ip_per_hour)),
-                ("net:", t.messages_per_netblock_per_hour),
-                ("domain:", t.messages_per_domain_per_hour),
-            ] {
-                if let Some(base_per_hour) = base {
-                    let curve = Curve {
-                        base_per_hour,
-                        growth,
-                        max_per_hour: t.messages_max_per_hour,
-                    };
-                    ledger.set_curve(prefix, curve);
-                }
-            }
+            set_throttle_curves(&mut ledger, t);
         }
         Provider {
             spec,

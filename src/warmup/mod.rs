@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::isp::reputation::{Curve, Ledger, Signal};
+use crate::isp::reputation::{Ledger, Signal};
 use crate::scenario::{History, IspSpec};
 use crate::time::Time;
 
@@ -416,23 +416,7 @@ fn ledger_for(spec: &IspSpec) -> Ledger {
         History::default(),
     );
     if let Some(t) = &spec.throttle {
-        let growth = t.growth_percent_per_clean_day.unwrap_or(100) as f64 / 100.0;
-        for (prefix, base) in [
-            ("ip:", Some(t.messages_per_ip_per_hour)),
-            ("net:", t.messages_per_netblock_per_hour),
-            ("domain:", t.messages_per_domain_per_hour),
-        ] {
-            if let Some(base_per_hour) = base {
-                ledger.set_curve(
-                    prefix,
-                    Curve {
-                        base_per_hour,
-                        growth,
-                        max_per_hour: t.messages_max_per_hour,
-                    },
-                );
-            }
-        }
+        crate::isp::set_throttle_curves(&mut ledger, t);
     }
     ledger
 }
