@@ -58,8 +58,11 @@ fn the_plan_reaches_the_target_and_writes_its_files() {
     }
     let snippet = std::fs::read_to_string(out.join("pmta-warmup.conf")).unwrap();
     assert!(
-        snippet.contains("cold-virtual-mta cold") && snippet.contains("max-cold-virtual-mta-msg")
+        snippet.contains("cold-virtual-mta cold1\n")
+            && snippet.contains("max-cold-virtual-mta-msg")
     );
+    // Each new IP is the twin of its own warm virtual MTA: a pool is no twin to PowerMTA.
+    assert!(!snippet.contains("<virtual-mta-pool cold>"));
     let config = out.join("pmta-warmup.conf");
     let check = pmta_sim(&["check", config.to_str().unwrap()]);
     assert_ne!(

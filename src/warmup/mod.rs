@@ -521,53 +521,61 @@ fn utc(s: u64) -> String {
     format!("{}T{}Z", &t[..10], &t[11..19])
 }
 
-/// A PowerMTA snippet implementing the schedule: per IP, a `<virtual-mta>` and, per
-/// provider domain, `max-msg-rate` lists are not daily, so the snippet writes the daily
-/// volume as a `max-cold-virtual-mta-msg` list on a cold twin beside a warm virtual MTA.
+/// A PowerMTA snippet implementing the schedule. PowerMTA's `cold-virtual-mta` names one
+/// virtual MTA, the twin of the one it sits in, and `max-cold-virtual-mta-msg` counts per
+/// domain per day for that pair; so each new IP is the cold twin `coldN` of a warm virtual MTA
+/// `warmN`, whose nested `<domain>` blocks carry that IP's own daily list. Mail injected to the
+/// pool `warm` sends each day's first N messages per domain through the new IPs, the rest
+/// through the warm ones.
 pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> String {
     let domain = input
         .mail_from
         .rsplit_once('@')
         .map_or("sender.example", |(_, d)| d);
     let mut out = String::from(
-        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin of the\n# virtual MTA `warm`; PowerMTA sends the day's first N messages per domain through it\n# (max-cold-virtual-mta-msg, one value per day, the last repeating) and the rest through `warm`.\n",
+        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` (give each its warm IP); PowerMTA sends the day's first N messages\n# per domain through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating) and the rest through the warm IP. Inject to the pool `warm`.\n",
     );
     let mut ips: Vec<Ipv4Addr> = schedule.rows.iter().map(|r| r.ip).collect();
     ips.sort();
     ips.dedup();
-    out.push_str("<virtual-mta-pool cold>\n");
-    for (i, _) in ips.iter().enumerate() {
-        let _ = writeln!(out, "    virtual-mta cold{}", i + 1);
+    let days = schedule.days();
+    let mut per_ip: BTreeMap<(Ipv4Addr, &str, u32), u64> = BTreeMap::new();
+    for row in &schedule.rows {
+        *per_ip
+            .entry((row.ip, row.provider.as_str(), row.day))
+            .or_default() += row.messages;
     }
-    out.push_str("</virtual-mta-pool>\n");
     for (i, ip) in ips.iter().enumerate() {
+        let n = i + 1;
         let _ = write!(
             out,
-            "<virtual-mta cold{n}>\n    smtp-source-host {ip} mta{n}.{domain}\n</virtual-mta>\n",
-            n = i + 1
+            "<virtual-mta cold{n}>\n    smtp-source-host {ip} mta{n}.{domain}\n</virtual-mta>\n<virtual-mta warm{n}>\n    # smtp-source-host <warm IP {n}> <its name>\n    cold-virtual-mta cold{n}\n"
         );
-    }
-    out.push_str("<virtual-mta warm>\n    # smtp-source-host <your warm IP> <its name>\n    cold-virtual-mta cold\n</virtual-mta>\n");
-    let per_provider = schedule.per_provider();
-    for (name, _) in &input.providers {
-        let Some(spec) = models.iter().find(|m| m.name == *name) else {
-            continue;
-        };
-        let days: Vec<String> = (0..schedule.days())
-            .map(|d| {
-                let v = per_provider.get(&(d, name.clone())).copied().unwrap_or(0);
-                format!("{v}/d")
-            })
-            .collect();
-        for d in &spec.domains {
-            let _ = write!(
-                out,
-                "<domain {d}>\n    # {name}: day 1 .. day {}\n    max-cold-virtual-mta-msg {}\n</domain>\n",
-                days.len(),
-                days.join(",")
-            );
+        for (name, _) in &input.providers {
+            let Some(spec) = models.iter().find(|m| m.name == *name) else {
+                continue;
+            };
+            let list: Vec<String> = (0..days)
+                .map(|d| {
+                    let v = per_ip.get(&(*ip, name.as_str(), d)).copied().unwrap_or(0);
+                    format!("{v}/d")
+                })
+                .collect();
+            for d in &spec.domains {
+                let _ = write!(
+                    out,
+                    "    <domain {d}>\n        # {name}: day 1 .. day {days}\n        max-cold-virtual-mta-msg {}\n    </domain>\n",
+                    list.join(",")
+                );
+            }
         }
+        out.push_str("</virtual-mta>\n");
     }
+    out.push_str("<virtual-mta-pool warm>\n");
+    for (i, _) in ips.iter().enumerate() {
+        let _ = writeln!(out, "    virtual-mta warm{}", i + 1);
+    }
+    out.push_str("</virtual-mta-pool>\n");
     out
 }
 
