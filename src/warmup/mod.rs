@@ -347,15 +347,7 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
                 hourly = hourly.min(ledger.capacity(&format!("domain:{domain}"), now) as f64);
             }
             let mut volume = (hourly * CAPACITY_MARGIN * hours) as u64;
-            let active: Vec<u64> = history
-                .iter()
-                .rev()
-                .take(7)
-                .copied()
-                .filter(|v| *v > 0)
-                .collect();
-            if let (Some(factor), true) = (spike, active.len() >= 3) {
-                let mean = active.iter().sum::<u64>() as f64 / active.len() as f64;
+            if let (Some(factor), Some(mean)) = (spike, trailing_mean(&history)) {
                 volume = volume.min((mean * factor * SPIKE_MARGIN) as u64);
             }
             let volume = volume.min(target).max(n_ips);
@@ -521,6 +513,19 @@ fn utc(s: u64) -> String {
     format!("{}T{}Z", &t[..10], &t[11..19])
 }
 
+/// The spike rule's baseline: the mean of the sending days among the last seven, once there
+/// are at least three (the planner caps a step by it, the check flags a step above it).
+fn trailing_mean(days: &[u64]) -> Option<f64> {
+    let active: Vec<u64> = days
+        .iter()
+        .rev()
+        .take(7)
+        .copied()
+        .filter(|v| *v > 0)
+        .collect();
+    (active.len() >= 3).then(|| active.iter().sum::<u64>() as f64 / active.len() as f64)
+}
+
 /// A PowerMTA snippet implementing the schedule. PowerMTA's `cold-virtual-mta` names one
 /// virtual MTA, the twin of the one it sits in, and `max-cold-virtual-mta-msg` counts per
 /// domain per day for that pair; so each new IP is the cold twin `coldN` of a warm virtual MTA
@@ -644,28 +649,19 @@ pub fn judge(
             .unwrap_or_default();
         let spec = models.iter().find(|m| m.name == provider);
         let prior = trailing.entry(provider.clone()).or_default();
-        let active: Vec<u64> = prior
-            .iter()
-            .rev()
-            .take(7)
-            .copied()
-            .filter(|v| *v > 0)
-            .collect();
         if let Some(factor) = spec
             .and_then(|s| s.throttle.as_ref())
             .and_then(|t| t.spike_percent)
             .map(|p| p as f64 / 100.0)
-            && active.len() >= 3
+            && let Some(mean) = trailing_mean(prior)
+            && r.planned as f64 >= factor * mean
         {
-            let mean = active.iter().sum::<u64>() as f64 / active.len() as f64;
-            if r.planned as f64 >= factor * mean {
-                r.risks.push(format!(
-                    "step above the spike rule: {} planned, {:.1}× the trailing mean of {:.0} (limit {factor}×)",
-                    r.planned,
-                    r.planned as f64 / mean,
-                    mean
-                ));
-            }
+            r.risks.push(format!(
+                "step above the spike rule: {} planned, {:.1}× the trailing mean of {:.0} (limit {factor}×)",
+                r.planned,
+                r.planned as f64 / mean,
+                mean
+            ));
         }
         prior.push(r.planned);
         if r.deferral_rate() > DEFERRAL_BOUND {
