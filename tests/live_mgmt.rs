@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::live::{
-    Client, Daemon, LiveProcess, TempDir, free_port, require, send_message, wait_for_port,
-};
+use common::live::{Client, LiveProcess, TempDir, free_port, send_message, smtp_sink};
 
 /// `pmta-sim run --live` with its management API.
 struct Node {
@@ -196,18 +194,8 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ctl_verb_and_api_call_against_a_running_daemon() {
     let dir = TempDir::new("live-mgmt");
-    let sink_port = free_port();
     let dump = dir.path().join("dump");
-    std::fs::create_dir_all(&dump).unwrap();
-    let _sink = Daemon::spawn(
-        Command::new(require("smtp-sink"))
-            .args(["-u", "root", "-d"])
-            .arg(format!("{}/%H%M%S.", dump.display()))
-            .arg(format!("127.0.0.1:{sink_port}"))
-            .arg("100"),
-    );
-    let sink = SocketAddr::from(([127, 0, 0, 1], sink_port));
-    wait_for_port(sink).await;
+    let (_sink, sink) = smtp_sink(&dump).await;
     // Nothing listens there: every connection is refused.
     let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listen = free_port();

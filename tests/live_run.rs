@@ -18,8 +18,8 @@ use pmta_sim::scenario::ConfigSource;
 use pmta_sim::time::Time;
 
 use common::live::{
-    Client, Daemon, LiveProcess, Postfix, TempDir, free_port, lab_python, postgrey, require,
-    send_message, test_cert, wait_for_port,
+    Client, Daemon, LiveProcess, Postfix, TempDir, free_port, lab_python, postgrey, send_message,
+    smtp_sink, test_cert, wait_for_port,
 };
 
 /// The rows of an accounting file (header first).
@@ -172,19 +172,8 @@ async fn inject(addr: SocketAddr, count: usize, to: impl Fn(usize) -> String) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_to_smtp_sink_signed_from_the_source_ip_and_stops_cleanly() {
     let dir = TempDir::new("live-sink");
-    let sink_port = free_port();
     let dump = dir.path().join("dump");
-    std::fs::create_dir_all(&dump).unwrap();
-    // smtp-sink: accept everything, one file per transaction (its `-d` template).
-    let _sink = Daemon::spawn(
-        Command::new(require("smtp-sink"))
-            .args(["-u", "root", "-d"])
-            .arg(format!("{}/%H%M%S.", dump.display()))
-            .arg(format!("127.0.0.1:{sink_port}"))
-            .arg("100"),
-    );
-    let sink = SocketAddr::from(([127, 0, 0, 1], sink_port));
-    wait_for_port(sink).await;
+    let (_sink, sink) = smtp_sink(&dump).await;
     let key = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scenarios/configs/production/keys/s2026.news.example.com.pem");
     let listen = free_port();

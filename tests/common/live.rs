@@ -463,3 +463,20 @@ impl Drop for LiveProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Postfix's smtp-sink on a free loopback port, accepting everything and writing one file
+/// per transaction into `dump` (its `-d` template); ready when this returns.
+pub async fn smtp_sink(dump: &Path) -> (Daemon, SocketAddr) {
+    std::fs::create_dir_all(dump).unwrap();
+    let port = free_port();
+    let daemon = Daemon::spawn(
+        Command::new(require("smtp-sink"))
+            .args(["-u", "root", "-d"])
+            .arg(format!("{}/%H%M%S.", dump.display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("100"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_port(addr).await;
+    (daemon, addr)
+}
