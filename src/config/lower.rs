@@ -409,18 +409,21 @@ impl Lowerer<'_> {
     /// written empty: a warning, with the closest field when one is close.
     fn unknown_acct_fields(&mut self, span: Span, fields: &[String]) {
         for field in fields {
-            if field == "*"
-                || field.starts_with("header_")
-                || value::ACCT_FIELDS.contains(&field.as_str())
-            {
+            if field == "*" || field.starts_with("header_") || value::is_acct_field(field) {
                 continue;
             }
             let diag = self.warning(
                 span,
                 format!("`record-fields`: `{field}` is not an accounting field PowerMTA documents; its column stays empty"),
             );
-            diag.help = did_you_mean(field, value::ACCT_FIELDS.iter().copied())
-                .map(|s| format!("did you mean `{s}`?"));
+            diag.help = did_you_mean(
+                field,
+                value::ACCT_DEFAULT_FIELDS
+                    .iter()
+                    .chain(&value::ACCT_EXTRA_FIELDS)
+                    .copied(),
+            )
+            .map(|s| format!("did you mean `{s}`?"));
         }
     }
 

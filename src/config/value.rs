@@ -594,16 +594,12 @@ pub const ACCT_RECORD_TYPES: [(&str, &str); 8] = [
     ("rs", "remote-status"),
 ];
 
-/// The fields PowerMTA's accounting records can carry (v5 User's Guide §12.2, transcribed at
-/// hackmd.io/@z3d3m0n/Pmta_records; the `f` record's from reference §2.4), besides
-/// `header_NAME` (a header's value) and `*` (the default fields).
-pub const ACCT_FIELDS: [&str; 32] = [
+/// PowerMTA's default accounting header, in order: the fields a record carries when the
+/// `<acct-file>` block names none (v5 User's Guide §12.2).
+pub const ACCT_DEFAULT_FIELDS: [&str; 23] = [
     "type",
     "timeLogged",
     "timeQueued",
-    "timeImprinted",
-    "timeFirstAttempt",
-    "totalSecondsQueued",
     "orig",
     "rcpt",
     "orcpt",
@@ -624,6 +620,15 @@ pub const ACCT_FIELDS: [&str; 32] = [
     "envId",
     "queue",
     "vmtaPool",
+];
+
+/// The fields PowerMTA's accounting records can carry beside the default ones (v5 User's
+/// Guide §12.2, transcribed at hackmd.io/@z3d3m0n/Pmta_records; the `f` record's from
+/// reference §2.4). Besides these, `header_NAME` (a header's value) and `*` (the defaults).
+pub const ACCT_EXTRA_FIELDS: [&str; 9] = [
+    "timeImprinted",
+    "timeFirstAttempt",
+    "totalSecondsQueued",
     "feedbackType",
     "format",
     "userAgent",
@@ -631,6 +636,11 @@ pub const ACCT_FIELDS: [&str; 32] = [
     "reportedDomain",
     "reportedUri",
 ];
+
+/// Whether `name` is a field PowerMTA's accounting records can carry.
+pub fn is_acct_field(name: &str) -> bool {
+    ACCT_DEFAULT_FIELDS.contains(&name) || ACCT_EXTRA_FIELDS.contains(&name)
+}
 
 /// One accounting record type, by code or long name → its code.
 fn acct_record_type(word: &str) -> Result<&'static str, ValueError> {

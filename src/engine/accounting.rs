@@ -13,31 +13,7 @@ use crate::config::Config;
 use crate::time::Time;
 
 /// PowerMTA's default accounting header, in order.
-pub const HEADER: [&str; 23] = [
-    "type",
-    "timeLogged",
-    "timeQueued",
-    "orig",
-    "rcpt",
-    "orcpt",
-    "dsnAction",
-    "dsnStatus",
-    "dsnDiag",
-    "dsnMta",
-    "bounceCat",
-    "srcType",
-    "srcMta",
-    "dlvType",
-    "dlvSourceIp",
-    "dlvDestinationIp",
-    "dlvEsmtpAvailable",
-    "dlvSize",
-    "vmta",
-    "jobId",
-    "envId",
-    "queue",
-    "vmtaPool",
-];
+pub use crate::config::value::ACCT_DEFAULT_FIELDS as HEADER;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RecordType {
