@@ -315,6 +315,7 @@ fn render_status(v: &Value) -> String {
         );
     }
     let _ = writeln!(out, "Connections   active");
+    let _ = writeln!(out, "Inbound     {:>8}", n(&v["connections"]["smtp_in"]));
     let _ = writeln!(out, "Outbound    {:>8}", n(&v["connections"]["smtp_out"]));
     let _ = writeln!(out, "Queues      rcpts  queues  backoff  paused");
     let q = &v["queue"];

@@ -240,7 +240,10 @@ async fn every_ctl_verb_and_api_call_against_a_running_daemon() {
     // Access rules: monitor may look, not act; an unlisted address gets 403 for anything.
     let (status, out, _) = node.ctl(Some("127.0.0.3"), "show status");
     assert_eq!(status, 0);
-    assert!(out.contains("Outbound") && out.contains("Spool"), "{out}");
+    assert!(
+        out.contains("Inbound") && out.contains("Outbound") && out.contains("Spool"),
+        "{out}"
+    );
     let (status, _, err) = node.ctl(Some("127.0.0.3"), "resume queue sink.lab.test");
     assert_eq!(status, 1);
     assert!(err.contains("403") && err.contains("monitor"), "{err}");
@@ -356,10 +359,20 @@ async fn every_ctl_verb_and_api_call_against_a_running_daemon() {
         rows(&acct, "d").len() == 7
     });
 
-    // Status JSON and the OpenAPI description.
+    // Status JSON and the OpenAPI description. One inbound session stays open while the
+    // status and the metrics are read: both count it.
+    let mut idle = Client::connect(node.smtp).await;
+    assert_eq!(idle.reply().await.unwrap().code, 220);
     let (status, body) = node.get("127.0.0.3", "/api/v1/status");
     assert_eq!(status, 200);
     let status_json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let connections = &status_json["connections"];
+    assert_eq!(connections["smtp_in"], 1, "{status_json}");
+    assert!(
+        connections["smtp_in_total"].as_u64().unwrap() >= 3,
+        "{status_json}"
+    );
+    assert_eq!(connections["smtp_in_refused"], 0, "{status_json}");
     assert_eq!(
         status_json["traffic"]["last_hour"]["messages_in"], 10,
         "{status_json}"
@@ -417,6 +430,8 @@ async fn every_ctl_verb_and_api_call_against_a_running_daemon() {
         10.0,
         "{text}"
     );
+    assert_eq!(metric(&text, "pmta_sim_connections_in", &[]), 1.0, "{text}");
+    idle.command("QUIT").await;
     assert_eq!(
         metric(
             &text,

@@ -127,11 +127,16 @@ pub struct Request {
     pub reply: oneshot::Sender<Answer>,
 }
 
-/// What the spool holds now.
+/// What the daemon holds now beside the engine: the spool and the listener.
 #[derive(Clone, Copy, Debug)]
-pub struct SpoolStats {
-    pub messages: usize,
-    pub bytes: u64,
+pub struct DaemonStats {
+    pub spool_messages: usize,
+    pub spool_bytes: u64,
+    /// Inbound SMTP sessions open now.
+    pub connections_in: usize,
+    /// Inbound connections since the start, and those refused at connect (limits).
+    pub connections_in_total: u64,
+    pub connections_in_refused: u64,
 }
 
 /// Starts the API on `0.0.0.0:port` (every interface, as PowerMTA's web monitor) and
@@ -364,11 +369,11 @@ pub fn answer<T: Transport, S: Sink>(
     transport: &mut T,
     sink: &mut S,
     observer: impl Fn(&S) -> &Observer,
-    spool: SpoolStats,
+    stats: DaemonStats,
     reloader: Option<&Reloader>,
 ) {
     let answer = match request.op {
-        Op::Status => Answer::Json(status_json(now, pump, observer(sink), spool)),
+        Op::Status => Answer::Json(status_json(now, pump, observer(sink), stats)),
         Op::Queues => {
             let queues = pump.engine().queue_status();
             Answer::Json(JsonValue::Array(
@@ -386,8 +391,9 @@ pub fn answer<T: Transport, S: Sink>(
                 now,
                 queues: &queues,
                 connections_out: pump.engine().connections_open(),
-                spool_messages: spool.messages,
-                spool_bytes: spool.bytes,
+                connections_in: stats.connections_in,
+                spool_messages: stats.spool_messages,
+                spool_bytes: stats.spool_bytes,
             }))
         }
         Op::Control(control) => {
@@ -434,21 +440,26 @@ fn time_json(at: Option<Time>) -> JsonValue {
     at.map_or(JsonValue::Null, |t| json!(t.acct_format()))
 }
 
-fn status_json(now: Time, pump: &Pump, observer: &Observer, spool: SpoolStats) -> JsonValue {
+fn status_json(now: Time, pump: &Pump, observer: &Observer, stats: DaemonStats) -> JsonValue {
     let queues = pump.engine().queue_status();
     let (minute, hour) = observer.traffic(now);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "time": now.acct_format(),
         "traffic": { "last_minute": minute, "last_hour": hour },
-        "connections": { "smtp_out": pump.engine().connections_open() },
+        "connections": {
+            "smtp_out": pump.engine().connections_open(),
+            "smtp_in": stats.connections_in,
+            "smtp_in_total": stats.connections_in_total,
+            "smtp_in_refused": stats.connections_in_refused,
+        },
         "queue": {
             "recipients": queues.iter().map(|q| q.recipients_queued).sum::<usize>(),
             "queues": queues.len(),
             "backoff": queues.iter().filter(|q| q.mode == QueueMode::Backoff).count(),
             "paused": queues.iter().filter(|q| q.paused).count(),
         },
-        "spool": { "messages": spool.messages, "bytes": spool.bytes },
+        "spool": { "messages": stats.spool_messages, "bytes": stats.spool_bytes },
     })
 }
 

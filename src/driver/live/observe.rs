@@ -93,6 +93,7 @@ struct Metrics {
     queue_backoff: Family<QueueLabels, Gauge>,
     queue_paused: Family<QueueLabels, Gauge>,
     connections_out: Gauge,
+    connections_in: Gauge,
     spool_messages: Gauge,
     spool_bytes: Gauge,
 }
@@ -148,6 +149,12 @@ impl Metrics {
             "Outbound SMTP connections open",
             connections_out.clone(),
         );
+        let connections_in = Gauge::default();
+        registry.register(
+            "connections_in",
+            "Inbound SMTP sessions open",
+            connections_in.clone(),
+        );
         let spool_messages = Gauge::default();
         registry.register(
             "spool_messages",
@@ -170,6 +177,7 @@ impl Metrics {
             queue_backoff,
             queue_paused,
             connections_out,
+            connections_in,
             spool_messages,
             spool_bytes,
         }
@@ -198,6 +206,7 @@ pub struct Gauges<'a> {
     pub now: Time,
     pub queues: &'a [QueueStatus],
     pub connections_out: usize,
+    pub connections_in: usize,
     pub spool_messages: usize,
     pub spool_bytes: u64,
 }
@@ -331,6 +340,7 @@ impl Observer {
                 .set(i64::from(q.paused));
         }
         m.connections_out.set(gauges.connections_out as i64);
+        m.connections_in.set(gauges.connections_in as i64);
         m.spool_messages.set(gauges.spool_messages as i64);
         m.spool_bytes
             .set(i64::try_from(gauges.spool_bytes).unwrap_or(i64::MAX));

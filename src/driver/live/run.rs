@@ -31,7 +31,7 @@ use tokio_rustls::client::TlsStream;
 use super::acct::{AcctError, AcctLog, AcctSettings};
 use super::dns::{Resolver, ResolverError, Route};
 use super::listener::{Accepted, Listener, ListenerConfig, ListenerError};
-use super::mgmt::{self, MgmtError, MgmtSettings, Reloader, SpoolStats};
+use super::mgmt::{self, DaemonStats, MgmtError, MgmtSettings, Reloader};
 use super::observe::Observer;
 use super::spool::{Outcome, Spool, SpoolError, SpoolId, SpoolLimits, SpoolSync};
 use super::tls::{self, TlsClient, TlsError, TlsMode};
@@ -295,7 +295,14 @@ pub async fn run(
             request = requests.recv(), if mgmt_on => match request {
                 Some(request) => {
                     let now = clock.now();
-                    let stats = SpoolStats { messages: spool.len(), bytes: spool.bytes() };
+                    let inbound = listener.as_ref().map(Listener::stats).unwrap_or_default();
+                    let stats = DaemonStats {
+                        spool_messages: spool.len(),
+                        spool_bytes: spool.bytes(),
+                        connections_in: inbound.open,
+                        connections_in_total: inbound.connections,
+                        connections_in_refused: inbound.refused,
+                    };
                     let reloader = options.reloader.as_ref();
                     mgmt::answer(request, now, &mut pump, &mut live, &mut sink, |s| &s.observer, stats, reloader);
                 }
