@@ -21,7 +21,10 @@ use crate::scenario::{History, IspSpec};
 use crate::time::Time;
 
 mod check;
-pub use check::{DayResult, judge, summary_json, table};
+pub use check::{
+    DayResult, IpDay, Judgement, Outcome, OutcomeKind, Risk, RiskKind, Standings, WarmDay,
+    html_section, judge, scenario_input, standings_by_day, summary_json, table,
+};
 
 /// Longest plan, in days (the SES ramp is 45 days; twice that is a failed plan).
 pub const DAYS_MAX: usize = 90;
