@@ -1589,6 +1589,10 @@ fn warmup_check(
                     provider: provider_of(&r.rcpt)?,
                     kind,
                     diag: r.dsn_diag.clone(),
+                    sender_domain: r
+                        .orig
+                        .rsplit_once('@')
+                        .map_or(String::new(), |(_, d)| d.to_ascii_lowercase()),
                 })
             })
             .collect();

@@ -144,6 +144,8 @@ pub struct Outcome {
     pub provider: String,
     pub kind: OutcomeKind,
     pub diag: String,
+    /// The envelope sender's domain.
+    pub sender_domain: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,7 +220,8 @@ pub fn judge(
     } = standings;
     let shared_capacity = &shared_capacity;
     let planned = schedule.per_provider();
-    type Replies = BTreeMap<String, u64>;
+    // Per reply: recipients, and the sending domain of the first.
+    type Replies = BTreeMap<String, (u64, String)>;
     let mut out: BTreeMap<(u32, String), (DayResult, Replies, Replies)> = BTreeMap::new();
     for ((day, provider), n) in &planned {
         let e = out.entry((*day, provider.clone())).or_default();
@@ -234,11 +237,17 @@ pub fn judge(
             OutcomeKind::Delivered => r.delivered += 1,
             OutcomeKind::Deferred => {
                 r.deferred += 1;
-                *deferrals.entry(o.diag.clone()).or_insert(0) += 1;
+                deferrals
+                    .entry(o.diag.clone())
+                    .or_insert((0, o.sender_domain.clone()))
+                    .0 += 1;
             }
             OutcomeKind::Bounced => {
                 r.bounced += 1;
-                *bounces.entry(o.diag.clone()).or_insert(0) += 1;
+                bounces
+                    .entry(o.diag.clone())
+                    .or_insert((0, o.sender_domain.clone()))
+                    .0 += 1;
             }
         }
     }
@@ -305,16 +314,21 @@ pub fn judge(
             last_sent.insert(provider.clone(), (day, r.planned));
         }
         if let Some(auth) = spec.and_then(|s| s.auth.as_ref()) {
-            // The first reply that is one of the provider's authentication rules.
-            let found = deferrals.iter().chain(&bounces).find_map(|(reply, n)| {
-                auth.rules
-                    .iter()
-                    .find(|rule| {
-                        is_reply(reply, &rule.temporary) || is_reply(reply, &rule.permanent)
-                    })
-                    .map(|rule| (rule, reply, n))
-            });
-            if let Some((rule, reply, n)) = found {
+            // Each authentication rule that answered, with its most frequent reply.
+            let mut answered: BTreeMap<usize, (u64, &String, u64, &str)> = BTreeMap::new();
+            for (reply, (n, sender)) in deferrals.iter().chain(&bounces) {
+                if let Some(index) = auth.rules.iter().position(|rule| {
+                    is_reply(reply, &rule.temporary) || is_reply(reply, &rule.permanent)
+                }) {
+                    let e = answered.entry(index).or_insert((0, reply, 0, sender));
+                    e.0 += n;
+                    if *n > e.2 {
+                        (e.1, e.2, e.3) = (reply, *n, sender);
+                    }
+                }
+            }
+            for (index, (n, reply, _, sender)) in answered {
+                let rule = &auth.rules[index];
                 let over = if rule.bulk_only {
                     format!(
                         " for bulk volume ({} planned, {provider}'s bulk threshold is {}/day)",
@@ -330,7 +344,10 @@ pub fn judge(
                         requirement_name(rule.require)
                     ),
                     reply: Some(crate::printable::escape(reply).into_owned()),
-                    advice: authentication_advice(rule.require, &domain),
+                    advice: authentication_advice(
+                        rule.require,
+                        if sender.is_empty() { &domain } else { sender },
+                    ),
                 });
             }
         }
@@ -501,10 +518,10 @@ fn warm_days(
     out
 }
 
-fn most_frequent(replies: &BTreeMap<String, u64>) -> String {
+fn most_frequent(replies: &BTreeMap<String, (u64, String)>) -> String {
     replies
         .iter()
-        .max_by_key(|(reply, n)| (**n, std::cmp::Reverse((*reply).clone())))
+        .max_by_key(|(reply, (n, _))| (*n, std::cmp::Reverse((*reply).clone())))
         .map(|(reply, _)| reply.clone())
         .unwrap_or_default()
 }
