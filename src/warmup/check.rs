@@ -808,7 +808,7 @@ fn day_chart(provider: &str, days: &[&DayResult]) -> String {
             planned = d.planned,
             delivered = d.delivered,
         );
-        if (d.day - first) % label_every == 0 {
+        if (d.day - first).is_multiple_of(label_every) {
             let _ = writeln!(
                 out,
                 "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
