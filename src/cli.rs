@@ -972,16 +972,7 @@ fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
         .map_err(|e| format!("`{run_json}` is not a pmta-sim run: {e}"))?;
     let built = report::build(&data);
     let charts = report::charts::render(&built);
-    let chart_dir = dir.join("charts");
-    std::fs::create_dir_all(&chart_dir)
-        .map_err(|e| format!("cannot create `{}`: {e}", printable::path(&chart_dir)))?;
-    for chart in &charts {
-        rundir::replace_file(
-            &chart_dir.join(format!("{}.svg", chart.name)),
-            chart.svg.as_bytes(),
-        )?;
-        rundir::replace_file(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
-    }
+    write_charts(dir, &charts)?;
     rundir::replace_file(
         &dir.join("summary.json"),
         report::summary_json(&built.summary).as_bytes(),
@@ -991,6 +982,21 @@ fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
         report::html::page(&built, &charts).as_bytes(),
     )?;
     Ok(built.summary)
+}
+
+/// Writes `charts/*.svg` and `charts/*.png` into `dir`, each replacing its previous version.
+fn write_charts(dir: &std::path::Path, charts: &[report::charts::Chart]) -> Result<(), String> {
+    let chart_dir = dir.join("charts");
+    std::fs::create_dir_all(&chart_dir)
+        .map_err(|e| format!("cannot create `{}`: {e}", printable::path(&chart_dir)))?;
+    for chart in charts {
+        rundir::replace_file(
+            &chart_dir.join(format!("{}.svg", chart.name)),
+            chart.svg.as_bytes(),
+        )?;
+        rundir::replace_file(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
+    }
+    Ok(())
 }
 
 /// The accounting file: buffered, and synced to disk when flushed at the end of the run
@@ -1637,16 +1643,7 @@ fn write_warmup_report(
 ) -> Result<(), String> {
     let built = report::build(data);
     let charts = report::charts::render(&built);
-    let chart_dir = out.join("charts");
-    std::fs::create_dir_all(&chart_dir)
-        .map_err(|e| format!("cannot create `{}`: {e}", printable::path(&chart_dir)))?;
-    for chart in &charts {
-        rundir::replace_file(
-            &chart_dir.join(format!("{}.svg", chart.name)),
-            chart.svg.as_bytes(),
-        )?;
-        rundir::replace_file(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
-    }
+    write_charts(out, &charts)?;
     let mut page = report::html::page(&built, &charts);
     let at = page
         .find("<h2>Charts</h2>")

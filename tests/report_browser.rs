@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-/// Loads `page` in headless Chromium; returns the console lines it logged and the
-/// screenshot.
-fn load(page: &Path, shot: &Path, profile: &Path) -> (Vec<String>, image::RgbImage) {
+/// Runs headless Chromium on `page` with `extra` arguments and a profile of its own.
+fn chromium(page: &Path, profile: &Path, extra: &[String]) -> std::process::Output {
     let output = Command::new("chromium")
         .args([
             "--headless",
@@ -18,12 +17,9 @@ fn load(page: &Path, shot: &Path, profile: &Path) -> (Vec<String>, image::RgbIma
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--window-size=1200,2000",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("chromium runs (scripts/test.sh installs Debian's chromium)");
@@ -31,6 +27,22 @@ fn load(page: &Path, shot: &Path, profile: &Path) -> (Vec<String>, image::RgbIma
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Loads `page` in headless Chromium; returns the console lines it logged and the
+/// screenshot.
+fn load(page: &Path, shot: &Path, profile: &Path) -> (Vec<String>, image::RgbImage) {
+    let output = chromium(
+        page,
+        profile,
+        &[
+            "--enable-logging=stderr".to_string(),
+            "--v=0".to_string(),
+            "--window-size=1200,2000".to_string(),
+            format!("--screenshot={}", shot.display()),
+        ],
     );
     let console = String::from_utf8_lossy(&output.stderr)
         .lines()
@@ -113,26 +125,7 @@ fn the_report_loads_without_console_errors_and_its_charts_render() {
 
 /// The DOM Chromium builds from `page` (`--dump-dom`).
 fn dom(page: &Path, profile: &Path) -> String {
-    let output = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("chromium runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = chromium(page, profile, &["--dump-dom".to_string()]);
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
