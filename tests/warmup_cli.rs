@@ -315,6 +315,11 @@ fn an_idle_gap_is_flagged_on_the_day_it_forces_rewarming() {
     let warm = &summary["warm"][0];
     assert_eq!(warm["provider"], "gmail");
     assert_eq!(warm["share_per_day"], 1000);
+    // 40 a day never takes the share: not reached, and projected after the replay from the
+    // IP's capacity growing by Gmail's 1.4 per clean day.
+    assert_eq!(warm["reached_day"], serde_json::Value::Null);
+    let projected = warm["projected_day"].as_u64().expect("a projected day");
+    assert!((35..60).contains(&projected), "{warm}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
