@@ -972,16 +972,7 @@ fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
         .map_err(|e| format!("`{run_json}` is not a pmta-sim run: {e}"))?;
     let built = report::build(&data);
     let charts = report::charts::render(&built);
-    let chart_dir = dir.join("charts");
-    std::fs::create_dir_all(&chart_dir)
-        .map_err(|e| format!("cannot create `{}`: {e}", printable::path(&chart_dir)))?;
-    for chart in &charts {
-        rundir::replace_file(
-            &chart_dir.join(format!("{}.svg", chart.name)),
-            chart.svg.as_bytes(),
-        )?;
-        rundir::replace_file(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
-    }
+    write_charts(dir, &charts)?;
     rundir::replace_file(
         &dir.join("summary.json"),
         report::summary_json(&built.summary).as_bytes(),
@@ -991,6 +982,21 @@ fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
         report::html::page(&built, &charts).as_bytes(),
     )?;
     Ok(built.summary)
+}
+
+/// Writes `charts/*.svg` and `charts/*.png` into `dir`, each replacing its previous version.
+fn write_charts(dir: &std::path::Path, charts: &[report::charts::Chart]) -> Result<(), String> {
+    let chart_dir = dir.join("charts");
+    std::fs::create_dir_all(&chart_dir)
+        .map_err(|e| format!("cannot create `{}`: {e}", printable::path(&chart_dir)))?;
+    for chart in charts {
+        rundir::replace_file(
+            &chart_dir.join(format!("{}.svg", chart.name)),
+            chart.svg.as_bytes(),
+        )?;
+        rundir::replace_file(&chart_dir.join(format!("{}.png", chart.name)), &chart.png)?;
+    }
+    Ok(())
 }
 
 /// The accounting file: buffered, and synced to disk when flushed at the end of the run
@@ -1547,25 +1553,19 @@ fn warmup_check(
     out: &std::path::Path,
 ) -> u8 {
     let result = (|| -> Result<(String, bool), String> {
-        let input_path =
-            input.ok_or("a schedule CSV needs --input (the planner input it was made for)")?;
-        let input = warmup_input(input_path, models)?;
-        let names: Vec<String> = input.providers.iter().map(|(n, _)| n.clone()).collect();
-        let specs = warmup_models(models, &names)?;
         let text = std::fs::read_to_string(schedule)
             .map_err(|e| format!("{}: cannot read: {e}", printable::path(schedule)))?;
-        let known = |name: &str| names.iter().any(|n| n == name);
-        let sched = crate::warmup::Schedule::parse_csv(&printable::path(schedule), &text, &known)
-            .map_err(|e| e.to_string())?;
-        let days = days.clamp(1, sched.days().max(1));
-        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
-        let scenario_path = out.join("replay.toml");
-        let scenario_text = crate::warmup::replay_scenario(&input, &sched, &specs, days, 1);
-        std::fs::write(&scenario_path, &scenario_text).map_err(|e| e.to_string())?;
-        // The replay's models come from --models: copy none, load them from there.
-        let loaded = driver::load_with_models(&scenario_path, models).map_err(|e| e.to_string())?;
-        let output = driver::fast::run(&loaded.scenario, loaded.checked.config)
-            .map_err(|e| e.to_string())?;
+        let replay = if is_schedule_csv(schedule, &text) {
+            replay_schedule_csv(schedule, &text, input, days, models, out)?
+        } else {
+            replay_scenario_file(schedule, days, models)?
+        };
+        let WarmupReplay {
+            input,
+            schedule: sched,
+            specs,
+            output,
+        } = replay;
         let start = input.start_s;
         let provider_of = |rcpt: &str| {
             let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
@@ -1576,34 +1576,52 @@ fn warmup_check(
         };
         // A recipient counts as deferred once, however many retries it took.
         let mut deferred = std::collections::BTreeSet::new();
-        let outcomes: Vec<(u32, String, char, String)> = output
+        let outcomes: Vec<crate::warmup::Outcome> = output
             .records
             .iter()
             .filter_map(|r| {
+                use crate::engine::accounting::RecordType;
+                use crate::warmup::OutcomeKind;
                 let kind = match r.record_type {
-                    crate::engine::accounting::RecordType::Delivered => 'd',
-                    crate::engine::accounting::RecordType::Transient
-                        if deferred.insert(r.rcpt.as_str()) =>
-                    {
-                        't'
+                    RecordType::Delivered => OutcomeKind::Delivered,
+                    RecordType::Transient if deferred.insert((r.rcpt.as_str(), r.time_queued)) => {
+                        OutcomeKind::Deferred
                     }
-                    crate::engine::accounting::RecordType::Bounced => 'b',
+                    RecordType::Bounced => OutcomeKind::Bounced,
                     _ => return None,
                 };
-                let day = (r.time_queued.unix_secs().saturating_sub(start) / 86_400) as u32;
-                Some((day, provider_of(&r.rcpt)?, kind, r.dsn_diag.clone()))
+                Some(crate::warmup::Outcome {
+                    day: (r.time_queued.unix_secs().saturating_sub(start) / 86_400) as u32,
+                    provider: provider_of(&r.rcpt)?,
+                    kind,
+                    diag: r.dsn_diag.clone(),
+                    sender_domain: r
+                        .orig
+                        .rsplit_once('@')
+                        .map_or(String::new(), |(_, d)| d.to_ascii_lowercase()),
+                })
             })
             .collect();
-        let mut judged_sched = sched.clone();
-        judged_sched.rows.retain(|r| r.day < days);
-        let results = crate::warmup::judge(&input, &judged_sched, &specs, &outcomes);
-        let json = serde_json::to_string_pretty(&crate::warmup::summary_json(&results))
+        let standings = crate::warmup::standings_by_day(
+            start,
+            output
+                .receivers
+                .iter()
+                .flat_map(|(name, log)| log.standings.iter().map(move |s| (name.as_str(), s))),
+        );
+        let judgement = crate::warmup::judge(&input, &sched, &specs, &outcomes, standings);
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
+        let json = serde_json::to_string_pretty(&crate::warmup::summary_json(&judgement))
             .map_err(|e| e.to_string())?;
         std::fs::write(out.join("summary.json"), json + "\n").map_err(|e| e.to_string())?;
-        let table = crate::warmup::table(&results);
+        let table = crate::warmup::table(&judgement);
         std::fs::write(out.join("warmup.txt"), &table).map_err(|e| e.to_string())?;
-        let risky = results.iter().any(|r| !r.risks.is_empty());
-        Ok((table, risky))
+        write_warmup_report(
+            out,
+            &output.data,
+            &crate::warmup::html_section(&judgement, &sched),
+        )?;
+        Ok((table, judgement.risky()))
     })();
     match result {
         Ok((table, risky)) => {
@@ -1615,4 +1633,160 @@ fn warmup_check(
             2
         }
     }
+}
+
+/// The replay's `report.html` (and its charts) with the warmup section before the charts.
+fn write_warmup_report(
+    out: &std::path::Path,
+    data: &report::RunData,
+    section: &str,
+) -> Result<(), String> {
+    let built = report::build(data);
+    let charts = report::charts::render(&built);
+    write_charts(out, &charts)?;
+    let mut page = report::html::page(&built, &charts);
+    let at = page
+        .find("<h2>Charts</h2>")
+        .or_else(|| page.find("</body>"))
+        .unwrap_or(page.len());
+    page.insert_str(at, section);
+    rundir::replace_file(&out.join("report.html"), page.as_bytes())
+}
+
+/// A replayed warmup: what the judge needs.
+struct WarmupReplay {
+    input: crate::warmup::Input,
+    schedule: crate::warmup::Schedule,
+    specs: Vec<crate::scenario::IspSpec>,
+    output: crate::sim::output::RunOutput,
+}
+
+/// Whether `warmup check` was given a schedule CSV (by its extension, else by its first
+/// line: `day,…` or a number) rather than a scenario.
+fn is_schedule_csv(path: &std::path::Path, text: &str) -> bool {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("csv") => true,
+        Some(e) if e.eq_ignore_ascii_case("toml") => false,
+        _ => text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .is_some_and(|l| l.starts_with("day,") || l.starts_with(|c: char| c.is_ascii_digit())),
+    }
+}
+
+/// Replays the first `days` days of a schedule CSV made for the planner input `input`.
+fn replay_schedule_csv(
+    schedule: &std::path::Path,
+    text: &str,
+    input: Option<&std::path::Path>,
+    days: u32,
+    models: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<WarmupReplay, String> {
+    let input_path =
+        input.ok_or("a schedule CSV needs --input (the planner input it was made for)")?;
+    let input = warmup_input(input_path, models)?;
+    let names: Vec<String> = input.providers.iter().map(|(n, _)| n.clone()).collect();
+    let specs = warmup_models(models, &names)?;
+    let known = |name: &str| names.iter().any(|n| n == name);
+    let sched = crate::warmup::Schedule::parse_csv(&printable::path(schedule), text, &known)
+        .map_err(|e| e.to_string())?;
+    let days = days.clamp(1, sched.days().max(1));
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
+    let scenario_path = out.join("replay.toml");
+    let scenario_text = crate::warmup::replay_scenario(&input, &sched, &specs, days, 1);
+    std::fs::write(&scenario_path, &scenario_text).map_err(|e| e.to_string())?;
+    // The replay's models come from --models: copy none, load them from there.
+    let loaded = driver::load_with_models(&scenario_path, models).map_err(|e| e.to_string())?;
+    let output =
+        driver::fast::run(&loaded.scenario, loaded.checked.config).map_err(|e| e.to_string())?;
+    let mut judged = sched;
+    judged.rows.retain(|r| r.day < days);
+    Ok(WarmupReplay {
+        input,
+        schedule: judged,
+        specs,
+        output,
+    })
+}
+
+/// Replays any scenario (its first `days` days at most) in fast mode; what it queued per
+/// day, provider and source IP is the schedule judged.
+fn replay_scenario_file(
+    path: &std::path::Path,
+    days: u32,
+    models: &std::path::Path,
+) -> Result<WarmupReplay, String> {
+    let loaded = driver::load_with_models(path, models)
+        .map_err(|e| printable::escape(&e.to_string()).into_owned())?;
+    let driver::Loaded {
+        mut scenario,
+        checked,
+        problems,
+    } = loaded;
+    if checked.error_count() > 0 {
+        return Err(format!(
+            "{}error: the scenario's configuration is invalid",
+            render_diagnostics(&checked)
+        ));
+    }
+    let errors: Vec<_> = problems.iter().filter(|p| p.is_error()).collect();
+    if !errors.is_empty() {
+        return Err(render_problems(&errors));
+    }
+    scenario.duration_s = scenario.duration_s.min(u64::from(days.max(1)) * 86_400);
+    let output = driver::fast::run(&scenario, checked.config).map_err(|e| e.to_string())?;
+    let start = scenario.start.unix_secs();
+    let start = start - start % 86_400;
+    let provider_of = |rcpt: &str| {
+        let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+        scenario
+            .isps
+            .iter()
+            .find(|s| s.domains.iter().any(|d| d == domain))
+            .map(|s| s.name.clone())
+    };
+    // Each recipient once: the day its message was queued, its provider, the source IP that
+    // last tried it.
+    let mut recipients: std::collections::BTreeMap<
+        (&str, crate::time::Time),
+        (u32, String, std::net::Ipv4Addr),
+    > = std::collections::BTreeMap::new();
+    for r in &output.records {
+        let Some(provider) = provider_of(&r.rcpt) else {
+            continue;
+        };
+        let day = (r.time_queued.unix_secs().saturating_sub(start) / 86_400) as u32;
+        let ip = r.dlv_source_ip.parse().ok();
+        let e = recipients
+            .entry((r.rcpt.as_str(), r.time_queued))
+            .or_insert((day, provider, std::net::Ipv4Addr::UNSPECIFIED));
+        if let Some(ip) = ip {
+            e.2 = ip;
+        }
+    }
+    let mut rows: std::collections::BTreeMap<(u32, String, std::net::Ipv4Addr), u64> =
+        std::collections::BTreeMap::new();
+    for (day, provider, ip) in recipients.into_values() {
+        *rows.entry((day, provider, ip)).or_default() += 1;
+    }
+    let schedule = crate::warmup::Schedule {
+        rows: rows
+            .into_iter()
+            .map(|((day, provider, ip), messages)| crate::warmup::Row {
+                day,
+                provider,
+                ip,
+                messages,
+            })
+            .collect(),
+    };
+    let input = crate::warmup::scenario_input(&scenario, &schedule);
+    Ok(WarmupReplay {
+        input,
+        schedule,
+        specs: scenario.isps.clone(),
+        output,
+    })
 }

@@ -133,11 +133,24 @@ fn a_doubling_schedule_is_flagged_on_the_day_and_provider() {
         reasons.contains("throttled") && reasons.contains("4.7.28"),
         "{reasons}"
     );
+    let spike = days[3]["risks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "spike")
+        .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
-        days[3]["risks"]
-            .to_string()
+        spike["reason"]
+            .as_str()
+            .unwrap()
             .contains("step above the spike rule"),
-        "{stdout}"
+        "{spike}"
+    );
+    // Days 1 to 3 planned 200, 400, 800 at Gmail: a mean of 466.7; hold under 2× it, less
+    // the planner's 10% margin.
+    assert_eq!(
+        spike["advice"],
+        "hold gmail at 840 on day 4 (spike rule: 2× trailing mean 467, less a 10% margin)"
     );
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -200,5 +213,196 @@ fn bad_input_is_an_error_with_its_line() {
         stderr.contains("bad.csv:3: error: `2,gmail,192.0.2.11` is not day,provider,ip,messages"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Runs `warmup check` on `file` (with `extra` arguments) into `out/report`; returns the exit
+/// status, stdout and summary.json.
+fn check(
+    out: &std::path::Path,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> (Option<i32>, String, serde_json::Value) {
+    let report = out.join("report");
+    let mut args = vec![
+        "warmup",
+        "check",
+        file.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let run = pmta_sim(&args);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let summary = std::fs::read_to_string(report.join("summary.json"))
+        .unwrap_or_else(|_| panic!("{stdout}{}", String::from_utf8_lossy(&run.stderr)));
+    (
+        run.status.code(),
+        stdout,
+        serde_json::from_str(&summary).unwrap(),
+    )
+}
+
+/// A schedule that stops for 30 days at Gmail (days 4 to 33) and comes back on day 34 is
+/// flagged "idle gap" on day 34, with the day to send by to avoid it (the reputation
+/// ledger forgets clean days after 30 idle days); the days before are not. The replay
+/// reports each IP's standing per day (a cold Gmail IP: 20 an hour, neutral 0.5) and the
+/// day Gmail would be warm.
+#[test]
+fn an_idle_gap_is_flagged_on_the_day_it_forces_rewarming() {
+    let out = scratch("warmup-idle");
+    let input = out.join("input.toml");
+    std::fs::write(
+        &input,
+        "target_per_day = 1000\nnew_ips = [\"192.0.2.11\"]\nmail_from = \"news@sender.example\"\nengagement = 0.3\n\n[providers]\ngmail = 1.0\n",
+    )
+    .unwrap();
+    let schedule = out.join("gap.csv");
+    std::fs::write(
+        &schedule,
+        "day,provider,ip,messages\n1,gmail,192.0.2.11,40\n2,gmail,192.0.2.11,40\n3,gmail,192.0.2.11,40\n34,gmail,192.0.2.11,40\n",
+    )
+    .unwrap();
+    let (code, stdout, summary) = check(
+        &out,
+        &schedule,
+        &["--input", input.to_str().unwrap(), "--days", "34"],
+    );
+    assert_eq!(code, Some(1), "{stdout}");
+    let days = summary["days"].as_array().unwrap();
+    let idle: Vec<&serde_json::Value> = days
+        .iter()
+        .filter(|d| {
+            d["risks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["kind"] == "idle_gap")
+        })
+        .collect();
+    assert_eq!(idle.len(), 1, "{stdout}");
+    assert_eq!(idle[0]["day"], 34);
+    assert_eq!(idle[0]["provider"], "gmail");
+    let risk = idle[0]["risks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "idle_gap")
+        .unwrap();
+    assert!(
+        risk["reason"]
+            .as_str()
+            .unwrap()
+            .contains("30 days without mail"),
+        "{risk}"
+    );
+    assert!(
+        risk["advice"]
+            .as_str()
+            .unwrap()
+            .contains("send at least 10 to gmail by day 33"),
+        "{risk}"
+    );
+    assert!(stdout.contains("change: send at least 10"), "{stdout}");
+    // Day 1's standing at Gmail: a cold, neutral IP.
+    let standings = summary["standings"].as_array().unwrap();
+    let first = standings
+        .iter()
+        .find(|s| s["day"] == 1 && s["ip"] == "192.0.2.11" && s["provider"] == "gmail")
+        .expect("day 1 standing");
+    assert_eq!(first["capacity_per_hour"], 20, "{first}");
+    assert_eq!(first["score"], 0.5, "{first}");
+    let warm = &summary["warm"][0];
+    assert_eq!(warm["provider"], "gmail");
+    assert_eq!(warm["share_per_day"], 1000);
+    // 40 a day never takes the share: not reached, and projected after the replay from the
+    // IP's capacity growing by Gmail's 1.4 per clean day.
+    assert_eq!(warm["reached_day"], serde_json::Value::Null);
+    let projected = warm["projected_day"].as_u64().expect("a projected day");
+    assert!((35..60).contains(&projected), "{warm}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Any scenario replays as a warmup: a Gmail stream over its bulk threshold (20 a day here,
+/// the scenario's own value) without DKIM is flagged "missing authentication" with Gmail's
+/// 4.7.30 reply and the advice to sign with DKIM.
+#[test]
+fn a_bulk_scenario_without_dkim_is_flagged_missing_authentication() {
+    let out = scratch("warmup-auth");
+    let scenario = out.join("bulk.toml");
+    std::fs::write(
+        &scenario,
+        r#"name = "bulk-unsigned"
+seed = 3
+duration = "2h"
+start_time = "2026-10-05T08:00:00Z"
+config_inline = """
+<virtual-mta v1>
+    smtp-source-host 192.0.2.70 mta1.sender.example
+</virtual-mta>
+<domain *>
+    retry-after 5m
+</domain>
+"""
+
+[isps.gmail]
+model = "gmail"
+capacity_per_ip_per_hour = 10000
+bulk_threshold_per_day = 20
+
+[[workload]]
+vmta = "v1"
+mail_from = "news@sender.example"
+messages = 60
+over = "30m"
+domains = { "gmail.com" = 1.0 }
+"#,
+    )
+    .unwrap();
+    let (code, stdout, summary) = check(&out, &scenario, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let day = &summary["days"][0];
+    assert_eq!(day["provider"], "gmail", "{stdout}");
+    assert_eq!(day["planned"], 60, "{stdout}");
+    let risk = day["risks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "missing_authentication")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        risk["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bulk threshold is 20/day"),
+        "{risk}"
+    );
+    assert!(risk["reply"].as_str().unwrap().contains("4.7.30"), "{risk}");
+    assert!(
+        risk["advice"]
+            .as_str()
+            .unwrap()
+            .starts_with("sign with DKIM"),
+        "{risk}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A scenario file that does not parse is bad input: exit 2 with `FILE:LINE:COL`.
+#[test]
+fn a_bad_scenario_is_an_error_with_its_position() {
+    let out = scratch("warmup-bad-scenario");
+    let scenario = out.join("bad.toml");
+    std::fs::write(&scenario, "name = \"x\"\nseed = \"one\"\n").unwrap();
+    let run = pmta_sim(&[
+        "warmup",
+        "check",
+        scenario.to_str().unwrap(),
+        "--out",
+        out.join("r").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.toml:2:"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
 }

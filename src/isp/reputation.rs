@@ -18,7 +18,7 @@ use crate::time::Time;
 const DAYS_PENDING_MAX: usize = 64;
 /// Idle days after which clean sending days are forgotten (re-warm after 30 idle days,
 /// reference §4.5, from SendGrid).
-const IDLE_DAYS_FORGET: u32 = 30;
+pub const IDLE_DAYS_FORGET: u32 = 30;
 
 /// One day of an identity's mail as the provider saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
