@@ -31,9 +31,19 @@ pub const DAYS_MAX: usize = 90;
 /// Most source IPs a plan warms.
 pub const IPS_MAX: usize = 256;
 /// Share of a provider's hourly capacity the plan uses (the rest absorbs the day's jitter).
-pub const CAPACITY_MARGIN: f64 = 0.8;
+/// With a day's volume based on yesterday's capacity (see [`RULES`]), the day is clean in the
+/// provider's eyes only if it uses at least a quarter of the 24 h capacity it may have grown
+/// to: `CAPACITY_MARGIN × window_hours ≥ 6 × growth`, which 0.85 meets for a 12 h window at
+/// every shipped model (growth ≤ 1.4).
+pub const CAPACITY_MARGIN: f64 = 0.85;
 /// Share of the spike rule's allowance the plan uses.
 pub const SPIKE_MARGIN: f64 = 0.9;
+/// The planner counts a day as clean only when the chance that the day's complaints reach the
+/// provider's `complaint_good` rate by bad luck is under this (complaints are drawn per
+/// recipient in the replay: one complaint in 900 messages is already over 0.1%). Growth is
+/// used a day late, so one unlucky day costs nothing; two in a row (under 1 in 16 at this
+/// bound) would.
+pub const CLEAN_RISK_MAX: f64 = 0.25;
 /// The deferral rate over which a replayed day is a risk day (and the bound a plan states).
 pub const DEFERRAL_BOUND: f64 = 0.05;
 /// Most schedule rows read from a CSV.
@@ -285,11 +295,12 @@ pub struct Plan {
 
 /// The rules the planner follows, stated in the output.
 pub const RULES: &[&str] = &[
-    "each provider is planned on its own model: its reputation ledger (score, clean days, capacity C_cold·G^clean_days·(r/r0)², the /24 and DKIM-domain buckets) is stepped one day at a time with the day's planned mail",
-    "a day uses at most 80% of the provider's hourly capacity over the sending window, for the IPs, their /24s and the DKIM domain at once",
+    "each provider is planned on its own model: its reputation ledger (score, clean days, capacity C_cold·G^clean_days·(r/r0)², the /24 and DKIM-domain buckets) is stepped one day at a time with the day's planned mail, as the provider records it (accepted mail and complaints on the IP, its /24 and the DKIM domain; unknown users on the IP)",
+    "a day's volume is based on the capacity the IPs, their /24s and the DKIM domain had the day before: growth is used only the day after it was earned, so a day the replay does not count as clean (a complaint drawn by bad luck) leaves the next day still under capacity",
+    "a day uses at most 85% of that hourly capacity over the sending window, and at least a quarter of the 24 h capacity, so the provider counts it as a clean day",
     "a day's hourly volume stays under 90% of the spike rule's allowance (spike factor × the mean of the trailing 7 sending days)",
-    "a stage advances only on a clean day (under capacity, complaints under 0.1%): otherwise it is held",
-    "the volume is spread evenly over the new IPs and over the sending window",
+    "a stage advances only on a clean day: under capacity, and complaints under the provider's 0.1% with at least 75% odds (a day too small for that, where one complaint is over 0.1%, is counted as not clean and the stage is held)",
+    "the volume is spread evenly over the new IPs and over the sending window; a provider that reaches its share holds it while the others finish",
 ];
 
 /// Searches the fastest schedule the provider models allow (see [`RULES`]).
@@ -302,18 +313,24 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
         .map_or(String::new(), |(_, d)| d.to_string());
     let hours = input.window_hours();
     let n_ips = input.new_ips.len() as u64;
+    let mut nets: Vec<String> = input.new_ips.iter().map(|ip| net_key(*ip)).collect();
+    nets.sort();
+    nets.dedup();
     for (name, share) in &input.providers {
         let Some(spec) = models.iter().find(|m| m.name == *name) else {
             continue;
         };
         let target = (input.target_per_day as f64 * share).round() as u64;
         let mut ledger = ledger_for(spec);
-        let spike = spec
-            .throttle
-            .as_ref()
+        let complaint_good = spec.reputation.clone().unwrap_or_default().complaint_good;
+        let throttle = spec.throttle.as_ref();
+        let spike = throttle
             .and_then(|t| t.spike_percent)
             .map(|p| p as f64 / 100.0);
+        let by_net = throttle.is_some_and(|t| t.messages_per_netblock_per_hour.is_some());
+        let by_domain = throttle.is_some_and(|t| t.messages_per_domain_per_hour.is_some());
         let mut history: Vec<u64> = Vec::new();
+        let mut yesterday: Option<f64> = None;
         let mut reached = None;
         for day in 0..DAYS_MAX as u32 {
             let now = Time::from_secs(input.start_s + day as u64 * 86_400 + input.window.0);
@@ -324,41 +341,26 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
                 .min()
                 .unwrap_or(0);
             let mut hourly = (per_ip_cap * n_ips) as f64;
-            let mut nets: Vec<[u8; 3]> = input
-                .new_ips
-                .iter()
-                .map(|ip| {
-                    let o = ip.octets();
-                    [o[0], o[1], o[2]]
-                })
-                .collect();
-            nets.sort();
-            nets.dedup();
-            if spec
-                .throttle
-                .as_ref()
-                .is_some_and(|t| t.messages_per_netblock_per_hour.is_some())
-            {
-                let net_cap: u64 = nets
-                    .iter()
-                    .map(|n| ledger.capacity(&format!("net:{}.{}.{}.0/24", n[0], n[1], n[2]), now))
-                    .sum();
+            if by_net {
+                let net_cap: u64 = nets.iter().map(|n| ledger.capacity(n, now)).sum();
                 hourly = hourly.min(net_cap as f64);
             }
-            if spec
-                .throttle
-                .as_ref()
-                .is_some_and(|t| t.messages_per_domain_per_hour.is_some())
-            {
+            if by_domain {
                 hourly = hourly.min(ledger.capacity(&format!("domain:{domain}"), now) as f64);
             }
-            let mut volume = (hourly * CAPACITY_MARGIN * hours) as u64;
+            // Growth earned yesterday is used from tomorrow: if the replay did not count
+            // yesterday clean, today is still under capacity.
+            let basis = yesterday.map_or(hourly, |y| y.min(hourly));
+            yesterday = Some(hourly);
+            let mut volume = (basis * CAPACITY_MARGIN * hours) as u64;
             if let (Some(factor), Some(mean)) = (spike, trailing_mean(&history)) {
                 volume = volume.min((mean * factor * SPIKE_MARGIN) as u64);
             }
             let volume = volume.min(target).max(n_ips);
             history.push(volume);
             let per_ip = volume / n_ips;
+            // The day's mail per identity, as the provider counts it.
+            let mut per_identity: BTreeMap<String, u64> = BTreeMap::new();
             for (i, ip) in input.new_ips.iter().enumerate() {
                 let messages = per_ip + u64::from((i as u64) < volume % n_ips);
                 rows.push(Row {
@@ -367,14 +369,12 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
                     ip: *ip,
                     messages,
                 });
-                let o = ip.octets();
-                for key in [
-                    format!("ip:{ip}"),
-                    format!("net:{}.{}.{}.0/24", o[0], o[1], o[2]),
-                    format!("domain:{domain}"),
-                ] {
-                    feed(&mut ledger, &key, now, messages, input);
+                for key in [format!("ip:{ip}"), net_key(*ip), format!("domain:{domain}")] {
+                    *per_identity.entry(key).or_default() += messages;
                 }
+            }
+            for (key, messages) in &per_identity {
+                feed(&mut ledger, key, now, *messages, input, complaint_good);
             }
             if volume >= target {
                 reached = Some(day);
@@ -406,6 +406,12 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
     }
 }
 
+/// The reputation ledger's key for the /24 of `ip`, as the provider names it.
+fn net_key(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("net:{}.{}.{}.0/24", o[0], o[1], o[2])
+}
+
 /// A fresh ledger for `spec`'s reputation model and throttle curves (as `isp::Provider`
 /// builds its own).
 fn ledger_for(spec: &IspSpec) -> Ledger {
@@ -419,21 +425,64 @@ fn ledger_for(spec: &IspSpec) -> Ledger {
     ledger
 }
 
-/// A day's mail from one identity as the provider's ledger sees it: accepted messages, the
-/// list's expected unknown users and complaints.
-fn feed(ledger: &mut Ledger, key: &str, now: Time, messages: u64, input: &Input) {
+/// A day's mail from one identity as the provider's ledger records it: the accepted messages
+/// (the list's unknown users are refused at RCPT and recorded against the source IP only) and
+/// the expected complaints. A day so small that the complaints drawn in the replay reach
+/// `complaint_good` with a chance over [`CLEAN_RISK_MAX`] is recorded as not clean.
+fn feed(
+    ledger: &mut Ledger,
+    key: &str,
+    now: Time,
+    messages: u64,
+    input: &Input,
+    complaint_good: f64,
+) {
+    let unknown = (messages as f64 * input.unknown_user_rate).round() as u64;
+    let accepted = messages - unknown.min(messages);
     ledger.record_many(
         key,
         now,
         Signal::Accepted {
             engagement: input.engagement,
         },
-        messages,
+        accepted,
     );
-    let unknown = (messages as f64 * input.unknown_user_rate).round() as u64;
-    ledger.record_many(key, now, Signal::UnknownUser, unknown);
-    let complaints = (messages as f64 * input.complaint_rate).round() as u64;
-    ledger.record_many(key, now, Signal::Complaint, complaints);
+    if key.starts_with("ip:") {
+        ledger.record_many(key, now, Signal::UnknownUser, unknown);
+    }
+    let expected = accepted as f64 * input.complaint_rate;
+    ledger.record_many(key, now, Signal::Complaint, expected.round() as u64);
+    let at_least = (accepted as f64 * complaint_good).ceil().max(1.0) as u64;
+    if accepted > 0 && poisson_at_least(expected, at_least) > CLEAN_RISK_MAX {
+        ledger.record(key, now, Signal::Throttled);
+    }
+}
+
+/// `P(X ≥ k)` for `X ~ Poisson(mean)`: the chance the replay's per-recipient complaint draws
+/// reach `k` (a normal tail past a mean of 100, where the sum would be long).
+fn poisson_at_least(mean: f64, k: u64) -> f64 {
+    if mean <= 0.0 {
+        return 0.0;
+    }
+    if mean > 100.0 {
+        // Normal tail, `erfc` by Abramowitz and Stegun 7.1.26 (error under 1.5e-7).
+        let z = (k as f64 - 0.5 - mean) / mean.sqrt();
+        let x = z.abs() / std::f64::consts::SQRT_2;
+        let t = 1.0 / (1.0 + 0.327_591_1 * x);
+        let poly = t
+            * (0.254_829_592
+                + t * (-0.284_496_736
+                    + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+        let upper = 0.5 * poly * (-x * x).exp();
+        return if z >= 0.0 { upper } else { 1.0 - upper };
+    }
+    let mut term = (-mean).exp();
+    let mut below = 0.0;
+    for i in 0..k {
+        below += term;
+        term *= mean / (i + 1) as f64;
+    }
+    (1.0 - below).max(0.0)
 }
 
 /// The replay scenario of `schedule`: one virtual MTA per IP, one stream per IP and
@@ -588,4 +637,23 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
     }
     out.push_str("</virtual-mta-pool>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chance the replay's complaint draws reach a count: exact under a mean of 100,
+    /// a normal tail above it.
+    #[test]
+    fn complaint_draws_reach_a_count_with_poissons_odds() {
+        // P(X ≥ 2 | 0.5) = 1 − e^−0.5 · 1.5.
+        let exact = 1.0 - (-0.5f64).exp() * 1.5;
+        assert!((poisson_at_least(0.5, 2) - exact).abs() < 1e-12);
+        assert_eq!(poisson_at_least(0.0, 1), 0.0);
+        // A mean of 400: 2.5 standard deviations above it is rare, its mean is a coin toss.
+        let far = poisson_at_least(400.0, 450);
+        assert!((0.005..0.01).contains(&far), "{far}");
+        assert!((poisson_at_least(400.0, 400) - 0.5).abs() < 0.03);
+    }
 }
