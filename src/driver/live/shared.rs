@@ -230,9 +230,13 @@ impl Store {
         match result {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) | Err(_) => {
-                // Dropped: the next request connects anew (after RECONNECT_MS).
+                // Dropped: a request after RECONNECT_MS connects anew. Requests answered
+                // meanwhile do not push that time back, or a busy node would never retry.
                 self.conn = None;
-                self.retry_at = Some(Instant::now() + Duration::from_millis(RECONNECT_MS));
+                let now = Instant::now();
+                if self.retry_at.is_none_or(|at| at <= now) {
+                    self.retry_at = Some(now + Duration::from_millis(RECONNECT_MS));
+                }
                 needs_answer.then_some(PermitAnswer::Unavailable)
             }
         }
