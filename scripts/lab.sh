@@ -5,7 +5,8 @@
 #                              Debian's postfix (preseeded "No configuration": the system
 #                              instance on port 25 is never configured or started), postgrey,
 #                              swaks (+ libnet-ssleay-perl for its STARTTLS), dnsmasq,
-#                              python3-venv; and aiosmtpd from PyPI in a private venv.
+#                              python3-venv, redis-server (shared throttles; each test starts
+#                              its own on loopback); and aiosmtpd from PyPI in a private venv.
 #   scripts/lab.sh venv        print the venv's python (installing it when missing)
 #   scripts/lab.sh postfix-start DIR PORT [--relay-to HOST:PORT | --discard]
 #                  [--policy HOST:PORT] [--tls CERT KEY]
@@ -22,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(postfix postgrey swaks libnet-ssleay-perl dnsmasq python3 python3-venv)
+DEBS=(postfix postgrey swaks libnet-ssleay-perl dnsmasq python3 python3-venv redis-server)
 AIOSMTPD_VERSION=1.4.6
 # The venv lives in target/ so that `cargo clean` removes it with the rest of the build.
 VENV="${PMTA_SIM_LAB_VENV:-$PWD/target/lab-venv}"

@@ -391,6 +391,7 @@ fn sample(spec: &pmta_sim::config::directives::DirectiveSpec) -> String {
         K::DomainKey => "s1,example.com,/etc/pmta/s1.pem".into(),
         K::Listener => "127.0.0.1:2525".into(),
         K::HttpAccess => "127.0.0.1 admin".into(),
+        K::RedisUrl => "redis://127.0.0.1:6379/0".into(),
         K::AcctRecords => "d,b,t".into(),
         K::AcctFields => "d timeLogged,rcpt".into(),
         K::Text => match spec.name {

@@ -212,6 +212,8 @@ pub enum ValueKind {
     /// `CIDR monitor|admin|none`: who may use the HTTP management API; repeatable, one
     /// line per network.
     HttpAccess,
+    /// `redis://HOST[:PORT][/DB]`: where shared throttles are kept (a pmta-sim extension).
+    RedisUrl,
     /// `<acct-file>` `records`: record types, `d,b,t,tq`.
     AcctRecords,
     /// `<acct-file>` `record-fields TYPE FIELD,FIELD,...`; repeatable, one line per type.
@@ -545,6 +547,15 @@ pub static DIRECTIVES: &[DirectiveSpec] = &[
     d("smtp-server-tls-ciphers", GLOBAL | SRC, K::Text, Unset),
     d("smtp-client-tls-ciphers", GLOBAL, K::Text, Unset),
     d("license-file", GLOBAL, K::Text, Unset),
+    // pmta-sim extensions: throttles shared by several nodes through Redis (docs/operating.md).
+    d("shared-throttles", GLOBAL, K::RedisUrl, Unset),
+    d(
+        "shared-throttles-nodes",
+        GLOBAL,
+        K::BoundedCount(1024),
+        Def("1"),
+    ),
+    d("shared-throttles-node", GLOBAL, K::Text, Unset),
     d("domain-macro", GLOBAL, K::Text, Unset),
 ];
 

@@ -384,6 +384,8 @@ impl Lowerer<'_> {
             ValueKind::HttpAccess => {
                 value::parse_http_access(&text).map(|_| Value::Text(text.clone()))
             }
+            ValueKind::RedisUrl => one_word(self)
+                .then(|| value::parse_redis_url(&text).map(|url| Value::Text(url.to_string())))?,
             ValueKind::AcctRecords => {
                 value::parse_acct_records(&text).map(|codes| Value::Text(codes.join(",")))
             }

@@ -400,7 +400,7 @@ pub struct Written {
 }
 
 /// A whole checked configuration.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Config {
     pub sources: SourceMap,
     pub globals: Settings,

@@ -53,7 +53,7 @@ pub struct Spanned<T> {
 }
 
 /// One file's text and where its lines start.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SourceFile {
     /// The path as the user would recognise it (as given, or joined to the including file).
     pub path: PathBuf,
@@ -115,7 +115,7 @@ fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
 }
 
 /// Every file read while loading a configuration, in the order they were read.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SourceMap {
     files: Vec<SourceFile>,
 }

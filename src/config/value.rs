@@ -560,6 +560,78 @@ pub fn parse_listener(text: &str) -> Result<std::net::SocketAddr, ValueError> {
     Ok(std::net::SocketAddr::new(ip, port))
 }
 
+/// `shared-throttles redis://HOST[:PORT][/DB]` (a pmta-sim extension): the Redis server
+/// that keeps throttles shared by several nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "redis://[{}]:{}/{}", self.host, self.port, self.db)
+        } else {
+            write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
+        }
+    }
+}
+
+/// Redis's own default port.
+const REDIS_PORT: u16 = 6379;
+
+pub fn parse_redis_url(text: &str) -> Result<RedisUrl, ValueError> {
+    const EXPECTED: &str =
+        "a Redis URL such as redis://127.0.0.1:6379/0 (redis://HOST[:PORT][/DB])";
+    let error = || ValueError::new(EXPECTED, text);
+    let Some(rest) = text.strip_prefix("redis://") else {
+        return Err(match text.split_once("://") {
+            Some((_, rest)) => error().suggest(format!("redis://{rest}")),
+            None => error().suggest(format!("redis://{text}")),
+        });
+    };
+    let (authority, db) = match rest.split_once('/') {
+        Some((authority, "")) => (authority, 0),
+        Some((authority, db)) => (authority, db.parse::<u32>().map_err(|_| error())?),
+        None => (rest, 0),
+    };
+    if authority.contains('@') {
+        // A password in the configuration file would be printed by `check --explain`.
+        return Err(ValueError::new(
+            "a Redis URL without credentials (redis://HOST[:PORT][/DB])",
+            text,
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(error)?;
+        match after.strip_prefix(':') {
+            Some(port) => (host, port.parse::<u16>().map_err(|_| error())?),
+            None if after.is_empty() => (host, REDIS_PORT),
+            None => return Err(error()),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse::<u16>().map_err(|_| error())?),
+            None => (authority, REDIS_PORT),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (host.parse::<IpAddr>().is_ok()
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    if !host_ok || port == 0 {
+        return Err(error());
+    }
+    Ok(RedisUrl {
+        host: host.to_string(),
+        port,
+        db,
+    })
+}
+
 pub fn parse_address(text: &str) -> Result<String, ValueError> {
     const EXPECTED: &str = "an email address such as postmaster@example.com";
     let inner = text

@@ -12,6 +12,7 @@ pub mod classify;
 pub mod control;
 pub mod session;
 pub mod settings;
+pub mod shared;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
@@ -29,6 +30,7 @@ use self::settings::{
     DeliveryType, DkimSign, GlobalSettings, NoMxPolicy, QueueSettings, SourceSettings,
     VirtualMtaSettings,
 };
+use self::shared::{PermitAnswer, PermitRequest, QueuePermits, SharedNode, SharedState};
 use crate::auth::{SignOptions, Signer};
 use crate::config::model::{Config, PatternAction, QueueMode};
 use crate::config::queue;
@@ -49,6 +51,9 @@ pub const QUEUES_MAX: usize = 1_000_000;
 pub const MX_TARGETS_MAX: usize = 64;
 /// The longest window a per-source-IP rate may use (PowerMTA's largest unit is a day).
 const DAY_MS: u64 = 86_400_000;
+/// How long a queue's backoff mode is shared with the other nodes when
+/// `backoff-to-normal-after` does not say (`shared-throttles`).
+const SHARED_BACKOFF_DEFAULT_S: u64 = 3_600;
 /// Most `reroute-to-virtual-mta` hops one recipient follows (PowerMTA detects loops).
 const REROUTE_HOPS_MAX: usize = 8;
 
@@ -253,6 +258,12 @@ pub enum Action {
     LoadMessage {
         message: MessageId,
     },
+    /// Ask the shared store (`shared-throttles`) for `queue`'s permits; answer with
+    /// [`Engine::handle_permits`] unless the request needs no answer.
+    Permits {
+        queue: String,
+        request: PermitRequest,
+    },
 }
 
 /// One mail host of a domain, with its addresses.
@@ -362,6 +373,13 @@ pub enum EngineEvent {
         limit: HeldBy,
         until: Option<Time>,
     },
+    /// The node's throttles became shared through the store again, or fell back to its
+    /// share of each limit (the limit divided by `nodes`) because the store is unreachable.
+    SharedThrottles {
+        at: Time,
+        state: SharedState,
+        nodes: u64,
+    },
     /// A configured pattern could not be evaluated (the regex engine's backtracking limit):
     /// reported the first time each pattern fails, so no failure passes as "no match".
     PatternFailed {
@@ -391,6 +409,8 @@ pub enum ModeTrigger {
     AllSourceIpsDisabled,
     /// An operator set the mode (`pmta-sim ctl set queue --mode=...`).
     Operator,
+    /// Another node put the queue into backoff (`shared-throttles`).
+    SharedStore,
 }
 
 impl std::fmt::Display for ModeTrigger {
@@ -401,6 +421,7 @@ impl std::fmt::Display for ModeTrigger {
             ModeTrigger::DeliveryInBackoff => f.write_str("delivery while in backoff"),
             ModeTrigger::AllSourceIpsDisabled => f.write_str("all source IPs disabled"),
             ModeTrigger::Operator => f.write_str("set by the operator"),
+            ModeTrigger::SharedStore => f.write_str("set by another node"),
         }
     }
 }
@@ -609,6 +630,11 @@ struct Queue {
     expiries: BTreeMap<(Time, MessageId), Vec<u32>>,
     /// MX hosts a connection failed to, skipped by new connections until the time given.
     mx_down: BTreeMap<IpAddr, Time>,
+    /// What `max-smtp-out` and `max-msg-rate` are divided by: 1, or the node count while a
+    /// node with `shared-throttles` keeps its share.
+    share: u64,
+    /// Permits from the shared store (`shared-throttles`).
+    permits: QueuePermits,
 }
 
 struct PerIp {
@@ -629,6 +655,19 @@ impl PerIp {
 
 impl Queue {
     fn max_smtp_out(&self) -> u64 {
+        let max = match self.mode {
+            QueueMode::Normal => self.settings.max_smtp_out,
+            QueueMode::Backoff => self.settings.backoff_max_smtp_out,
+        };
+        if self.share > 1 {
+            shared::share_count(max, self.share)
+        } else {
+            max
+        }
+    }
+
+    /// The limit every node together keeps (`max-smtp-out` in the queue's mode).
+    fn full_max_smtp_out(&self) -> u64 {
         match self.mode {
             QueueMode::Normal => self.settings.max_smtp_out,
             QueueMode::Backoff => self.settings.backoff_max_smtp_out,
@@ -636,6 +675,16 @@ impl Queue {
     }
 
     fn msg_rate(&self) -> Rate {
+        let rate = self.full_msg_rate();
+        if self.share > 1 {
+            shared::share_rate(rate, self.share)
+        } else {
+            rate
+        }
+    }
+
+    /// The rate every node together keeps (`max-msg-rate` in the queue's mode).
+    fn full_msg_rate(&self) -> Rate {
         match self.mode {
             QueueMode::Normal => self.settings.max_msg_rate,
             QueueMode::Backoff => self.settings.backoff_max_msg_rate,
@@ -712,6 +761,9 @@ pub struct EngineOptions {
     pub backoff_clock: BackoffClock,
     /// Who keeps the message bodies while they wait.
     pub bodies: Bodies,
+    /// Which node of a simulated run with several this engine is: its connection and
+    /// message ids start at `node << 40`, so they are unique across the run's nodes.
+    pub node: u16,
 }
 
 /// Who keeps a queued message's body.
@@ -791,6 +843,8 @@ pub struct Engine {
     failed_patterns: BTreeSet<(classify::RuleOrigin, Span)>,
     /// Queue names and domains an operator paused ([`control::Control::Pause`]).
     paused: BTreeSet<String>,
+    /// `shared-throttles`: the node's side of limits shared with other nodes.
+    shared: Option<SharedNode>,
 }
 
 impl Engine {
@@ -798,18 +852,24 @@ impl Engine {
         let signer = Signer::from_config(&config, options.seed)?;
         let classifier = Classifier::new(&config);
         let globals = GlobalSettings::read(&config.globals, None);
+        let shared = globals.shared_throttles.as_ref().map(|_| SharedNode {
+            nodes: globals.shared_throttles_nodes,
+            state: SharedState::Shared,
+            changed_at: None,
+        });
+        let first_id = (u64::from(options.node) << 40) + 1;
         Ok(Engine {
             config,
             signer,
             classifier,
             messages: BTreeMap::new(),
-            next_message: 1,
+            next_message: first_id,
             queues: Vec::new(),
             routes: IndexMap::new(),
             pool_next: IndexMap::new(),
             cold_use: BTreeMap::new(),
             connections: BTreeMap::new(),
-            next_connection: 1,
+            next_connection: first_id,
             total_connections: 0,
             timers: BTreeSet::new(),
             timer_seq: 0,
@@ -827,6 +887,7 @@ impl Engine {
             last_now: Time::default(),
             failed_patterns: BTreeSet::new(),
             paused: BTreeSet::new(),
+            shared,
         })
     }
 
@@ -1244,6 +1305,11 @@ impl Engine {
                     per_ip_horizon_ms,
                     expiries: BTreeMap::new(),
                     mx_down: BTreeMap::new(),
+                    share: match &self.shared {
+                        Some(node) if node.state == SharedState::Fallback => node.nodes,
+                        _ => 1,
+                    },
+                    permits: QueuePermits::default(),
                 });
                 QueueId((self.queues.len() - 1) as u32)
             }
@@ -1884,6 +1950,9 @@ impl Engine {
                 self.wake_queue(q, at);
                 return;
             }
+            if !self.shared_may_open(now, q) {
+                return;
+            }
             let target = match self.live_target(now, q) {
                 Ok(target) => target,
                 Err(revives) => {
@@ -1901,6 +1970,236 @@ impl Engine {
                 return;
             };
             self.open(now, q, source_ip, target);
+        }
+    }
+
+    // --- shared throttles ----------------------------------------------------------------
+
+    /// The answer to [`Action::Permits`] carrying `request` for `queue`.
+    pub fn handle_permits(
+        &mut self,
+        now: Time,
+        queue: &str,
+        request: &PermitRequest,
+        answer: PermitAnswer,
+    ) {
+        self.advance(now);
+        let Some(state) = self.shared.as_ref().map(|node| node.state) else {
+            return;
+        };
+        let q = self
+            .queues
+            .iter()
+            .position(|x| x.name == queue)
+            .map(|index| QueueId(index as u32));
+        let probe_at = now.plus_ms(shared::PROBE_INTERVAL_MS);
+        match answer {
+            PermitAnswer::Unavailable => {
+                if state == SharedState::Shared {
+                    self.change_shared_state(now, SharedState::Fallback);
+                }
+                if let Some(q) = q {
+                    // Not dirty: the queue goes on with its share, and asks again later.
+                    let p = &mut self.queues[q.0 as usize].permits;
+                    match request {
+                        PermitRequest::Messages { .. } => {
+                            p.asking_messages = false;
+                            p.messages_retry_at = Some(probe_at);
+                        }
+                        PermitRequest::Connection { .. } => p.asking_connection = false,
+                        PermitRequest::Holding { .. } | PermitRequest::Backoff { .. } => {}
+                    }
+                }
+            }
+            PermitAnswer::Granted {
+                granted,
+                retry_at,
+                backoff_until,
+            } => {
+                let returning = state == SharedState::Fallback;
+                if returning {
+                    self.change_shared_state(now, SharedState::Shared);
+                }
+                let Some(q) = q else {
+                    self.run(now);
+                    return;
+                };
+                let again = |granted: u64| {
+                    (granted == 0).then(|| retry_at.filter(|t| *t > now).unwrap_or(probe_at))
+                };
+                let queue = &mut self.queues[q.0 as usize];
+                let p = &mut queue.permits;
+                match request {
+                    PermitRequest::Messages { .. } => {
+                        p.asking_messages = false;
+                        // Granted to a probe while on the share: the quiet window drops them.
+                        p.tokens = if returning { 0 } else { granted };
+                        p.tokens_at = now;
+                        p.messages_retry_at = again(granted);
+                    }
+                    PermitRequest::Connection { .. } => {
+                        p.asking_connection = false;
+                        p.connections += granted;
+                        p.connection_retry_at = again(granted);
+                    }
+                    PermitRequest::Holding { .. } | PermitRequest::Backoff { .. } => {}
+                }
+                if let Some(until) = backoff_until.filter(|t| *t > now)
+                    && queue.mode == QueueMode::Normal
+                {
+                    let leave_s = until.since(now).div_ceil(1000);
+                    self.set_mode(
+                        now,
+                        q,
+                        QueueMode::Backoff,
+                        ModeTrigger::SharedStore,
+                        Some(Some(leave_s)),
+                    );
+                }
+                self.dirty.insert(q);
+            }
+        }
+        self.run(now);
+    }
+
+    /// The node found the store again, or lost it: every queue's limits change, and a
+    /// quiet window of each queue's rate begins (see [`shared`]).
+    fn change_shared_state(&mut self, now: Time, state: SharedState) {
+        let Some(node) = self.shared.as_mut() else {
+            return;
+        };
+        node.state = state;
+        node.changed_at = Some(now);
+        let nodes = node.nodes;
+        let share = match state {
+            SharedState::Shared => 1,
+            SharedState::Fallback => nodes,
+        };
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            queue.share = share;
+            let p = &mut queue.permits;
+            p.tokens = 0;
+            p.messages_retry_at = None;
+            p.connection_retry_at = None;
+            if state == SharedState::Shared {
+                // The connections opened on the share count again in the store, and those
+                // closed while it was away no longer do (zero included).
+                p.connections = queue.connections.len() as u64;
+                self.actions.push_back(Action::Permits {
+                    queue: queue.name.clone(),
+                    request: PermitRequest::Holding {
+                        holding: p.connections,
+                    },
+                });
+            }
+            self.dirty.insert(QueueId(index as u32));
+        }
+        self.events.push_back(EngineEvent::SharedThrottles {
+            at: now,
+            state,
+            nodes,
+        });
+    }
+
+    /// The end of the quiet window after the node's shared state changed, while it lasts.
+    fn quiet_until(&self, now: Time, q: QueueId) -> Option<Time> {
+        let changed = self.shared.as_ref()?.changed_at?;
+        let settings = &self.queues[q.0 as usize].settings;
+        let window_ms = rate_horizon_ms(&[settings.max_msg_rate, settings.backoff_max_msg_rate]);
+        // One probe interval more: a node may still send on its share until its next probe
+        // after the store came back.
+        let until = changed.plus_ms(window_ms + shared::PROBE_INTERVAL_MS);
+        (until > now).then_some(until)
+    }
+
+    /// With `shared-throttles`, whether the other nodes leave the queue room for one more
+    /// connection: holds the queue and asks the store when not.
+    fn shared_may_open(&mut self, now: Time, q: QueueId) -> bool {
+        let Some(state) = self.shared.as_ref().map(|node| node.state) else {
+            return true;
+        };
+        let mode = self.queues[q.0 as usize].mode;
+        if let Some(until) = self.quiet_until(now, q) {
+            let limit = HeldBy::in_mode(mode, HeldBy::MaxMsgRate, HeldBy::BackoffMaxMsgRate);
+            self.hold(now, q, limit, Some(until));
+            self.wake_queue(q, until);
+            return false;
+        }
+        let queue = &mut self.queues[q.0 as usize];
+        if state == SharedState::Fallback
+            || queue.permits.connections > queue.connections.len() as u64
+        {
+            return true;
+        }
+        let limit = HeldBy::in_mode(mode, HeldBy::MaxSmtpOut, HeldBy::BackoffMaxSmtpOut);
+        if let Some(at) = queue.permits.connection_retry_at.filter(|t| *t > now) {
+            self.hold(now, q, limit, Some(at));
+            self.wake_queue(q, at);
+            return false;
+        }
+        if !queue.permits.asking_connection {
+            queue.permits.asking_connection = true;
+            let request = PermitRequest::Connection {
+                holding: queue.permits.connections,
+                max: queue.full_max_smtp_out(),
+            };
+            self.actions.push_back(Action::Permits {
+                queue: queue.name.clone(),
+                request,
+            });
+        }
+        self.hold(now, q, limit, None);
+        false
+    }
+
+    /// With `shared-throttles`, how many of `wanted` recipients the other nodes leave the
+    /// queue now, and when to look again if none: the store's grant at this instant, none
+    /// while asking or in the quiet window, any on the node's share (after a probe).
+    fn shared_allowance(&mut self, now: Time, q: QueueId, wanted: u64) -> (u64, Option<Time>) {
+        let Some(state) = self.shared.as_ref().map(|node| node.state) else {
+            return (u64::MAX, None);
+        };
+        if let Some(until) = self.quiet_until(now, q) {
+            return (0, Some(until));
+        }
+        let queue = &mut self.queues[q.0 as usize];
+        let rate = queue.full_msg_rate();
+        if rate == Rate::Unlimited {
+            return (u64::MAX, None);
+        }
+        let p = &mut queue.permits;
+        let ask = |p: &mut QueuePermits, n: u64| {
+            p.asking_messages = true;
+            Action::Permits {
+                queue: queue.name.clone(),
+                request: PermitRequest::Messages { n, rate },
+            }
+        };
+        match state {
+            SharedState::Fallback => {
+                // Asked before each send on the share, so none follows the store's return.
+                if !p.asking_messages && p.messages_retry_at.is_none_or(|t| t <= now) {
+                    let action = ask(p, 0);
+                    self.actions.push_back(action);
+                }
+                (u64::MAX, None)
+            }
+            SharedState::Shared => {
+                if p.tokens_at != now {
+                    p.tokens = 0;
+                }
+                if p.tokens > 0 {
+                    return (p.tokens, None);
+                }
+                if let Some(at) = p.messages_retry_at.filter(|t| *t > now) {
+                    return (0, Some(at));
+                }
+                if !p.asking_messages {
+                    let action = ask(p, wanted);
+                    self.actions.push_back(action);
+                }
+                (0, None)
+            }
         }
     }
 
@@ -2130,6 +2429,18 @@ impl Engine {
             allowance = allowance.min(per_ip.rcpt_window.allowance(ip_rate, now));
             next = next.max(per_ip.rcpt_window.next_allowed(ip_rate, now));
         }
+        if self.shared.is_some() && allowance > 0 {
+            // Exactly what this transaction takes (granted recipients left unused would
+            // still count in the store's window).
+            let queue = &self.queues[q.0 as usize];
+            let front = queue.ready.front().map_or(1, |e| e.rcpts.len() as u64);
+            let wanted = allowance
+                .min(queue.settings.max_rcpt_per_transaction)
+                .min(front);
+            let (shared, wait) = self.shared_allowance(now, q, wanted.max(1));
+            allowance = allowance.min(shared);
+            next = next.max(wait);
+        }
         if allowance == 0 {
             if let Some(at) = next {
                 self.wake_queue(q, at);
@@ -2165,6 +2476,10 @@ impl Engine {
             });
         }
         queue.rcpt_window.record(now, entry.rcpts.len() as u64);
+        queue.permits.tokens = queue
+            .permits
+            .tokens
+            .saturating_sub(entry.rcpts.len() as u64);
         if let Some(per_ip) = queue.per_ip.get_mut(&source_ip) {
             per_ip.rcpt_window.record(now, entry.rcpts.len() as u64);
         }
@@ -2656,6 +2971,20 @@ impl Engine {
         }
         queue.mode = mode;
         queue.retry_index = 0;
+        let shared = self
+            .shared
+            .as_ref()
+            .is_some_and(|node| node.state == SharedState::Shared);
+        if shared && mode == QueueMode::Backoff && trigger != ModeTrigger::SharedStore {
+            // The other nodes follow; without backoff-to-normal-after, for an hour.
+            let until = queue
+                .backoff_leave_at
+                .unwrap_or(now.plus_secs(SHARED_BACKOFF_DEFAULT_S));
+            self.actions.push_back(Action::Permits {
+                queue: queue.name.clone(),
+                request: PermitRequest::Backoff { until },
+            });
+        }
         self.events.push_back(EngineEvent::ModeChanged {
             at: now,
             queue: queue.name.clone(),
@@ -2811,7 +3140,9 @@ impl Engine {
             // allow (this attempt is not over yet); otherwise the scheduler will.
             self.queue_record_for(now, q, source_ip, &negative, phase);
             let queue = &self.queues[q.0 as usize];
-            let may_open = !queue.ready.is_empty()
+            // With shared throttles the scheduler opens it, once the store grants a permit.
+            let may_open = self.shared.is_none()
+                && !queue.ready.is_empty()
                 && !queue.disabled_ips.contains_key(&source_ip)
                 && queue.retry_until.is_none_or(|t| t <= now)
                 && (queue.connections.len() as u64) < queue.max_smtp_out()
@@ -2899,8 +3230,21 @@ impl Engine {
             messages: c.transactions,
         });
         self.total_connections = self.total_connections.saturating_sub(1);
+        let shared = self
+            .shared
+            .as_ref()
+            .is_some_and(|node| node.state == SharedState::Shared);
         let queue = &mut self.queues[c.queue.0 as usize];
         queue.connections.remove(&conn);
+        let holding = queue.connections.len() as u64;
+        if shared && queue.permits.connections > holding {
+            // The permit goes back to the other nodes.
+            queue.permits.connections = holding;
+            self.actions.push_back(Action::Permits {
+                queue: queue.name.clone(),
+                request: PermitRequest::Holding { holding },
+            });
+        }
         if let Some(per_ip) = queue.per_ip.get_mut(&c.source_ip) {
             per_ip.connections = per_ip.connections.saturating_sub(1);
         }

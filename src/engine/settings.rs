@@ -436,6 +436,15 @@ pub struct GlobalSettings {
     /// The EHLO name of a source IP without one of its own.
     pub host_name: Option<String>,
     pub default_virtual_mta: Option<String>,
+    /// `shared-throttles`: the store keeping limits shared by several nodes (canonical
+    /// `redis://HOST:PORT/DB`); `None` keeps every limit local.
+    pub shared_throttles: Option<String>,
+    /// `shared-throttles-nodes`: how many nodes share them (each node's share of a limit
+    /// while the store is unreachable is the limit divided by this, at least 1).
+    pub shared_throttles_nodes: u64,
+    /// `shared-throttles-node`: this node's name in the store (live mode; a default is
+    /// made from the host name and process when unset).
+    pub shared_throttles_node: Option<String>,
 }
 
 impl GlobalSettings {
@@ -446,6 +455,9 @@ impl GlobalSettings {
             total_max_smtp_out: r.count("total-max-smtp-out"),
             host_name: r.text("host-name"),
             default_virtual_mta: r.text("default-virtual-mta"),
+            shared_throttles: r.text("shared-throttles"),
+            shared_throttles_nodes: r.count("shared-throttles-nodes").unwrap_or(1).max(1),
+            shared_throttles_node: r.text("shared-throttles-node"),
         }
     }
 }

@@ -823,7 +823,9 @@ impl Aggregator {
                     error: error.clone(),
                 });
             }
-            EngineEvent::SourceIpDisabled { at, .. } | EngineEvent::RetryScheduled { at, .. } => {
+            EngineEvent::SourceIpDisabled { at, .. }
+            | EngineEvent::RetryScheduled { at, .. }
+            | EngineEvent::SharedThrottles { at, .. } => {
                 self.tick(at.unix_secs());
             }
         }

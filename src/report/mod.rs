@@ -220,6 +220,8 @@ pub enum Trigger {
     AllSourceIpsDisabled,
     /// An operator set the mode (live mode's management API).
     Operator,
+    /// Another node put the queue into backoff (`shared-throttles`).
+    SharedStore,
 }
 
 impl From<&crate::engine::ModeTrigger> for Trigger {
@@ -234,6 +236,7 @@ impl From<&crate::engine::ModeTrigger> for Trigger {
             M::DeliveryInBackoff => Trigger::DeliveryInBackoff,
             M::AllSourceIpsDisabled => Trigger::AllSourceIpsDisabled,
             M::Operator => Trigger::Operator,
+            M::SharedStore => Trigger::SharedStore,
         }
     }
 }
@@ -952,6 +955,7 @@ fn binding(data: &RunData, queue: &QueueData, figures: &QueueFigures) -> Binding
                         }
                         Trigger::AllSourceIpsDisabled => "all source IPs disabled".to_string(),
                         Trigger::Operator => "set by the operator".to_string(),
+                        Trigger::SharedStore => "set by another node".to_string(),
                         Trigger::BackoffToNormalAfter | Trigger::DeliveryInBackoff => {
                             "a switch".to_string()
                         }

@@ -148,6 +148,10 @@ struct RawIdentity {
 struct RawEngine {
     #[serde(default)]
     backoff_clock: Option<String>,
+    /// Engine nodes sending for the same source IPs (with `shared-throttles`, one set of
+    /// limits among them).
+    #[serde(default)]
+    nodes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -790,6 +794,8 @@ pub enum FaultKind {
     },
     /// One MX host is down.
     MxDown { mx: String },
+    /// The store of shared throttles (`shared-throttles`) cannot be reached.
+    StoreDown,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -855,7 +861,13 @@ pub struct Scenario {
     pub warnings: Vec<ScenarioError>,
     /// `[engine] backoff_clock`: what `backoff-to-normal-after` counts from.
     pub backoff_clock: BackoffClock,
+    /// `[engine] nodes`: engine nodes in the run (1 to [`NODES_MAX`]); the workload's
+    /// messages are handed to them in turn.
+    pub nodes: u16,
 }
+
+/// Most engine nodes one simulated run holds.
+pub const NODES_MAX: u64 = 8;
 
 struct Reporter<'a> {
     file: &'a Path,
@@ -1489,7 +1501,8 @@ impl Scenario {
                     reply: reply(&need(&f.reply, "reply")?).map_err(|e| r.span(spanned, e))?,
                 },
                 "mx_down" => FaultKind::MxDown { mx: need(&f.mx, "mx")? },
-                other => return Err(r.span(spanned, format!("unknown fault kind `{other}`; kinds are outage, partition, reply_override, mx_down"))),
+                "store_down" => FaultKind::StoreDown,
+                other => return Err(r.span(spanned, format!("unknown fault kind `{other}`; kinds are outage, partition, reply_override, mx_down, store_down"))),
             };
             if for_s == 0 {
                 return Err(r.span(spanned, "a fault lasts longer than 0s (`for`)"));
@@ -1539,7 +1552,18 @@ impl Scenario {
                 ));
             }
         };
+        let nodes = match raw.engine.as_ref().and_then(|e| e.get_ref().nodes.as_ref()) {
+            None => 1,
+            Some(n) if (1..=NODES_MAX).contains(n.get_ref()) => *n.get_ref() as u16,
+            Some(n) => {
+                return Err(r.span(
+                    n,
+                    format!("nodes is between 1 and {NODES_MAX}, not {}", n.get_ref()),
+                ));
+            }
+        };
         Ok(Scenario {
+            nodes,
             backoff_clock,
             name: raw.name.into_inner(),
             mode,

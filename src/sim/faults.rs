@@ -35,7 +35,10 @@ impl LinkSchedule {
         // Within one instant, ends come before begins (`false` sorts first), then fault order.
         let mut edges: Vec<(u64, bool, usize)> = Vec::new();
         for (index, fault) in scenario.faults.iter().enumerate() {
-            if !matches!(fault.kind, FaultKind::ReplyOverride { .. }) {
+            if !matches!(
+                fault.kind,
+                FaultKind::ReplyOverride { .. } | FaultKind::StoreDown
+            ) {
                 edges.push((fault.at_s * 1000, true, index));
                 edges.push(((fault.at_s + fault.for_s) * 1000, false, index));
             }
@@ -115,7 +118,7 @@ fn links(kind: &FaultKind, scenario: &Scenario, world: &World) -> Vec<(IpAddr, I
                 .map(|s| s.ip)
                 .collect(),
         ),
-        FaultKind::ReplyOverride { .. } => return Vec::new(),
+        FaultKind::ReplyOverride { .. } | FaultKind::StoreDown => return Vec::new(),
     };
     sources
         .iter()

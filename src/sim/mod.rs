@@ -17,6 +17,7 @@ pub mod mailauth;
 pub mod output;
 pub mod pump;
 pub mod server;
+pub mod shared;
 pub mod world;
 
 use std::cell::RefCell;
@@ -26,14 +27,16 @@ use std::rc::Rc;
 use thiserror::Error;
 
 use self::output::{AcctOut, Collector, RunOutput};
-use self::pump::{Input, Pump, Transport};
+use self::pump::{Connect, Input, Pump, Transport};
+use self::shared::SharedStore;
 use self::world::World;
 use crate::config::Config;
 use crate::engine::accounting::{AcctFormat, CsvWriter};
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::shared::{PermitAnswer, PermitRequest};
+use crate::engine::{ConnectionId, Engine, EngineOptions, MessageData, MessageId, MxAnswer};
 use crate::isp::Provider;
 use crate::report::aggregate::{Aggregator, Setup};
-use crate::scenario::{Generated, Scenario};
+use crate::scenario::{FaultKind, Generated, Scenario};
 use crate::time::Time;
 
 #[derive(Debug, Error)]
@@ -82,11 +85,18 @@ pub struct Progress {
     pub accepted: u64,
 }
 
-/// The engine's side of one simulated run: the pump, the workload still to inject and what
-/// has been collected. A driver calls [`SimRun::inject_due`] and [`SimRun::handle`] with its
-/// time and its transport, and sleeps until [`SimRun::next_wake`] or its next input.
+/// The engine's side of one simulated run: the pump of each engine node, the workload still
+/// to inject and what has been collected. A driver calls [`SimRun::inject_due`] and
+/// [`SimRun::handle`] with its time and its transport, and sleeps until
+/// [`SimRun::next_wake`] or its next input. With several nodes (`[engine] nodes`), each
+/// message goes to the next node in turn, every node sends from the same source IPs, and
+/// their `shared-throttles` requests go to one [`SharedStore`].
 pub struct SimRun {
-    pump: Pump,
+    /// One pump per node; node `i`'s connection ids start at `i << 40`.
+    pumps: Vec<Pump>,
+    store: SharedStore,
+    /// The node the next injected message goes to.
+    next_node: usize,
     generated: Generated,
     output: Collector,
     /// The providers by scenario name, asked after each step what they logged.
@@ -102,14 +112,19 @@ impl SimRun {
         config: Config,
         options: RunOptions,
     ) -> Result<(SimRun, World), RunError> {
-        let engine = Engine::new(
-            config,
-            EngineOptions {
-                seed: scenario.seed,
-                backoff_clock: scenario.backoff_clock,
-                bodies: crate::engine::Bodies::Engine,
-            },
-        )?;
+        let mut engines = Vec::new();
+        for node in 0..scenario.nodes.max(1) {
+            engines.push(Engine::new(
+                config.clone(),
+                EngineOptions {
+                    seed: scenario.seed,
+                    backoff_clock: scenario.backoff_clock,
+                    bodies: crate::engine::Bodies::Engine,
+                    node,
+                },
+            )?);
+        }
+        let engine = &engines[0];
         let world = World::build(scenario, engine.config(), engine.signer(), options.trace)?;
         let acct: Option<AcctOut> = match options.acct {
             Some(out) => Some(CsvWriter::with_format(
@@ -135,8 +150,21 @@ impl SimRun {
             .zip(&world.providers)
             .map(|(spec, p)| (spec.name.clone(), Rc::clone(p)))
             .collect();
+        let store_down = scenario
+            .faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::StoreDown)
+            .map(|f| {
+                (
+                    scenario.start.plus_secs(f.at_s),
+                    scenario.start.plus_secs(f.at_s + f.for_s),
+                )
+            })
+            .collect();
         let run = SimRun {
-            pump: Pump::new(engine),
+            pumps: engines.into_iter().map(Pump::new).collect(),
+            store: SharedStore::new(store_down),
+            next_node: 0,
             generated: Generated::new(&scenario.workloads, scenario.seed, scenario.start),
             output: Collector::new(aggregator, acct, options.trace, end),
             providers,
@@ -166,10 +194,14 @@ impl SimRun {
             let rcpts = self
                 .output_needs_recipients()
                 .then(|| injection.recipients.clone());
-            match self
-                .pump
-                .inject(now, injection, transport, &mut self.output)
-            {
+            let node = self.next_node;
+            self.next_node = (node + 1) % self.pumps.len();
+            let mut transport = NodeTransport {
+                inner: transport,
+                store: &mut self.store,
+                node: node as u16,
+            };
+            match self.pumps[node].inject(now, injection, &mut transport, &mut self.output) {
                 Ok(_) => {
                     if let Some(rcpts) = rcpts {
                         self.output.injected(&job, &rcpts);
@@ -184,10 +216,46 @@ impl SimRun {
         self.output.traces()
     }
 
-    /// Feeds the engine one input at `now`.
+    /// Feeds the engine one input at `now`: a connection's input to the node that opened
+    /// it, a timeout to every node whose timer is due, the rest to every node.
     pub fn handle(&mut self, now: Time, input: Input<'_>, transport: &mut impl Transport) {
         self.catch_up(now);
-        self.pump.handle(now, input, transport, &mut self.output);
+        let conn_node = |conn: ConnectionId| (conn.0 >> 40) as usize;
+        let nodes: Vec<usize> = match &input {
+            Input::Connected(conn)
+            | Input::ConnectFailed(conn, _)
+            | Input::Bytes(conn, _)
+            | Input::TlsEstablished(conn)
+            | Input::Closed(conn) => vec![conn_node(*conn)],
+            Input::MessageData(message, _) => vec![(message.0 >> 40) as usize],
+            Input::Timeout => (0..self.pumps.len())
+                .filter(|n| self.pumps[*n].poll_timeout().is_some_and(|t| t <= now))
+                .collect(),
+            Input::Mx(..) | Input::Permits(..) | Input::Stop => (0..self.pumps.len()).collect(),
+        };
+        if let [node] = nodes[..] {
+            let mut transport = NodeTransport {
+                inner: transport,
+                store: &mut self.store,
+                node: node as u16,
+            };
+            self.pumps[node].handle(now, input, &mut transport, &mut self.output);
+            return;
+        }
+        for node in nodes {
+            let mut transport = NodeTransport {
+                inner: transport,
+                store: &mut self.store,
+                node: node as u16,
+            };
+            let input = match &input {
+                Input::Mx(domain, answer) => Input::Mx(domain, answer.clone()),
+                Input::Permits(queue, request, answer) => Input::Permits(queue, request, *answer),
+                Input::Stop => Input::Stop,
+                _ => Input::Timeout,
+            };
+            self.pumps[node].handle(now, input, &mut transport, &mut self.output);
+        }
     }
 
     /// Before anything at `now`: what the providers logged since the last step (it
@@ -210,7 +278,7 @@ impl SimRun {
     /// message of the workload, or the end of the run.
     pub fn next_wake(&self) -> Time {
         [
-            self.pump.poll_timeout(),
+            self.poll_timeout(),
             self.generated.next_due(),
             Some(self.end),
         ]
@@ -220,21 +288,82 @@ impl SimRun {
         .expect("the end is always there")
     }
 
-    /// The engine's next timer alone.
+    /// The engines' next timer alone.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.pump.poll_timeout()
+        self.pumps.iter().filter_map(Pump::poll_timeout).min()
     }
 
     /// Everything the run produced, with the providers' logs; `Err` when the accounting
     /// file could not be written.
     pub fn finish(mut self, world: &World, scenario: &Scenario) -> Result<RunOutput, RunError> {
         self.catch_up(self.end);
-        let engine = self.pump.into_engine();
+        let engines: Vec<Engine> = self.pumps.into_iter().map(Pump::into_engine).collect();
         Ok(self.output.finish(
             scenario,
             world.receiver_logs(scenario),
-            engine.queue_snapshots(),
-            engine.recipients_pending(),
+            merged_snapshots(&engines),
+            engines.iter().map(Engine::recipients_pending).sum(),
         )?)
+    }
+}
+
+/// The queues of every node, one snapshot per queue name (counts added up).
+fn merged_snapshots(engines: &[Engine]) -> Vec<crate::engine::QueueSnapshot> {
+    let mut merged: indexmap::IndexMap<String, crate::engine::QueueSnapshot> =
+        indexmap::IndexMap::new();
+    for snapshot in engines.iter().flat_map(Engine::queue_snapshots) {
+        match merged.get_mut(&snapshot.name) {
+            Some(into) => {
+                into.recipients_queued += snapshot.recipients_queued;
+                into.connections += snapshot.connections;
+                into.retry_until = into.retry_until.max(snapshot.retry_until);
+            }
+            None => {
+                merged.insert(snapshot.name.clone(), snapshot);
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+/// A driver's transport as one node sees it: everything goes to the driver's network, but
+/// the node's `shared-throttles` requests go to the run's [`SharedStore`].
+struct NodeTransport<'a, T: Transport> {
+    inner: &'a mut T,
+    store: &'a mut SharedStore,
+    node: u16,
+}
+
+impl<T: Transport> Transport for NodeTransport<'_, T> {
+    fn resolve_mx(&mut self, now: Time, domain: &str) -> Option<MxAnswer> {
+        self.inner.resolve_mx(now, domain)
+    }
+
+    fn connect(&mut self, now: Time, connect: Connect<'_>) -> Result<(), String> {
+        self.inner.connect(now, connect)
+    }
+
+    fn write(&mut self, now: Time, conn: ConnectionId, bytes: Vec<u8>) {
+        self.inner.write(now, conn, bytes)
+    }
+
+    fn start_tls(&mut self, now: Time, conn: ConnectionId, server_name: &str) -> bool {
+        self.inner.start_tls(now, conn, server_name)
+    }
+
+    fn close(&mut self, now: Time, conn: ConnectionId) {
+        self.inner.close(now, conn)
+    }
+
+    fn load_message(
+        &mut self,
+        now: Time,
+        message: MessageId,
+    ) -> Option<Result<MessageData, String>> {
+        self.inner.load_message(now, message)
+    }
+
+    fn permits(&mut self, now: Time, queue: &str, request: &PermitRequest) -> Option<PermitAnswer> {
+        self.store.answer(now, self.node, queue, request)
     }
 }

@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use crate::engine::accounting::AcctRecord;
+use crate::engine::shared::{PermitAnswer, PermitRequest};
 use crate::engine::{
     Action, ConnectionId, Engine, EngineEvent, InjectError, Injection, MessageData, MessageId,
     MxAnswer,
@@ -43,6 +44,23 @@ pub trait Transport {
         _message: MessageId,
     ) -> Option<Result<MessageData, String>> {
         Some(Err("this transport keeps no message bodies".into()))
+    }
+    /// Asks the shared store (`shared-throttles`) for `queue`'s permits: `Some` when the
+    /// answer is known now (a simulated store), `None` when it comes later as
+    /// [`Input::Permits`] or when the request needs no answer. A transport with no store
+    /// answers that it is unreachable, so the engine keeps its share of each limit.
+    fn permits(
+        &mut self,
+        _now: Time,
+        _queue: &str,
+        request: &PermitRequest,
+    ) -> Option<PermitAnswer> {
+        match request {
+            PermitRequest::Messages { .. } | PermitRequest::Connection { .. } => {
+                Some(PermitAnswer::Unavailable)
+            }
+            PermitRequest::Holding { .. } | PermitRequest::Backoff { .. } => None,
+        }
     }
 }
 
@@ -77,6 +95,8 @@ pub enum Input<'a> {
     Mx(&'a str, MxAnswer),
     /// The answer to [`Transport::load_message`] when it came later.
     MessageData(MessageId, Result<MessageData, String>),
+    /// The answer to [`Transport::permits`] when it came later.
+    Permits(&'a str, &'a PermitRequest, PermitAnswer),
     /// The time [`Pump::poll_timeout`] named has come.
     Timeout,
     /// The driver is shutting down: no new connection or transaction.
@@ -153,6 +173,9 @@ impl Pump {
             Input::MessageData(message, data) => {
                 self.engine.handle_message_data(now, message, data)
             }
+            Input::Permits(queue, request, answer) => {
+                self.engine.handle_permits(now, queue, request, answer)
+            }
             Input::Timeout => self.engine.handle_timeout(now),
             Input::Stop => self.engine.handle_stop(now),
         }
@@ -200,6 +223,11 @@ impl Pump {
                 Action::LoadMessage { message } => {
                     if let Some(data) = transport.load_message(now, message) {
                         self.engine.handle_message_data(now, message, data);
+                    }
+                }
+                Action::Permits { queue, request } => {
+                    if let Some(answer) = transport.permits(now, &queue, &request) {
+                        self.engine.handle_permits(now, &queue, &request, answer);
                     }
                 }
             }

@@ -363,8 +363,46 @@ pub fn backoff_is_explained(h: &RunView<'_>) {
                     ModeTrigger::Operator => {
                         panic!("{queue} returned to normal by an operator in a run without one")
                     }
+                    ModeTrigger::SharedStore => {
+                        panic!(
+                            "{queue} returned to normal through the shared store, which only shares entering backoff"
+                        )
+                    }
                 }
             }
         }
     }
+}
+
+/// The most recipients attempted from `source_ip` in any window of `per_seconds` (ending at
+/// each RCPT), over every connection of every queue and every node of the run: what a
+/// provider counting that IP would see.
+pub fn peak_per_source_ip(h: &RunView<'_>, source_ip: IpAddr, per_seconds: u64) -> u64 {
+    let mut times: Vec<Time> = h
+        .conns
+        .iter()
+        .filter(|c| c.source_ip == source_ip)
+        .flat_map(|c| c.rcpt_times.iter().copied())
+        .collect();
+    times.sort();
+    times
+        .iter()
+        .map(|t| count_in_window(&times, *t, per_seconds) as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The most connections from `source_ip` open at once, over every queue and node.
+pub fn peak_connections_per_source_ip(h: &RunView<'_>, source_ip: IpAddr) -> u64 {
+    let spans: Vec<_> = h
+        .conns
+        .iter()
+        .filter(|c| c.source_ip == source_ip)
+        .map(|c| (c.opened, c.closed))
+        .collect();
+    open_at_each_opening(&spans)
+        .into_iter()
+        .map(|(_, open)| open)
+        .max()
+        .unwrap_or(0)
 }

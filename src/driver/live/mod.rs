@@ -12,6 +12,7 @@ pub mod listener;
 pub mod mgmt;
 pub mod observe;
 pub mod run;
+pub mod shared;
 pub mod spool;
 pub mod tls;
 

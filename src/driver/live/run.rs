@@ -33,11 +33,14 @@ use super::dns::{Resolver, ResolverError, Route};
 use super::listener::{Accepted, Listener, ListenerConfig, ListenerError};
 use super::mgmt::{self, DaemonStats, MgmtError, MgmtSettings, Reloader};
 use super::observe::Observer;
+use super::shared::{self, SharedClient};
 use super::spool::{Outcome, Spool, SpoolError, SpoolId, SpoolLimits, SpoolSync};
 use super::tls::{self, TlsClient, TlsError, TlsMode};
 use super::{log, wall_clock};
 use crate::config::model::{Config, QueueMode, Value};
 use crate::engine::accounting::AcctRecord;
+use crate::engine::settings::GlobalSettings;
+use crate::engine::shared::{PermitAnswer, PermitRequest, SharedState};
 use crate::engine::{
     Bodies, ConnectionId, Engine, EngineEvent, EngineOptions, Injection, MessageData, MessageId,
     MxAnswer, Settled,
@@ -86,6 +89,8 @@ pub enum LiveError {
     Dkim(String),
     #[error(transparent)]
     Mgmt(#[from] MgmtError),
+    #[error("shared-throttles: {0}")]
+    Shared(#[from] redis::RedisError),
 }
 
 /// What live mode takes beside the configuration.
@@ -163,6 +168,7 @@ pub async fn run(
     .with_routes(options.routes.clone());
     let tls_client = TlsClient::with_system_roots(Vec::new())?;
     let mgmt_settings = MgmtSettings::from_config(&config);
+    let globals = GlobalSettings::read(&config.globals, None);
     let engine = Engine::new(
         config,
         EngineOptions {
@@ -178,6 +184,25 @@ pub async fn run(
     }
     let spool = Arc::new(spool);
     let (events_tx, mut events) = mpsc::channel(EVENTS_MAX);
+    let shared = match &globals.shared_throttles {
+        Some(url) => {
+            let node = globals.shared_throttles_node.clone().unwrap_or_else(|| {
+                let host = globals.host_name.as_deref().unwrap_or("pmta-sim");
+                format!("{host}-{}", std::process::id())
+            });
+            log(&format!(
+                "shared throttles in {url} as node {node}, one of {}",
+                globals.shared_throttles_nodes
+            ));
+            Some(SharedClient::start(
+                url,
+                node,
+                events_tx.clone(),
+                Event::Permits,
+            )?)
+        }
+        None => None,
+    };
     let mut clock = Clock::default();
     let mut live = Live {
         spool: spool.clone(),
@@ -189,6 +214,7 @@ pub async fn run(
         loads: Vec::new(),
         handshakes: Vec::new(),
         tls_modes: BTreeMap::new(),
+        shared,
     };
     let mut sink = LiveSink {
         acct,
@@ -487,6 +513,8 @@ enum Event {
     TlsEstablished(ConnectionId),
     Closed(ConnectionId),
     Mx(String, MxAnswer),
+    /// The shared store's answer to a permit request.
+    Permits(shared::Answer),
 }
 
 /// One open connection as the engine loop sees it.
@@ -512,6 +540,8 @@ struct Live {
     /// STARTTLS asked for during the last drain: connection, server name, queue.
     handshakes: Vec<(ConnectionId, String, String)>,
     tls_modes: BTreeMap<String, TlsMode>,
+    /// `shared-throttles`: the Redis task.
+    shared: Option<SharedClient>,
 }
 
 impl Live {
@@ -545,6 +575,11 @@ impl Live {
                 pump.handle(now, Input::Closed(conn), self, sink);
             }
             Event::Mx(domain, answer) => pump.handle(now, Input::Mx(&domain, answer), self, sink),
+            Event::Permits(shared::Answer {
+                queue,
+                request,
+                answer,
+            }) => pump.handle(now, Input::Permits(&queue, &request, answer), self, sink),
         }
     }
 
@@ -673,6 +708,22 @@ impl Transport for Live {
         self.loads.push(message);
         None
     }
+
+    fn permits(&mut self, now: Time, queue: &str, request: &PermitRequest) -> Option<PermitAnswer> {
+        let needs_answer = matches!(
+            request,
+            PermitRequest::Messages { .. } | PermitRequest::Connection { .. }
+        );
+        let sent = self.shared.as_ref().is_some_and(|client| {
+            client.request(shared::Request {
+                queue: queue.to_string(),
+                request: request.clone(),
+                now,
+            })
+        });
+        // A full channel is an unreachable store too: the engine must not wait forever.
+        (!sent && needs_answer).then_some(PermitAnswer::Unavailable)
+    }
 }
 
 /// Where the engine's records and settled recipients go.
@@ -716,6 +767,14 @@ impl Sink for LiveSink {
                 };
                 log(&format!("queue {queue}: {mode} mode ({trigger})"));
             }
+            EngineEvent::SharedThrottles { state, nodes, .. } => log(&match state {
+                SharedState::Fallback => format!(
+                    "shared throttles: store unreachable, each limit at this node's share (1/{nodes})"
+                ),
+                SharedState::Shared => {
+                    "shared throttles: store reachable, limits shared again".to_string()
+                }
+            }),
             EngineEvent::SourceIpDisabled {
                 queue, ip, until, ..
             } => log(&format!(
