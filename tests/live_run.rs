@@ -18,8 +18,8 @@ use pmta_sim::scenario::ConfigSource;
 use pmta_sim::time::Time;
 
 use common::live::{
-    Client, Daemon, LiveProcess, Postfix, TempDir, free_port, lab_python, postgrey, send_message,
-    smtp_sink, test_cert, wait_for_port,
+    Client, LiveProcess, Postfix, TempDir, free_port, postgrey, received, receiver, receiver_at,
+    send_message, smtp_sink, stats, test_cert, wait_for_port,
 };
 
 /// The rows of an accounting file (header first).
@@ -106,46 +106,6 @@ spool {root}/spool
 
 fn route(domain: &str, addr: SocketAddr) -> String {
     format!("--route={domain}={addr}")
-}
-
-/// The aiosmtpd receiver with `args` on a free loopback port; its stats file and message
-/// log in `dir`.
-fn receiver(dir: &TempDir, args: &[&str]) -> (Daemon, SocketAddr) {
-    receiver_at(dir, SocketAddr::from(([127, 0, 0, 1], free_port())), args)
-}
-
-fn receiver_at(dir: &TempDir, addr: SocketAddr, args: &[&str]) -> (Daemon, SocketAddr) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live/receiver.py");
-    let daemon = Daemon::spawn(
-        Command::new(lab_python())
-            .arg(script)
-            .args(["--listen", &addr.to_string(), "--max-seconds", "300"])
-            .arg("--stats")
-            .arg(dir.path().join("stats.json"))
-            .arg("--log")
-            .arg(dir.path().join("received.log"))
-            .args(args),
-    );
-    (daemon, addr)
-}
-
-fn stats(dir: &TempDir) -> serde_json::Value {
-    std::fs::read(dir.path().join("stats.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// The receiver's log: (X-Test-Id, seconds) per accepted message.
-fn received(dir: &TempDir) -> Vec<(String, f64)> {
-    std::fs::read_to_string(dir.path().join("received.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (id, at) = l.split_once(' ')?;
-            Some((id.to_string(), at.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Sends `count` messages to `to(i)` over one connection to the live listener; the test id

@@ -1950,6 +1950,14 @@ impl Engine {
                 self.wake_queue(q, at);
                 return;
             }
+            if let Some(at) = self.shared_messages_retry_at(now, q) {
+                // The store's window is full: a connection opened now would find nothing
+                // to send, and quit.
+                let limit = HeldBy::in_mode(mode, HeldBy::MaxMsgRate, HeldBy::BackoffMaxMsgRate);
+                self.hold(now, q, limit, Some(at));
+                self.wake_queue(q, at);
+                return;
+            }
             if !self.shared_may_open(now, q) {
                 return;
             }
@@ -2110,6 +2118,18 @@ impl Engine {
         // after the store came back.
         let until = changed.plus_ms(window_ms + shared::PROBE_INTERVAL_MS);
         (until > now).then_some(until)
+    }
+
+    /// With `shared-throttles` and the limits shared, when the store said the queue's window
+    /// has room again, while that is still to come.
+    fn shared_messages_retry_at(&self, now: Time, q: QueueId) -> Option<Time> {
+        if self.shared.as_ref()?.state != SharedState::Shared {
+            return None;
+        }
+        self.queues[q.0 as usize]
+            .permits
+            .messages_retry_at
+            .filter(|t| *t > now)
     }
 
     /// With `shared-throttles`, whether the other nodes leave the queue room for one more
@@ -2444,6 +2464,12 @@ impl Engine {
         if allowance == 0 {
             if let Some(at) = next {
                 self.wake_queue(q, at);
+            } else if self.queues[q.0 as usize].permits.asking_messages {
+                // The store's answer is on its way: this connection takes the grant the
+                // instant it arrives. Quitting it (a zero connection-idle-timeout) would
+                // waste the grant and open another connection for every answer.
+                self.wait_for_store(now, conn);
+                return false;
             }
             self.park(now, conn);
             return false;
@@ -2594,6 +2620,21 @@ impl Engine {
         c.ready = true;
         self.queues[q.0 as usize].idle.push(conn);
         self.set_deadline(conn, Some(now.plus_secs(idle_s)));
+    }
+
+    /// Keeps `conn` ready while the shared store answers a permit request (the answer, or
+    /// `Unavailable` after the request timeout, schedules the queue again); it quits after
+    /// its idle timeout, or after a probe interval when that is zero.
+    fn wait_for_store(&mut self, now: Time, conn: ConnectionId) {
+        let Some(c) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        let q = c.queue;
+        c.ready = true;
+        self.queues[q.0 as usize].idle.push(conn);
+        let idle_ms = (self.queues[q.0 as usize].settings.connection_idle_timeout_s * 1000)
+            .max(shared::PROBE_INTERVAL_MS);
+        self.set_deadline(conn, Some(now.plus_ms(idle_ms)));
     }
 
     fn quit(&mut self, now: Time, conn: ConnectionId) {

@@ -480,3 +480,43 @@ pub async fn smtp_sink(dump: &Path) -> (Daemon, SocketAddr) {
     wait_for_port(addr).await;
     (daemon, addr)
 }
+
+/// The lab's aiosmtpd receiver (`tests/live/receiver.py`) with `args` on a free loopback
+/// port; its stats file and message log in `dir`.
+pub fn receiver(dir: &TempDir, args: &[&str]) -> (Daemon, SocketAddr) {
+    receiver_at(dir, SocketAddr::from(([127, 0, 0, 1], free_port())), args)
+}
+
+pub fn receiver_at(dir: &TempDir, addr: SocketAddr, args: &[&str]) -> (Daemon, SocketAddr) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/live/receiver.py");
+    let daemon = Daemon::spawn(
+        Command::new(lab_python())
+            .arg(script)
+            .args(["--listen", &addr.to_string(), "--max-seconds", "300"])
+            .arg("--stats")
+            .arg(dir.path().join("stats.json"))
+            .arg("--log")
+            .arg(dir.path().join("received.log"))
+            .args(args),
+    );
+    (daemon, addr)
+}
+
+pub fn stats(dir: &TempDir) -> serde_json::Value {
+    std::fs::read(dir.path().join("stats.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The receiver's log: (X-Test-Id, seconds) per accepted message.
+pub fn received(dir: &TempDir) -> Vec<(String, f64)> {
+    std::fs::read_to_string(dir.path().join("received.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (id, at) = l.split_once(' ')?;
+            Some((id.to_string(), at.parse().ok()?))
+        })
+        .collect()
+}
