@@ -330,7 +330,7 @@ async fn every_ctl_verb_and_api_call_against_a_running_daemon() {
     let good = config_text(
         &dir,
         listen,
-        "<domain sink.lab.test>\n    max-smtp-out 1\n</domain>\n",
+        "<domain sink.lab.test>\n    max-smtp-out 1\n</domain>\nhttp-access 127.0.0.5 monitor\n",
     );
     let broken = config_text(
         &dir,
@@ -347,8 +347,11 @@ async fn every_ctl_verb_and_api_call_against_a_running_daemon() {
     let line = node.ok("show queues sink.lab.test/mta1");
     assert!(line.contains(" 2 ") && line.contains("yes"), "{line}");
     // A good one keeps the queue, its pause and its two messages.
+    assert_eq!(node.get("127.0.0.5", "/api/v1/status").0, 403);
     std::fs::write(&conf_path, &good).unwrap();
     assert!(node.ok("reload").contains("reloaded"));
+    // ... and its new `http-access` line is in force at once.
+    assert_eq!(node.get("127.0.0.5", "/api/v1/status").0, 200);
     let (_, body) = node.get("127.0.0.1", "/api/v1/queues?queue=sink.lab.test/mta1");
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed[0]["recipients"], 2, "{listed}");

@@ -8,7 +8,7 @@
 //! handler, and must not decide what an action means (the engine's `control` room does).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::{ConnectInfo, Query, Request as HttpRequest, State};
 use axum::http::{Method, StatusCode, header};
@@ -119,6 +119,9 @@ pub enum Answer {
     Metrics(String),
     /// The request could not be carried out: the status and why.
     Refused(u16, String),
+    /// The configuration was read again and is in use; the management settings it has
+    /// (`None` without `http-mgmt-port`) for the HTTP side to take up.
+    Reloaded(Option<MgmtSettings>),
 }
 
 #[derive(Debug)]
@@ -151,7 +154,7 @@ pub async fn start(
         .map_err(|source| MgmtError::Bind { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
     let state = Api {
-        settings: Arc::new(settings),
+        settings: Arc::new(RwLock::new(settings)),
         requests,
     };
     let app = router(state);
@@ -166,8 +169,38 @@ pub async fn start(
 
 #[derive(Clone)]
 struct Api {
-    settings: Arc<MgmtSettings>,
+    /// The access rules in force: a reload replaces them (the port stays until a restart).
+    settings: Arc<RwLock<MgmtSettings>>,
     requests: mpsc::Sender<Request>,
+}
+
+impl Api {
+    fn access(&self, ip: IpAddr) -> HttpAccess {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .access(ip)
+    }
+
+    /// A good reload's `http-access` lines replace the rules in force. The API keeps its
+    /// listening port: a new `http-mgmt-port` (or none) takes effect at the next start.
+    fn take_up(&self, reloaded: Option<MgmtSettings>) {
+        let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        match reloaded {
+            Some(new) => {
+                if new.port != settings.port {
+                    super::log(&format!(
+                        "reload: http-mgmt-port {} takes effect at the next start; the API stays on {}",
+                        new.port, settings.port
+                    ));
+                }
+                settings.access = new.access;
+            }
+            None => super::log(
+                "reload: the configuration has no http-mgmt-port; the API stays up with its access rules until the next start",
+            ),
+        }
+    }
 }
 
 fn router(state: Api) -> Router {
@@ -200,7 +233,7 @@ async fn access_rule(
     } else {
         HttpAccess::Admin
     };
-    let has = api.settings.access(peer.ip());
+    let has = api.access(peer.ip());
     if has < needed {
         let why = format!(
             "{} has `{}` access; this needs `{}` (http-access)",
@@ -240,6 +273,7 @@ fn respond(answer: Answer) -> Response {
         )
             .into_response(),
         Answer::Refused(status, why) => refused(status, why),
+        Answer::Reloaded(_) => Json(json!({ "reloaded": true })).into_response(),
     }
 }
 
@@ -336,7 +370,13 @@ async fn delete(State(api): State<Api>, Json(body): Json<QueueBody>) -> Response
 }
 
 async fn reload(State(api): State<Api>) -> Response {
-    respond(ask(&api, Op::Reload).await)
+    match ask(&api, Op::Reload).await {
+        Answer::Reloaded(settings) => {
+            api.take_up(settings);
+            respond(Answer::Reloaded(None))
+        }
+        other => respond(other),
+    }
 }
 
 async fn control(api: &Api, control: Control) -> Response {
@@ -422,10 +462,11 @@ pub fn answer<T: Transport, S: Sink>(
                     Answer::Refused(422, diagnostics)
                 }
                 Ok(config) => {
+                    let mgmt = MgmtSettings::from_config(&config);
                     match pump.with_engine(now, |e| e.reload(now, config), transport, sink) {
                         Ok(()) => {
                             super::log("configuration reloaded");
-                            Answer::Json(json!({ "reloaded": true }))
+                            Answer::Reloaded(mgmt)
                         }
                         Err(error) => Answer::Refused(422, format!("DKIM: {error}")),
                     }
