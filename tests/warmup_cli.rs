@@ -450,6 +450,15 @@ domains = { "gmail.com" = 1.0 }
             .starts_with("sign with DKIM"),
         "{risk}"
     );
+    // Capacity cannot make a provider that refuses the mail warm: nothing is projected.
+    let warm = &summary["warm"][0];
+    assert_eq!(warm["provider"], "gmail", "{summary}");
+    assert_eq!(warm["refused_for_authentication"], true, "{warm}");
+    assert!(warm["projected_day"].is_null(), "{warm}");
+    assert!(
+        stdout.contains("authentication rules refuse the mail"),
+        "{stdout}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -120,6 +120,9 @@ pub struct WarmDay {
     /// When not reached: the day its capacity (IPs, /24s and DKIM domain, growing by the
     /// model's growth per clean day) would carry the share, if it grows at all.
     pub projected: Option<u32>,
+    /// The provider's authentication rules refused mail in the replay: no capacity makes it
+    /// warm until that is fixed, so nothing is projected.
+    pub refused_for_authentication: bool,
 }
 
 /// Everything a replay says about a warmup.
@@ -477,6 +480,12 @@ fn warm_days(
                     && r.deferral_rate() <= DEFERRAL_BOUND
             })
             .map(|r| r.day);
+        let refused_for_authentication = results.iter().any(|r| {
+            r.provider == *provider
+                && r.risks
+                    .iter()
+                    .any(|risk| risk.kind == RiskKind::MissingAuthentication)
+        });
         let mut projected = None;
         let last_day = standings
             .iter()
@@ -488,6 +497,7 @@ fn warm_days(
             .find(|m| m.name == *provider)
             .and_then(|m| m.throttle.as_ref());
         if reached.is_none()
+            && !refused_for_authentication
             && let (Some(last), Some(t)) = (last_day, throttle)
         {
             let ips: Vec<&IpDay> = standings
@@ -513,6 +523,7 @@ fn warm_days(
             share_per_day,
             reached,
             projected,
+            refused_for_authentication,
         });
     }
     out
@@ -645,6 +656,10 @@ pub fn table(j: &Judgement) -> String {
 pub fn warm_text(w: &WarmDay) -> String {
     match (w.reached, w.projected) {
         (Some(d), _) => format!("warm on day {} ({} a day)", d + 1, w.share_per_day),
+        (None, _) if w.refused_for_authentication => format!(
+            "not warm: its authentication rules refuse the mail; fix them before any volume ({} a day)",
+            w.share_per_day
+        ),
         (None, Some(d)) => format!(
             "projected warm on day {} ({} a day)",
             d + 1,
@@ -689,6 +704,7 @@ pub fn summary_json(j: &Judgement) -> serde_json::Value {
             "share_per_day": w.share_per_day,
             "reached_day": w.reached.map(|d| d + 1),
             "projected_day": w.projected.map(|d| d + 1),
+            "refused_for_authentication": w.refused_for_authentication,
         })).collect::<Vec<_>>(),
     })
 }
