@@ -756,8 +756,10 @@ fn run_directories(base: &std::path::Path, files: &[PathBuf]) -> Vec<PathBuf> {
             if !shared {
                 return base.join(name);
             }
-            let digest =
-                ring::digest::digest(&ring::digest::SHA256, file.to_string_lossy().as_bytes());
+            let digest = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                file.to_string_lossy().as_bytes(),
+            );
             let short: String = digest.as_ref()[..4]
                 .iter()
                 .map(|b| format!("{b:02x}"))

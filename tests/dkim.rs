@@ -136,3 +136,48 @@ fn dkim_identity_sets_the_i_tag() {
         [DkimResult::Pass]
     );
 }
+
+/// A body many messages share is hashed once and kept: signing its header block with the
+/// kept body hash gives the same DKIM-Signature, byte for byte, as signing the whole message,
+/// under both body canonicalizations and with a body that ends in blank lines and trailing
+/// spaces (where simple and relaxed differ).
+#[test]
+fn a_kept_body_hash_signs_as_the_whole_message_does() {
+    use pmta_sim::auth::{SignOptions, Signer, body_hash, to_crlf};
+    let key = std::fs::read(common::fixture(
+        "scenarios/configs/production/keys/s2026.news.example.com.pem",
+    ))
+    .unwrap();
+    let config = common::harness::config_with_files(
+        &config("domain-key s2026,news.example.com,keys/s2026.pem"),
+        &[("/etc/pmta/keys/s2026.pem", key)],
+    );
+    let signer = Signer::from_config(&config, 1).unwrap();
+    let signer = signer.for_domain("news.example.com").unwrap();
+    let head = to_crlf(b"From: News <news@news.example.com>\nTo: u@example.net\nSubject: Hi\n\n");
+    let body = to_crlf(b"Body line  \n\twith tabs\t\n\n\n");
+    let whole = [head.clone(), body.clone()].concat();
+    for canon in ["simple", "relaxed"] {
+        let options = SignOptions::from_settings(canon, canon, None);
+        let hash = body_hash(&body, options.body_canon);
+        assert_eq!(
+            signer
+                .sign_head(&head, &hash, 1_790_000_000, &options)
+                .unwrap(),
+            signer.sign(&whole, 1_790_000_000, &options).unwrap(),
+            "{canon}"
+        );
+    }
+    let simple = body_hash(
+        &body,
+        SignOptions::from_settings("simple", "simple", None).body_canon,
+    );
+    let relaxed = body_hash(
+        &body,
+        SignOptions::from_settings("relaxed", "relaxed", None).body_canon,
+    );
+    assert_ne!(
+        simple, relaxed,
+        "the two canonicalizations hash this body differently"
+    );
+}

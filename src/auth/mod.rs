@@ -8,9 +8,12 @@
 //! the same `now` gives the same bytes. Pure: no clock, no I/O.
 
 use base64::Engine as _;
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::crypto::{
+    DkimKey, Ed25519Key, HashContext, HashImpl, RsaKey, Sha256, SigningKey,
+};
 use mail_auth::common::headers::{HeaderStream, HeaderWriter, Writable, Writer};
-use mail_auth::dkim::{Canonicalization, Signature};
+pub use mail_auth::dkim::Canonicalization;
+use mail_auth::dkim::Signature;
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 use thiserror::Error;
@@ -179,10 +182,10 @@ fn parse_pem(pem: &str) -> Result<DkimKey, String> {
 
 fn stand_in(seed: u64, selector: String, domain: String) -> Result<DomainSigner, DkimError> {
     let material = format!("pmta-sim stand-in DKIM key\0{seed}\0{selector}\0{domain}");
-    let digest = ring::digest::digest(&ring::digest::SHA256, material.as_bytes());
-    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(digest.as_ref())
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material.as_bytes());
+    let pair = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(digest.as_ref())
         .map_err(|e| DkimError::Sign(e.to_string()))?;
-    let public = ring::signature::KeyPair::public_key(&pair)
+    let public = aws_lc_rs::signature::KeyPair::public_key(&pair)
         .as_ref()
         .to_vec();
     let key = Ed25519Key::from_seed_and_public_key(digest.as_ref(), &public)
@@ -295,6 +298,30 @@ impl DomainSigner {
         now_unix_s: u64,
         options: &SignOptions,
     ) -> Result<String, DkimError> {
+        self.sign_with(message, None, now_unix_s, options)
+    }
+
+    /// As [`DomainSigner::sign`] for a message whose body is hashed already: `head` is the
+    /// header block (CRLF line ends, through its blank line) and `body_hash` the body's
+    /// [`body_hash`] under `options.body_canon`. A body many messages share is then
+    /// canonicalized and hashed once, not once per message.
+    pub fn sign_head(
+        &self,
+        head: &[u8],
+        body_hash: &[u8],
+        now_unix_s: u64,
+        options: &SignOptions,
+    ) -> Result<String, DkimError> {
+        self.sign_with(head, Some(body_hash), now_unix_s, options)
+    }
+
+    fn sign_with(
+        &self,
+        message: &[u8],
+        body_hash: Option<&[u8]>,
+        now_unix_s: u64,
+        options: &SignOptions,
+    ) -> Result<String, DkimError> {
         let mut signature = Signature {
             v: 1,
             a: self.key.algorithm(),
@@ -313,7 +340,10 @@ impl DomainSigner {
                 "the message has none of the headers to sign".into(),
             ));
         }
-        signature.bh = self.key.hash(canonical_body).as_ref().to_vec();
+        signature.bh = match body_hash {
+            Some(hash) => hash.to_vec(),
+            None => self.key.hash(canonical_body).as_ref().to_vec(),
+        };
         signature.t = now_unix_s;
         signature.h = signed_headers;
         signature.b = self
@@ -325,4 +355,12 @@ impl DomainSigner {
             .map_err(|e| DkimError::Sign(e.to_string()))?;
         Ok(signature.to_header())
     }
+}
+
+/// The `bh=` tag of `body` (CRLF line ends) under `canon`: SHA-256, the hash of every key
+/// pmta-sim signs with (`rsa-sha256`, `ed25519-sha256`).
+pub fn body_hash(body: &[u8], canon: Canonicalization) -> Vec<u8> {
+    let mut hasher = <Sha256 as HashImpl>::hasher();
+    canon.canonical_body(body, u64::MAX).write(&mut hasher);
+    hasher.complete().as_ref().to_vec()
 }

@@ -147,7 +147,7 @@ pub fn load_with_models(path: &Path, models: &Path) -> Result<Loaded, LoadError>
 
 /// SHA-256 over the configuration's files (name and text, in load order), hex.
 pub fn config_sha256(sources: &crate::config::source::SourceMap) -> String {
-    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for (_, file) in sources.files() {
         context.update(file.path.to_string_lossy().as_bytes());
         context.update(&[0]);

@@ -82,6 +82,10 @@ pub struct MessageData {
 pub struct SharedBody {
     bytes: Box<[u8]>,
     wire: OnceLock<Box<[u8]>>,
+    /// Its DKIM body hash (`bh=`) under simple and relaxed canonicalization, each made the
+    /// first time a message of the body is signed that way: canonicalizing and hashing the
+    /// body per message was most of signing's cost besides the signature itself.
+    body_hashes: [OnceLock<Box<[u8]>>; 2],
 }
 
 impl SharedBody {
@@ -89,7 +93,19 @@ impl SharedBody {
         SharedBody {
             bytes: bytes.into_boxed_slice(),
             wire: OnceLock::new(),
+            body_hashes: Default::default(),
         }
+    }
+
+    /// The body's DKIM body hash under `canon` (see [`crate::auth::body_hash`]).
+    fn body_hash(&self, canon: crate::auth::Canonicalization) -> &[u8] {
+        let slot = match canon {
+            crate::auth::Canonicalization::Simple => 0,
+            crate::auth::Canonicalization::Relaxed => 1,
+        };
+        self.body_hashes[slot].get_or_init(|| {
+            crate::auth::body_hash(&crate::auth::to_crlf(&self.bytes), canon).into_boxed_slice()
+        })
     }
 
     /// The body as sent after DATA when it starts a line: see [`smtp::Stuffer`].
@@ -2593,8 +2609,23 @@ impl Engine {
             queue.settings.dkim_headers.as_deref(),
         );
         options.identity = queue.settings.dkim_identity.clone();
-        let crlf = crate::auth::to_crlf(&data.to_vec());
-        match signer.sign(&crlf, now.unix_secs(), &options) {
+        let signed = if data.shared.bytes.is_empty() {
+            signer.sign(
+                &crate::auth::to_crlf(&data.to_vec()),
+                now.unix_secs(),
+                &options,
+            )
+        } else {
+            // The own part is the header block (`with_shared_body`): only it is canonicalized
+            // per message; the shared body's hash is kept with the body.
+            signer.sign_head(
+                &crate::auth::to_crlf(data.head()),
+                data.shared.body_hash(options.body_canon),
+                now.unix_secs(),
+                &options,
+            )
+        };
+        match signed {
             Ok(header) => {
                 let stuffed = data.dot_stuffed(header.as_bytes());
                 if let Some(message) = self.messages.get_mut(&msg) {

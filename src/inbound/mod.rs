@@ -345,7 +345,8 @@ impl InboundSettings {
     fn check_password(&self, user: &str, password: &str) -> Option<&SmtpUser> {
         let entry = self.users.get(user)?;
         // Compare digests with every byte visited, so timing reveals nothing of the password.
-        let digest = |text: &str| ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        let digest =
+            |text: &str| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
         let (want, got) = (digest(&entry.password), digest(password));
         let difference = want
             .as_ref()

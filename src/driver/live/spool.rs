@@ -28,7 +28,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use ring::digest::SHA256;
+use aws_lc_rs::digest::SHA256;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -1251,7 +1251,7 @@ impl BadRecord {
 }
 
 fn checksum(kind: u8, payload: &[u8]) -> [u8; SUM_BYTES] {
-    let mut context = ring::digest::Context::new(&SHA256);
+    let mut context = aws_lc_rs::digest::Context::new(&SHA256);
     context.update(&[kind]);
     context.update(&(payload.len() as u32).to_le_bytes());
     context.update(payload);

@@ -1,4 +1,4 @@
-//! TLS for live mode, with rustls on ring (the crypto stack mail-auth already brings): the
+//! TLS for live mode, with rustls on aws-lc-rs (the crypto library mail-auth signs and verifies DKIM with): the
 //! listener's server configuration from PowerMTA's `smtp-server-tls-certificate` (one PEM
 //! file holding the certificate chain and its private key), and the outbound connector
 //! that carries out the engine's `Action::StartTls` as a `<domain>`'s `use-starttls`,
@@ -47,15 +47,15 @@ pub enum TlsError {
     Roots(String),
 }
 
-/// The process-wide crypto provider: ring. Installing it is idempotent; doing it before any
+/// The process-wide crypto provider: aws-lc-rs (the same library that signs and verifies DKIM). Installing it is idempotent; doing it before any
 /// configuration is built keeps rustls from having to guess.
 pub fn install_crypto_provider() {
     // An error only means a provider is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The listener's TLS from a `smtp-server-tls-certificate` file.
@@ -216,12 +216,12 @@ impl TlsClient {
     pub fn with_roots(roots: RootCertStore) -> TlsClient {
         let verifying = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
+            .expect("aws-lc-rs supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
         let opportunistic = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
+            .expect("aws-lc-rs supports the default protocol versions")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
             .with_no_client_auth();
