@@ -830,6 +830,8 @@ pub struct Engine {
     messages: BTreeMap<MessageId, Box<Message>>,
     next_message: u64,
     queues: Vec<Queue>,
+    /// Each queue's id by its name (`domain/virtual-mta`, or a `queue-to` target's).
+    queue_ids: IndexMap<String, QueueId>,
     routes: IndexMap<(String, String), QueueId>,
     pool_next: IndexMap<String, usize>,
     /// `cold-virtual-mta` use per (domain, virtual MTA): the day of first use, the current
@@ -881,6 +883,7 @@ impl Engine {
             messages: BTreeMap::new(),
             next_message: first_id,
             queues: Vec::new(),
+            queue_ids: IndexMap::new(),
             routes: IndexMap::new(),
             pool_next: IndexMap::new(),
             cold_use: BTreeMap::new(),
@@ -1270,9 +1273,8 @@ impl Engine {
             .map_err(|e| InjectError::Queue(e.to_string()))?;
         let name = view.queue_name();
         // Several domains may share one queue through queue-to.
-        let existing = self.queues.iter().position(|q| q.name == name);
-        let id = match existing {
-            Some(index) => QueueId(index as u32),
+        let id = match self.queue_ids.get(&name) {
+            Some(id) => *id,
             None => {
                 if self.queues.len() >= QUEUES_MAX {
                     return Err(InjectError::Full);
@@ -1292,7 +1294,7 @@ impl Engine {
                         .max(settings.source_ip_max_connect_rate.max_window_ms()),
                 );
                 self.queues.push(Queue {
-                    name,
+                    name: name.clone(),
                     domain: view.queue_domain.clone(),
                     vmta: vmta.to_string(),
                     pool: pool.to_string(),
@@ -1327,7 +1329,9 @@ impl Engine {
                     },
                     permits: QueuePermits::default(),
                 });
-                QueueId((self.queues.len() - 1) as u32)
+                let id = QueueId((self.queues.len() - 1) as u32);
+                self.queue_ids.insert(name, id);
+                id
             }
         };
         self.routes
@@ -2011,11 +2015,7 @@ impl Engine {
         let Some(state) = self.shared.as_ref().map(|node| node.state) else {
             return;
         };
-        let q = self
-            .queues
-            .iter()
-            .position(|x| x.name == queue)
-            .map(|index| QueueId(index as u32));
+        let q = self.queue_ids.get(queue).copied();
         let probe_at = now.plus_ms(shared::PROBE_INTERVAL_MS);
         match answer {
             PermitAnswer::Unavailable => {
