@@ -64,6 +64,11 @@ enum WarmupCommand {
         models: PathBuf,
         #[arg(long, default_value = "warmup-check")]
         out: PathBuf,
+        /// With a CSV: run it in closed loop, one day at a time, each IP × provider's next
+        /// day decided from what its day did (advance, hold, step back, overflow; the rules
+        /// in plan.txt).
+        #[arg(long)]
+        adaptive: bool,
     },
 }
 
@@ -299,7 +304,8 @@ pub fn main() -> ExitCode {
                 days,
                 models,
                 out,
-            } => warmup_check(&schedule, input.as_deref(), days, &models, &out),
+                adaptive,
+            } => warmup_check(&schedule, input.as_deref(), days, &models, &out, adaptive),
         }),
     }
 }
@@ -1551,12 +1557,15 @@ fn warmup_check(
     days: u32,
     models: &std::path::Path,
     out: &std::path::Path,
+    adaptive: bool,
 ) -> u8 {
     let result = (|| -> Result<(String, bool), String> {
         let text = std::fs::read_to_string(schedule)
             .map_err(|e| format!("{}: cannot read: {e}", printable::path(schedule)))?;
         let replay = if is_schedule_csv(schedule, &text) {
-            replay_schedule_csv(schedule, &text, input, days, models, out)?
+            replay_schedule_csv(schedule, &text, input, days, models, out, adaptive)?
+        } else if adaptive {
+            return Err("--adaptive runs a schedule CSV (with --input), not a scenario".into());
         } else {
             replay_scenario_file(schedule, days, models)?
         };
@@ -1565,6 +1574,7 @@ fn warmup_check(
             schedule: sched,
             specs,
             output,
+            adapted,
         } = replay;
         let start = input.start_s;
         let provider_of = |rcpt: &str| {
@@ -1609,7 +1619,12 @@ fn warmup_check(
                 .iter()
                 .flat_map(|(name, log)| log.standings.iter().map(move |s| (name.as_str(), s))),
         );
-        let judgement = crate::warmup::judge(&input, &sched, &specs, &outcomes, standings);
+        let mut judgement = crate::warmup::judge(&input, &sched, &specs, &outcomes, standings);
+        if let Some(adapted) = adapted {
+            judgement.adaptive = true;
+            judgement.decisions = adapted.decisions;
+            judgement.carried = adapted.carried;
+        }
         std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
         let json = serde_json::to_string_pretty(&crate::warmup::summary_json(&judgement))
             .map_err(|e| e.to_string())?;
@@ -1659,6 +1674,8 @@ struct WarmupReplay {
     schedule: crate::warmup::Schedule,
     specs: Vec<crate::scenario::IspSpec>,
     output: crate::sim::output::RunOutput,
+    /// The closed loop, when the replay ran in one (`--adaptive`).
+    adapted: Option<crate::warmup::Loop>,
 }
 
 /// Whether `warmup check` was given a schedule CSV (by its extension, else by its first
@@ -1683,6 +1700,7 @@ fn replay_schedule_csv(
     days: u32,
     models: &std::path::Path,
     out: &std::path::Path,
+    adaptive: bool,
 ) -> Result<WarmupReplay, String> {
     let input_path =
         input.ok_or("a schedule CSV needs --input (the planner input it was made for)")?;
@@ -1695,20 +1713,134 @@ fn replay_schedule_csv(
     let days = days.clamp(1, sched.days().max(1));
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
     let scenario_path = out.join("replay.toml");
-    let scenario_text = crate::warmup::replay_scenario(&input, &sched, &specs, days, 1);
+    let mut closed = adaptive.then(|| crate::warmup::Loop::new(&input, &sched, &specs, days));
+    let pairs = closed
+        .as_ref()
+        .map_or(Vec::new(), crate::warmup::Loop::pairs);
+    let (scenario_text, streams) =
+        crate::warmup::replay_streams(&input, &sched, &specs, days, 1, &pairs);
     std::fs::write(&scenario_path, &scenario_text).map_err(|e| e.to_string())?;
     // The replay's models come from --models: copy none, load them from there.
     let loaded = driver::load_with_models(&scenario_path, models).map_err(|e| e.to_string())?;
-    let output =
-        driver::fast::run(&loaded.scenario, loaded.checked.config).map_err(|e| e.to_string())?;
-    let mut judged = sched;
-    judged.rows.retain(|r| r.day < days);
+    let Some(closed_loop) = closed.as_mut() else {
+        let output = driver::fast::run(&loaded.scenario, loaded.checked.config)
+            .map_err(|e| e.to_string())?;
+        let mut judged = sched;
+        judged.rows.retain(|r| r.day < days);
+        return Ok(WarmupReplay {
+            input,
+            schedule: judged,
+            specs,
+            output,
+            adapted: None,
+        });
+    };
+    let output = replay_closed_loop(
+        &input,
+        &specs,
+        &loaded.scenario,
+        loaded.checked.config,
+        &streams,
+        closed_loop,
+    )?;
+    let closed = closed.expect("the loop ran");
     Ok(WarmupReplay {
         input,
-        schedule: judged,
+        schedule: closed.executed.clone(),
         specs,
         output,
+        adapted: Some(closed),
     })
+}
+
+/// Runs the replay one day at a time: at each midnight, what each stream's day did (from
+/// the records so far) and each provider's standing of the IPs, /24s and DKIM domain (a copy
+/// of its ledger) go to the closed loop, whose volumes for the day become the streams' day.
+fn replay_closed_loop(
+    input: &crate::warmup::Input,
+    specs: &[crate::scenario::IspSpec],
+    scenario: &crate::scenario::Scenario,
+    config: crate::config::Config,
+    streams: &[(String, std::net::Ipv4Addr)],
+    closed: &mut crate::warmup::Loop,
+) -> Result<crate::sim::output::RunOutput, String> {
+    use crate::engine::accounting::RecordType;
+    use std::collections::{BTreeMap, BTreeSet};
+    let start = input.start_s;
+    let domain = input
+        .mail_from
+        .rsplit_once('@')
+        .map_or(String::new(), |(_, d)| d.to_string());
+    let (w0, w1) = input.window;
+    let mut seen = 0;
+    let mut deferred: BTreeSet<(String, crate::time::Time)> = BTreeSet::new();
+    let mut tallies: BTreeMap<(u32, String, std::net::Ipv4Addr), crate::warmup::Observed> =
+        BTreeMap::new();
+    let mut failed = None;
+    let mut at_step = |now: crate::time::Time,
+                       run: &mut crate::sim::SimRun,
+                       world: &crate::sim::world::World| {
+        let day = (now.unix_secs().saturating_sub(start) / 86_400) as u32;
+        for r in &run.records()[seen..] {
+            let Some((provider, ip)) = r
+                .job_id
+                .strip_prefix("stream")
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| streams.get(n))
+            else {
+                continue;
+            };
+            let queued = (r.time_queued.unix_secs().saturating_sub(start) / 86_400) as u32;
+            let t = tallies.entry((queued, provider.clone(), *ip)).or_default();
+            match r.record_type {
+                RecordType::Delivered => t.delivered += 1,
+                RecordType::Bounced => t.bounced += 1,
+                RecordType::Transient if deferred.insert((r.rcpt.clone(), r.time_queued)) => {
+                    t.deferred += 1
+                }
+                _ => {}
+            }
+        }
+        seen = run.records().len();
+        let observed: BTreeMap<(String, std::net::Ipv4Addr), crate::warmup::Observed> = tallies
+            .iter()
+            .filter(|((d, _, _), _)| day > 0 && *d == day - 1)
+            .map(|((_, p, ip), o)| ((p.clone(), *ip), *o))
+            .collect();
+        let mut views = BTreeMap::new();
+        for (spec, provider) in scenario.isps.iter().zip(&world.providers) {
+            let Some(model) = specs.iter().find(|s| s.name == spec.name) else {
+                continue;
+            };
+            let ips: Vec<std::net::Ipv4Addr> = streams
+                .iter()
+                .filter(|(p, _)| *p == spec.name)
+                .map(|(_, ip)| *ip)
+                .collect();
+            views.insert(
+                spec.name.clone(),
+                crate::warmup::view(provider.borrow().ledger(), model, &ips, &domain, now),
+            );
+        }
+        let at_ms = (u64::from(day) * 86_400 + w0) * 1000;
+        for (provider, ip, messages) in closed.day(day, &observed, &views) {
+            let Some(stream) = streams.iter().position(|s| s.0 == provider && s.1 == ip) else {
+                continue;
+            };
+            if !run.set_day_volume(stream, at_ms, (w1 - w0) * 1000, messages) && failed.is_none() {
+                failed = Some(format!(
+                    "the closed loop could not set day {} of {provider} {ip}",
+                    day + 1
+                ));
+            }
+        }
+    };
+    let output = driver::fast::run_stepped(scenario, config, 86_400_000, &mut at_step)
+        .map_err(|e| e.to_string())?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(output),
+    }
 }
 
 /// Replays any scenario (its first `days` days at most) in fast mode; what it queued per
@@ -1788,5 +1920,6 @@ fn replay_scenario_file(
         schedule,
         specs: scenario.isps.clone(),
         output,
+        adapted: None,
     })
 }

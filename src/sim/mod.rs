@@ -274,6 +274,19 @@ impl SimRun {
         self.output.advance(now);
     }
 
+    /// Sets the volume of workload stream `stream`'s sending day opening `at_ms` after the
+    /// start (see [`Generated::set_day`]): how a driver stepping the run a day at a time
+    /// lets the caller decide the next day. `false` when that day has begun or the stream
+    /// has no daily shape.
+    pub fn set_day_volume(&mut self, stream: usize, at_ms: u64, span_ms: u64, count: u64) -> bool {
+        self.generated.set_day(stream, at_ms, span_ms, count)
+    }
+
+    /// The accounting records so far (traced runs keep them; otherwise none).
+    pub fn records(&self) -> &[crate::engine::accounting::AcctRecord] {
+        self.output.records()
+    }
+
     /// The next time something is due without any input: the engine's timer, the next
     /// message of the workload, or the end of the run.
     pub fn next_wake(&self) -> Time {

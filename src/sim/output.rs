@@ -114,6 +114,11 @@ impl Collector {
         self.trace
     }
 
+    /// The records kept so far (with a trace; none without).
+    pub fn records(&self) -> &[AcctRecord] {
+        &self.records
+    }
+
     /// A message the engine took: its recipients, for the whole-run checks.
     pub fn injected(&mut self, job_id: &str, recipients: &[String]) {
         if self.trace {

@@ -131,6 +131,12 @@ pub struct Judgement {
     pub days: Vec<DayResult>,
     pub standings: Vec<IpDay>,
     pub warm: Vec<WarmDay>,
+    /// The replay ran in closed loop (`warmup check --adaptive`): `days` judge what the loop
+    /// sent, `decisions` say where it left the schedule and why, `carried` what it could not
+    /// send.
+    pub adaptive: bool,
+    pub decisions: Vec<super::Decision>,
+    pub carried: Vec<super::Carried>,
 }
 
 impl Judgement {
@@ -456,6 +462,7 @@ pub fn judge(
         days: results,
         standings,
         warm,
+        ..Judgement::default()
     }
 }
 
@@ -645,9 +652,55 @@ pub fn table(j: &Judgement) -> String {
             );
         }
     }
+    if j.adaptive {
+        out.push_str(&loop_table(j));
+    }
     out.push('\n');
     for w in &j.warm {
         let _ = writeln!(out, "{:<10} {}", w.provider, warm_text(w));
+    }
+    out
+}
+
+/// The closed loop's days that left the schedule: each IP × provider held, stepped back or
+/// given overflow, with the reason, and what was carried.
+fn loop_table(j: &Judgement) -> String {
+    let mut out = format!(
+        "\nclosed loop ({} changes, {} carried)\n{:>4}  {:<10} {:<15} {:<12} {:>9} {:>9}  reason\n",
+        j.decisions.len(),
+        j.carried.len(),
+        "day",
+        "provider",
+        "source IP",
+        "action",
+        "scheduled",
+        "sent"
+    );
+    for d in &j.decisions {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<10} {:<15} {:<12} {:>9} {:>9}  {}",
+            d.day + 1,
+            d.provider,
+            d.ip,
+            d.action.name(),
+            d.scheduled,
+            d.volume,
+            d.reason
+        );
+    }
+    for c in &j.carried {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<10} {:<15} {:<12} {:>9} {:>9}  {}",
+            c.day + 1,
+            c.provider,
+            "-",
+            "carried",
+            c.messages,
+            0,
+            c.reason
+        );
     }
     out
 }
@@ -698,6 +751,23 @@ pub fn summary_json(j: &Judgement) -> serde_json::Value {
             "ip": s.ip.to_string(),
             "score": s.score,
             "capacity_per_hour": s.capacity_per_hour,
+        })).collect::<Vec<_>>(),
+        "adaptive": j.adaptive,
+        "decisions": j.decisions.iter().map(|d| serde_json::json!({
+            "day": d.day + 1,
+            "provider": d.provider,
+            "ip": d.ip.to_string(),
+            "action": d.action.name(),
+            "scheduled": d.scheduled,
+            "sent": d.volume,
+            "overflow": d.overflow,
+            "reason": d.reason,
+        })).collect::<Vec<_>>(),
+        "carried": j.carried.iter().map(|c| serde_json::json!({
+            "day": c.day + 1,
+            "provider": c.provider,
+            "messages": c.messages,
+            "reason": c.reason,
         })).collect::<Vec<_>>(),
         "warm": j.warm.iter().map(|w| serde_json::json!({
             "provider": w.provider,
@@ -773,6 +843,7 @@ pub fn scenario_input(scenario: &crate::scenario::Scenario, schedule: &Schedule)
         complaint_rate: mean(&|w| w.complaint_rate),
         engagement: mean(&|w| w.engagement),
         start_s: start - start % 86_400,
+        warm_ips: Vec::new(),
     }
 }
 
@@ -896,6 +967,33 @@ pub fn html_section(j: &Judgement, schedule: &Schedule) -> String {
             r.deferral_rate() * 100.0,
             r.bounce_rate() * 100.0
         );
+    }
+    if j.adaptive {
+        out.push_str("</table>\n<table id=\"warmup-loop\">\n<caption>Closed loop: where each day left the schedule, and why</caption>\n<tr><th>day</th><th>provider</th><th>source IP</th><th>action</th><th>scheduled</th><th>sent</th><th>reason</th></tr>\n");
+        for d in &j.decisions {
+            let _ = writeln!(
+                out,
+                "<tr class=\"{}\"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                d.action.name(),
+                d.day + 1,
+                escape_html(&d.provider),
+                d.ip,
+                d.action.name(),
+                d.scheduled,
+                d.volume,
+                escape_html(&d.reason)
+            );
+        }
+        for c in &j.carried {
+            let _ = writeln!(
+                out,
+                "<tr class=\"carried\"><th>{}</th><td>{}</td><td></td><td>carried</td><td>{}</td><td>0</td><td>{}</td></tr>",
+                c.day + 1,
+                escape_html(&c.provider),
+                c.messages,
+                escape_html(&c.reason)
+            );
+        }
     }
     out.push_str("</table>\n<table id=\"warmup-standings\">\n<caption>Reputation and hourly capacity per source IP and provider, at the end of each day</caption>\n<tr><th>day</th><th>provider</th><th>source IP</th><th>score</th><th>capacity/h</th></tr>\n");
     for s in &j.standings {
