@@ -1515,10 +1515,18 @@ fn warmup_plan(input: &std::path::Path, out: &std::path::Path, models: &std::pat
             &crate::warmup::pmta_snippet(&input, &plan.schedule, &specs),
         )?;
         let mut text = format!(
-            "plan: {} IPs to {} a day in {days} days (deferral bound {:.0}% a day)\n",
+            "plan: {} IPs to {} a day in {days} days (deferral bound {:.0}% a day){}\n",
             input.new_ips.len(),
             input.target_per_day,
-            crate::warmup::DEFERRAL_BOUND * 100.0
+            crate::warmup::DEFERRAL_BOUND * 100.0,
+            if input.warm_ips.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} warm IPs sending what the new IPs cannot yet",
+                    input.warm_ips.len()
+                )
+            }
         );
         for (name, day) in &plan.warm_day {
             let _ = writeln!(

@@ -120,3 +120,129 @@ fn the_plan_in_closed_loop_stays_under_the_bound_every_day() {
     assert!(html.contains("id=\"warmup-loop\"") && html.contains("class=\"stepped_back\""));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// With two warm IPs beside two new ones, day 1 already sends each provider's whole share
+/// (the warm IPs take what the new IPs cannot yet), the replay delivers it within the bound,
+/// the schedule's rows name the warm IPs, and the PowerMTA snippet makes each new IP the
+/// cold-virtual-mta twin of a virtual MTA on a warm IP. The closed loop replays it the same
+/// way twice, byte for byte.
+#[test]
+fn warm_ips_carry_the_target_from_day_one() {
+    let out = scratch("warmup-warm-ips");
+    let input = out.join("input.toml");
+    std::fs::write(
+        &input,
+        "target_per_day = 4000\nnew_ips = [\"192.0.2.11\", \"192.0.2.12\"]\nwarm_ips = [\"203.0.113.5\", \"203.0.113.6\"]\nmail_from = \"news@sender.example\"\nengagement = 0.3\n\n[providers]\ngmail = 0.5\nyahoo = 0.5\n",
+    )
+    .unwrap();
+    let plan = out.join("plan");
+    let run = pmta_sim(&[
+        "warmup",
+        "plan",
+        input.to_str().unwrap(),
+        "--out",
+        plan.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let csv = std::fs::read_to_string(plan.join("schedule.csv")).unwrap();
+    for provider in ["gmail", "yahoo"] {
+        let (mut new, mut warm) = (0u64, 0u64);
+        for line in csv
+            .lines()
+            .filter(|l| l.starts_with(&format!("1,{provider},")))
+        {
+            let f: Vec<&str> = line.split(',').collect();
+            let n: u64 = f[3].parse().unwrap();
+            if f[2].starts_with("203.0.113.") {
+                warm += n;
+            } else {
+                new += n;
+            }
+        }
+        assert_eq!(new + warm, 2000, "{provider} day 1: {csv}");
+        assert!(
+            new > 0 && new < 1000 && warm > 1000,
+            "{provider}: {new} new, {warm} warm"
+        );
+    }
+    let snippet = std::fs::read_to_string(plan.join("pmta-warmup.conf")).unwrap();
+    assert!(
+        snippet.contains("<virtual-mta warm1>\n    smtp-source-host 203.0.113.5 warm1.sender.example\n    cold-virtual-mta cold1\n"),
+        "{snippet}"
+    );
+    assert!(snippet.contains("smtp-source-host 192.0.2.12 mta2.sender.example"));
+    assert!(
+        !snippet.contains("<virtual-mta cold3>"),
+        "warm IPs are no cold twins: {snippet}"
+    );
+    let mut summaries = Vec::new();
+    for name in ["a", "b"] {
+        let report = out.join(name);
+        let run = pmta_sim(&[
+            "warmup",
+            "check",
+            plan.join("schedule.csv").to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--days",
+            "2",
+            "--adaptive",
+            "--out",
+            report.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(run.status.code(), Some(0), "{stdout}");
+        let s = summary(&report);
+        for d in s["days"].as_array().unwrap() {
+            assert_eq!(d["planned"], 2000, "{stdout}");
+            assert!(d["delivered"].as_u64().unwrap() >= 1960, "{stdout}");
+            assert!(d["deferral_rate"].as_f64().unwrap() <= 0.05, "{stdout}");
+        }
+        summaries.push(std::fs::read(report.join("summary.json")).unwrap());
+    }
+    assert!(
+        summaries[0] == summaries[1],
+        "the closed loop is deterministic"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// A bad `warm_ips` entry is bad input: exit 2 with its line.
+#[test]
+fn bad_warm_ips_are_an_error_with_their_line() {
+    let out = scratch("warmup-bad-warm");
+    for (list, want) in [
+        (
+            "[\"192.0.2.300\"]",
+            ":3: error: warm_ips: `192.0.2.300` is not an IPv4 address",
+        ),
+        (
+            "[\"203.0.113.5\",\n  \"192.0.2.11\"]",
+            ":4: error: warm_ips: 192.0.2.11 is listed twice",
+        ),
+    ] {
+        let input = out.join("input.toml");
+        std::fs::write(
+            &input,
+            format!("target_per_day = 1000\nnew_ips = [\"192.0.2.11\"]\nwarm_ips = {list}\nmail_from = \"a@b.example\"\n\n[providers]\ngmail = 1.0\n"),
+        )
+        .unwrap();
+        let run = pmta_sim(&[
+            "warmup",
+            "plan",
+            input.to_str().unwrap(),
+            "--out",
+            out.join("p").to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

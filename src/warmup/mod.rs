@@ -331,6 +331,7 @@ pub const RULES: &[&str] = &[
     "a day's hourly volume stays under 90% of the spike rule's allowance (spike factor × the mean of the trailing 7 sending days)",
     "a stage advances only on a clean day: under capacity, and complaints under the provider's 0.1% with at least 75% odds (a day too small for that, where one complaint is over 0.1%, is counted as not clean and the stage is held)",
     "the volume is spread evenly over the new IPs and over the sending window; a provider that reaches its share holds it while the others finish",
+    "with warm_ips, the part of each provider's share the new IPs cannot take yet goes through the warm IPs (split evenly, each within its capacity over the window less 15%), so the stream sends its target from day 1 while the new IPs ramp; in PowerMTA each new IP is the cold-virtual-mta twin of a warm virtual MTA: the day's first N messages per domain through the new IP, the rest through the warm one",
     "in closed loop (`warmup check --adaptive`) the schedule runs one day at a time and each IP × provider's next day is decided from what its day really did and from the provider's own ledger: its stage advances only on a day that delivered at least 90% of the stage, deferred at most 5% and that the provider counted clean (the IP's clean days grew)",
     "an IP × provider whose day deferred over 5%, delivered under 90% or was not counted clean holds its stage; one whose capacity the provider cut (a complaint rate at or over 0.3%) steps back to the largest earlier stage within what its standing now allows (its hourly capacity over the window, less 15%)",
     "what a held or stepped-back IP does not take goes to the same provider's new IPs that advanced and have room, then to the warm IPs, each within its own capacity, its /24's and the DKIM domain's, and within the spike rule; the rest is carried (not sent that day) and reported",
@@ -355,6 +356,16 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
         };
         let target = (input.target_per_day as f64 * share).round() as u64;
         let mut ledger = ledger_for(spec);
+        if !input.warm_ips.is_empty() {
+            // The warm IPs have been sending this mail: they, their /24s and its DKIM domain
+            // start warm, as the replay's `[[identity]]` entries say.
+            let warm = History::named("warm").expect("a named history");
+            for ip in &input.warm_ips {
+                ledger.set_history(&format!("ip:{ip}"), warm.clone());
+                ledger.set_history(&net_key(*ip), warm.clone());
+            }
+            ledger.set_history(&format!("domain:{domain}"), warm);
+        }
         let complaint_good = spec.reputation.clone().unwrap_or_default().complaint_good;
         let throttle = spec.throttle.as_ref();
         let spike = throttle
@@ -396,6 +407,29 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
             let mut per_identity: BTreeMap<String, u64> = BTreeMap::new();
             for (i, ip) in input.new_ips.iter().enumerate() {
                 let messages = per_ip + u64::from((i as u64) < volume % n_ips);
+                rows.push(Row {
+                    day,
+                    provider: name.clone(),
+                    ip: *ip,
+                    messages,
+                });
+                for key in [format!("ip:{ip}"), net_key(*ip), format!("domain:{domain}")] {
+                    *per_identity.entry(key).or_default() += messages;
+                }
+            }
+            // The part of the share the new IPs cannot take yet goes through the warm IPs,
+            // evenly, each within its capacity over the window less the margin.
+            let mut rest = target.saturating_sub(volume);
+            for (i, ip) in input.warm_ips.iter().enumerate() {
+                let room = (ledger.capacity(&format!("ip:{ip}"), now) as f64
+                    * CAPACITY_MARGIN
+                    * hours) as u64;
+                let left = (input.warm_ips.len() - i) as u64;
+                let messages = rest.div_ceil(left).min(room);
+                rest -= messages;
+                if messages == 0 {
+                    continue;
+                }
                 rows.push(Row {
                     day,
                     provider: name.clone(),
@@ -675,7 +709,12 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
     let mut out = String::from(
         "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` (give each its warm IP); PowerMTA sends the day's first N messages\n# per domain through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating) and the rest through the warm IP. Inject to the pool `warm`.\n",
     );
-    let mut ips: Vec<Ipv4Addr> = schedule.rows.iter().map(|r| r.ip).collect();
+    let mut ips: Vec<Ipv4Addr> = schedule
+        .rows
+        .iter()
+        .map(|r| r.ip)
+        .filter(|ip| !input.warm_ips.contains(ip))
+        .collect();
     ips.sort();
     ips.dedup();
     let days = schedule.days();
@@ -689,8 +728,18 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
         let n = i + 1;
         let _ = write!(
             out,
-            "<virtual-mta cold{n}>\n    smtp-source-host {ip} mta{n}.{domain}\n</virtual-mta>\n<virtual-mta warm{n}>\n    # smtp-source-host <warm IP {n}> <its name>\n    cold-virtual-mta cold{n}\n"
+            "<virtual-mta cold{n}>\n    smtp-source-host {ip} mta{n}.{domain}\n</virtual-mta>\n<virtual-mta warm{n}>\n"
         );
+        match input.warm_ips.get(i % input.warm_ips.len().max(1)) {
+            Some(warm) => {
+                let w = input.warm_ips.iter().position(|x| x == warm).unwrap_or(0) + 1;
+                let _ = writeln!(out, "    smtp-source-host {warm} warm{w}.{domain}");
+            }
+            None => {
+                let _ = writeln!(out, "    # smtp-source-host <warm IP {n}> <its name>");
+            }
+        }
+        let _ = writeln!(out, "    cold-virtual-mta cold{n}");
         for (name, _) in &input.providers {
             let Some(spec) = models.iter().find(|m| m.name == *name) else {
                 continue;
@@ -711,8 +760,17 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
         }
         out.push_str("</virtual-mta>\n");
     }
+    // Warm IPs beyond one per new IP send through the pool on their own.
+    for (i, warm) in input.warm_ips.iter().enumerate().skip(ips.len()) {
+        let _ = write!(
+            out,
+            "<virtual-mta warm{n}>\n    smtp-source-host {warm} warm{w}.{domain}\n</virtual-mta>\n",
+            n = i + 1,
+            w = i + 1
+        );
+    }
     out.push_str("<virtual-mta-pool warm>\n");
-    for (i, _) in ips.iter().enumerate() {
+    for i in 0..ips.len().max(input.warm_ips.len()) {
         let _ = writeln!(out, "    virtual-mta warm{}", i + 1);
     }
     out.push_str("</virtual-mta-pool>\n");
