@@ -667,3 +667,188 @@ fn fill(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+    const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+    const W: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
+
+    fn input(warm: &[Ipv4Addr]) -> Input {
+        Input {
+            target_per_day: 600,
+            new_ips: vec![A, B],
+            mail_from: "news@sender.example".into(),
+            window: (8 * 3600, 20 * 3600),
+            providers: vec![("gmail".into(), 1.0)],
+            unknown_user_rate: 0.0,
+            complaint_rate: 0.0,
+            engagement: 0.3,
+            start_s: 0,
+            warm_ips: warm.to_vec(),
+        }
+    }
+
+    /// Two new IPs scheduled 100, 200, 300 a day each.
+    fn schedule() -> Schedule {
+        let mut rows = Vec::new();
+        for (day, v) in [100, 200, 300].into_iter().enumerate() {
+            for ip in [A, B] {
+                rows.push(Row {
+                    day: day as u32,
+                    provider: "gmail".into(),
+                    ip,
+                    messages: v,
+                });
+            }
+        }
+        Schedule { rows }
+    }
+
+    fn standing(capacity_per_hour: u64, clean_days: u32, score: f64) -> Standing {
+        Standing {
+            score,
+            clean_days,
+            capacity_per_hour,
+        }
+    }
+
+    fn views(ips: &[(Ipv4Addr, Standing)]) -> BTreeMap<String, ProviderView> {
+        BTreeMap::from([(
+            "gmail".to_string(),
+            ProviderView {
+                ips: ips.iter().copied().collect(),
+                ..ProviderView::default()
+            },
+        )])
+    }
+
+    fn delivered(n: u64, deferred: u64) -> Observed {
+        Observed {
+            delivered: n,
+            deferred,
+            bounced: 0,
+        }
+    }
+
+    fn volume(out: &[(String, Ipv4Addr, u64)], ip: Ipv4Addr) -> u64 {
+        out.iter().find(|(_, i, _)| *i == ip).map_or(0, |x| x.2)
+    }
+
+    /// An IP whose capacity the provider cut steps back to the stage it allows; what it
+    /// does not take goes to the IP that advanced (within its capacity), then the warm IP.
+    #[test]
+    fn a_cut_steps_back_and_the_rest_overflows_to_advanced_then_warm_ips() {
+        let mut l = Loop::new(&input(&[W]), &schedule(), &[], 3);
+        let cold = standing(20, 0, 0.5);
+        let warm = standing(10_000, 21, 0.8);
+        let day0 = l.day(
+            0,
+            &BTreeMap::new(),
+            &views(&[(A, cold), (B, cold), (W, warm)]),
+        );
+        assert_eq!(
+            (volume(&day0, A), volume(&day0, B), volume(&day0, W)),
+            (100, 100, 0)
+        );
+        assert!(l.decisions.is_empty(), "day 1 is the schedule's");
+        let observed = BTreeMap::from([
+            (("gmail".to_string(), A), delivered(100, 0)),
+            (("gmail".to_string(), B), delivered(100, 0)),
+        ]);
+        // A's day was clean (28/h now); B drew complaints: 14/h, 142 a day at most.
+        let day1 = l.day(
+            1,
+            &observed,
+            &views(&[
+                (A, standing(28, 1, 0.5)),
+                (B, standing(14, 0, 0.425)),
+                (W, warm),
+            ]),
+        );
+        // A advances to 200 and takes 85 more (28/h × 12 h × 85% = 285); W takes the last 15.
+        assert_eq!(
+            (volume(&day1, A), volume(&day1, B), volume(&day1, W)),
+            (285, 100, 15)
+        );
+        let of = |ip| {
+            l.decisions
+                .iter()
+                .find(|d| d.ip == ip && d.day == 1)
+                .unwrap()
+        };
+        assert_eq!(
+            (of(B).action, of(B).scheduled, of(B).volume),
+            (Action::SteppedBack, 200, 100)
+        );
+        assert!(
+            of(B)
+                .reason
+                .contains("cut 192.0.2.12's capacity from 20/h to 14/h"),
+            "{}",
+            of(B).reason
+        );
+        assert_eq!((of(A).action, of(A).overflow), (Action::Advanced, 85));
+        assert_eq!((of(W).action, of(W).overflow), (Action::Overflow, 15));
+        assert!(l.carried.is_empty());
+        assert_eq!(
+            l.executed
+                .rows
+                .iter()
+                .filter(|r| r.day == 1)
+                .map(|r| r.messages)
+                .sum::<u64>(),
+            400
+        );
+    }
+
+    /// A day deferred over the bound, or judged and not counted clean, holds the stage; what
+    /// nobody has room for is carried and reported.
+    #[test]
+    fn a_throttled_or_unclean_day_holds_and_what_has_no_room_is_carried() {
+        let mut l = Loop::new(&input(&[]), &schedule(), &[], 3);
+        let cold = standing(20, 0, 0.5);
+        l.day(0, &BTreeMap::new(), &views(&[(A, cold), (B, cold)]));
+        let observed = BTreeMap::from([
+            (("gmail".to_string(), A), delivered(90, 10)),
+            (("gmail".to_string(), B), delivered(100, 0)),
+        ]);
+        // A deferred 10%. B's day is judged only if it used a quarter of its 24 h capacity:
+        // at 16/h, 100 × 4 ≥ 16 × 24; its clean days did not grow.
+        l.providers[0].new[1].start = Some(standing(16, 0, 0.5));
+        let day1 = l.day(
+            1,
+            &observed,
+            &views(&[(A, cold), (B, standing(16, 0, 0.5))]),
+        );
+        let of = |ip| {
+            l.decisions
+                .iter()
+                .find(|d| d.ip == ip && d.day == 1)
+                .unwrap()
+        };
+        assert_eq!(of(A).action, Action::Held);
+        assert!(
+            of(A).reason.contains("deferred 10.0% of 100"),
+            "{}",
+            of(A).reason
+        );
+        assert_eq!(of(B).action, Action::Held);
+        assert!(
+            of(B).reason.contains("did not count day 1 clean"),
+            "{}",
+            of(B).reason
+        );
+        assert_eq!((volume(&day1, A), volume(&day1, B)), (100, 100));
+        // Nobody advanced and there is no warm IP: the 200 the schedule wanted more is carried.
+        assert_eq!(l.carried.len(), 1);
+        assert_eq!(l.carried[0].messages, 200);
+        assert!(
+            l.carried[0]
+                .reason
+                .contains("no IP at gmail had room for 200")
+        );
+    }
+}
