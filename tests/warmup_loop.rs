@@ -5,6 +5,9 @@
 mod common;
 
 use common::cli::{pmta_sim, scratch};
+use common::runs::{load_edited, run_in};
+use pmta_sim::engine::accounting::RecordType;
+use pmta_sim::scenario::Mode;
 
 const EIGHT_IPS: &str = "examples/warmup/eight-ips-1m.toml";
 
@@ -181,6 +184,29 @@ fn warm_ips_carry_the_target_from_day_one() {
         !snippet.contains("<virtual-mta cold3>"),
         "warm IPs are no cold twins: {snippet}"
     );
+    // The snippet replayed as PowerMTA would run it: mail injected to the pool `warm` goes
+    // through the new IPs up to the day's max-cold-virtual-mta-msg per domain, the rest
+    // through the warm IPs — day 1's schedule, IP for IP.
+    let scenario = format!(
+        "name = \"snippet\"\nseed = 4\nduration = \"1d\"\nmode = \"fast\"\nstart_time = \"2026-10-05T00:00:00Z\"\ntick_ms = 100\nconfig_inline = \"\"\"\ndomain-key s1,sender.example,/etc/pmta/dkim/s.pem\n{snippet}<domain *>\n    dkim-sign yes\n    max-smtp-out 4\n</domain>\n\"\"\"\n\n[isps.gmail]\nmodel = \"gmail\"\nhistory = \"warm\"\n\n[[workload]]\nvmta = \"warm\"\nmail_from = \"news@sender.example\"\ndaily = [2000]\nwindow = \"08:00-20:00\"\ndomains = {{ \"gmail.com\" = 1.0 }}\nengagement = 0.3\n"
+    );
+    let replayed = run_in(&load_edited("warm-snippet", &scenario), Mode::Fast);
+    let mut per_ip = std::collections::BTreeMap::<String, u64>::new();
+    for r in replayed
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+    {
+        *per_ip.entry(r.dlv_source_ip.clone()).or_default() += 1;
+    }
+    let day1 = |ip: &str| -> u64 {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("1,gmail,{ip},")))
+            .map_or(0, |l| l.rsplit(',').next().unwrap().parse().unwrap())
+    };
+    assert_eq!(per_ip["192.0.2.11"], day1("192.0.2.11"), "{per_ip:?}");
+    assert_eq!(per_ip["192.0.2.12"], day1("192.0.2.12"), "{per_ip:?}");
+    assert_eq!(per_ip.values().sum::<u64>(), 2000, "{per_ip:?}");
     let mut summaries = Vec::new();
     for name in ["a", "b"] {
         let report = out.join(name);

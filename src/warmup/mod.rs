@@ -405,17 +405,19 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
             let per_ip = volume / n_ips;
             // The day's mail per identity, as the provider counts it.
             let mut per_identity: BTreeMap<String, u64> = BTreeMap::new();
-            for (i, ip) in input.new_ips.iter().enumerate() {
-                let messages = per_ip + u64::from((i as u64) < volume % n_ips);
+            let mut send = |ip: Ipv4Addr, messages: u64| {
                 rows.push(Row {
                     day,
                     provider: name.clone(),
-                    ip: *ip,
+                    ip,
                     messages,
                 });
-                for key in [format!("ip:{ip}"), net_key(*ip), format!("domain:{domain}")] {
+                for key in [format!("ip:{ip}"), net_key(ip), format!("domain:{domain}")] {
                     *per_identity.entry(key).or_default() += messages;
                 }
+            };
+            for (i, ip) in input.new_ips.iter().enumerate() {
+                send(*ip, per_ip + u64::from((i as u64) < volume % n_ips));
             }
             // The part of the share the new IPs cannot take yet goes through the warm IPs,
             // evenly, each within its capacity over the window less the margin.
@@ -427,17 +429,8 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
                 let left = (input.warm_ips.len() - i) as u64;
                 let messages = rest.div_ceil(left).min(room);
                 rest -= messages;
-                if messages == 0 {
-                    continue;
-                }
-                rows.push(Row {
-                    day,
-                    provider: name.clone(),
-                    ip: *ip,
-                    messages,
-                });
-                for key in [format!("ip:{ip}"), net_key(*ip), format!("domain:{domain}")] {
-                    *per_identity.entry(key).or_default() += messages;
+                if messages > 0 {
+                    send(*ip, messages);
                 }
             }
             for (key, messages) in &per_identity {
