@@ -210,6 +210,16 @@ impl Loop {
     /// The loop for `schedule`, made for `input` (its `warm_ips` are the overflow), over
     /// `days` days.
     pub fn new(input: &Input, schedule: &Schedule, models: &[IspSpec], days: u32) -> Loop {
+        // Each pair's days in one pass over the schedule (it may hold a million rows).
+        let mut days_of: BTreeMap<(&str, Ipv4Addr), Vec<u64>> = BTreeMap::new();
+        for r in &schedule.rows {
+            let days = days_of
+                .entry((r.provider.as_str(), r.ip))
+                .or_insert_with(|| vec![0; days as usize]);
+            if let Some(v) = days.get_mut(r.day as usize) {
+                *v += r.messages;
+            }
+        }
         let mut providers = Vec::new();
         for (name, _) in &input.providers {
             let spike = models
@@ -218,30 +228,22 @@ impl Loop {
                 .and_then(|m| m.throttle.as_ref())
                 .and_then(|t| t.spike_percent)
                 .map(|p| p as f64 / 100.0);
-            let mut ips: Vec<Ipv4Addr> = schedule
-                .rows
-                .iter()
-                .filter(|r| r.provider == *name)
-                .map(|r| r.ip)
+            let mut ips: Vec<Ipv4Addr> = days_of
+                .keys()
+                .filter(|(p, _)| p == name)
+                .map(|(_, ip)| *ip)
                 .chain(input.warm_ips.iter().copied())
                 .collect();
             ips.sort();
             ips.dedup();
             let (mut new, mut warm) = (Vec::new(), Vec::new());
             for ip in ips {
-                let mut scheduled = vec![0; days as usize];
-                for r in schedule
-                    .rows
-                    .iter()
-                    .filter(|r| r.provider == *name && r.ip == ip)
-                {
-                    if let Some(v) = scheduled.get_mut(r.day as usize) {
-                        *v += r.messages;
-                    }
-                }
                 let pair = Pair {
                     ip,
-                    scheduled,
+                    scheduled: days_of
+                        .get(&(name.as_str(), ip))
+                        .cloned()
+                        .unwrap_or_else(|| vec![0; days as usize]),
                     stage: 0,
                     volume: 0,
                     start: None,

@@ -699,8 +699,13 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
         .mail_from
         .rsplit_once('@')
         .map_or("sender.example", |(_, d)| d);
-    let mut out = String::from(
-        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` (give each its warm IP); PowerMTA sends the day's first N messages\n# per domain through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating) and the rest through the warm IP. Inject to the pool `warm`.\n",
+    let mut out = format!(
+        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` ({}); PowerMTA sends the day's first N messages\n# per domain through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating) and the rest through the warm IP. Inject to the pool `warm`.\n",
+        if input.warm_ips.is_empty() {
+            "give each its warm IP"
+        } else {
+            "on the plan's warm IPs"
+        }
     );
     let mut ips: Vec<Ipv4Addr> = schedule
         .rows
