@@ -251,11 +251,16 @@ fn a_stepped_run_sets_the_coming_days_and_nothing_else() {
     };
     let plain = run_in(&loaded, Mode::Fast);
     let mut steps = Vec::new();
-    let untouched =
-        pmta_sim::driver::fast::run_stepped(&loaded, config(), 86_400_000, &mut |now, _, _| {
+    let untouched = pmta_sim::driver::fast::run_stepped(
+        &loaded,
+        config(),
+        pmta_sim::sim::RunOptions::traced(),
+        86_400_000,
+        &mut |now, _, _| {
             steps.push(now.unix_secs() - loaded.start.unix_secs());
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     assert_eq!(steps, vec![0, 86_400, 172_800], "a step at each midnight");
     assert!(
         untouched.records == plain.records,
@@ -263,8 +268,12 @@ fn a_stepped_run_sets_the_coming_days_and_nothing_else() {
     );
     let window = (8 * 3600 * 1000, 12 * 3600 * 1000);
     let mut refused = Vec::new();
-    let changed =
-        pmta_sim::driver::fast::run_stepped(&loaded, config(), 86_400_000, &mut |now, run, _| {
+    let changed = pmta_sim::driver::fast::run_stepped(
+        &loaded,
+        config(),
+        pmta_sim::sim::RunOptions::traced(),
+        86_400_000,
+        &mut |now, run, _| {
             let day = (now.unix_secs() - loaded.start.unix_secs()) / 86_400;
             let at = |d: u64| d * 86_400_000 + window.0;
             match day {
@@ -276,8 +285,9 @@ fn a_stepped_run_sets_the_coming_days_and_nothing_else() {
                 2 => assert!(run.set_day_volume(0, at(2), window.1, 0)),
                 _ => {}
             }
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     assert_eq!(refused, vec![false]);
     let mut per_day = std::collections::BTreeMap::<u64, u64>::new();
     for r in changed

@@ -71,13 +71,14 @@ pub type Step<'a> = &'a mut dyn FnMut(Time, &mut SimRun, &World);
 pub fn run_stepped(
     scenario: &Scenario,
     config: Config,
+    options: RunOptions,
     step_ms: u64,
     at_step: Step<'_>,
 ) -> Result<RunOutput, RunError> {
     run_loop(
         scenario,
         config,
-        RunOptions::traced(),
+        options,
         &mut |_| {},
         Some((step_ms.max(1), at_step)),
     )

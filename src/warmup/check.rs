@@ -145,8 +145,8 @@ impl Judgement {
     }
 }
 
-/// One recipient's outcome in a replay: the day (from the run's start) its message was
-/// queued, the provider, what happened and the reply.
+/// Recipients with one outcome in a replay: the day (from the run's start) their messages
+/// were queued, the provider, what happened, the reply and the sender's domain, counted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub day: u32,
@@ -155,9 +155,11 @@ pub struct Outcome {
     pub diag: String,
     /// The envelope sender's domain.
     pub sender_domain: String,
+    /// Recipients with this outcome, day, provider, reply and sender domain.
+    pub count: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OutcomeKind {
     Delivered,
     /// Deferred (counted once per recipient however many retries it took).
@@ -243,20 +245,20 @@ pub fn judge(
             continue;
         };
         match o.kind {
-            OutcomeKind::Delivered => r.delivered += 1,
+            OutcomeKind::Delivered => r.delivered += o.count,
             OutcomeKind::Deferred => {
-                r.deferred += 1;
+                r.deferred += o.count;
                 deferrals
                     .entry(o.diag.clone())
                     .or_insert((0, o.sender_domain.clone()))
-                    .0 += 1;
+                    .0 += o.count;
             }
             OutcomeKind::Bounced => {
-                r.bounced += 1;
+                r.bounced += o.count;
                 bounces
                     .entry(o.diag.clone())
                     .or_insert((0, o.sender_domain.clone()))
-                    .0 += 1;
+                    .0 += o.count;
             }
         }
     }
