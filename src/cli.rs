@@ -64,6 +64,11 @@ enum WarmupCommand {
         models: PathBuf,
         #[arg(long, default_value = "warmup-check")]
         out: PathBuf,
+        /// With a CSV: run it in closed loop, one day at a time, each IP × provider's next
+        /// day decided from what its day did (advance, hold, step back, overflow; the rules
+        /// in plan.txt).
+        #[arg(long)]
+        adaptive: bool,
     },
 }
 
@@ -299,7 +304,8 @@ pub fn main() -> ExitCode {
                 days,
                 models,
                 out,
-            } => warmup_check(&schedule, input.as_deref(), days, &models, &out),
+                adaptive,
+            } => warmup_check(&schedule, input.as_deref(), days, &models, &out, adaptive),
         }),
     }
 }
@@ -459,6 +465,7 @@ fn run_one(
     })?;
     let options = crate::sim::RunOptions {
         trace: false,
+        records: false,
         acct: Some(Box::new(Synced(std::io::BufWriter::new(acct_file)))),
     };
     let ran = match scenario.mode {
@@ -1511,10 +1518,18 @@ fn warmup_plan(input: &std::path::Path, out: &std::path::Path, models: &std::pat
             &crate::warmup::pmta_snippet(&input, &plan.schedule, &specs),
         )?;
         let mut text = format!(
-            "plan: {} IPs to {} a day in {days} days (deferral bound {:.0}% a day)\n",
+            "plan: {} IPs to {} a day in {days} days (deferral bound {:.0}% a day){}\n",
             input.new_ips.len(),
             input.target_per_day,
-            crate::warmup::DEFERRAL_BOUND * 100.0
+            crate::warmup::DEFERRAL_BOUND * 100.0,
+            if input.warm_ips.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} warm IPs sending what the new IPs cannot yet",
+                    input.warm_ips.len()
+                )
+            }
         );
         for (name, day) in &plan.warm_day {
             let _ = writeln!(
@@ -1553,12 +1568,15 @@ fn warmup_check(
     days: u32,
     models: &std::path::Path,
     out: &std::path::Path,
+    adaptive: bool,
 ) -> u8 {
     let result = (|| -> Result<(String, bool), String> {
         let text = std::fs::read_to_string(schedule)
             .map_err(|e| format!("{}: cannot read: {e}", printable::path(schedule)))?;
         let replay = if is_schedule_csv(schedule, &text) {
-            replay_schedule_csv(schedule, &text, input, days, models, out)?
+            replay_schedule_csv(schedule, &text, input, days, models, out, adaptive)?
+        } else if adaptive {
+            return Err("--adaptive runs a schedule CSV (with --input), not a scenario".into());
         } else {
             replay_scenario_file(schedule, days, models)?
         };
@@ -1567,43 +1585,10 @@ fn warmup_check(
             schedule: sched,
             specs,
             output,
+            outcomes,
+            adapted,
         } = replay;
         let start = input.start_s;
-        let provider_of = |rcpt: &str| {
-            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
-            specs
-                .iter()
-                .find(|s| s.domains.iter().any(|d| d == domain))
-                .map(|s| s.name.clone())
-        };
-        // A recipient counts as deferred once, however many retries it took.
-        let mut deferred = std::collections::BTreeSet::new();
-        let outcomes: Vec<crate::warmup::Outcome> = output
-            .records
-            .iter()
-            .filter_map(|r| {
-                use crate::engine::accounting::RecordType;
-                use crate::warmup::OutcomeKind;
-                let kind = match r.record_type {
-                    RecordType::Delivered => OutcomeKind::Delivered,
-                    RecordType::Transient if deferred.insert((r.rcpt.as_str(), r.time_queued)) => {
-                        OutcomeKind::Deferred
-                    }
-                    RecordType::Bounced => OutcomeKind::Bounced,
-                    _ => return None,
-                };
-                Some(crate::warmup::Outcome {
-                    day: (r.time_queued.unix_secs().saturating_sub(start) / 86_400) as u32,
-                    provider: provider_of(&r.rcpt)?,
-                    kind,
-                    diag: r.dsn_diag.clone(),
-                    sender_domain: r
-                        .orig
-                        .rsplit_once('@')
-                        .map_or(String::new(), |(_, d)| d.to_ascii_lowercase()),
-                })
-            })
-            .collect();
         let standings = crate::warmup::standings_by_day(
             start,
             output
@@ -1611,7 +1596,12 @@ fn warmup_check(
                 .iter()
                 .flat_map(|(name, log)| log.standings.iter().map(move |s| (name.as_str(), s))),
         );
-        let judgement = crate::warmup::judge(&input, &sched, &specs, &outcomes, standings);
+        let mut judgement = crate::warmup::judge(&input, &sched, &specs, &outcomes, standings);
+        if let Some(adapted) = adapted {
+            judgement.adaptive = true;
+            judgement.decisions = adapted.decisions;
+            judgement.carried = adapted.carried;
+        }
         std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
         let json = serde_json::to_string_pretty(&crate::warmup::summary_json(&judgement))
             .map_err(|e| e.to_string())?;
@@ -1661,6 +1651,128 @@ struct WarmupReplay {
     schedule: crate::warmup::Schedule,
     specs: Vec<crate::scenario::IspSpec>,
     output: crate::sim::output::RunOutput,
+    /// The replay's accounting records, folded (see [`ReplayFold`]).
+    outcomes: Vec<crate::warmup::Outcome>,
+    /// The closed loop, when the replay ran in one (`--adaptive`).
+    adapted: Option<crate::warmup::Loop>,
+}
+
+/// A warmup replay's accounting records folded as they come, so a replay of a whole ramp
+/// (millions of messages) keeps no list of them: per (day queued, provider, disposition,
+/// reply, sender domain) a count for the judgement, and per (day, provider, source IP) what
+/// the closed loop reads. A recipient counts as deferred once, however many retries it takes.
+struct ReplayFold<'a> {
+    start_s: u64,
+    specs: &'a [crate::scenario::IspSpec],
+    /// Each replay stream's provider and source IP (`job_id` `streamN`); empty for a
+    /// scenario's replay.
+    streams: &'a [(String, std::net::Ipv4Addr)],
+    /// Recipients deferred and not final yet: each leaves at its final record.
+    deferred: std::collections::BTreeSet<(String, crate::time::Time)>,
+    outcomes:
+        std::collections::BTreeMap<(u32, String, crate::warmup::OutcomeKind, String, String), u64>,
+    pairs: std::collections::BTreeMap<(u32, String, std::net::Ipv4Addr), crate::warmup::Observed>,
+}
+
+impl<'a> ReplayFold<'a> {
+    fn new(
+        start_s: u64,
+        specs: &'a [crate::scenario::IspSpec],
+        streams: &'a [(String, std::net::Ipv4Addr)],
+    ) -> ReplayFold<'a> {
+        ReplayFold {
+            start_s,
+            specs,
+            streams,
+            deferred: std::collections::BTreeSet::new(),
+            outcomes: std::collections::BTreeMap::new(),
+            pairs: std::collections::BTreeMap::new(),
+        }
+    }
+
+    fn fold(&mut self, records: &[crate::engine::accounting::AcctRecord]) {
+        use crate::engine::accounting::RecordType;
+        use crate::warmup::OutcomeKind;
+        for r in records {
+            let key = (r.rcpt.clone(), r.time_queued);
+            let kind = match r.record_type {
+                RecordType::Delivered => {
+                    self.deferred.remove(&key);
+                    OutcomeKind::Delivered
+                }
+                RecordType::Bounced => {
+                    self.deferred.remove(&key);
+                    OutcomeKind::Bounced
+                }
+                RecordType::Transient if self.deferred.insert(key) => OutcomeKind::Deferred,
+                _ => continue,
+            };
+            let day = (r.time_queued.unix_secs().saturating_sub(self.start_s) / 86_400) as u32;
+            if let Some((provider, ip)) = r
+                .job_id
+                .strip_prefix("stream")
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| self.streams.get(n))
+            {
+                let t = self.pairs.entry((day, provider.clone(), *ip)).or_default();
+                match kind {
+                    OutcomeKind::Delivered => t.delivered += 1,
+                    OutcomeKind::Deferred => t.deferred += 1,
+                    OutcomeKind::Bounced => t.bounced += 1,
+                }
+            }
+            let domain = r.rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+            let Some(provider) = self
+                .specs
+                .iter()
+                .find(|s| s.domains.iter().any(|d| d == domain))
+            else {
+                continue;
+            };
+            let sender_domain = r
+                .orig
+                .rsplit_once('@')
+                .map_or(String::new(), |(_, d)| d.to_ascii_lowercase());
+            *self
+                .outcomes
+                .entry((
+                    day,
+                    provider.name.clone(),
+                    kind,
+                    r.dsn_diag.clone(),
+                    sender_domain,
+                ))
+                .or_default() += 1;
+        }
+    }
+
+    /// What each pair's `day` did, for the closed loop.
+    fn day(
+        &self,
+        day: u32,
+    ) -> std::collections::BTreeMap<(String, std::net::Ipv4Addr), crate::warmup::Observed> {
+        self.pairs
+            .range((day, String::new(), std::net::Ipv4Addr::UNSPECIFIED)..)
+            .take_while(|((d, _, _), _)| *d == day)
+            .map(|((_, p, ip), o)| ((p.clone(), *ip), *o))
+            .collect()
+    }
+
+    fn outcomes(self) -> Vec<crate::warmup::Outcome> {
+        self.outcomes
+            .into_iter()
+            .map(
+                |((day, provider, kind, diag, sender_domain), count)| crate::warmup::Outcome {
+                    day,
+                    provider,
+                    kind,
+                    diag,
+                    sender_domain,
+                    count,
+                },
+            )
+            .collect()
+    }
 }
 
 /// Whether `warmup check` was given a schedule CSV (by its extension, else by its first
@@ -1685,6 +1797,7 @@ fn replay_schedule_csv(
     days: u32,
     models: &std::path::Path,
     out: &std::path::Path,
+    adaptive: bool,
 ) -> Result<WarmupReplay, String> {
     let input_path =
         input.ok_or("a schedule CSV needs --input (the planner input it was made for)")?;
@@ -1697,20 +1810,123 @@ fn replay_schedule_csv(
     let days = days.clamp(1, sched.days().max(1));
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
     let scenario_path = out.join("replay.toml");
-    let scenario_text = crate::warmup::replay_scenario(&input, &sched, &specs, days, 1);
+    let mut closed = adaptive.then(|| crate::warmup::Loop::new(&input, &sched, &specs, days));
+    let pairs = closed
+        .as_ref()
+        .map_or(Vec::new(), crate::warmup::Loop::pairs);
+    let (scenario_text, streams) =
+        crate::warmup::replay_streams(&input, &sched, &specs, days, 1, &pairs);
     std::fs::write(&scenario_path, &scenario_text).map_err(|e| e.to_string())?;
     // The replay's models come from --models: copy none, load them from there.
     let loaded = driver::load_with_models(&scenario_path, models).map_err(|e| e.to_string())?;
-    let output =
-        driver::fast::run(&loaded.scenario, loaded.checked.config).map_err(|e| e.to_string())?;
-    let mut judged = sched;
-    judged.rows.retain(|r| r.day < days);
+    let mut fold = ReplayFold::new(input.start_s, &specs, &streams);
+    let output = replay_stepped(
+        &input,
+        &specs,
+        &loaded.scenario,
+        loaded.checked.config,
+        &streams,
+        &mut fold,
+        closed.as_mut(),
+    )?;
+    let outcomes = fold.outcomes();
+    let schedule = match &closed {
+        Some(closed) => closed.executed.clone(),
+        None => {
+            let mut judged = sched;
+            judged.rows.retain(|r| r.day < days);
+            judged
+        }
+    };
     Ok(WarmupReplay {
         input,
-        schedule: judged,
+        schedule,
         specs,
         output,
+        outcomes,
+        adapted: closed,
     })
+}
+
+/// Runs the replay an hour at a time, folding its records as they come (so its memory does
+/// not grow with its messages). In closed loop, at each midnight what each stream's day did
+/// and each provider's standing of the IPs, /24s and DKIM domain (a copy of its ledger) go to
+/// the loop, whose volumes for the day become the streams' day.
+fn replay_stepped(
+    input: &crate::warmup::Input,
+    specs: &[crate::scenario::IspSpec],
+    scenario: &crate::scenario::Scenario,
+    config: crate::config::Config,
+    streams: &[(String, std::net::Ipv4Addr)],
+    fold: &mut ReplayFold<'_>,
+    mut closed: Option<&mut crate::warmup::Loop>,
+) -> Result<crate::sim::output::RunOutput, String> {
+    const STEP_MS: u64 = 3_600_000;
+    let start = input.start_s;
+    let domain = input
+        .mail_from
+        .rsplit_once('@')
+        .map_or(String::new(), |(_, d)| d.to_string());
+    let (w0, w1) = input.window;
+    let mut failed = None;
+    let mut at_step = |now: crate::time::Time,
+                       run: &mut crate::sim::SimRun,
+                       world: &crate::sim::world::World| {
+        fold.fold(&run.take_records());
+        let since_start_s = now.unix_secs().saturating_sub(start);
+        let Some(closed) = closed.as_deref_mut() else {
+            return;
+        };
+        if since_start_s % 86_400 != 0 {
+            return;
+        }
+        let day = (since_start_s / 86_400) as u32;
+        let observed = if day > 0 {
+            fold.day(day - 1)
+        } else {
+            std::collections::BTreeMap::new()
+        };
+        let mut views = std::collections::BTreeMap::new();
+        for (spec, provider) in scenario.isps.iter().zip(&world.providers) {
+            let Some(model) = specs.iter().find(|s| s.name == spec.name) else {
+                continue;
+            };
+            let ips: Vec<std::net::Ipv4Addr> = streams
+                .iter()
+                .filter(|(p, _)| *p == spec.name)
+                .map(|(_, ip)| *ip)
+                .collect();
+            views.insert(
+                spec.name.clone(),
+                crate::warmup::view(provider.borrow().ledger(), model, &ips, &domain, now),
+            );
+        }
+        let at_ms = (u64::from(day) * 86_400 + w0) * 1000;
+        for (provider, ip, messages) in closed.day(day, &observed, &views) {
+            let Some(stream) = streams.iter().position(|s| s.0 == provider && s.1 == ip) else {
+                continue;
+            };
+            if !run.set_day_volume(stream, at_ms, (w1 - w0) * 1000, messages) && failed.is_none() {
+                failed = Some(format!(
+                    "the closed loop could not set day {} of {provider} {ip}",
+                    day + 1
+                ));
+            }
+        }
+    };
+    let mut output = driver::fast::run_stepped(
+        scenario,
+        config,
+        crate::sim::RunOptions::records_only(),
+        STEP_MS,
+        &mut at_step,
+    )
+    .map_err(|e| e.to_string())?;
+    fold.fold(&std::mem::take(&mut output.records));
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(output),
+    }
 }
 
 /// Replays any scenario (its first `days` days at most) in fast mode; what it queued per
@@ -1785,10 +2001,15 @@ fn replay_scenario_file(
             .collect(),
     };
     let input = crate::warmup::scenario_input(&scenario, &schedule);
+    let mut fold = ReplayFold::new(input.start_s, &scenario.isps, &[]);
+    fold.fold(&output.records);
+    let outcomes = fold.outcomes();
     Ok(WarmupReplay {
         input,
         schedule,
         specs: scenario.isps.clone(),
         output,
+        outcomes,
+        adapted: None,
     })
 }

@@ -203,6 +203,7 @@ fn days_run() -> (pmta_sim::sim::output::RunOutput, Vec<u8>) {
     let acct = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let options = pmta_sim::sim::RunOptions {
         trace: true,
+        records: true,
         acct: Some(Box::new(Shared(std::rc::Rc::clone(&acct)))),
     };
     let out =

@@ -225,3 +225,91 @@ fn reroutes_move_mail_to_another_virtual_mta() {
     );
     assert_eq!(delivered("new") + delivered("old"), 300);
 }
+
+/// The fast driver stepped a day at a time (`run_stepped`, the closed loop's seam): a step
+/// that changes nothing leaves the run record for record as `run` makes it; a step that sets
+/// the coming days changes exactly those days (day 2 to 250, day 3 to nothing), and a day
+/// that has begun cannot change.
+#[test]
+fn a_stepped_run_sets_the_coming_days_and_nothing_else() {
+    use pmta_sim::config::{self, MemFs, Options};
+    let scenario = format!(
+        "name = \"stepped\"\nseed = 3\nduration = \"3d\"\nmode = \"fast\"\nstart_time = \"2026-09-21T00:00:00Z\"\ntick_ms = 100\n{POOL}\n[isps.gmail]\nmodel = \"gmail\"\nhistory = \"warm\"\n\n[[workload]]\nvmta = \"old\"\nmail_from = \"news@sender.example\"\ndaily = [100]\nwindow = \"08:00-20:00\"\ndomains = {{ \"gmail.com\" = 1.0 }}\nengagement = 0.3\n"
+    );
+    let loaded = load_edited("stepped", &scenario);
+    let config = || {
+        let pmta_sim::scenario::ConfigSource::Inline(text) = &loaded.config else {
+            panic!("inline")
+        };
+        config::load(
+            std::path::Path::new("/inline.conf"),
+            &MemFs::new().with("/inline.conf", text.as_bytes()),
+            Options::default(),
+        )
+        .unwrap()
+        .config
+    };
+    let plain = run_in(&loaded, Mode::Fast);
+    let mut steps = Vec::new();
+    let untouched = pmta_sim::driver::fast::run_stepped(
+        &loaded,
+        config(),
+        pmta_sim::sim::RunOptions::traced(),
+        86_400_000,
+        &mut |now, _, _| {
+            steps.push(now.unix_secs() - loaded.start.unix_secs());
+        },
+    )
+    .unwrap();
+    assert_eq!(steps, vec![0, 86_400, 172_800], "a step at each midnight");
+    assert!(
+        untouched.records == plain.records,
+        "a step that changes nothing changes nothing"
+    );
+    let window = (8 * 3600 * 1000, 12 * 3600 * 1000);
+    let mut refused = Vec::new();
+    let changed = pmta_sim::driver::fast::run_stepped(
+        &loaded,
+        config(),
+        pmta_sim::sim::RunOptions::traced(),
+        86_400_000,
+        &mut |now, run, _| {
+            let day = (now.unix_secs() - loaded.start.unix_secs()) / 86_400;
+            let at = |d: u64| d * 86_400_000 + window.0;
+            match day {
+                1 => {
+                    assert!(run.set_day_volume(0, at(1), window.1, 250));
+                    // Day 1 (from 0) has been sent: it cannot change any more.
+                    refused.push(run.set_day_volume(0, at(0), window.1, 5));
+                }
+                2 => assert!(run.set_day_volume(0, at(2), window.1, 0)),
+                _ => {}
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(refused, vec![false]);
+    let mut per_day = std::collections::BTreeMap::<u64, u64>::new();
+    for r in changed
+        .records
+        .iter()
+        .filter(|r| r.record_type == RecordType::Delivered)
+    {
+        *per_day
+            .entry((r.time_queued.unix_secs() - loaded.start.unix_secs()) / 86_400)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_day.into_iter().collect::<Vec<_>>(),
+        vec![(0, 100), (1, 250)]
+    );
+    // Day 1's messages are the same as without the steps (same draws, same records).
+    let day0 = |out: &pmta_sim::sim::output::RunOutput| {
+        out.records
+            .iter()
+            .filter(|r| r.time_queued.unix_secs() - loaded.start.unix_secs() < 86_400)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(day0(&changed) == day0(&plain));
+}

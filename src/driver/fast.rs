@@ -57,7 +57,42 @@ pub fn run_with_progress(
     options: RunOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RunOutput, RunError> {
+    run_loop(scenario, config, options, progress, None)
+}
+
+/// What a stepped run hands its caller at each step: the time, the run (to read its
+/// records and change its workload's coming days) and the world (the providers' ledgers).
+pub type Step<'a> = &'a mut dyn FnMut(Time, &mut SimRun, &World);
+
+/// [`run`], stopped at the start and every `step_ms` after it (before anything due then) to
+/// let `at_step` read the run and set the workload's coming days
+/// ([`SimRun::set_day_volume`]): the closed-loop warmup replay decides each day from the
+/// days before it. A step that changes nothing leaves the run as [`run`] makes it.
+pub fn run_stepped(
+    scenario: &Scenario,
+    config: Config,
+    options: RunOptions,
+    step_ms: u64,
+    at_step: Step<'_>,
+) -> Result<RunOutput, RunError> {
+    run_loop(
+        scenario,
+        config,
+        options,
+        &mut |_| {},
+        Some((step_ms.max(1), at_step)),
+    )
+}
+
+fn run_loop(
+    scenario: &Scenario,
+    config: Config,
+    options: RunOptions,
+    progress: &mut dyn FnMut(Progress),
+    mut steps: Option<(u64, Step<'_>)>,
+) -> Result<RunOutput, RunError> {
     let (mut run, world) = SimRun::new(scenario, config, options)?;
+    let mut next_step = steps.as_ref().map(|_| scenario.start);
     let mut links = LinkSchedule::new(scenario, &world);
     let mut net = Network {
         world: &world,
@@ -76,6 +111,14 @@ pub fn run_with_progress(
             .flatten()
             .min()
             .expect("the end is always there");
+        if let (Some(at), Some((step_ms, at_step))) = (next_step, steps.as_mut())
+            && at <= now
+            && at < end
+        {
+            at_step(at, &mut run, &world);
+            next_step = Some(at.plus_ms(*step_ms));
+            continue;
+        }
         for (_, change) in links.take_due(now) {
             net.change_link(change.source, change.target, change.cut);
         }

@@ -377,6 +377,51 @@ impl Generated {
         Generated { start, streams }
     }
 
+    /// Sets the volume of stream `stream`'s sending day that opens `at_ms` after the run's
+    /// start and spans `span_ms` (a new day when it has none there; `count` 0 drops it), for
+    /// a driver that decides a day's volume from the days before it (`warmup check
+    /// --adaptive`). Only a day none of whose messages has been injected may change: the
+    /// messages already made keep their numbers, so the stream's draws for them stay the
+    /// same. `false` when the stream has no daily shape or the day has begun.
+    pub fn set_day(&mut self, stream: usize, at_ms: u64, span_ms: u64, count: u64) -> bool {
+        let Some(s) = self.streams.get_mut(stream) else {
+            return false;
+        };
+        let days = &mut s.workload.days;
+        if days.is_empty() && s.workload.messages > 0 {
+            return false;
+        }
+        let at = days.partition_point(|d| d.at_ms < at_ms);
+        let first = days.get(at).map_or(s.workload.messages, |d| d.first);
+        if first < s.next {
+            return false;
+        }
+        let existing = days.get(at).is_some_and(|d| d.at_ms == at_ms);
+        let old = if existing { days[at].count } else { 0 };
+        match (existing, count) {
+            (true, 0) => {
+                days.remove(at);
+            }
+            (true, _) => days[at].count = count,
+            (false, 0) => return true,
+            (false, _) => days.insert(
+                at,
+                DayPlan {
+                    at_ms,
+                    span_ms,
+                    count,
+                    first,
+                },
+            ),
+        }
+        let after = if count > 0 { at + 1 } else { at };
+        for d in days.iter_mut().skip(after) {
+            d.first = d.first - old + count;
+        }
+        s.workload.messages = s.workload.messages - old + count;
+        true
+    }
+
     /// When the next injection is due.
     pub fn next_due(&self) -> Option<Time> {
         self.streams.iter().filter_map(|s| s.due(self.start)).min()

@@ -61,6 +61,10 @@ pub struct RunOptions {
     /// detailed logs: what whole-run checks need, and memory per message a user's run does
     /// without.
     pub trace: bool,
+    /// Keep the accounting records (and nothing else of the trace) until the caller takes
+    /// them ([`SimRun::take_records`]): a stepped run folds them as it goes, so its memory
+    /// does not grow with the run's messages.
+    pub records: bool,
     /// Where the accounting records go as they come, in the format of the configuration's
     /// `<acct-file>` (PowerMTA's CSV).
     pub acct: Option<Box<dyn std::io::Write>>,
@@ -71,6 +75,16 @@ impl RunOptions {
     pub fn traced() -> RunOptions {
         RunOptions {
             trace: true,
+            records: true,
+            acct: None,
+        }
+    }
+
+    /// Only the accounting records, for a caller that takes them as the run goes.
+    pub fn records_only() -> RunOptions {
+        RunOptions {
+            trace: false,
+            records: true,
             acct: None,
         }
     }
@@ -166,7 +180,7 @@ impl SimRun {
             store: SharedStore::new(store_down),
             next_node: 0,
             generated: Generated::new(&scenario.workloads, scenario.seed, scenario.start),
-            output: Collector::new(aggregator, acct, options.trace, end),
+            output: Collector::new(aggregator, acct, options.trace, options.records, end),
             providers,
             start: scenario.start,
             end,
@@ -272,6 +286,24 @@ impl SimRun {
             self.output.provider_recent(name, recent);
         }
         self.output.advance(now);
+    }
+
+    /// Sets the volume of workload stream `stream`'s sending day opening `at_ms` after the
+    /// start (see [`Generated::set_day`]): how a driver stepping the run a day at a time
+    /// lets the caller decide the next day. `false` when that day has begun or the stream
+    /// has no daily shape.
+    pub fn set_day_volume(&mut self, stream: usize, at_ms: u64, span_ms: u64, count: u64) -> bool {
+        self.generated.set_day(stream, at_ms, span_ms, count)
+    }
+
+    /// The accounting records so far and not taken (runs that keep records; otherwise none).
+    pub fn records(&self) -> &[crate::engine::accounting::AcctRecord] {
+        self.output.records()
+    }
+
+    /// The records kept since the last take ([`RunOptions::records`]), handed over.
+    pub fn take_records(&mut self) -> Vec<crate::engine::accounting::AcctRecord> {
+        self.output.take_records()
     }
 
     /// The next time something is due without any input: the engine's timer, the next

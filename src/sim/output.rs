@@ -69,6 +69,7 @@ pub struct Collector {
     acct_error: Option<std::io::Error>,
     /// See [`Collector::new`].
     trace: bool,
+    keep_records: bool,
     records: Vec<AcctRecord>,
     events: Vec<EngineEvent>,
     traces: BTreeMap<ConnectionId, ConnectionTrace>,
@@ -89,13 +90,22 @@ pub struct Collector {
 impl Collector {
     /// `trace` keeps every record, event, injected recipient and connection (with the time
     /// of each RCPT): what whole-run checks need, and memory per message a user's run does
-    /// without. `acct` receives each record of a type its format writes, as it comes.
-    pub fn new(aggregator: Aggregator, acct: Option<AcctOut>, trace: bool, end: Time) -> Collector {
+    /// without. `keep_records` keeps the records alone (a trace keeps them too), for the
+    /// caller to take as the run goes ([`Collector::take_records`]). `acct` receives each
+    /// record of a type its format writes, as it comes.
+    pub fn new(
+        aggregator: Aggregator,
+        acct: Option<AcctOut>,
+        trace: bool,
+        keep_records: bool,
+        end: Time,
+    ) -> Collector {
         Collector {
             aggregator,
             acct,
             acct_error: None,
             trace,
+            keep_records: trace || keep_records,
             records: Vec::new(),
             events: Vec::new(),
             traces: BTreeMap::new(),
@@ -112,6 +122,16 @@ impl Collector {
     /// Whether every injected recipient and RCPT time is kept.
     pub fn traces(&self) -> bool {
         self.trace
+    }
+
+    /// The records kept so far and not taken (with a trace or `keep_records`; none without).
+    pub fn records(&self) -> &[AcctRecord] {
+        &self.records
+    }
+
+    /// The records kept since the last take, handed over.
+    pub fn take_records(&mut self) -> Vec<AcctRecord> {
+        std::mem::take(&mut self.records)
     }
 
     /// A message the engine took: its recipients, for the whole-run checks.
@@ -202,7 +222,7 @@ impl Collector {
         {
             self.acct_error = Some(err);
         }
-        if self.trace {
+        if self.keep_records {
             self.records.push(record);
         }
     }

@@ -131,6 +131,12 @@ pub struct Judgement {
     pub days: Vec<DayResult>,
     pub standings: Vec<IpDay>,
     pub warm: Vec<WarmDay>,
+    /// The replay ran in closed loop (`warmup check --adaptive`): `days` judge what the loop
+    /// sent, `decisions` say where it left the schedule and why, `carried` what it could not
+    /// send.
+    pub adaptive: bool,
+    pub decisions: Vec<super::Decision>,
+    pub carried: Vec<super::Carried>,
 }
 
 impl Judgement {
@@ -139,8 +145,8 @@ impl Judgement {
     }
 }
 
-/// One recipient's outcome in a replay: the day (from the run's start) its message was
-/// queued, the provider, what happened and the reply.
+/// Recipients with one outcome in a replay: the day (from the run's start) their messages
+/// were queued, the provider, what happened, the reply and the sender's domain, counted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub day: u32,
@@ -149,9 +155,11 @@ pub struct Outcome {
     pub diag: String,
     /// The envelope sender's domain.
     pub sender_domain: String,
+    /// Recipients with this outcome, day, provider, reply and sender domain.
+    pub count: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OutcomeKind {
     Delivered,
     /// Deferred (counted once per recipient however many retries it took).
@@ -237,20 +245,20 @@ pub fn judge(
             continue;
         };
         match o.kind {
-            OutcomeKind::Delivered => r.delivered += 1,
+            OutcomeKind::Delivered => r.delivered += o.count,
             OutcomeKind::Deferred => {
-                r.deferred += 1;
+                r.deferred += o.count;
                 deferrals
                     .entry(o.diag.clone())
                     .or_insert((0, o.sender_domain.clone()))
-                    .0 += 1;
+                    .0 += o.count;
             }
             OutcomeKind::Bounced => {
-                r.bounced += 1;
+                r.bounced += o.count;
                 bounces
                     .entry(o.diag.clone())
                     .or_insert((0, o.sender_domain.clone()))
-                    .0 += 1;
+                    .0 += o.count;
             }
         }
     }
@@ -456,6 +464,7 @@ pub fn judge(
         days: results,
         standings,
         warm,
+        ..Judgement::default()
     }
 }
 
@@ -645,9 +654,55 @@ pub fn table(j: &Judgement) -> String {
             );
         }
     }
+    if j.adaptive {
+        out.push_str(&loop_table(j));
+    }
     out.push('\n');
     for w in &j.warm {
         let _ = writeln!(out, "{:<10} {}", w.provider, warm_text(w));
+    }
+    out
+}
+
+/// The closed loop's days that left the schedule: each IP × provider held, stepped back or
+/// given overflow, with the reason, and what was carried.
+fn loop_table(j: &Judgement) -> String {
+    let mut out = format!(
+        "\nclosed loop ({} changes, {} carried)\n{:>4}  {:<10} {:<15} {:<12} {:>9} {:>9}  reason\n",
+        j.decisions.len(),
+        j.carried.len(),
+        "day",
+        "provider",
+        "source IP",
+        "action",
+        "scheduled",
+        "sent"
+    );
+    for d in &j.decisions {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<10} {:<15} {:<12} {:>9} {:>9}  {}",
+            d.day + 1,
+            d.provider,
+            d.ip,
+            d.action.name(),
+            d.scheduled,
+            d.volume,
+            d.reason
+        );
+    }
+    for c in &j.carried {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<10} {:<15} {:<12} {:>9} {:>9}  {}",
+            c.day + 1,
+            c.provider,
+            "-",
+            "carried",
+            c.messages,
+            0,
+            c.reason
+        );
     }
     out
 }
@@ -698,6 +753,23 @@ pub fn summary_json(j: &Judgement) -> serde_json::Value {
             "ip": s.ip.to_string(),
             "score": s.score,
             "capacity_per_hour": s.capacity_per_hour,
+        })).collect::<Vec<_>>(),
+        "adaptive": j.adaptive,
+        "decisions": j.decisions.iter().map(|d| serde_json::json!({
+            "day": d.day + 1,
+            "provider": d.provider,
+            "ip": d.ip.to_string(),
+            "action": d.action.name(),
+            "scheduled": d.scheduled,
+            "sent": d.volume,
+            "overflow": d.overflow,
+            "reason": d.reason,
+        })).collect::<Vec<_>>(),
+        "carried": j.carried.iter().map(|c| serde_json::json!({
+            "day": c.day + 1,
+            "provider": c.provider,
+            "messages": c.messages,
+            "reason": c.reason,
         })).collect::<Vec<_>>(),
         "warm": j.warm.iter().map(|w| serde_json::json!({
             "provider": w.provider,
@@ -773,6 +845,7 @@ pub fn scenario_input(scenario: &crate::scenario::Scenario, schedule: &Schedule)
         complaint_rate: mean(&|w| w.complaint_rate),
         engagement: mean(&|w| w.engagement),
         start_s: start - start % 86_400,
+        warm_ips: Vec::new(),
     }
 }
 
@@ -896,6 +969,33 @@ pub fn html_section(j: &Judgement, schedule: &Schedule) -> String {
             r.deferral_rate() * 100.0,
             r.bounce_rate() * 100.0
         );
+    }
+    if j.adaptive {
+        out.push_str("</table>\n<table id=\"warmup-loop\">\n<caption>Closed loop: where each day left the schedule, and why</caption>\n<tr><th>day</th><th>provider</th><th>source IP</th><th>action</th><th>scheduled</th><th>sent</th><th>reason</th></tr>\n");
+        for d in &j.decisions {
+            let _ = writeln!(
+                out,
+                "<tr class=\"{}\"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                d.action.name(),
+                d.day + 1,
+                escape_html(&d.provider),
+                d.ip,
+                d.action.name(),
+                d.scheduled,
+                d.volume,
+                escape_html(&d.reason)
+            );
+        }
+        for c in &j.carried {
+            let _ = writeln!(
+                out,
+                "<tr class=\"carried\"><th>{}</th><td>{}</td><td></td><td>carried</td><td>{}</td><td>0</td><td>{}</td></tr>",
+                c.day + 1,
+                escape_html(&c.provider),
+                c.messages,
+                escape_html(&c.reason)
+            );
+        }
     }
     out.push_str("</table>\n<table id=\"warmup-standings\">\n<caption>Reputation and hourly capacity per source IP and provider, at the end of each day</caption>\n<tr><th>day</th><th>provider</th><th>source IP</th><th>score</th><th>capacity/h</th></tr>\n");
     for s in &j.standings {

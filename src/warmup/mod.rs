@@ -20,7 +20,11 @@ use crate::isp::reputation::{Ledger, Signal};
 use crate::scenario::{History, IspSpec};
 use crate::time::Time;
 
+mod adapt;
 mod check;
+pub use adapt::{
+    Action, Carried, Decision, Loop, Observed, ProviderView, STAGE_DELIVERED_MIN, Standing, view,
+};
 pub use check::{
     DayResult, IpDay, Judgement, Outcome, OutcomeKind, Risk, RiskKind, Standings, WarmDay,
     html_section, judge, scenario_input, standings_by_day, summary_json, table,
@@ -75,6 +79,8 @@ struct RawInput {
     engagement: Option<f64>,
     #[serde(default)]
     start_time: Option<String>,
+    #[serde(default)]
+    warm_ips: Vec<toml::Spanned<String>>,
 }
 
 /// What the user wants warmed: target volume, provider mix, new IPs, list quality.
@@ -92,6 +98,9 @@ pub struct Input {
     pub engagement: f64,
     /// Day 0, midnight UTC (seconds since the epoch).
     pub start_s: u64,
+    /// IPs with warm history at every provider (they have been sending this mail, so its
+    /// DKIM domain is warm too): the overflow for what the new IPs cannot take yet.
+    pub warm_ips: Vec<Ipv4Addr>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -168,6 +177,26 @@ impl Input {
             v if (0.0..=1.0).contains(&v) => Ok(v),
             v => Err(whole(format!("{name} is between 0 and 1, not {v}"))),
         };
+        if raw.warm_ips.len() > IPS_MAX {
+            return Err(whole(format!(
+                "warm_ips lists at most {IPS_MAX} IPv4 addresses"
+            )));
+        }
+        let mut warm_ips = Vec::new();
+        for ip in &raw.warm_ips {
+            let at = ip.span().start;
+            let text = ip.get_ref();
+            let parsed = text
+                .parse::<Ipv4Addr>()
+                .map_err(|_| err(at, format!("warm_ips: `{text}` is not an IPv4 address")))?;
+            if new_ips.contains(&parsed) || warm_ips.contains(&parsed) {
+                return Err(err(
+                    at,
+                    format!("warm_ips: {parsed} is listed twice (an IP is new or warm, once)"),
+                ));
+            }
+            warm_ips.push(parsed);
+        }
         let start_s = match &raw.start_time {
             Some(t) => crate::scenario::parse_utc(t)
                 .ok_or_else(|| whole(format!("start_time `{t}` is not a UTC time")))?,
@@ -183,6 +212,7 @@ impl Input {
             complaint_rate: rate("complaint_rate", raw.complaint_rate, 0.0005)?,
             engagement: rate("engagement", raw.engagement, 0.2)?,
             start_s: start_s - start_s % 86_400,
+            warm_ips,
         })
     }
 
@@ -301,6 +331,10 @@ pub const RULES: &[&str] = &[
     "a day's hourly volume stays under 90% of the spike rule's allowance (spike factor × the mean of the trailing 7 sending days)",
     "a stage advances only on a clean day: under capacity, and complaints under the provider's 0.1% with at least 75% odds (a day too small for that, where one complaint is over 0.1%, is counted as not clean and the stage is held)",
     "the volume is spread evenly over the new IPs and over the sending window; a provider that reaches its share holds it while the others finish",
+    "with warm_ips, the part of each provider's share the new IPs cannot take yet goes through the warm IPs (split evenly, each within its capacity over the window less 15%), so the stream sends its target from day 1 while the new IPs ramp; in PowerMTA each new IP is the cold-virtual-mta twin of a warm virtual MTA: the day's first N messages per domain through the new IP, the rest through the warm one",
+    "in closed loop (`warmup check --adaptive`) the schedule runs one day at a time and each IP × provider's next day is decided from what its day really did and from the provider's own ledger: its stage advances only on a day that delivered at least 90% of the stage, deferred at most 5% and that the provider counted clean (the IP's clean days grew)",
+    "an IP × provider whose day deferred over 5%, delivered under 90% or was not counted clean holds its stage; one whose capacity the provider cut (a complaint rate at or over 0.3%) steps back to the largest earlier stage within what its standing now allows (its hourly capacity over the window, less 15%)",
+    "what a held or stepped-back IP does not take goes to the same provider's new IPs that advanced and have room, then to the warm IPs, each within its own capacity, its /24's and the DKIM domain's, and within the spike rule; the rest is carried (not sent that day) and reported",
 ];
 
 /// Searches the fastest schedule the provider models allow (see [`RULES`]).
@@ -322,6 +356,16 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
         };
         let target = (input.target_per_day as f64 * share).round() as u64;
         let mut ledger = ledger_for(spec);
+        if !input.warm_ips.is_empty() {
+            // The warm IPs have been sending this mail: they, their /24s and its DKIM domain
+            // start warm, as the replay's `[[identity]]` entries say.
+            let warm = History::named("warm").expect("a named history");
+            for ip in &input.warm_ips {
+                ledger.set_history(&format!("ip:{ip}"), warm.clone());
+                ledger.set_history(&net_key(*ip), warm.clone());
+            }
+            ledger.set_history(&format!("domain:{domain}"), warm);
+        }
         let complaint_good = spec.reputation.clone().unwrap_or_default().complaint_good;
         let throttle = spec.throttle.as_ref();
         let spike = throttle
@@ -361,16 +405,32 @@ pub fn plan(input: &Input, models: &[IspSpec]) -> Plan {
             let per_ip = volume / n_ips;
             // The day's mail per identity, as the provider counts it.
             let mut per_identity: BTreeMap<String, u64> = BTreeMap::new();
-            for (i, ip) in input.new_ips.iter().enumerate() {
-                let messages = per_ip + u64::from((i as u64) < volume % n_ips);
+            let mut send = |ip: Ipv4Addr, messages: u64| {
                 rows.push(Row {
                     day,
                     provider: name.clone(),
-                    ip: *ip,
+                    ip,
                     messages,
                 });
-                for key in [format!("ip:{ip}"), net_key(*ip), format!("domain:{domain}")] {
+                for key in [format!("ip:{ip}"), net_key(ip), format!("domain:{domain}")] {
                     *per_identity.entry(key).or_default() += messages;
+                }
+            };
+            for (i, ip) in input.new_ips.iter().enumerate() {
+                send(*ip, per_ip + u64::from((i as u64) < volume % n_ips));
+            }
+            // The part of the share the new IPs cannot take yet goes through the warm IPs,
+            // evenly, each within its capacity over the window less the margin.
+            let mut rest = target.saturating_sub(volume);
+            for (i, ip) in input.warm_ips.iter().enumerate() {
+                let room = (ledger.capacity(&format!("ip:{ip}"), now) as f64
+                    * CAPACITY_MARGIN
+                    * hours) as u64;
+                let left = (input.warm_ips.len() - i) as u64;
+                let messages = rest.div_ceil(left).min(room);
+                rest -= messages;
+                if messages > 0 {
+                    send(*ip, messages);
                 }
             }
             for (key, messages) in &per_identity {
@@ -494,12 +554,32 @@ pub fn replay_scenario(
     days: u32,
     seed: u64,
 ) -> String {
+    replay_streams(input, schedule, models, days, seed, &[]).0
+}
+
+/// [`replay_scenario`] with a stream for each of `pairs` (provider, IP) too, sending or not
+/// (the closed loop sets their days as it goes), and the streams' (provider, IP) in
+/// workload order. Warm IPs (`input.warm_ips`), their /24s and the DKIM domain start warm
+/// at every provider.
+pub fn replay_streams(
+    input: &Input,
+    schedule: &Schedule,
+    models: &[IspSpec],
+    days: u32,
+    seed: u64,
+    pairs: &[(String, Ipv4Addr)],
+) -> (String, Vec<(String, Ipv4Addr)>) {
     let domain = input
         .mail_from
         .rsplit_once('@')
         .map_or("sender.example", |(_, d)| d);
     let mut config = format!("domain-key s1,{domain},/etc/pmta/dkim/{domain}.pem\n");
-    let mut ips: Vec<Ipv4Addr> = schedule.rows.iter().map(|r| r.ip).collect();
+    let mut ips: Vec<Ipv4Addr> = schedule
+        .rows
+        .iter()
+        .map(|r| r.ip)
+        .chain(pairs.iter().map(|(_, ip)| *ip))
+        .collect();
     ips.sort();
     ips.dedup();
     for (i, ip) in ips.iter().enumerate() {
@@ -520,6 +600,30 @@ pub fn replay_scenario(
     for (name, _) in &input.providers {
         let _ = write!(out, "[isps.{name}]\nmodel = \"{name}\"\n\n");
     }
+    if !input.warm_ips.is_empty() {
+        // The warm IPs have been sending this mail: they, their /24s and its DKIM domain
+        // have warm history at every provider.
+        let mut nets: Vec<String> = input.warm_ips.iter().map(|ip| net_key(*ip)).collect();
+        nets.sort();
+        nets.dedup();
+        for ip in &input.warm_ips {
+            let _ = write!(
+                out,
+                "[[identity]]\nsource_ip = \"{ip}\"\nhistory = \"warm\"\n\n"
+            );
+        }
+        for net in &nets {
+            let _ = write!(
+                out,
+                "[[identity]]\nnetblock = \"{}\"\nhistory = \"warm\"\n\n",
+                net.trim_start_matches("net:")
+            );
+        }
+        let _ = write!(
+            out,
+            "[[identity]]\ndomain = \"{domain}\"\nhistory = \"warm\"\n\n"
+        );
+    }
     let window = format!(
         "{:02}:{:02}-{:02}:{:02}",
         input.window.0 / 3600,
@@ -527,6 +631,7 @@ pub fn replay_scenario(
         input.window.1 / 3600,
         input.window.1 % 3600 / 60
     );
+    let mut streams = Vec::new();
     for (name, _) in &input.providers {
         let Some(spec) = models.iter().find(|m| m.name == *name) else {
             continue;
@@ -543,9 +648,11 @@ pub fn replay_scenario(
                         .sum()
                 })
                 .collect();
-            if daily.iter().all(|v| *v == 0) {
+            let kept = pairs.iter().any(|(p, a)| p == name && a == ip);
+            if daily.iter().all(|v| *v == 0) && !kept {
                 continue;
             }
+            streams.push((name.clone(), *ip));
             let list: Vec<String> = daily.iter().map(u64::to_string).collect();
             let _ = write!(
                 out,
@@ -559,7 +666,7 @@ pub fn replay_scenario(
             );
         }
     }
-    out
+    (out, streams)
 }
 
 fn utc(s: u64) -> String {
@@ -592,10 +699,20 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
         .mail_from
         .rsplit_once('@')
         .map_or("sender.example", |(_, d)| d);
-    let mut out = String::from(
-        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` (give each its warm IP); PowerMTA sends the day's first N messages\n# per domain through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating) and the rest through the warm IP. Inject to the pool `warm`.\n",
+    let mut out = format!(
+        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` ({}); PowerMTA sends the day's first N messages\n# per domain through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating) and the rest through the warm IP. Inject to the pool `warm`.\n",
+        if input.warm_ips.is_empty() {
+            "give each its warm IP"
+        } else {
+            "on the plan's warm IPs"
+        }
     );
-    let mut ips: Vec<Ipv4Addr> = schedule.rows.iter().map(|r| r.ip).collect();
+    let mut ips: Vec<Ipv4Addr> = schedule
+        .rows
+        .iter()
+        .map(|r| r.ip)
+        .filter(|ip| !input.warm_ips.contains(ip))
+        .collect();
     ips.sort();
     ips.dedup();
     let days = schedule.days();
@@ -609,8 +726,18 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
         let n = i + 1;
         let _ = write!(
             out,
-            "<virtual-mta cold{n}>\n    smtp-source-host {ip} mta{n}.{domain}\n</virtual-mta>\n<virtual-mta warm{n}>\n    # smtp-source-host <warm IP {n}> <its name>\n    cold-virtual-mta cold{n}\n"
+            "<virtual-mta cold{n}>\n    smtp-source-host {ip} mta{n}.{domain}\n</virtual-mta>\n<virtual-mta warm{n}>\n"
         );
+        match input.warm_ips.get(i % input.warm_ips.len().max(1)) {
+            Some(warm) => {
+                let w = input.warm_ips.iter().position(|x| x == warm).unwrap_or(0) + 1;
+                let _ = writeln!(out, "    smtp-source-host {warm} warm{w}.{domain}");
+            }
+            None => {
+                let _ = writeln!(out, "    # smtp-source-host <warm IP {n}> <its name>");
+            }
+        }
+        let _ = writeln!(out, "    cold-virtual-mta cold{n}");
         for (name, _) in &input.providers {
             let Some(spec) = models.iter().find(|m| m.name == *name) else {
                 continue;
@@ -631,8 +758,17 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
         }
         out.push_str("</virtual-mta>\n");
     }
+    // Warm IPs beyond one per new IP send through the pool on their own.
+    for (i, warm) in input.warm_ips.iter().enumerate().skip(ips.len()) {
+        let _ = write!(
+            out,
+            "<virtual-mta warm{n}>\n    smtp-source-host {warm} warm{w}.{domain}\n</virtual-mta>\n",
+            n = i + 1,
+            w = i + 1
+        );
+    }
     out.push_str("<virtual-mta-pool warm>\n");
-    for (i, _) in ips.iter().enumerate() {
+    for i in 0..ips.len().max(input.warm_ips.len()) {
         let _ = writeln!(out, "    virtual-mta warm{}", i + 1);
     }
     out.push_str("</virtual-mta-pool>\n");
