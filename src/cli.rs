@@ -1877,7 +1877,7 @@ fn replay_stepped(
         let Some(closed) = closed.as_deref_mut() else {
             return;
         };
-        if since_start_s % 86_400 != 0 {
+        if !since_start_s.is_multiple_of(86_400) {
             return;
         }
         let day = (since_start_s / 86_400) as u32;
