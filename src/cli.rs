@@ -180,7 +180,7 @@ enum Command {
     /// Rebuild a run directory's report (summary.json, report.html, charts) from its
     /// acct.csv and run.json.
     Report {
-        /// A directory `pmta-sim run` wrote.
+        /// A directory `pmta-sim run` or `pmta-sim warmup check` wrote.
         dir: PathBuf,
     },
     /// Plan an IP warmup against the provider models, or replay a schedule and judge it.
