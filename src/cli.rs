@@ -69,6 +69,10 @@ enum WarmupCommand {
         /// in plan.txt).
         #[arg(long)]
         adaptive: bool,
+        /// With a CSV: also write the replay scenario with `[[expect]]` tables pinning what
+        /// the check found per day and provider (as examples/warmup/published/ ships them).
+        #[arg(long, value_name = "FILE")]
+        write_scenario: Option<PathBuf>,
     },
 }
 
@@ -181,7 +185,7 @@ enum Command {
     /// Rebuild a run directory's report (summary.json, report.html, charts) from its
     /// acct.csv and run.json.
     Report {
-        /// A directory `pmta-sim run` wrote.
+        /// A directory `pmta-sim run` or `pmta-sim warmup check` wrote.
         dir: PathBuf,
     },
     /// Plan an IP warmup against the provider models, or replay a schedule and judge it.
@@ -305,7 +309,16 @@ pub fn main() -> ExitCode {
                 models,
                 out,
                 adaptive,
-            } => warmup_check(&schedule, input.as_deref(), days, &models, &out, adaptive),
+                write_scenario,
+            } => warmup_check(
+                &schedule,
+                input.as_deref(),
+                days,
+                &models,
+                &out,
+                adaptive,
+                write_scenario.as_deref(),
+            ),
         }),
     }
 }
@@ -972,24 +985,50 @@ fn rebuild_report(dir: &std::path::Path) -> u8 {
 /// Reads `run.json` in `dir`, writes `summary.json`, `report.html` and the charts
 /// (`charts/*.svg`, `charts/*.png`), each replacing its previous version whole, and returns
 /// the summary.
+///
+/// A `run.json` a warmup check wrote also holds the judged warmup (`warmup`): then
+/// `summary.json` is the warmup's, `warmup.txt` its table, and `report.html` has the warmup
+/// section before the charts.
 fn write_report(dir: &std::path::Path) -> Result<report::Summary, String> {
     let run_json = printable::path(&dir.join("run.json"));
-    let data: report::RunData =
-        serde_json::from_str(&read_run_file(dir, "run.json", RUN_JSON_MAX_BYTES)?)
-            .map_err(|e| format!("`{run_json}`:{}:{}: {e}", e.line(), e.column()))?;
+    let text = read_run_file(dir, "run.json", RUN_JSON_MAX_BYTES)?;
+    let at = |e: serde_json::Error| format!("`{run_json}`:{}:{}: {e}", e.line(), e.column());
+    let data: report::RunData = serde_json::from_str(&text).map_err(at)?;
     data.validate()
         .map_err(|e| format!("`{run_json}` is not a pmta-sim run: {e}"))?;
+    let warmup = serde_json::from_str::<WarmupPart>(&text)
+        .map_err(at)?
+        .warmup;
+    if let Some(w) = &warmup {
+        w.validate()
+            .map_err(|e| format!("`{run_json}` is not a pmta-sim run: {e}"))?;
+    }
     let built = report::build(&data);
     let charts = report::charts::render(&built);
     write_charts(dir, &charts)?;
-    rundir::replace_file(
-        &dir.join("summary.json"),
-        report::summary_json(&built.summary).as_bytes(),
-    )?;
-    rundir::replace_file(
-        &dir.join("report.html"),
-        report::html::page(&built, &charts).as_bytes(),
-    )?;
+    let page = report::html::page(&built, &charts);
+    match &warmup {
+        None => {
+            rundir::replace_file(
+                &dir.join("summary.json"),
+                report::summary_json(&built.summary).as_bytes(),
+            )?;
+            rundir::replace_file(&dir.join("report.html"), page.as_bytes())?;
+        }
+        Some(w) => {
+            let json = serde_json::to_string_pretty(&crate::warmup::summary_json(&w.judgement))
+                .expect("a judgement always serializes");
+            rundir::replace_file(&dir.join("summary.json"), (json + "\n").as_bytes())?;
+            rundir::replace_file(
+                &dir.join("warmup.txt"),
+                crate::warmup::table(&w.judgement).as_bytes(),
+            )?;
+            rundir::replace_file(
+                &dir.join("report.html"),
+                with_warmup_section(page, w).as_bytes(),
+            )?;
+        }
+    }
     Ok(built.summary)
 }
 
@@ -1569,11 +1608,21 @@ fn warmup_check(
     models: &std::path::Path,
     out: &std::path::Path,
     adaptive: bool,
+    write_scenario: Option<&std::path::Path>,
 ) -> u8 {
+    let schedule_path = schedule;
+    let input_path = input;
     let result = (|| -> Result<(String, bool), String> {
         let text = std::fs::read_to_string(schedule)
             .map_err(|e| format!("{}: cannot read: {e}", printable::path(schedule)))?;
-        let replay = if is_schedule_csv(schedule, &text) {
+        let csv = is_schedule_csv(schedule, &text);
+        if write_scenario.is_some() && !csv {
+            return Err(format!(
+                "{}: --write-scenario needs a schedule CSV (a scenario is its own replay)",
+                printable::path(schedule)
+            ));
+        }
+        let replay = if csv {
             replay_schedule_csv(schedule, &text, input, days, models, out, adaptive)?
         } else if adaptive {
             return Err("--adaptive runs a schedule CSV (with --input), not a scenario".into());
@@ -1587,6 +1636,7 @@ fn warmup_check(
             output,
             outcomes,
             adapted,
+            replay,
         } = replay;
         let start = input.start_s;
         let standings = crate::warmup::standings_by_day(
@@ -1602,18 +1652,32 @@ fn warmup_check(
             judgement.decisions = adapted.decisions;
             judgement.carried = adapted.carried;
         }
+        if let (Some(file), Some((scenario, days))) = (write_scenario, &replay) {
+            let header = format!(
+                "Written by `pmta-sim warmup check {} --input {} --days {days} --write-scenario THIS.toml`:\nthe replay of the schedule's first {days} days, then what the check found per day and\nprovider as [[expect]] tables (regenerate it the same way; do not edit it by hand).\n",
+                printable::path(schedule_path),
+                input_path.map_or_else(String::new, printable::path),
+            );
+            let text = crate::warmup::scenario_with_expectations(&header, scenario, &judgement);
+            rundir::replace_file(file, text.as_bytes())?;
+        }
         std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
-        let json = serde_json::to_string_pretty(&crate::warmup::summary_json(&judgement))
-            .map_err(|e| e.to_string())?;
-        std::fs::write(out.join("summary.json"), json + "\n").map_err(|e| e.to_string())?;
+        let risky = judgement.risky();
         let table = crate::warmup::table(&judgement);
-        std::fs::write(out.join("warmup.txt"), &table).map_err(|e| e.to_string())?;
-        write_warmup_report(
-            out,
-            &output.data,
-            &crate::warmup::html_section(&judgement, &sched),
-        )?;
-        Ok((table, judgement.risky()))
+        let warmup = crate::warmup::Replayed {
+            judgement,
+            schedule: sched,
+        };
+        // run.json holds the replay's figures and the judged warmup; the report is built from
+        // the file just written, exactly as `pmta-sim report DIR` rebuilds it.
+        let json_text = serde_json::to_string(&WarmupRunData {
+            run: &output.data,
+            warmup: &warmup,
+        })
+        .expect("run data always serializes");
+        rundir::replace_file(&out.join("run.json"), (json_text + "\n").as_bytes())?;
+        write_report(out)?;
+        Ok((table, risky))
     })();
     match result {
         Ok((table, risky)) => {
@@ -1627,25 +1691,36 @@ fn warmup_check(
     }
 }
 
-/// The replay's `report.html` (and its charts) with the warmup section before the charts.
-fn write_warmup_report(
-    out: &std::path::Path,
-    data: &report::RunData,
-    section: &str,
-) -> Result<(), String> {
-    let built = report::build(data);
-    let charts = report::charts::render(&built);
-    write_charts(out, &charts)?;
-    let mut page = report::html::page(&built, &charts);
+/// A warmup check's `run.json`: the replay's run data with the judged warmup beside it
+/// (`warmup`, which `pmta-sim run` never writes).
+#[derive(serde::Serialize)]
+struct WarmupRunData<'a> {
+    #[serde(flatten)]
+    run: &'a report::RunData,
+    warmup: &'a crate::warmup::Replayed,
+}
+
+/// The `warmup` object of a `run.json`, if it has one (the run's own fields are read as
+/// [`report::RunData`]).
+#[derive(serde::Deserialize)]
+struct WarmupPart {
+    #[serde(default)]
+    warmup: Option<crate::warmup::Replayed>,
+}
+
+/// The report page with the warmup section of `warmup` before the charts.
+fn with_warmup_section(mut page: String, warmup: &crate::warmup::Replayed) -> String {
+    let section = crate::warmup::html_section(&warmup.judgement, &warmup.schedule);
     let at = page
         .find("<h2>Charts</h2>")
         .or_else(|| page.find("</body>"))
         .unwrap_or(page.len());
-    page.insert_str(at, section);
-    rundir::replace_file(&out.join("report.html"), page.as_bytes())
+    page.insert_str(at, &section);
+    page
 }
 
-/// A replayed warmup: what the judge needs.
+/// A replayed warmup: what the judge needs, and for a schedule CSV the replay scenario and
+/// the days it covers.
 struct WarmupReplay {
     input: crate::warmup::Input,
     schedule: crate::warmup::Schedule,
@@ -1655,6 +1730,8 @@ struct WarmupReplay {
     outcomes: Vec<crate::warmup::Outcome>,
     /// The closed loop, when the replay ran in one (`--adaptive`).
     adapted: Option<crate::warmup::Loop>,
+    /// A schedule CSV's replay scenario and the days it runs (for `--write-scenario`).
+    replay: Option<(String, u32)>,
 }
 
 /// A warmup replay's accounting records folded as they come, so a replay of a whole ramp
@@ -1845,6 +1922,7 @@ fn replay_schedule_csv(
         output,
         outcomes,
         adapted: closed,
+        replay: Some((scenario_text, days)),
     })
 }
 
@@ -2011,5 +2089,6 @@ fn replay_scenario_file(
         output,
         outcomes,
         adapted: None,
+        replay: None,
     })
 }

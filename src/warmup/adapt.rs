@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use serde::{Deserialize, Serialize};
+
 use super::{CAPACITY_MARGIN, DEFERRAL_BOUND, Input, Row, SPIKE_MARGIN, Schedule, net_key};
 use crate::isp::reputation::Ledger;
 use crate::scenario::IspSpec;
@@ -89,7 +91,8 @@ pub struct Observed {
 }
 
 /// What the loop did with one IP × provider on one day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     /// The stage advanced (the day before delivered it and was counted clean).
     Advanced,
@@ -114,7 +117,7 @@ impl Action {
 }
 
 /// One IP × provider's day when it differs from the schedule.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The day decided (from 0).
     pub day: u32,
@@ -131,7 +134,7 @@ pub struct Decision {
 }
 
 /// Volume no IP could take on a day at a provider: not sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carried {
     pub day: u32,
     pub provider: String,

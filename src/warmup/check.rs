@@ -13,13 +13,16 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use serde::{Deserialize, Serialize};
+
 use super::{CAPACITY_MARGIN, DEFERRAL_BOUND, Input, SPIKE_MARGIN, Schedule, trailing_mean};
 use crate::isp::StandingSample;
 use crate::isp::reputation::IDLE_DAYS_FORGET;
 use crate::scenario::{IspSpec, Requirement};
 
 /// Why a day is a risk day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RiskKind {
     /// The day's volume is at or above the spike rule's allowance.
     Spike,
@@ -53,7 +56,7 @@ impl RiskKind {
 }
 
 /// One reason a day is a risk day, and what the user should change.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Risk {
     pub kind: RiskKind,
     pub reason: String,
@@ -63,7 +66,7 @@ pub struct Risk {
 }
 
 /// One day at one provider after a replay.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DayResult {
     pub day: u32,
     pub provider: String,
@@ -100,7 +103,7 @@ impl DayResult {
 
 /// A source IP's standing with a provider at the end of a replayed day (its last sample that
 /// day: the provider samples an identity at most once an hour while it sends).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IpDay {
     pub day: u32,
     pub provider: String,
@@ -110,7 +113,7 @@ pub struct IpDay {
 }
 
 /// The day a provider is warm: takes its share of the target with deferrals under the bound.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WarmDay {
     pub provider: String,
     /// The provider's share of the target, messages a day.
@@ -126,7 +129,7 @@ pub struct WarmDay {
 }
 
 /// Everything a replay says about a warmup.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Judgement {
     pub days: Vec<DayResult>,
     pub standings: Vec<IpDay>,

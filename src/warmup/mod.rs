@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::isp::reputation::{Ledger, Signal};
@@ -29,6 +29,8 @@ pub use check::{
     DayResult, IpDay, Judgement, Outcome, OutcomeKind, Risk, RiskKind, Standings, WarmDay,
     html_section, judge, scenario_input, standings_by_day, summary_json, table,
 };
+mod record;
+pub use record::{Replayed, scenario_with_expectations};
 
 /// Longest plan, in days (the SES ramp is 45 days; twice that is a failed plan).
 pub const DAYS_MAX: usize = 90;
@@ -222,7 +224,7 @@ impl Input {
 }
 
 /// One row of a schedule: what one IP sends to one provider on one day.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Row {
     pub day: u32,
     pub provider: String,
@@ -231,7 +233,7 @@ pub struct Row {
 }
 
 /// A day-by-day, per-IP, per-provider schedule.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schedule {
     pub rows: Vec<Row>,
 }
