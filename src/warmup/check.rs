@@ -859,6 +859,22 @@ fn escape_html(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// One table row of the warmup section: `cells[0]` is its heading cell, the rest data cells;
+/// text cells come already escaped ([`escape_html`]).
+fn html_row(out: &mut String, class: Option<&str>, cells: &[&dyn std::fmt::Display]) {
+    match class {
+        Some(class) => {
+            let _ = write!(out, "<tr class=\"{class}\">");
+        }
+        None => out.push_str("<tr>"),
+    }
+    for (i, cell) in cells.iter().enumerate() {
+        let tag = if i == 0 { "th" } else { "td" };
+        let _ = write!(out, "<{tag}>{cell}</{tag}>");
+    }
+    out.push_str("</tr>\n");
+}
+
 /// The chart of one provider's days: planned and delivered as bars side by side, one pair
 /// per day, the x axis counting days.
 fn day_chart(provider: &str, days: &[&DayResult]) -> String {
@@ -928,26 +944,29 @@ pub fn html_section(j: &Judgement, schedule: &Schedule) -> String {
     let mut out = String::from("<section id=\"warmup\">\n<h2>Warmup</h2>\n");
     out.push_str("<table id=\"warmup-warm\">\n<caption>When each provider is warm</caption>\n<tr><th>provider</th><th>share a day</th><th>warm</th></tr>\n");
     for w in &j.warm {
-        let _ = writeln!(
-            out,
-            "<tr><th>{}</th><td>{}</td><td>{}</td></tr>",
-            escape_html(&w.provider),
-            w.share_per_day,
-            escape_html(&warm_text(w))
+        html_row(
+            &mut out,
+            None,
+            &[
+                &escape_html(&w.provider),
+                &w.share_per_day,
+                &escape_html(&warm_text(w)),
+            ],
         );
     }
     out.push_str("</table>\n<table id=\"warmup-risks\">\n<caption>Risk days and what to change</caption>\n<tr><th>day</th><th>provider</th><th>reason</th><th>reply</th><th>change</th></tr>\n");
     for r in &j.days {
         for k in &r.risks {
-            let _ = writeln!(
-                out,
-                "<tr class=\"{}\"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                k.kind.name(),
-                r.day + 1,
-                escape_html(&r.provider),
-                escape_html(&k.reason),
-                escape_html(k.reply.as_deref().unwrap_or("")),
-                escape_html(&k.advice)
+            html_row(
+                &mut out,
+                Some(k.kind.name()),
+                &[
+                    &(r.day + 1),
+                    &escape_html(&r.provider),
+                    &escape_html(&k.reason),
+                    &escape_html(k.reply.as_deref().unwrap_or("")),
+                    &escape_html(&k.advice),
+                ],
             );
         }
     }
@@ -961,66 +980,73 @@ pub fn html_section(j: &Judgement, schedule: &Schedule) -> String {
     }
     out.push_str("<table id=\"warmup-days\">\n<caption>Planned and accepted per provider per day</caption>\n<tr><th>day</th><th>provider</th><th>planned</th><th>delivered</th><th>deferred</th><th>deferral rate</th><th>bounce rate</th></tr>\n");
     for r in &j.days {
-        let _ = writeln!(
-            out,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td></tr>",
-            r.day + 1,
-            escape_html(&r.provider),
-            r.planned,
-            r.delivered,
-            r.deferred,
-            r.deferral_rate() * 100.0,
-            r.bounce_rate() * 100.0
+        html_row(
+            &mut out,
+            None,
+            &[
+                &(r.day + 1),
+                &escape_html(&r.provider),
+                &r.planned,
+                &r.delivered,
+                &r.deferred,
+                &format!("{:.1}%", r.deferral_rate() * 100.0),
+                &format!("{:.1}%", r.bounce_rate() * 100.0),
+            ],
         );
     }
     if j.adaptive {
         out.push_str("</table>\n<table id=\"warmup-loop\">\n<caption>Closed loop: where each day left the schedule, and why</caption>\n<tr><th>day</th><th>provider</th><th>source IP</th><th>action</th><th>scheduled</th><th>sent</th><th>reason</th></tr>\n");
         for d in &j.decisions {
-            let _ = writeln!(
-                out,
-                "<tr class=\"{}\"><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                d.action.name(),
-                d.day + 1,
-                escape_html(&d.provider),
-                d.ip,
-                d.action.name(),
-                d.scheduled,
-                d.volume,
-                escape_html(&d.reason)
+            html_row(
+                &mut out,
+                Some(d.action.name()),
+                &[
+                    &(d.day + 1),
+                    &escape_html(&d.provider),
+                    &d.ip,
+                    &d.action.name(),
+                    &d.scheduled,
+                    &d.volume,
+                    &escape_html(&d.reason),
+                ],
             );
         }
         for c in &j.carried {
-            let _ = writeln!(
-                out,
-                "<tr class=\"carried\"><th>{}</th><td>{}</td><td></td><td>carried</td><td>{}</td><td>0</td><td>{}</td></tr>",
-                c.day + 1,
-                escape_html(&c.provider),
-                c.messages,
-                escape_html(&c.reason)
+            html_row(
+                &mut out,
+                Some("carried"),
+                &[
+                    &(c.day + 1),
+                    &escape_html(&c.provider),
+                    &"",
+                    &"carried",
+                    &c.messages,
+                    &0,
+                    &escape_html(&c.reason),
+                ],
             );
         }
     }
     out.push_str("</table>\n<table id=\"warmup-standings\">\n<caption>Reputation and hourly capacity per source IP and provider, at the end of each day</caption>\n<tr><th>day</th><th>provider</th><th>source IP</th><th>score</th><th>capacity/h</th></tr>\n");
     for s in &j.standings {
-        let _ = writeln!(
-            out,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
-            s.day + 1,
-            escape_html(&s.provider),
-            s.ip,
-            s.score,
-            s.capacity_per_hour
+        html_row(
+            &mut out,
+            None,
+            &[
+                &(s.day + 1),
+                &escape_html(&s.provider),
+                &s.ip,
+                &format!("{:.3}", s.score),
+                &s.capacity_per_hour,
+            ],
         );
     }
     out.push_str("</table>\n<table id=\"warmup-schedule\">\n<caption>The schedule</caption>\n<tr><th>day</th><th>provider</th><th>source IP</th><th>messages</th></tr>\n");
     for r in &schedule.rows {
-        let _ = writeln!(
-            out,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td></tr>",
-            r.day + 1,
-            escape_html(&r.provider),
-            r.ip,
-            r.messages
+        html_row(
+            &mut out,
+            None,
+            &[&(r.day + 1), &escape_html(&r.provider), &r.ip, &r.messages],
         );
     }
     out.push_str("</table>\n</section>\n");
