@@ -347,6 +347,12 @@ impl Stream {
 pub struct Generated {
     start: Time,
     streams: Vec<Stream>,
+    /// Each stream's next injection as (due, stream): one entry per stream that has one, so
+    /// the next injection of all is the first (ties by stream) without asking every stream
+    /// for every message. Kept by [`Generated::refresh`] whenever a stream changes.
+    due: std::collections::BTreeSet<(Time, usize)>,
+    /// The entry each stream has in `due`.
+    due_of: Vec<Option<Time>>,
 }
 
 impl Generated {
@@ -373,8 +379,32 @@ impl Generated {
                     body: std::sync::Arc::new(SharedBody::new(BODY_LINE.repeat(lines))),
                 }
             })
-            .collect();
-        Generated { start, streams }
+            .collect::<Vec<Stream>>();
+        let mut generated = Generated {
+            start,
+            due_of: vec![None; streams.len()],
+            streams,
+            due: std::collections::BTreeSet::new(),
+        };
+        for index in 0..generated.streams.len() {
+            generated.refresh(index);
+        }
+        generated
+    }
+
+    /// Puts stream `index`'s entry in the due index in line with the stream.
+    fn refresh(&mut self, index: usize) {
+        let now = self.streams[index].due(self.start);
+        let before = std::mem::replace(&mut self.due_of[index], now);
+        if before == now {
+            return;
+        }
+        if let Some(at) = before {
+            self.due.remove(&(at, index));
+        }
+        if let Some(at) = now {
+            self.due.insert((at, index));
+        }
     }
 
     /// Sets the volume of stream `stream`'s sending day that opens `at_ms` after the run's
@@ -419,12 +449,13 @@ impl Generated {
             d.first = d.first - old + count;
         }
         s.workload.messages = s.workload.messages - old + count;
+        self.refresh(stream);
         true
     }
 
     /// When the next injection is due.
     pub fn next_due(&self) -> Option<Time> {
-        self.streams.iter().filter_map(|s| s.due(self.start)).min()
+        self.due.first().map(|(at, _)| *at)
     }
 
     /// Every injection due at or before `now`, in time order (ties by stream).
@@ -432,19 +463,14 @@ impl Generated {
         let mut out = Vec::new();
         // Bounded batches: a burst of millions is handed over a batch at a time.
         while out.len() < TAKE_BATCH_MAX {
-            let next = self
-                .streams
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.due(self.start).map(|t| (t, i)))
-                .min();
-            let Some((at, index)) = next else {
+            let Some(&(at, index)) = self.due.first() else {
                 break;
             };
             if at > now {
                 break;
             }
             let injection = self.make(index, at);
+            self.refresh(index);
             out.push((at, injection));
         }
         out
