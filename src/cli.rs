@@ -57,7 +57,8 @@ enum WarmupCommand {
         /// With a CSV: the planner input (mail_from, providers, list quality).
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Replay only the first N days.
+        /// Replay only the first N days (no more than the schedule has; with --adaptive up
+        /// to 366, the schedule's last day repeating after its end).
         #[arg(long, default_value_t = 7)]
         days: u32,
         #[arg(long, default_value = "isp-models")]
@@ -1866,6 +1867,9 @@ fn is_schedule_csv(path: &std::path::Path, text: &str) -> bool {
     }
 }
 
+/// The most days a closed-loop replay runs: a year, however far behind its schedule it falls.
+const ADAPTIVE_DAYS_MAX: u32 = 366;
+
 /// Replays the first `days` days of a schedule CSV made for the planner input `input`.
 fn replay_schedule_csv(
     schedule: &std::path::Path,
@@ -1884,10 +1888,16 @@ fn replay_schedule_csv(
     let known = |name: &str| names.iter().any(|n| n == name);
     let sched = crate::warmup::Schedule::parse_csv(&printable::path(schedule), text, &known)
         .map_err(|e| e.to_string())?;
-    let days = days.clamp(1, sched.days().max(1));
+    // Open loop replays the schedule as written, so no further than its last day; the closed
+    // loop may fall behind it (a held stage), so it may run on, the last day repeating.
+    let days = if adaptive {
+        days.clamp(1, ADAPTIVE_DAYS_MAX)
+    } else {
+        days.clamp(1, sched.days().max(1))
+    };
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
     let scenario_path = out.join("replay.toml");
-    let mut closed = adaptive.then(|| crate::warmup::Loop::new(&input, &sched, &specs, days));
+    let mut closed = adaptive.then(|| crate::warmup::Loop::new(&input, &sched, &specs));
     let pairs = closed
         .as_ref()
         .map_or(Vec::new(), crate::warmup::Loop::pairs);

@@ -157,8 +157,15 @@ struct Pair {
 }
 
 impl Pair {
+    /// The schedule's volume for the pair on `day`; past the schedule's last day, that day's
+    /// (a daily list's last value repeats, so a replay may run on until the loop has caught
+    /// up with the schedule).
     fn at(&self, day: usize) -> u64 {
-        self.scheduled.get(day).copied().unwrap_or(0)
+        self.scheduled
+            .get(day)
+            .or(self.scheduled.last())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The most it may send in a day at `capacity_per_hour`: that capacity over the window
@@ -210,9 +217,10 @@ fn allowed(capacity_per_hour: u64, hours: f64) -> u64 {
 }
 
 impl Loop {
-    /// The loop for `schedule`, made for `input` (its `warm_ips` are the overflow), over
-    /// `days` days.
-    pub fn new(input: &Input, schedule: &Schedule, models: &[IspSpec], days: u32) -> Loop {
+    /// The loop for `schedule`, made for `input` (its `warm_ips` are the overflow); it runs
+    /// as many days as it is asked, the schedule's last day repeating after its end.
+    pub fn new(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> Loop {
+        let days = schedule.days();
         // Each pair's days in one pass over the schedule (it may hold a million rows).
         let mut days_of: BTreeMap<(&str, Ipv4Addr), Vec<u64>> = BTreeMap::new();
         for r in &schedule.rows {
@@ -246,7 +254,7 @@ impl Loop {
                     scheduled: days_of
                         .get(&(name.as_str(), ip))
                         .cloned()
-                        .unwrap_or_else(|| vec![0; days as usize]),
+                        .unwrap_or_default(),
                     stage: 0,
                     volume: 0,
                     start: None,
@@ -746,7 +754,7 @@ mod tests {
     /// does not take goes to the IP that advanced (within its capacity), then the warm IP.
     #[test]
     fn a_cut_steps_back_and_the_rest_overflows_to_advanced_then_warm_ips() {
-        let mut l = Loop::new(&input(&[W]), &schedule(), &[], 3);
+        let mut l = Loop::new(&input(&[W]), &schedule(), &[]);
         let cold = standing(20, 0, 0.5);
         let warm = standing(10_000, 21, 0.8);
         let day0 = l.day(
@@ -809,11 +817,53 @@ mod tests {
         );
     }
 
+    /// Past the schedule's last day, that day repeats: a loop run on after the schedule's end
+    /// keeps sending its last stage (a held stage catches up there), not nothing.
+    #[test]
+    fn past_the_schedules_end_its_last_day_repeats() {
+        // The warm IP sends its own 40, 50, 60 beside the new IPs' stages.
+        let mut with_warm = schedule();
+        for (day, v) in [40, 50, 60].into_iter().enumerate() {
+            with_warm.rows.push(Row {
+                day: day as u32,
+                provider: "gmail".into(),
+                ip: W,
+                messages: v,
+            });
+        }
+        let mut l = Loop::new(&input(&[W]), &with_warm, &[]);
+        let mut observed = BTreeMap::new();
+        let mut sent = Vec::new();
+        for day in 0..5u32 {
+            let roomy = standing(10_000, day, 0.8);
+            let out = l.day(
+                day,
+                &observed,
+                &views(&[(A, roomy), (B, roomy), (W, roomy)]),
+            );
+            sent.push((volume(&out, A), volume(&out, B), volume(&out, W)));
+            observed = out
+                .iter()
+                .map(|(p, ip, v)| ((p.clone(), *ip), delivered(*v, 0)))
+                .collect();
+        }
+        assert_eq!(
+            sent,
+            [
+                (100, 100, 40),
+                (200, 200, 50),
+                (300, 300, 60),
+                (300, 300, 60),
+                (300, 300, 60)
+            ]
+        );
+    }
+
     /// A day deferred over the bound, or judged and not counted clean, holds the stage; what
     /// nobody has room for is carried and reported.
     #[test]
     fn a_throttled_or_unclean_day_holds_and_what_has_no_room_is_carried() {
-        let mut l = Loop::new(&input(&[]), &schedule(), &[], 3);
+        let mut l = Loop::new(&input(&[]), &schedule(), &[]);
         let cold = standing(20, 0, 0.5);
         l.day(0, &BTreeMap::new(), &views(&[(A, cold), (B, cold)]));
         let observed = BTreeMap::from([
