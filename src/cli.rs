@@ -57,9 +57,10 @@ enum WarmupCommand {
         /// With a CSV: the planner input (mail_from, providers, list quality).
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Replay only the first N days (no more than the schedule has; with --adaptive up
-        /// to 366, the schedule's last day repeating after its end).
-        #[arg(long, default_value_t = 7)]
+        /// Replay only the first N days, 1 to 366 (no more than the schedule has; with
+        /// --adaptive the schedule's last day repeats after its end).
+        #[arg(long, default_value_t = 7,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(ADAPTIVE_DAYS_MAX)))]
         days: u32,
         #[arg(long, default_value = "isp-models")]
         models: PathBuf,
@@ -1867,7 +1868,8 @@ fn is_schedule_csv(path: &std::path::Path, text: &str) -> bool {
     }
 }
 
-/// The most days a closed-loop replay runs: a year, however far behind its schedule it falls.
+/// The most days `warmup check --days` takes: a year, however far behind its schedule a
+/// closed-loop replay falls (a larger value is a usage error, exit 2).
 const ADAPTIVE_DAYS_MAX: u32 = 366;
 
 /// Replays the first `days` days of a schedule CSV made for the planner input `input`.
@@ -1891,9 +1893,9 @@ fn replay_schedule_csv(
     // Open loop replays the schedule as written, so no further than its last day; the closed
     // loop may fall behind it (a held stage), so it may run on, the last day repeating.
     let days = if adaptive {
-        days.clamp(1, ADAPTIVE_DAYS_MAX)
+        days
     } else {
-        days.clamp(1, sched.days().max(1))
+        days.min(sched.days().max(1))
     };
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", printable::path(out)))?;
     let scenario_path = out.join("replay.toml");
@@ -2041,7 +2043,7 @@ fn replay_scenario_file(
     if !errors.is_empty() {
         return Err(render_problems(&errors));
     }
-    scenario.duration_s = scenario.duration_s.min(u64::from(days.max(1)) * 86_400);
+    scenario.duration_s = scenario.duration_s.min(u64::from(days) * 86_400);
     let output = driver::fast::run(&scenario, checked.config).map_err(|e| e.to_string())?;
     let start = scenario.start.unix_secs();
     let start = start - start % 86_400;

@@ -221,7 +221,8 @@ fn a_doubling_schedule_is_flagged_on_the_day_and_provider() {
 }
 
 /// Bad input: an unknown provider, shares not summing to 1, a schedule line that is not
-/// `day,provider,ip,messages` — each a clear error with its line, exit 2.
+/// `day,provider,ip,messages` — each a clear error with its line, exit 2; so is a `--days`
+/// out of range.
 #[test]
 fn bad_input_is_an_error_with_its_line() {
     let out = scratch("warmup-bad");
@@ -278,6 +279,25 @@ fn bad_input_is_an_error_with_its_line() {
         stderr.contains("bad.csv:3: error: `2,gmail,192.0.2.11` is not day,provider,ip,messages"),
         "{stderr}"
     );
+    // A --days outside 1..=366 is refused with the value and the range, not clamped.
+    for days in ["0", "367"] {
+        let run = pmta_sim(&[
+            "warmup",
+            "check",
+            csv.to_str().unwrap(),
+            "--input",
+            good.to_str().unwrap(),
+            "--adaptive",
+            "--days",
+            days,
+        ]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("'{days}' for '--days <DAYS>'")) && stderr.contains("1..=366"),
+            "{stderr}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 
