@@ -185,10 +185,11 @@ fn warm_ips_carry_the_target_from_day_one() {
         "warm IPs are no cold twins: {snippet}"
     );
     // The snippet replayed as PowerMTA would run it: mail injected to the pool `warm` goes
-    // through the new IPs up to the day's max-cold-virtual-mta-msg per domain, the rest
-    // through the warm IPs — day 1's schedule, IP for IP.
+    // through the new IPs up to the day's max-cold-virtual-mta-msg, the rest through the warm
+    // IPs — day 1's schedule, IP for IP. Half of it to googlemail.com: the count is Gmail's,
+    // not one domain's (googlemail.com queues to gmail.com), or a new IP would take double.
     let scenario = format!(
-        "name = \"snippet\"\nseed = 4\nduration = \"1d\"\nmode = \"fast\"\nstart_time = \"2026-10-05T00:00:00Z\"\ntick_ms = 100\nconfig_inline = \"\"\"\ndomain-key s1,sender.example,/etc/pmta/dkim/s.pem\n{snippet}<domain *>\n    dkim-sign yes\n    max-smtp-out 4\n</domain>\n\"\"\"\n\n[isps.gmail]\nmodel = \"gmail\"\nhistory = \"warm\"\n\n[[workload]]\nvmta = \"warm\"\nmail_from = \"news@sender.example\"\ndaily = [2000]\nwindow = \"08:00-20:00\"\ndomains = {{ \"gmail.com\" = 1.0 }}\nengagement = 0.3\n"
+        "name = \"snippet\"\nseed = 4\nduration = \"1d\"\nmode = \"fast\"\nstart_time = \"2026-10-05T00:00:00Z\"\ntick_ms = 100\nconfig_inline = \"\"\"\ndomain-key s1,sender.example,/etc/pmta/dkim/s.pem\n{snippet}<domain *>\n    dkim-sign yes\n    max-smtp-out 4\n</domain>\n\"\"\"\n\n[isps.gmail]\nmodel = \"gmail\"\nhistory = \"warm\"\n\n[[workload]]\nvmta = \"warm\"\nmail_from = \"news@sender.example\"\ndaily = [2000]\nwindow = \"08:00-20:00\"\ndomains = {{ \"gmail.com\" = 0.5, \"googlemail.com\" = 0.5 }}\nengagement = 0.3\n"
     );
     let replayed = run_in(&load_edited("warm-snippet", &scenario), Mode::Fast);
     let mut per_ip = std::collections::BTreeMap::<String, u64>::new();

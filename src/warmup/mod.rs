@@ -693,22 +693,39 @@ pub(crate) fn trailing_mean(days: &[u64]) -> Option<f64> {
 /// A PowerMTA snippet implementing the schedule. PowerMTA's `cold-virtual-mta` names one
 /// virtual MTA, the twin of the one it sits in, and `max-cold-virtual-mta-msg` counts per
 /// domain per day for that pair; so each new IP is the cold twin `coldN` of a warm virtual MTA
-/// `warmN`, whose nested `<domain>` blocks carry that IP's own daily list. Mail injected to the
-/// pool `warm` sends each day's first N messages per domain through the new IPs, the rest
-/// through the warm ones.
+/// `warmN`, whose nested `<domain>` block per provider carries that IP's own daily list (the
+/// provider's other domains `queue-to` its first, so the list counts the provider's mail, not
+/// one domain's). Mail injected to the pool `warm` sends each day's first N messages per
+/// provider through the new IPs, the rest through the warm ones.
 pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> String {
     let domain = input
         .mail_from
         .rsplit_once('@')
         .map_or("sender.example", |(_, d)| d);
     let mut out = format!(
-        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` ({}); PowerMTA sends the day's first N messages\n# per domain through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating) and the rest through the warm IP. Inject to the pool `warm`.\n",
+        "# Warmup schedule from `pmta-sim warmup plan`. Each new IP is the cold twin `coldN` of a\n# warm virtual MTA `warmN` ({}); PowerMTA sends the day's first N messages\n# per provider through the twin (max-cold-virtual-mta-msg, one value per day, the last\n# repeating; a provider's domains share one queue) and the rest through the warm IP.\n# Inject to the pool `warm`.\n",
         if input.warm_ips.is_empty() {
             "give each its warm IP"
         } else {
             "on the plan's warm IPs"
         }
     );
+    // max-cold-virtual-mta-msg counts per queue, and a queue is one domain: a list under each
+    // of Yahoo's four domains would let four times the IP's Yahoo share through the cold IP.
+    // So a provider's other domains queue-to its first, and one count covers them all.
+    for (name, _) in &input.providers {
+        let Some(spec) = models.iter().find(|m| m.name == *name) else {
+            continue;
+        };
+        if let Some((first, rest)) = spec.domains.split_first() {
+            for d in rest {
+                let _ = write!(
+                    out,
+                    "<domain {d}>\n    queue-to {first}   # {name}: one queue, one daily count\n</domain>\n"
+                );
+            }
+        }
+    }
     let mut ips: Vec<Ipv4Addr> = schedule
         .rows
         .iter()
@@ -750,7 +767,7 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
                     format!("{v}/d")
                 })
                 .collect();
-            for d in &spec.domains {
+            if let Some(d) = spec.domains.first() {
                 let _ = write!(
                     out,
                     "    <domain {d}>\n        # {name}: day 1 .. day {days}\n        max-cold-virtual-mta-msg {}\n    </domain>\n",
