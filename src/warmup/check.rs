@@ -82,21 +82,27 @@ pub struct DayResult {
 impl DayResult {
     /// Share of the day's recipients deferred at least once.
     pub fn deferral_rate(&self) -> f64 {
-        let tried = self.delivered + self.bounced;
-        if tried == 0 {
-            0.0
-        } else {
-            (self.deferred as f64 / tried.max(self.deferred) as f64).min(1.0)
-        }
+        self.share(self.deferred)
     }
 
     /// Share of the day's recipients bounced.
     pub fn bounce_rate(&self) -> f64 {
-        let tried = self.delivered + self.bounced;
-        if tried == 0 {
+        self.share(self.bounced)
+    }
+
+    /// `n` over the day's recipients: those planned (the replay queued each planned one that
+    /// day), or those seen, when more. Not delivered + bounced: a recipient still deferred at
+    /// the replay's end has neither record, so a day the provider deferred whole would read
+    /// 0% deferred, and one with a few early bounces 100% bounced.
+    fn share(&self, n: u64) -> f64 {
+        let recipients = self
+            .planned
+            .max(self.delivered + self.bounced)
+            .max(self.deferred);
+        if recipients == 0 {
             0.0
         } else {
-            self.bounced as f64 / tried as f64
+            n as f64 / recipients as f64
         }
     }
 }
@@ -1051,4 +1057,36 @@ pub fn html_section(j: &Judgement, schedule: &Schedule) -> String {
     }
     out.push_str("</table>\n</section>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(planned: u64, delivered: u64, deferred: u64, bounced: u64) -> DayResult {
+        DayResult {
+            planned,
+            delivered,
+            deferred,
+            bounced,
+            ..DayResult::default()
+        }
+    }
+
+    /// Rates are over the day's recipients, those still deferred at the end included.
+    #[test]
+    fn rates_count_recipients_still_deferred() {
+        // SparkPost's day 2 at Gmail: most recipients still deferred when the replay ends.
+        let d = day(1600, 100, 1491, 9);
+        assert!((d.deferral_rate() - 1491.0 / 1600.0).abs() < 1e-12);
+        assert!((d.bounce_rate() - 9.0 / 1600.0).abs() < 1e-12);
+        // Deferred whole, nothing final yet.
+        assert_eq!(day(500, 0, 500, 0).deferral_rate(), 1.0);
+        // Deferred recipients that were delivered later are counted once.
+        let d = day(1000, 1000, 100, 0);
+        assert!((d.deferral_rate() - 0.1).abs() < 1e-12);
+        assert_eq!(d.bounce_rate(), 0.0);
+        // Nothing planned or seen.
+        assert_eq!(day(0, 0, 0, 0).deferral_rate(), 0.0);
+    }
 }
