@@ -721,7 +721,7 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
             for d in rest {
                 let _ = write!(
                     out,
-                    "<domain {d}>\n    queue-to {first}   # {name}: one queue, one daily count\n</domain>\n"
+                    "<domain {d}>\n    # {name}: one queue, so one daily count\n    queue-to {first}\n</domain>\n"
                 );
             }
         }
