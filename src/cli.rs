@@ -60,7 +60,7 @@ enum WarmupCommand {
         /// Replay only the first N days, 1 to 366 (no more than the schedule has; with
         /// --adaptive the schedule's last day repeats after its end).
         #[arg(long, default_value_t = 7,
-              value_parser = clap::value_parser!(u32).range(1..=i64::from(ADAPTIVE_DAYS_MAX)))]
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(CHECK_DAYS_MAX)))]
         days: u32,
         #[arg(long, default_value = "isp-models")]
         models: PathBuf,
@@ -1870,7 +1870,7 @@ fn is_schedule_csv(path: &std::path::Path, text: &str) -> bool {
 
 /// The most days `warmup check --days` takes: a year, however far behind its schedule a
 /// closed-loop replay falls (a larger value is a usage error, exit 2).
-const ADAPTIVE_DAYS_MAX: u32 = 366;
+const CHECK_DAYS_MAX: u32 = 366;
 
 /// Replays the first `days` days of a schedule CSV made for the planner input `input`.
 fn replay_schedule_csv(

@@ -712,18 +712,22 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
     );
     // max-cold-virtual-mta-msg counts per queue, and a queue is one domain: a list under each
     // of Yahoo's four domains would let four times the IP's Yahoo share through the cold IP.
-    // So a provider's other domains queue-to its first, and one count covers them all.
-    for (name, _) in &input.providers {
-        let Some(spec) = models.iter().find(|m| m.name == *name) else {
-            continue;
-        };
-        if let Some((first, rest)) = spec.domains.split_first() {
-            for d in rest {
-                let _ = write!(
-                    out,
-                    "<domain {d}>\n    # {name}: one queue, so one daily count\n    queue-to {first}\n</domain>\n"
-                );
-            }
+    // So each provider is one queue, its first domain's, which its other domains queue-to.
+    let queues: Vec<(&str, &String, &[String])> = input
+        .providers
+        .iter()
+        .filter_map(|(name, _)| {
+            let spec = models.iter().find(|m| m.name == *name)?;
+            let (first, rest) = spec.domains.split_first()?;
+            Some((name.as_str(), first, rest))
+        })
+        .collect();
+    for (name, first, rest) in &queues {
+        for d in *rest {
+            let _ = write!(
+                out,
+                "<domain {d}>\n    # {name}: one queue, so one daily count\n    queue-to {first}\n</domain>\n"
+            );
         }
     }
     let mut ips: Vec<Ipv4Addr> = schedule
@@ -757,23 +761,18 @@ pub fn pmta_snippet(input: &Input, schedule: &Schedule, models: &[IspSpec]) -> S
             }
         }
         let _ = writeln!(out, "    cold-virtual-mta cold{n}");
-        for (name, _) in &input.providers {
-            let Some(spec) = models.iter().find(|m| m.name == *name) else {
-                continue;
-            };
+        for (name, first, _) in &queues {
             let list: Vec<String> = (0..days)
                 .map(|d| {
-                    let v = per_ip.get(&(*ip, name.as_str(), d)).copied().unwrap_or(0);
+                    let v = per_ip.get(&(*ip, *name, d)).copied().unwrap_or(0);
                     format!("{v}/d")
                 })
                 .collect();
-            if let Some(d) = spec.domains.first() {
-                let _ = write!(
-                    out,
-                    "    <domain {d}>\n        # {name}: day 1 .. day {days}\n        max-cold-virtual-mta-msg {}\n    </domain>\n",
-                    list.join(",")
-                );
-            }
+            let _ = write!(
+                out,
+                "    <domain {first}>\n        # {name}: day 1 .. day {days}\n        max-cold-virtual-mta-msg {}\n    </domain>\n",
+                list.join(",")
+            );
         }
         out.push_str("</virtual-mta>\n");
     }
